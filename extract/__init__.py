@@ -1,0 +1,1 @@
+"""Extraction: video decoding, windowing, preprocessing and the frozen VideoPrism encoder."""

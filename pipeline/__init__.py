@@ -1,0 +1,1 @@
+"""Orchestration of extraction runs: planning, resume, local and distributed runners, progress."""

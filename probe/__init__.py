@@ -1,0 +1,1 @@
+"""Probing the store: labels, heads, training, per-frame prediction, metrics, retrieval."""
