@@ -1,0 +1,29 @@
+"""`ethoprism extract`: the whole run, on this host or spread over a Dask cluster."""
+
+from __future__ import annotations
+
+from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.distributed import extract_distributed
+from ethoprism.pipeline.inputs import find_videos
+from ethoprism.pipeline.run import ExtractSummary, Reporter, ensure_store_parent, extract_local
+
+
+def run_extract(
+    inputs: list[str],
+    store_path: str,
+    cfg: RunConfig = RunConfig(),
+    *,
+    scheduler: str | None = None,
+    reporter: Reporter | None = None,
+    part: str | None = None,
+) -> ExtractSummary:
+    """Extract every video named by `inputs` (files, directories, globs) into `store_path`.
+
+    Re-running the same command resumes: complete videos are skipped, the rest are redone.
+    A video that cannot be decoded is recorded as failed and the run goes on.
+    """
+    paths = find_videos(inputs)
+    ensure_store_parent(store_path)
+    if scheduler:
+        return extract_distributed(paths, store_path, cfg, scheduler)
+    return extract_local(paths, store_path, cfg, part=part, reporter=reporter)

@@ -1,0 +1,73 @@
+"""Progress of a run: a rich display for people, one JSON line per video for overnight logs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ethoprism.pipeline.run import Reporter, VideoResult
+
+
+class RichReporter(Reporter):
+    """Videos done/failed/total with an ETA, and the window rate."""
+
+    def __init__(self, console: Console | None = None):
+        self.progress = Progress(
+            TextColumn("[bold]extract[/]"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} videos"),
+            TextColumn("[red]{task.fields[failed]} failed[/]"),
+            TextColumn("{task.fields[windows]} windows, {task.fields[rate]:.1f}/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.windows = 0
+        self.failed = 0
+
+    def start(self, n_videos: int) -> None:
+        self.t0 = time.perf_counter()
+        self.progress.start()
+        self.task = self.progress.add_task("extract", total=n_videos, failed=0, windows=0, rate=0.0)
+
+    def windows_done(self, n: int) -> None:
+        self.windows += n
+        rate = self.windows / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(self.task, windows=self.windows, rate=rate)
+
+    def video_done(self, result: VideoResult) -> None:
+        self.failed += result.status == "failed"
+        self.progress.update(self.task, advance=1, failed=self.failed)
+        if result.status == "failed":
+            self.progress.console.print(f"[red]failed[/] {result.path}: {result.reason}", highlight=False)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+class JsonLinesReporter(Reporter):
+    """Appends one JSON object per finished video to a file, flushed at once (tail -f friendly)."""
+
+    def __init__(self, path: str, inner: Reporter | None = None):
+        self.file = open(path, "a", buffering=1)
+        self.inner = inner or Reporter()
+
+    def start(self, n_videos: int) -> None:
+        self.inner.start(n_videos)
+
+    def windows_done(self, n: int) -> None:
+        self.inner.windows_done(n)
+
+    def video_done(self, result: VideoResult) -> None:
+        line = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result.__dict__)
+        self.file.write(json.dumps(line) + "\n")
+        self.inner.video_done(result)
+
+    def stop(self) -> None:
+        if hasattr(self.inner, "stop"):
+            self.inner.stop()
+        self.file.close()

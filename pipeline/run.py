@@ -1,0 +1,255 @@
+"""One host's extraction run: decode -> encode -> write, overlapped through bounded queues.
+
+    DecodePool (processes) --windows--> main thread: batches, dispatches to the accelerators
+                                            --(handle, ops)--> writer thread: fetch, quantise, append, commit
+
+The main thread only stacks windows and dispatches (JAX runs asynchronously), so the devices
+are fed while the writer thread waits for the previous batch and writes it. Each batch carries
+the ordered list of store operations it implies (start a video, rows of a video, end or
+failure of a video), so a batch may hold the tail of one video and the head of the next and the
+store still sees every video begun, appended and committed in order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ethoprism import store
+from ethoprism.errors import EthoprismError
+from ethoprism.extract import load_encoder
+from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract.video import VideoInfo
+from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
+
+
+@dataclass
+class VideoResult:
+    path: str
+    status: str  # "complete" | "skipped" (already in the store) | "failed"
+    windows: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    model: str
+    checkpoint_sha256: str
+    devices: int
+    videos: list[VideoResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(v.status == status for v in self.videos)
+
+    @property
+    def windows(self) -> int:
+        return sum(v.windows for v in self.videos)
+
+    @property
+    def failed(self) -> list[VideoResult]:
+        return [v for v in self.videos if v.status == "failed"]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            complete=self.count("complete"),
+            skipped=self.count("skipped"),
+            n_failed=self.count("failed"),
+            windows=self.windows,
+            windows_per_s=self.windows / self.seconds if self.seconds else 0.0,
+        )
+        return d
+
+
+class Reporter:
+    """Receives progress; the CLI's rich display and JSON-lines log implement it."""
+
+    def start(self, n_videos: int) -> None: ...
+    def windows_done(self, n: int) -> None: ...
+    def video_done(self, result: VideoResult) -> None: ...
+
+
+def record_of(info: VideoInfo) -> store.VideoRecord:
+    return store.VideoRecord(
+        path=info.path, size_bytes=info.size_bytes, sha256=info.sha256, fps=info.fps,
+        n_frames=info.n_frames, duration=info.duration, width=info.width, height=info.height,
+        codec=info.codec,
+    )
+
+
+def complete_fingerprints(store_path: str) -> frozenset[str]:
+    """sha256 of every video the store already holds complete (empty for a new store)."""
+    if not os.path.exists(store_path):
+        return frozenset()
+    ds = store.open(store_path)
+    status = ds["video_status"].values
+    return frozenset(str(s) for s, st in zip(ds["video_sha256"].values, status) if st == "complete")
+
+
+class _Writer(threading.Thread):
+    """Applies each batch's store operations in order; the only thread that touches the store."""
+
+    def __init__(self, writer, paths, reporter: Reporter, results: list[VideoResult]):
+        super().__init__(name="ethoprism-writer", daemon=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=2)  # back-pressure on the main thread
+        self.writer, self.paths, self.reporter, self.results = writer, paths, reporter, results
+        self.error: BaseException | None = None
+        self._open: dict[int, tuple] = {}  # index -> (VideoWriter, windows so far, t0)
+
+    def run(self) -> None:
+        try:
+            while (item := self.inbox.get()) is not None:
+                handle, ops = item
+                encoded = ShardedEncoder.fetch(handle) if handle is not None else None
+                self._apply(ops, encoded)
+        except BaseException as e:  # surfaced by check() on the main thread
+            self.error = e
+            while self.inbox.get() is not None:  # drain so the main thread never blocks
+                pass
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _apply(self, ops, encoded) -> None:
+        i = 0
+        while i < len(ops):
+            op, index = ops[i][0], ops[i][1]
+            if op == "rows":
+                # Consecutive rows of one video become one append.
+                j = i
+                while j < len(ops) and ops[j][0] == "rows" and ops[j][1] == index:
+                    j += 1
+                self._append(index, [o[2] for o in ops[i:j]], [o[3] for o in ops[i:j]], encoded)
+                i = j
+                continue
+            if op == "start":
+                self._open[index] = (self.writer.begin_video(ops[i][2]), 0, time.perf_counter())
+            elif op == "end":
+                vw, n, t0 = self._open.pop(index)
+                vw.commit(n_frames=ops[i][2], duration=ops[i][3])
+                self._done(VideoResult(self.paths[index], "complete", n, time.perf_counter() - t0))
+            elif op == "skip":
+                self._done(VideoResult(self.paths[index], "skipped"))
+            elif op == "fail":
+                _, _, record, reason = ops[i]
+                began = self._open.pop(index, None)
+                self.writer.record_failure(record if record is not None else self.paths[index], reason)
+                seconds = time.perf_counter() - began[2] if began else 0.0
+                self._done(VideoResult(self.paths[index], "failed", 0, seconds, reason))
+            i += 1
+
+    def _append(self, index, rows, windows, encoded) -> None:
+        vw, n, t0 = self._open[index]
+        rows = np.asarray(rows)
+        vw.append(
+            tokens=encoded.tokens[rows],
+            embedding=encoded.embedding[rows],
+            start_frame=np.array([w.start_frame for w in windows], np.int64),
+            frame_step=np.array([w.frame_step for w in windows], np.int64),
+            n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
+            start_time=np.array([w.start_time for w in windows], np.float64),
+        )
+        self._open[index] = (vw, n + len(rows), t0)
+        self.reporter.windows_done(len(rows))
+
+    def _done(self, result: VideoResult) -> None:
+        self.results.append(result)
+        self.reporter.video_done(result)
+
+
+def extract_local(
+    paths: list[str],
+    store_path: str,
+    cfg: RunConfig,
+    *,
+    part: str | None = None,
+    reporter: Reporter | None = None,
+    decode_in_processes: bool | None = None,
+    encoder=None,
+) -> ExtractSummary:
+    """Extract `paths` into one part of the store at `store_path`; see the module docstring."""
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    encoder = encoder or load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
+    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range)
+    results: list[VideoResult] = []
+    summary = ExtractSummary(store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices)
+    reporter.start(len(paths))
+
+    with store.open_writer(
+        store_path, encoder=encoder.identity, preprocessing=cfg.prep.to_dict(), layout=cfg.layout, part=part
+    ) as writer:
+        complete = complete_fingerprints(store_path)
+        sink = _Writer(writer, paths, reporter, results)
+        sink.start()
+        try:
+            with DecodePool(
+                paths, cfg.prep, workers=cfg.decode_workers, complete=complete,
+                queue_windows=2 * sharded.batch_size, use_processes=decode_in_processes,
+            ) as pool:
+                _feed(pool, sharded, sink)
+        finally:
+            sink.inbox.put(None)
+            sink.join()
+        sink.check()
+
+    summary.videos = sorted(results, key=lambda r: paths.index(r.path))
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
+    """Main-thread loop: turn decode events into batches with their store operations."""
+    ops: list[tuple] = []
+    pixels: list[np.ndarray] = []
+
+    def submit() -> None:
+        nonlocal ops, pixels
+        sink.check()
+        handle = sharded.submit(np.stack(pixels)) if pixels else None
+        sink.inbox.put((handle, ops))
+        ops, pixels = [], []
+
+    for event in pool.events():
+        if isinstance(event, Start):
+            ops.append(("start", event.index, record_of(event.info)))
+        elif isinstance(event, Skip):
+            ops.append(("skip", event.index))
+        elif isinstance(event, Windows):
+            for window in event.windows:
+                ops.append(("rows", event.index, len(pixels), window))
+                pixels.append(window.pixels)
+                if len(pixels) == sharded.batch_size:
+                    submit()
+        elif isinstance(event, End):
+            ops.append(("end", event.index, event.n_frames, event.duration))
+        elif isinstance(event, Failed):
+            # Rows of this video still waiting for a batch are dropped, not encoded.
+            kept = [o for o in ops if not (o[0] == "rows" and o[1] == event.index)]
+            if len(kept) != len(ops):
+                keep_rows = [o for o in kept if o[0] == "rows"]
+                pixels = [pixels[o[2]] for o in keep_rows]
+                renumber = {id(o): k for k, o in enumerate(keep_rows)}
+                kept = [("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept]
+            ops = kept
+            record = record_of(event.info) if event.info is not None else None
+            ops.append(("fail", event.index, record, event.reason))
+    if ops or pixels:
+        submit()
+
+
+def ensure_store_parent(store_path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(store_path))
+    if not os.path.isdir(parent):
+        raise EthoprismError(f"cannot create the store {store_path!r}: {parent!r} does not exist")
