@@ -1,0 +1,141 @@
+"""VideoPrism weights: the official flat npz checkpoints, found locally or on the Hugging Face hub.
+
+The official format is a plain `np.savez` of float arrays keyed by the flax variable path joined
+with "/" (`params/spatial_encoder/transformers_stack/x_layers/...`, layers stacked on a leading
+axis), which is exactly `FactorizedEncoder`'s variable tree. Files are never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from ethoprism.errors import EthoprismError
+from ethoprism.extract.encoder import Encoder, EncoderConfig, get_config, init_params, param_shapes
+
+ENV_VAR = "ETHOPRISM_CHECKPOINT"
+RANDOM = "random"
+RANDOM_SHA256 = "random-init-seed-0"
+
+
+class CheckpointError(EthoprismError):
+    """A checkpoint that cannot be found, read, or does not fit the encoder config."""
+
+
+def load_encoder(name: str, checkpoint: str | os.PathLike | None = None, dtype: str = "float32") -> Encoder:
+    """The encoder `name` with its weights.
+
+    checkpoint: a path to an official npz; None -> $ETHOPRISM_CHECKPOINT if set, else the file
+    from the Hugging Face hub (cached by huggingface_hub, downloaded on first use);
+    "random" -> the official initialisation with seed 0 (for demos and tests without weights).
+    """
+    config = get_config(name)
+    if checkpoint is None and os.environ.get(ENV_VAR):
+        checkpoint = os.environ[ENV_VAR]
+        if not Path(checkpoint).expanduser().is_file():
+            raise CheckpointError(f"{ENV_VAR} points at {checkpoint}, which is not a file")
+    if isinstance(checkpoint, str) and checkpoint == RANDOM:
+        params, sha = jax.tree.map(jnp.asarray, init_params(config, seed=0)), RANDOM_SHA256
+    else:
+        path = Path(checkpoint).expanduser() if checkpoint is not None else download(config)
+        params, sha = load_checkpoint(path, config), file_sha256(path)
+    return Encoder(config=config, params=params, dtype=dtype, checkpoint_sha256=sha)
+
+
+def _how_to_get(config: EncoderConfig) -> str:
+    where = (f"download {config.hf_filename} from https://huggingface.co/{config.hf_repo}, then "
+             if config.hf_repo else "")
+    return f"{where}pass checkpoint=PATH (CLI: --checkpoint PATH) or set {ENV_VAR}=PATH"
+
+
+def download(config: EncoderConfig) -> Path:
+    """The checkpoint from the Hugging Face cache, downloading it there if needed."""
+    if config.hf_repo is None:
+        raise CheckpointError(f"{config.name} has no published weights: pass checkpoint=PATH, "
+                              f"set {ENV_VAR}=PATH, or use checkpoint='random'")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return Path(hf_hub_download(config.hf_repo, config.hf_filename))
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(
+            f"weights for {config.name} ({config.hf_filename}) are not in the Hugging Face cache and "
+            f"could not be downloaded from {config.hf_repo} ({type(e).__name__}); {_how_to_get(config)}"
+        ) from None
+
+
+def weights_available(name: str) -> str | None:
+    """Path of the cached official checkpoint for `name`, or None (never touches the network)."""
+    config = get_config(name)
+    if config.hf_repo is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(config.hf_repo, config.hf_filename)
+    return path if isinstance(path, str) else None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz, refusing anything that would need unpickling."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise CheckpointError(f"checkpoint {path} is a single .npy array, not an npz archive of named arrays")
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"checkpoint {path} is a Python pickle; refusing to unpickle it "
+                              "(expected the official npz of float arrays)")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is not an npz archive (no zip structure)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError:  # object arrays are pickles inside the archive
+                    raise CheckpointError(f"checkpoint {path}: key {key} holds pickled objects; refusing "
+                                          "to unpickle it (expected a float array)") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} is a damaged npz archive: {e}") from None
+    return arrays
+
+
+def load_checkpoint(path: str | os.PathLike, config: EncoderConfig) -> dict:
+    """The variables {"params": ...} of an official npz, checked key by key against `config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; {_how_to_get(config)}")
+    arrays = _read_npz(path)
+    expected = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(param_shapes(config)).items()}
+    problems = [f"missing key {k} (expected shape {s}, found none)" for k, s in expected.items()
+                if k not in arrays]
+    problems += [f"unexpected key {k} with shape {a.shape} (not in {config.name}: expected shape none)"
+                 for k, a in arrays.items() if k not in expected]
+    problems += [f"key {k} has shape {a.shape}, {config.name} expects {expected[k]}"
+                 for k, a in arrays.items() if k in expected and a.shape != expected[k]]
+    problems += [f"key {k} has dtype {a.dtype}, expected a float array"
+                 for k, a in arrays.items() if k in expected and not np.issubdtype(a.dtype, np.floating)]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointError(f"checkpoint {path} does not match {config.name}: {shown}")
+    # jnp.asarray copies: the official code mutates numpy params in place (spec §7).
+    return unflatten_dict({tuple(k.split("/")): jnp.asarray(a, jnp.float32) for k, a in arrays.items()})
