@@ -1,0 +1,104 @@
+"""Coding of window tokens for storage: spatial pooling, float16 rounding, int8 quantisation.
+
+Pure numpy, so the store itself needs only zarr v3 spec codecs and standard dtypes. Every
+`encode_*` has a `decode_*`; `decode(encode(x))` is tested against the error bounds in SPEC.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def pool_spatial(tokens: np.ndarray, pool: int) -> np.ndarray:
+    """Average-pool (n, t, h, w, c) tokens over non-overlapping pool x pool spatial blocks."""
+    if pool == 1:
+        return tokens
+    n, t, h, w, c = tokens.shape
+    if h % pool or w % pool:
+        raise ValueError(f"token map {h}x{w} is not divisible by the pooling factor {pool}")
+    blocks = tokens.reshape(n, t, h // pool, pool, w // pool, pool, c)
+    return blocks.mean(axis=(3, 5), dtype=np.float32)
+
+
+def round_mantissa(x: np.ndarray, bits: int = 7) -> np.ndarray:
+    """Round float32 values to `bits` mantissa bits (round half to even), still float32.
+
+    Zeroed low bits make the float16 bytes compress better; with 7 bits the values are exactly
+    the bfloat16 grid, so one rounding step, not two.
+    """
+    drop = 23 - bits
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    half = np.uint32((1 << (drop - 1)) - 1)
+    lsb = (u >> np.uint32(drop)) & np.uint32(1)
+    rounded = (u + half + lsb) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
+    return rounded.view(np.float32)
+
+
+def _check_float16_range(x: np.ndarray) -> None:
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak > FLOAT16_MAX:
+        raise ValueError(
+            f"token magnitude {peak:.4g} exceeds the float16 range ({FLOAT16_MAX:g}); "
+            "use the int8 layout, which scales every token"
+        )
+
+
+def encode_float16(x: np.ndarray, mantissa_bits: int | None) -> np.ndarray:
+    """float32 -> float16, first rounded to `mantissa_bits` (None: plain float16 rounding)."""
+    _check_float16_range(x)
+    if mantissa_bits is not None:
+        x = round_mantissa(x, mantissa_bits)
+    return x.astype(np.float16)
+
+
+def decode_float16(q: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32)
+
+
+def encode_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantise (n, t, h, w, c) tokens to int8, one scale per token after a per-channel prescale.
+
+    Returns (q int8 (n,t,h,w,c), token_scale float32 (n,t,h,w), channel_scale float32 (n,c)).
+    channel_scale is each window's per-channel RMS: dividing by it first evens out the channels,
+    so the few outlier channels of transformer activations no longer set every token's step.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n, c = x.shape[0], x.shape[-1]
+    rms = np.sqrt(np.mean(np.square(x.reshape(n, -1, c)), axis=1, dtype=np.float32))
+    channel_scale = np.where(rms > 0, rms, 1.0).astype(np.float32)
+    y = x / channel_scale[:, None, None, None, :]
+    peak = np.max(np.abs(y), axis=-1)
+    token_scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.rint(y / token_scale[..., None]).astype(np.int8)
+    return q, token_scale, channel_scale
+
+
+def decode_int8(q: np.ndarray, token_scale: np.ndarray, channel_scale: np.ndarray) -> np.ndarray:
+    """Inverse of `encode_int8` (up to the quantisation step); works on numpy or dask arrays."""
+    cs = channel_scale[:, None, None, None, :]
+    return q.astype(np.float32) * token_scale[..., None] * cs
+
+
+LAYOUT_DTYPES = ("float16-round7", "float16", "int8")
+
+
+def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict[str, np.ndarray]:
+    """Full-resolution float32 tokens -> the arrays a layout stores (names as on disk)."""
+    x = pool_spatial(np.asarray(tokens, dtype=np.float32), pool)
+    if dtype == "float16-round7":
+        return {"tokens": encode_float16(x, 7)}
+    if dtype == "float16":
+        return {"tokens": encode_float16(x, None)}
+    if dtype == "int8":
+        q, token_scale, channel_scale = encode_int8(x)
+        return {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}
+    raise ValueError(f"unknown token dtype {dtype!r}; expected one of {LAYOUT_DTYPES}")
+
+
+def decode_tokens(stored: dict, dtype: str):
+    """Stored arrays (numpy or dask) -> float32 tokens at the stored (pooled) resolution."""
+    if dtype == "int8":
+        return decode_int8(stored["tokens"], stored["token_scale"], stored["channel_scale"])
+    return decode_float16(stored["tokens"])

@@ -1,0 +1,150 @@
+"""Names, version and identity rules of the feature store (schema v1, see SPEC.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from ethoprism.errors import EthoprismError
+from ethoprism.store.codecs import LAYOUT_DTYPES
+
+SCHEMA = "ethoprism.features"
+SCHEMA_VERSION = 1
+PARTS = "parts"             # group holding one sub-group per writer
+PART_ATTR = "ethoprism_part"  # a part group's commit record (its only attribute)
+
+WINDOW_COORDS = ("video", "start_frame", "frame_step", "n_valid_frames", "start_time")
+WINDOW_COORD_DTYPES = {"video": "int64", "start_frame": "int64", "frame_step": "int64",
+                       "n_valid_frames": "int64", "start_time": "float64"}
+IDENTITY_KEYS = ("encoder", "preprocessing", "layout")
+
+
+class StoreError(EthoprismError):
+    """The store is missing, malformed, of another schema, or cannot be written."""
+
+
+class StoreIdentityError(StoreError):
+    """Two stores (or a store and a writer) disagree on encoder, preprocessing or layout."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How tokens are stored; chosen when a store is created and recorded in its attributes."""
+
+    dtype: str = "float16-round7"   # | "float16" | "int8" (per token, after per-channel RMS)
+    pool: int = 1                   # spatial average pooling 1 | 2 | 4 before storing
+
+    def __post_init__(self):
+        if self.dtype not in LAYOUT_DTYPES:
+            raise StoreError(f"layout dtype {self.dtype!r} is not one of {', '.join(LAYOUT_DTYPES)}")
+        if self.pool not in (1, 2, 4):
+            raise StoreError(f"layout pool {self.pool!r} is not one of 1, 2, 4")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        return cls(dtype=d["dtype"], pool=int(d["pool"]))
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One row of the per-video table: what the video is, independent of how it was encoded."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+    fps: float
+    n_frames: int
+    duration: float
+    width: int
+    height: int
+    codec: str
+
+    @classmethod
+    def of(cls, info) -> VideoRecord:
+        """From any object with these fields (e.g. extract's VideoInfo)."""
+        return cls(**{f.name: getattr(info, f.name) for f in dataclasses.fields(cls)})
+
+
+VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(VideoRecord))
+# Per-video table columns as the reader exposes them (prefixed "video_" on dim `videos`).
+VIDEO_COLUMNS = VIDEO_FIELDS + ("status", "reason", "first_window", "n_windows")
+
+
+def jsonable(obj):
+    """Normalise to what a JSON round trip gives back (tuples -> lists), for comparisons."""
+    return json.loads(json.dumps(obj))
+
+
+def _flatten(d, prefix=""):
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def identity_of_attrs(attrs: dict) -> dict:
+    return {k: attrs.get(k) for k in IDENTITY_KEYS}
+
+
+def identity(ds) -> dict:
+    """{"encoder", "preprocessing", "layout"} of a dataset from `ethoprism.store.open`."""
+    missing = [k for k in IDENTITY_KEYS if k not in ds.attrs]
+    if missing:
+        raise StoreError(f"dataset has no {', '.join(missing)} attribute(s): not from an ethoprism store")
+    return identity_of_attrs(ds.attrs)
+
+
+def identity_differences(a: dict, b: dict) -> list[str]:
+    """Dotted names of every field where identities a and b differ, with both values."""
+    fa, fb = _flatten(jsonable(a)), _flatten(jsonable(b))
+    return [f"{k} ({fa.get(k, '<absent>')!r} vs {fb.get(k, '<absent>')!r})"
+            for k in sorted(set(fa) | set(fb)) if fa.get(k, "<absent>") != fb.get(k, "<absent>")]
+
+
+def check_same_identity(a: dict, b: dict, what: str) -> None:
+    """Raise StoreIdentityError naming each field where identities a and b differ."""
+    diffs = identity_differences(a, b)
+    if diffs:
+        raise StoreIdentityError(f"{what}: identity differs in {'; '.join(diffs)}")
+
+
+def check_schema(attrs: dict, where: str) -> None:
+    """Refuse groups that are not ethoprism stores or are of a newer schema version."""
+    if attrs.get("schema") != SCHEMA:
+        raise StoreError(f"{where} is not an ethoprism feature store (no schema {SCHEMA!r} in its root attributes)")
+    version = attrs.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has schema version {version!r}, newer than this ethoprism reads "
+            f"({SCHEMA_VERSION}); upgrade ethoprism to read it"
+        )
+
+
+# Arrays of a part, with their dimension names (stored as zarr v3 dimension_names).
+ARRAY_DIMS = {
+    "tokens": ("window", "t", "h", "w", "c"),
+    "token_scale": ("window", "t", "h", "w"),   # int8 layout only
+    "channel_scale": ("window", "c"),           # int8 layout only
+    "embedding": ("window", "c"),
+    **{name: ("window",) for name in WINDOW_COORDS},
+}
+
+
+def token_arrays(dtype: str) -> tuple[str, ...]:
+    """The stored arrays that together hold a layout's tokens."""
+    return ("tokens", "token_scale", "channel_scale") if dtype == "int8" else ("tokens",)
+
+
+def part_arrays(dtype: str) -> tuple[str, ...]:
+    return token_arrays(dtype) + ("embedding",) + WINDOW_COORDS
+
+
+def content_key(row: dict) -> str:
+    """What makes two video rows the same video: the file's sha256, else its path."""
+    return row["sha256"] or f"path:{row['path']}"

@@ -1,0 +1,426 @@
+"""Writing a feature store: one part per writer process, windows in batches, a commit per video.
+
+Why it is safe (SPEC.md has the full protocol):
+- Each writer owns one part (`parts/<name>/`, held by an flock), so no two processes ever write
+  the same shard or resize the same array; zarr 3.1.6 silently loses data otherwise.
+- zarr's LocalStore writes every chunk, shard and metadata document to a temporary file and
+  renames it into place, so a SIGKILL leaves each file either old or new, never torn.
+- What is committed is decided by one document, the part group's `zarr.json`, which this module
+  writes (fsync, rename, fsync the directory) only after the video's data files are durable.
+  Readers read windows [0, n_windows) and the video table from it and ignore anything past it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from ethoprism import __version__
+from ethoprism.store.codecs import encode_tokens
+from ethoprism.store.schema import (
+    ARRAY_DIMS, PART_ATTR, PARTS, SCHEMA, SCHEMA_VERSION, WINDOW_COORD_DTYPES, WINDOW_COORDS,
+    Layout, StoreError, VideoRecord, check_same_identity, check_schema, content_key, jsonable,
+    part_arrays,
+)
+
+SHARD_TARGET_BYTES = 64 << 20   # raw bytes of tokens per shard: few files, small rewrites
+MAX_WINDOWS_PER_SHARD = 64
+COORD_CHUNK = 4096               # windows per chunk of the 1-D per-window arrays
+PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON durably and atomically: temp file, fsync, rename over, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_path(path.parent, directory=True)
+
+
+def _create_json_exclusive(path: Path, obj) -> None:
+    """Create a JSON file atomically unless it exists (concurrent creators: the first wins)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_path(path.parent, directory=True)
+
+
+def _read_json(path: Path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _group_doc(attributes: dict) -> dict:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_part_name() -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _writable_error(path, e: OSError) -> StoreError:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(f"cannot write to store {path}: {e.strerror} (read-only location?); "
+                          "open it for reading with ethoprism.store.open")
+    if e.errno == errno.ENOSPC:
+        return StoreError(f"no space left on the device holding store {path}; committed videos "
+                          "are intact: free space and re-run to resume")
+    return StoreError(f"cannot write to store {path}: {e}")
+
+
+def _open_root(root: Path, identity: dict, software_version: str) -> None:
+    """Create the store's root and parts groups, or check an existing root's schema and identity."""
+    meta = root / "zarr.json"
+    if not meta.exists():
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} is a file, not a feature store directory")
+        if root.exists() and any(root.iterdir()):
+            raise StoreError(f"{root} is a non-empty directory but not a feature store (no zarr.json); "
+                             "refusing to write into it")
+        root.mkdir(parents=True, exist_ok=True)
+        attrs = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **jsonable(identity),
+                 "software_version": software_version, "created": _now(), "parts": []}
+        _create_json_exclusive(meta, _group_doc(attrs))
+    doc = _read_json(meta)
+    attrs = doc.get("attributes", {})
+    check_schema(attrs, str(root))
+    if attrs["schema_version"] != SCHEMA_VERSION:
+        raise StoreError(f"{root} has schema version {attrs['schema_version']}; this ethoprism "
+                         f"writes only version {SCHEMA_VERSION}")
+    check_same_identity({k: attrs.get(k) for k in identity}, identity,
+                        f"store {root} (left) vs this writer (right)")
+    (root / PARTS).mkdir(exist_ok=True)
+    _create_json_exclusive(root / PARTS / "zarr.json", _group_doc({}))
+
+
+def _register_part(root: Path, name: str) -> None:
+    """Add a part to the root's list of parts (what remote readers, which cannot list, read)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)   # flock on the directory: no lock files
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        doc = _read_json(root / "zarr.json")
+        parts = doc["attributes"].setdefault("parts", [])
+        if name not in parts:
+            parts.append(name)
+            parts.sort()
+            write_json_atomic(root / "zarr.json", doc)
+    finally:
+        os.close(fd)
+
+
+def _windows_per_shard(token_shape, dtype: str) -> int:
+    itemsize = 1 if dtype == "int8" else 2
+    window_bytes = itemsize * math.prod(token_shape)
+    return int(min(MAX_WINDOWS_PER_SHARD, max(1, SHARD_TARGET_BYTES // window_bytes)))
+
+
+def _shard_path(part_dir: Path, name: str, index: int) -> Path:
+    return part_dir.joinpath(name, "c", str(index), *["0"] * (len(ARRAY_DIMS[name]) - 1))
+
+
+class StoreWriter:
+    """Appends videos to one part of a store. Use `open_writer`; a context manager."""
+
+    def __init__(self, root: Path, layout: Layout, part: str):
+        self.root, self.layout, self.part = root, layout, part
+        self.part_dir = root / PARTS / part
+        self._lock_fd = None
+        self._arrays: dict[str, zarr.Array] = {}
+        self._video: VideoWriter | None = None
+        self.part_dir.mkdir(parents=True, exist_ok=True)
+        # The part directory itself is the lock (released by the kernel if the process dies).
+        self._lock_fd = os.open(self.part_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreError(f"part {part!r} of store {root} is being written by another process; "
+                             "give each writer its own part name") from None
+        meta = self.part_dir / "zarr.json"
+        if not meta.exists():
+            record = {"name": part, "created": _now(), "n_windows": 0, "windows_per_shard": None,
+                      "token_shape": None, "videos": []}
+            write_json_atomic(meta, _group_doc({PART_ATTR: record}))
+        self.state = _read_json(meta)["attributes"][PART_ATTR]
+        self._recover()
+        _register_part(root, part)
+
+    def _recover(self) -> None:
+        """Drop what a killed writer left past the last commit: temp files, uncommitted windows."""
+        for dirpath, _, files in os.walk(self.part_dir):
+            for f in files:
+                if f.endswith((".partial", ".tmp")):
+                    os.unlink(os.path.join(dirpath, f))
+        if self.state["token_shape"] is not None:
+            self._open_arrays()
+            n = self.state["n_windows"]
+            for arr in self._arrays.values():
+                if arr.shape[0] != n:
+                    arr.resize((n,) + arr.shape[1:])
+
+    # -- arrays -------------------------------------------------------------------------------
+
+    def _open_arrays(self) -> None:
+        store = zarr.storage.LocalStore(self.root)
+        self._arrays = {name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+")
+                        for name in part_arrays(self.layout.dtype)}
+
+    def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
+        token_shape = list(encoded["tokens"].shape[1:])
+        per_shard = _windows_per_shard(token_shape, self.layout.dtype)
+        store = zarr.storage.LocalStore(self.root)
+        specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
+        specs["embedding"] = ((channels,), np.dtype("float32"))
+        for name in part_arrays(self.layout.dtype):
+            if name in WINDOW_COORDS:
+                shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
+                chunks, shards = (COORD_CHUNK,), None
+            else:
+                shape, dtype = specs[name]
+                chunks, shards = (1, *shape), (per_shard, *shape)
+            zarr.create_array(store, name=f"{PARTS}/{self.part}/{name}", shape=(0, *shape),
+                              dtype=dtype, chunks=chunks, shards=shards, fill_value=0,
+                              compressors=[ZstdCodec(level=1), Crc32cCodec()],
+                              dimension_names=ARRAY_DIMS[name], overwrite=True)
+        self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
+        self._open_arrays()
+
+    def _write(self, start: int, data: dict[str, np.ndarray]) -> None:
+        end = start + len(data["video"])
+        for name, values in data.items():
+            arr = self._arrays[name]
+            if arr.shape[0] < end:
+                arr.resize((end,) + arr.shape[1:])
+            arr[start:end] = values
+
+    def _make_durable(self, start: int, end: int) -> None:
+        """fsync the chunk and shard files holding windows [start, end), then their directories."""
+        dirs = set()
+        for name, arr in self._arrays.items():
+            _fsync_path(self.part_dir / name / "zarr.json")
+            per_file = arr.shards[0] if arr.shards else arr.chunks[0]
+            for i in range(start // per_file, (end - 1) // per_file + 1):
+                path = _shard_path(self.part_dir, name, i)
+                if path.exists():
+                    _fsync_path(path)
+                    dirs.update(p for p in path.parents if p.is_relative_to(self.part_dir))
+        for d in dirs:
+            _fsync_path(d, directory=True)
+
+    def _publish(self, state: dict) -> None:
+        write_json_atomic(self.part_dir / "zarr.json", _group_doc({PART_ATTR: state}))
+        self.state = state
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def is_complete(self, sha256: str) -> bool:
+        """True if a video with this content is committed in any part of the store."""
+        for name in _read_json(self.root / "zarr.json")["attributes"].get("parts", []):
+            state = self.state if name == self.part else _read_part_state(self.root, name)
+            if any(v["sha256"] == sha256 and v["status"] == "complete" for v in state["videos"]):
+                return True
+        return False
+
+    def begin_video(self, record: VideoRecord) -> VideoWriter:
+        """Start writing a video; any previous uncommitted video of this writer is discarded."""
+        if not isinstance(record, VideoRecord):
+            record = VideoRecord.of(record)
+        self._video = VideoWriter(self, record)
+        return self._video
+
+    def record_failure(self, record_or_path, reason: str) -> None:
+        """Add (or update) a failed row for a video; discards its uncommitted windows if any."""
+        if isinstance(record_or_path, (str, os.PathLike)):
+            row = {"path": str(record_or_path), "size_bytes": -1, "sha256": "", "fps": 0.0,
+                   "n_frames": -1, "duration": 0.0, "width": -1, "height": -1, "codec": ""}
+        else:
+            row = dataclasses.asdict(record_or_path if isinstance(record_or_path, VideoRecord)
+                                     else VideoRecord.of(record_or_path))
+        row.update(status="failed", reason=str(reason), first_window=-1, n_windows=0)
+        self._video = None
+        videos = list(self.state["videos"])
+        same = [i for i, v in enumerate(videos)
+                if v["status"] == "failed" and content_key(v) == content_key(row)]
+        if same:
+            videos[same[-1]] = row
+        else:
+            videos.append(row)
+        try:
+            self._publish({**self.state, "videos": videos})
+        except OSError as e:
+            raise _writable_error(self.root, e) from None
+
+    def close(self) -> None:
+        """Release the part; an uncommitted video is dropped (as if the writer had been killed)."""
+        self._video = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_part_state(root: Path, name: str) -> dict:
+    return _read_json(root / PARTS / name / "zarr.json")["attributes"][PART_ATTR]
+
+
+class VideoWriter:
+    """Buffers one video's windows, writes whole shards as they fill, and commits the video."""
+
+    def __init__(self, store: StoreWriter, record: VideoRecord):
+        self.store, self.record = store, record
+        self.first = store.state["n_windows"]
+        self.written = self.first           # windows [first, written) are on disk, uncommitted
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._n_pending = 0
+        self._done = False
+
+    def _check_live(self) -> None:
+        if self._done or self.store._video is not self:
+            raise StoreError(f"video {self.record.path}: this writer was committed, failed or replaced")
+
+    def append(self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time) -> None:
+        """Add a batch of windows: tokens (n,t,h,w,c) float32 full resolution, embedding (n,c)."""
+        self._check_live()
+        tokens = np.asarray(tokens, dtype=np.float32)
+        embedding = np.asarray(embedding, dtype=np.float32)
+        n = tokens.shape[0] if tokens.ndim == 5 else -1
+        if n <= 0 or embedding.shape != (n, tokens.shape[-1]):
+            raise StoreError(f"video {self.record.path}: expected tokens (n,t,h,w,c) with n > 0 and "
+                             f"embedding (n,c); got {tokens.shape} and {embedding.shape}")
+        window = self.written + self._n_pending
+        for name, values in (("tokens", tokens), ("embedding", embedding)):
+            bad = ~np.isfinite(values).reshape(n, -1).all(axis=1)
+            if bad.any():
+                raise StoreError(f"video {self.record.path}: {name} of window {int(np.argmax(bad))} "
+                                 f"of this batch (store window {window + int(np.argmax(bad))}) "
+                                 "is not finite")
+        try:
+            encoded = encode_tokens(tokens, self.store.layout.dtype, self.store.layout.pool)
+        except ValueError as e:
+            raise StoreError(f"video {self.record.path}: {e}") from None
+        shape = self.store.state["token_shape"]
+        if shape is not None and list(encoded["tokens"].shape[1:]) != shape:
+            raise StoreError(f"video {self.record.path}: stored token shape "
+                             f"{tuple(encoded['tokens'].shape[1:])} differs from this part's {tuple(shape)}")
+        batch = {**encoded, "embedding": embedding,
+                 "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64)}
+        for name, values in (("start_frame", start_frame), ("frame_step", frame_step),
+                             ("n_valid_frames", n_valid_frames), ("start_time", start_time)):
+            values = np.broadcast_to(np.asarray(values, dtype=WINDOW_COORD_DTYPES[name]), (n,))
+            batch[name] = values
+        try:
+            if shape is None:
+                self.store._create_arrays(encoded, tokens.shape[-1])
+            self._pending.append(batch)
+            self._n_pending += n
+            per_shard = self.store.state["windows_per_shard"]
+            boundary = (self.written // per_shard + 1) * per_shard
+            if self.written + self._n_pending >= boundary:
+                self._flush(boundary - self.written)
+        except OSError as e:
+            self._done = True
+            raise _writable_error(self.store.root, e) from None
+
+    def _flush(self, n: int | None = None) -> None:
+        """Write the first n pending windows (all if None) to disk."""
+        if not self._n_pending:
+            return
+        merged = {k: np.concatenate([b[k] for b in self._pending]) for k in self._pending[0]}
+        n = self._n_pending if n is None else n
+        self.store._write(self.written, {k: v[:n] for k, v in merged.items()})
+        self.written += n
+        rest = {k: v[n:] for k, v in merged.items()}
+        self._n_pending -= n
+        self._pending = [rest] if self._n_pending else []
+
+    def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
+        """Make the video visible: data made durable first, then the part's record replaced."""
+        self._check_live()
+        if self.written + self._n_pending == self.first:
+            raise StoreError(f"video {self.record.path}: no windows appended; record a failure instead")
+        try:
+            self._flush()
+            for arr in self.store._arrays.values():
+                if arr.shape[0] != self.written:   # a discarded video had written further
+                    arr.resize((self.written,) + arr.shape[1:])
+            self.store._make_durable(self.first, self.written)
+            row = dataclasses.asdict(self.record)
+            if n_frames is not None:
+                row["n_frames"] = int(n_frames)
+            if duration is not None:
+                row["duration"] = float(duration)
+            row.update(status="complete", reason="", first_window=self.first,
+                       n_windows=self.written - self.first)
+            state = self.store.state
+            self.store._publish({**state, "n_windows": self.written, "videos": [*state["videos"], row]})
+        except OSError as e:
+            raise _writable_error(self.store.root, e) from None
+        finally:
+            self._done = True
+
+
+def open_writer(path, *, encoder: dict, preprocessing: dict, layout: Layout = Layout(),
+                part: str | None = None, software_version: str = __version__) -> StoreWriter:
+    """Create a store at `path` or open it for append, as one part (one writer process).
+
+    A store with a different encoder, preprocessing or layout is refused (StoreIdentityError
+    naming each differing field). Reopening a part by name resumes it after a crash.
+    """
+    if "://" in str(path):
+        raise StoreError(f"{path}: writing goes to a local (or mounted shared) directory, not a URL")
+    part = part or default_part_name()
+    if not PART_NAME.match(part):
+        raise StoreError(f"part name {part!r} must be letters, digits, '.', '_' or '-'")
+    root = Path(path)
+    identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
+    try:
+        _open_root(root, identity, software_version)
+        return StoreWriter(root, layout, part)
+    except OSError as e:
+        raise _writable_error(root, e) from None
