@@ -17,6 +17,7 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.codecs import decode_tokens
+from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (
     ARRAY_DIMS, PART_ATTR, PARTS, VIDEO_COLUMNS, WINDOW_COORDS, Layout, StoreError, check_schema,
     content_key, token_arrays,
@@ -54,9 +55,8 @@ _OPENED: dict[str, StoreHandle] = {}
 
 
 def _zarr_store(path_or_url: str, storage_options: dict | None):
-    if "://" in path_or_url and not path_or_url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(path_or_url, read_only=True,
-                                                 storage_options=storage_options or {})
+    if is_url(path_or_url):
+        return zarr_store_for(path_or_url, storage_options, read_only=True)
     path = path_or_url.removeprefix("file://")
     if not os.path.isdir(path):
         raise StoreError(f"{path} does not exist or is not a directory: not a feature store")

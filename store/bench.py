@@ -1,0 +1,117 @@
+"""`ethoprism bench store`: bytes per window per layout, write speed vs raw disk, random reads.
+
+Everything is a ratio measured in one run on one disk (machines here are noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ethoprism.store.reader import open as open_store
+from ethoprism.store.reader import open_handle, read_windows
+from ethoprism.store.schema import Layout, VideoRecord
+from ethoprism.store.validate import info
+from ethoprism.store.writer import open_writer
+
+BASE_TOKEN_SHAPE = (16, 16, 16, 768)
+LAYOUTS = (Layout("float16-round7"), Layout("float16"), Layout("int8"),
+           Layout("float16-round7", 2), Layout("float16-round7", 4), Layout("int8", 2))
+BATCH = 32
+
+
+def activation_like(n: int, shape=BASE_TOKEN_SHAPE, seed: int = 0) -> np.ndarray:
+    """(n, *shape) float32 shaped like transformer activations: per-channel scales and offsets,
+    heavy tails (Student t, 4 dof) and a few outlier channels 30x larger than the rest."""
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    scale = np.exp(rng.normal(0.0, 0.7, c)).astype(np.float32)
+    scale[rng.choice(c, max(1, c // 200), replace=False)] *= 30.0
+    offset = rng.normal(0.0, 0.5, c).astype(np.float32)
+    x = rng.standard_t(4, size=(n, *shape)).astype(np.float32)
+    return x * scale + offset
+
+
+def _write(path: Path, layout: Layout, tokens: np.ndarray, windows: int, per_video: int = 16) -> float:
+    """Write `windows` windows (cycling through `tokens`) in videos of `per_video`; seconds taken."""
+    emb = tokens.mean(axis=(1, 2, 3))
+    start = time.perf_counter()
+    with open_writer(path, encoder={"name": "bench"}, preprocessing={"window_length": 16},
+                     layout=layout, part="bench") as w:
+        for v, first in enumerate(range(0, windows, per_video)):
+            n = min(per_video, windows - first)
+            vw = w.begin_video(VideoRecord(f"v{v}.mp4", 0, f"sha{v}", 30.0, 8 * n + 8, 0.0, 0, 0, "h264"))
+            for b in range(0, n, 8):
+                k = min(8, n - b)
+                idx = [(first + b + j) % len(tokens) for j in range(k)]
+                vw.append(tokens[idx], emb[idx], 8 * np.arange(b, b + k), 1, 16, np.arange(b, b + k) / 3.75)
+            vw.commit()
+    return time.perf_counter() - start
+
+
+def _raw_write(path: Path, nbytes: int) -> float:
+    """Sequential write of nbytes (incompressible) with one fsync at the end, like a commit."""
+    block = np.random.default_rng(1).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        left = nbytes
+        while left > 0:
+            left -= f.write(block[:min(left, len(block))])
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - start
+    path.unlink()
+    return elapsed
+
+
+def _time_reads(fn, batches) -> float:
+    start = time.perf_counter()
+    for idx in batches:
+        fn(idx)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 3) -> dict:
+    """Run the store benchmark in a temporary directory (on the disk of `directory`)."""
+    windows = max(windows, BATCH)
+    tokens = activation_like(8)
+    out = {"windows": windows, "token_shape": list(BASE_TOKEN_SHAPE), "layouts": []}
+    with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-") as tmp:
+        tmp = Path(tmp)
+        for layout in LAYOUTS:
+            path = tmp / f"{layout.dtype}-p{layout.pool}.zarr"
+            ratios = []
+            for r in range(repeats if layout == Layout() else 1):
+                shutil.rmtree(path, ignore_errors=True)
+                store_s = _write(path, layout, tokens, windows)
+                stored = info(path)["bytes_on_disk"]
+                raw_s = _raw_write(tmp / "raw.bin", stored)
+                ratios.append(raw_s / store_s)
+            out["layouts"].append({
+                "layout": layout.to_dict(), "bytes_per_window": stored / windows,
+                "write_mb_per_s": stored / store_s / 1e6, "raw_write_mb_per_s": stored / raw_s / 1e6,
+                "write_vs_raw": float(np.median(ratios)),
+                "input_mb_per_s": windows * tokens[0].nbytes / store_s / 1e6,
+            })
+        out["reads"] = _bench_reads(tmp / "float16-round7-p1.zarr", windows)
+    return out
+
+
+def _bench_reads(path: Path, windows: int) -> dict:
+    ds = open_store(path)
+    tokens_arr = open_handle(path).parts[0].arrays["tokens"]
+    in_memory = tokens_arr[:]                       # the same windows, as stored, in RAM
+    rng = np.random.default_rng(0)
+    batches = [np.sort(rng.choice(windows, BATCH, replace=False)) for _ in range(8)]
+    assert np.array_equal(read_windows(ds, batches[0]), in_memory[batches[0]].astype(np.float32))
+    reader_s = _time_reads(lambda idx: read_windows(ds, idx), batches)
+    memory_s = _time_reads(lambda idx: in_memory[idx].astype(np.float32), batches)
+    oindex_s = _time_reads(lambda idx: tokens_arr.oindex[idx].astype(np.float32), batches[:3])
+    return {"batch": BATCH, "read_windows_ms": reader_s * 1e3, "memory_ms": memory_s * 1e3,
+            "oindex_ms": oindex_s * 1e3, "read_windows_vs_memory": memory_s / reader_s,
+            "speedup_vs_oindex": oindex_s / reader_s}
