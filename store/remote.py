@@ -1,0 +1,99 @@
+"""Stores at URLs: http(s)://, s3:// or any fsspec protocol, as zarr v3 stores; uploading one.
+
+Readers never list directories here: static HTTP servers usually cannot, and the store's root
+attributes name its parts, whose array names are fixed by the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import zarr
+
+from ethoprism.store.schema import IDENTITY_KEYS, StoreError, check_same_identity
+
+S3_ENDPOINT_ENV = ("ETHOPRISM_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+S3_CREDENTIAL_OPTIONS = ("anon", "key", "secret", "token", "profile", "session")
+
+
+def is_url(path) -> bool:
+    """True for anything with a protocol other than a local file (`s3://b/x`, `https://h/x`)."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def storage_options_for(url: str, storage_options: dict | None = None) -> dict:
+    """fsspec options for `url`: the caller's, plus defaults that make S3 work without setup.
+
+    s3: the endpoint comes from `endpoint_url` (or client_kwargs), else $ETHOPRISM_S3_ENDPOINT,
+    $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL (self-hosted S3: Ceph, MinIO); with no credentials
+    given or found by botocore the bucket is read anonymously (public datasets).
+    """
+    opts = dict(storage_options or {})
+    if protocol_of(url) in ("s3", "s3a"):
+        if "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
+            endpoint = next((os.environ[v] for v in S3_ENDPOINT_ENV if os.environ.get(v)), None)
+            if endpoint:
+                opts["endpoint_url"] = endpoint
+        if not any(k in opts for k in S3_CREDENTIAL_OPTIONS) and not _aws_credentials_found():
+            opts["anon"] = True
+    return opts
+
+
+def _aws_credentials_found() -> bool:
+    import botocore.session
+
+    return botocore.session.Session().get_credentials() is not None
+
+
+def zarr_store_for(url: str, storage_options: dict | None = None,
+                   read_only: bool = True) -> zarr.storage.FsspecStore:
+    """A zarr v3 store over `url` (read-only by default), for zarr.open_group / xarray.open_zarr."""
+    try:
+        return zarr.storage.FsspecStore.from_url(
+            url.rstrip("/"), storage_options=storage_options_for(url, storage_options),
+            read_only=read_only)
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"cannot open {url}: {e} (protocol {protocol_of(url)!r} needs its fsspec "
+                         "package, e.g. s3fs for s3://, aiohttp for http://)") from None
+
+
+def upload_store(local_path, url: str, storage_options: dict | None = None) -> int:
+    """Copy a local store to `url` (e.g. s3://bucket/name.zarr); returns the number of files.
+
+    Data files go first and metadata documents after them, deepest first and the root last, so
+    a reader of the destination never sees a commit record before the data it points to. Lock
+    and temporary files (dot files) stay behind. Copy a store no writer is writing. A store
+    already at `url` is overwritten only if it has the same identity.
+    """
+    import fsspec
+
+    root = Path(local_path)
+    if not (root / "zarr.json").is_file():
+        raise StoreError(f"{root} is not a feature store (no zarr.json)")
+    local_attrs = json.loads((root / "zarr.json").read_text()).get("attributes", {})
+    fs, base = fsspec.url_to_fs(url, **storage_options_for(url, storage_options))
+    base = base.rstrip("/")
+    try:
+        if fs.exists(f"{base}/zarr.json"):
+            remote_attrs = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes", {})
+            check_same_identity({k: remote_attrs.get(k) for k in IDENTITY_KEYS},
+                                {k: local_attrs.get(k) for k in IDENTITY_KEYS},
+                                f"store at {url} (left) vs {root} (right)")
+        files = [p for p in root.rglob("*")
+                 if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)]
+        data = [p for p in files if p.name != "zarr.json"]
+        meta = sorted((p for p in files if p.name == "zarr.json"),
+                      key=lambda p: -len(p.relative_to(root).parts))
+        for batch in (data, meta[:-1], meta[-1:]):
+            if batch:
+                fs.put([str(p) for p in batch],
+                       [f"{base}/{p.relative_to(root).as_posix()}" for p in batch])
+    except OSError as e:
+        raise StoreError(f"uploading {root} to {url} failed: {e}") from None
+    return len(files)
