@@ -1,0 +1,209 @@
+"""Approximate nearest neighbours for archives of millions of windows: a FAISS IVF-Flat index.
+
+Built from a store's `embedding` block by block and saved beside the store (`STORE.ann/`, never
+inside the zarr hierarchy) with the store's identity, window count and a fingerprint of its
+videos, so that an index of another store (foreign) or of an older state of this one (stale)
+is refused. nprobe is chosen at build time as the smallest power of two whose recall@10 against
+exact search, on a sample of the store's own windows (each excluding itself), reaches the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+
+from ethoprism import store
+from ethoprism.probe.retrieval import Neighbours, RetrievalError, exact_search
+
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.json"
+RECALL_QUERIES = 200
+TARGET_RECALL = 0.95
+
+
+class AnnError(RetrievalError):
+    """An approximate index that is missing, foreign or stale."""
+
+
+@dataclass(frozen=True)
+class AnnInfo:
+    kind: str  # "IVFFlat"
+    nlist: int
+    nprobe: int  # chosen at build time to reach the target recall
+    n_windows: int
+    dim: int
+    recall_at_10: float  # against exact search, at nprobe, on recall_queries of the store's windows
+    recall_queries: int
+    videos_fingerprint: str
+    identity: dict
+    build_seconds: float
+
+
+def index_dir(store_path) -> str:
+    """Where the index of a local store lives: beside it, `<store>.ann`."""
+    path = os.fspath(store_path).removeprefix("file://").rstrip("/")
+    if "://" in path:
+        raise AnnError(f"{store_path}: an approximate index is built beside a local store, not a URL "
+                       "(copy the store locally, or search it exactly)")
+    return path + ".ann"
+
+
+def default_nlist(n: int) -> int:
+    """~sqrt(n) lists, with at least 40 training points per list (FAISS warns below 39)."""
+    return int(max(1, min(round(math.sqrt(n)), n // 40)))
+
+
+def videos_fingerprint(ds) -> str:
+    """sha256 over the content fingerprints of the store's videos, in window order."""
+    h = hashlib.sha256()
+    for sha, n in zip(ds["video_sha256"].values, ds["video_n_windows"].values):
+        h.update(f"{sha}:{int(n)};".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------- array-level building blocks
+
+
+def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
+    """The sorted rows the coarse quantiser is trained on: 40 per list, at random."""
+    if n < nlist:
+        raise AnnError(f"cannot build {nlist} lists from {n} windows; use --nlist {max(1, n // 40)} or fewer")
+    return np.sort(np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False))
+
+
+def build_ivf(emb, sample, nlist: int, *, block_rows: int = 65536, seed: int = 0) -> faiss.IndexIVFFlat:
+    """An IVF-Flat index over the rows of `emb` (n, D; numpy or dask), ids = row numbers.
+
+    The coarse quantiser is trained on `sample` (rows of emb, see training_rows); rows are added
+    one block at a time, so only the index itself (which holds the vectors) must fit in memory.
+    """
+    n, dim = emb.shape
+    sample = np.ascontiguousarray(sample, np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+    index.cp.seed = seed
+    index.train(sample)
+    for i0 in range(0, n, block_rows):
+        block = emb[i0:i0 + block_rows]
+        index.add(np.ascontiguousarray(block.compute() if hasattr(block, "compute") else block, np.float32))
+    return index
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's true k neighbours that were found (both (q, k); -1 ignored)."""
+    hits = [len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, int((t >= 0).sum())) for f, t in zip(found, truth)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def tune_nprobe(index, queries, truth, k: int = 10, target: float = TARGET_RECALL,
+                exclude: np.ndarray | None = None) -> tuple[int, float]:
+    """The smallest power-of-two nprobe whose recall@k reaches `target` (or nlist), and its recall.
+
+    exclude: (q,) an id each query must not return (its own row, when queries come from the index).
+    """
+    nprobe = 1
+    while True:
+        index.nprobe = nprobe
+        _, ids = index.search(queries, k + (exclude is not None))
+        if exclude is not None:
+            ids = np.stack([row[row != own][:k] for row, own in zip(ids, exclude)])
+        recall = recall_at_k(ids, truth)
+        if recall >= target or nprobe >= index.nlist:
+            return nprobe, recall
+        nprobe = min(2 * nprobe, index.nlist)
+
+
+# --------------------------------------------------------------------------- store-level index
+
+
+@dataclass
+class AnnIndex:
+    index: faiss.IndexIVFFlat
+    info: AnnInfo
+
+    def search(self, queries, k=10, *, mask=None, index_groups=None, query_groups=None) -> Neighbours:
+        """Like `retrieval.exact_search`, approximately: mask / groups become FAISS ID selectors."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+        if queries.shape[1] != self.info.dim:
+            raise AnnError(f"queries have {queries.shape[1]} dimensions, the index has {self.info.dim}")
+        d2 = np.full((len(queries), k), np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        if query_groups is None:
+            query_groups = np.full(len(queries), -1)
+        # one selector per distinct excluded group (queries from one video share it)
+        for group in np.unique(query_groups):
+            rows = np.flatnonzero(query_groups == group)
+            allowed = np.ones(self.info.n_windows, bool) if mask is None else np.asarray(mask, bool).copy()
+            if group >= 0:
+                allowed &= np.asarray(index_groups) != group
+            params = faiss.SearchParametersIVF(nprobe=self.info.nprobe)
+            if not allowed.all():
+                bitmap = np.packbits(allowed, bitorder="little")
+                params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+            dist, found = self.index.search(queries[rows], k, params=params)
+            d2[rows], ids[rows] = dist, found
+        d2[ids < 0] = np.inf
+        return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0)).astype(np.float32))
+
+
+def build_index(store_path, *, nlist: int | None = None, recall_queries: int = RECALL_QUERIES,
+                target_recall: float = TARGET_RECALL, seed: int = 0) -> AnnInfo:
+    """Build the IVF-Flat index of a local store, measure its recall@10, save it as `<store>.ann/`."""
+    t0 = time.perf_counter()
+    out = index_dir(store_path)
+    ds = store.open(os.fspath(store_path))
+    emb = ds["embedding"].data
+    n, dim = emb.shape
+    if n == 0:
+        raise AnnError(f"{store_path} holds no windows to index")
+    nlist = nlist or default_nlist(n)
+    sample = store.read_windows(ds, training_rows(n, nlist, seed), var="embedding")
+    index = build_ivf(emb, sample, nlist, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    probe_rows = np.sort(rng.choice(n, min(n, recall_queries), replace=False))
+    queries = np.ascontiguousarray(store.read_windows(ds, probe_rows, var="embedding"), np.float32)
+    # each sampled window excludes itself, as a held-out query would
+    truth = exact_search(queries, ds, 10, index_groups=np.arange(n), query_groups=probe_rows).windows
+    nprobe, recall = tune_nprobe(index, queries, truth, 10, target_recall, exclude=probe_rows)
+    info = AnnInfo("IVFFlat", nlist, nprobe, n, dim, recall, len(probe_rows), videos_fingerprint(ds),
+                   store.identity(ds), round(time.perf_counter() - t0, 3))
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    faiss.write_index(index, os.path.join(tmp, INDEX_FILE))
+    with open(os.path.join(tmp, META_FILE), "w") as f:
+        json.dump(asdict(info), f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return info
+
+
+def load_index(store_path, ds=None) -> AnnIndex:
+    """The saved index of a store, refused if it belongs to another store or an older state of it."""
+    where = index_dir(store_path)
+    ds = store.open(os.fspath(store_path)) if ds is None else ds
+    try:
+        with open(os.path.join(where, META_FILE)) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise AnnError(f"no approximate index at {where}; build it with "
+                       f"`ethoprism retrieve build-index {store_path}`") from None
+    info = AnnInfo(**meta)
+    try:
+        store.check_same_identity(info.identity, store.identity(ds), f"approximate index {where} vs store")
+    except store.StoreIdentityError as e:
+        raise AnnError(f"{e}: the index was built from another store (foreign); rebuild it with "
+                       f"`ethoprism retrieve build-index {store_path}`") from None
+    n = ds.sizes["window"]
+    if info.n_windows != n or info.videos_fingerprint != videos_fingerprint(ds):
+        raise AnnError(f"approximate index {where} is stale: built for {info.n_windows} windows, the store "
+                       f"now holds {n}{'' if info.n_windows != n else ' from different videos'}; rebuild it "
+                       f"with `ethoprism retrieve build-index {store_path}`")
+    return AnnIndex(faiss.read_index(os.path.join(where, INDEX_FILE)), info)
