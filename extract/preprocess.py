@@ -1,0 +1,152 @@
+"""How decoded frames become encoder input: the `Preprocessing` identity, resizing and scaling.
+
+Resizing runs inside libswscale (through PyAV), fused with the YUV -> RGB conversion: scaling a
+frame in numpy after converting it at full size costs several times the decode itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from ethoprism.errors import EthoprismError
+
+RESIZE_MODES = ("squash", "pad", "crop")
+INTERPOLATIONS = ("bilinear", "area", "bicubic")
+
+
+class PreprocessingError(EthoprismError):
+    """A `Preprocessing` field with a value that cannot work; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything between a decoded frame and the encoder; written into the store as its identity."""
+
+    frame_size: int = 288  # output frames are frame_size x frame_size RGB
+    resize: str = "squash"  # "squash" | "pad" (letterbox, black bars) | "crop" (centre)
+    window_length: int = 16  # frames per window
+    window_stride: int = 8  # S: frames between consecutive window starts
+    frame_step: int = 1  # K: window frames are start + j*K
+    pixel_range: tuple[float, float] = (0.0, 1.0)  # what uint8 0 and 255 map to
+    interpolation: str = "bilinear"  # libswscale filter; changes the features, so it is identity
+
+    def __post_init__(self):
+        for name in ("frame_size", "window_length", "window_stride", "frame_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise PreprocessingError(
+                    f"preprocessing field {name!r} must be a positive integer, got {value!r}"
+                )
+            object.__setattr__(self, name, int(value))
+        if self.resize not in RESIZE_MODES:
+            raise PreprocessingError(
+                f"preprocessing field 'resize' must be one of {', '.join(RESIZE_MODES)}; "
+                f"got {self.resize!r}"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise PreprocessingError(
+                f"preprocessing field 'interpolation' must be one of {', '.join(INTERPOLATIONS)}; "
+                f"got {self.interpolation!r}"
+            )
+        try:
+            lo, hi = (float(v) for v in self.pixel_range)
+        except (TypeError, ValueError):
+            raise PreprocessingError(
+                f"preprocessing field 'pixel_range' must be two numbers (low, high), "
+                f"got {self.pixel_range!r}"
+            ) from None
+        if not lo < hi:
+            raise PreprocessingError(
+                f"preprocessing field 'pixel_range' must have low < high, got {self.pixel_range!r}"
+            )
+        object.__setattr__(self, "pixel_range", (lo, hi))
+
+    @property
+    def window_span(self) -> int:
+        """Source frames from a window's first frame to its last, inclusive."""
+        return (self.window_length - 1) * self.frame_step + 1
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (pixel_range as a list), so that a dict read back from JSON compares equal."""
+        d = dataclasses.asdict(self)
+        d["pixel_range"] = list(self.pixel_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PreprocessingError(
+                f"unknown preprocessing field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+
+def resize_geometry(width: int, height: int, frame_size: int, mode: str) -> tuple[int, int, int, int]:
+    """Where a width x height picture goes: (scaled_w, scaled_h, x, y).
+
+    The picture is scaled to scaled_w x scaled_h, then placed with its top-left corner at (x, y)
+    of the frame_size x frame_size output: x, y >= 0 leave black bars (pad), x, y < 0 crop.
+    """
+    if mode == "squash":
+        return frame_size, frame_size, 0, 0
+    if mode == "pad":
+        scale = frame_size / max(width, height)
+        sw, sh = (min(frame_size, max(1, round(v * scale))) for v in (width, height))
+        return sw, sh, (frame_size - sw) // 2, (frame_size - sh) // 2
+    if mode == "crop":
+        scale = frame_size / min(width, height)
+        sw, sh = (max(frame_size, round(v * scale)) for v in (width, height))
+        return sw, sh, -((sw - frame_size) // 2), -((sh - frame_size) // 2)
+    raise PreprocessingError(f"unknown resize mode {mode!r}; one of {', '.join(RESIZE_MODES)}")
+
+
+class Resizer:
+    """Converts decoded frames to frame_size x frame_size RGB uint8 as `prep` says.
+
+    Holds its libswscale contexts, reused across frames of the same shape; not thread-safe.
+    """
+
+    def __init__(self, prep: Preprocessing):
+        self.prep = prep
+        self._interpolation = prep.interpolation.upper()
+        self._scaler = VideoReformatter()  # one context per step: each keeps its configuration
+        self._to_rgb = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame | np.ndarray) -> np.ndarray:
+        if isinstance(frame, np.ndarray):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+        size = self.prep.frame_size
+        sw, sh, x, y = resize_geometry(frame.width, frame.height, size, self.prep.resize)
+        # Scale in the decoder's own pixel format, then convert the small picture to RGB: ~20%
+        # less work than swscale's combined scale+convert path. One thread each: decoding is
+        # already threaded and the pipeline runs several decoders.
+        small = self._scaler.reformat(frame, sw, sh, interpolation=self._interpolation, threads=1)
+        scaled = self._to_rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
+        if (sw, sh) == (size, size):
+            return scaled
+        if x >= 0 and y >= 0:  # pad: centred on black
+            out = np.zeros((size, size, 3), np.uint8)
+            out[y : y + sh, x : x + sw] = scaled
+            return out
+        return np.ascontiguousarray(scaled[-y : -y + size, -x : -x + size])  # crop: centre
+
+
+def resize(frame: av.VideoFrame | np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """One frame (a decoded PyAV frame or an (H, W, 3) uint8 RGB array) -> (S, S, 3) uint8 RGB."""
+    return Resizer(prep)(frame)
+
+
+def to_float(pixels, pixel_range: tuple[float, float] = (0.0, 1.0)):
+    """uint8 pixels -> float32 in pixel_range; works on numpy and jax arrays alike.
+
+    Kept out of the decoder on purpose: float32 windows are 4x the bytes to queue and transfer.
+    """
+    lo, hi = pixel_range
+    return pixels.astype("float32") * np.float32((hi - lo) / 255.0) + np.float32(lo)

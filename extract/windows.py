@@ -1,0 +1,115 @@
+"""Fixed-length windows of resized frames, streamed from a video with memory bounded by one window span.
+
+Window i starts at frame i*S (S = window_stride) and holds frames start + j*K (K = frame_step,
+j = 0..window_length-1). Windows continue while they start inside the video; the last one is
+the first that reaches the last frame. Positions past the end repeat the window's last real frame
+(its `frame_indices` say so), and `n_valid_frames` counts the real ones. With S larger than the
+window span, frames between windows belong to no window, by design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ethoprism.extract.preprocess import Preprocessing, Resizer
+from ethoprism.extract.video import iter_raw
+
+
+@dataclass
+class Window:
+    start_frame: int
+    frame_step: int
+    n_valid_frames: int
+    start_time: float  # seconds, the pts time of the start frame
+    frame_indices: np.ndarray  # (window_length,) int64 source frames; padding repeats the last valid one
+    pixels: np.ndarray  # (window_length, frame_size, frame_size, 3) uint8 RGB
+
+
+def plan_windows(n_frames: int, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(start_frames, n_valid_frames) of every window of an n_frames video, as iter_windows yields them."""
+    L, S, K = prep.window_length, prep.window_stride, prep.frame_step
+    if n_frames <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    last = n_frames - 1
+    first_reaching = -(-max(0, last - (L - 1) * K) // S)  # first k with k*S + (L-1)*K >= last
+    n_windows = min(first_reaching, last // S) + 1  # starts stay inside the video
+    starts = np.arange(n_windows, dtype=np.int64) * S
+    return starts, np.minimum(L, (last - starts) // K + 1)
+
+
+class WindowAssembler:
+    """Turns a stream of frames (in index order) into windows, keeping only one window span of them.
+
+    `buffer` is a ring of window_span frames (frame f in slot f % span): its size depends on the
+    preprocessing, never on the video's length.
+    """
+
+    def __init__(self, prep: Preprocessing):
+        self.prep = prep
+        span, size = prep.window_span, prep.frame_size
+        self.buffer = np.zeros((span, size, size, 3), np.uint8)
+        self._times = np.zeros(span, np.float64)
+        self._next_start = 0  # the first window not yet emitted
+        self._n_frames = 0
+
+    def needs(self, index: int) -> bool:
+        """Whether any window uses frame `index` (the others need not be converted)."""
+        S, K = self.prep.window_stride, self.prep.frame_step
+        return any(
+            (index - j * K) % S == 0 for j in range(self.prep.window_length) if index - j * K >= 0
+        )
+
+    def push(self, index: int, time: float, rgb: np.ndarray | None) -> list[Window]:
+        """Add frame `index` (rgb None when `needs(index)` is false); returns the windows it completes."""
+        if index != self._n_frames:
+            raise ValueError(f"frames must arrive in order: expected {self._n_frames}, got {index}")
+        self._n_frames += 1
+        slot = index % len(self.buffer)
+        if rgb is not None:
+            self.buffer[slot] = rgb
+        self._times[slot] = time
+        start = self._next_start
+        if start + (self.prep.window_length - 1) * self.prep.frame_step == index:
+            return [self._emit(self.prep.window_length)]
+        return []
+
+    def finish(self) -> list[Window]:
+        """After the last frame: the padded window that reaches it, if one is still open."""
+        last = self._n_frames - 1
+        start = self._next_start
+        previous_end = start - self.prep.window_stride + self.prep.window_span - 1
+        if start > last or (start > 0 and previous_end >= last):
+            return []
+        return [self._emit((last - start) // self.prep.frame_step + 1)]
+
+    def _emit(self, n_valid: int) -> Window:
+        L, K, start = self.prep.window_length, self.prep.frame_step, self._next_start
+        indices = start + np.minimum(np.arange(L), n_valid - 1).astype(np.int64) * K
+        window = Window(
+            start_frame=start,
+            frame_step=K,
+            n_valid_frames=int(n_valid),
+            start_time=float(self._times[start % len(self.buffer)]),
+            frame_indices=indices,
+            pixels=self.buffer[indices % len(self.buffer)],  # fancy indexing copies
+        )
+        self._next_start += self.prep.window_stride
+        return window
+
+
+def iter_windows(path, prep: Preprocessing, threads: int = 0) -> Iterator[Window]:
+    """Decode `path` and yield its windows in order (see the module docstring for which ones).
+
+    Streaming: memory is one window span of resized frames plus the decoder's own buffers. A
+    damaged video raises VideoError after yielding the windows before the damage; callers must
+    discard the video's windows then (the store only shows committed videos).
+    """
+    assembler = WindowAssembler(prep)
+    resize = Resizer(prep)
+    for index, time, frame in iter_raw(path, threads):
+        rgb = resize(frame) if assembler.needs(index) else None
+        yield from assembler.push(index, time, rgb)
+    yield from assembler.finish()
