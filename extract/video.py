@@ -14,7 +14,7 @@ Conventions (the store and every label file rely on them):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -152,23 +152,28 @@ def _configure_threads(stream, threads: int) -> None:
         stream.thread_count = threads
 
 
-def _decode(path, container, stream) -> Iterator[tuple[int, float, av.VideoFrame]]:
-    """(index, time, frame) in presentation order; raises VideoError on damage (module docstring)."""
+def _decode(path, container, stream) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
+    """Yields (index, time, frame) in presentation order and returns (n_frames, duration) as decoded.
+
+    Raises VideoError on damage (see the module docstring).
+    """
     codec = stream.codec_context
     tb = stream.time_base
     rate = _frame_rate(stream)
     period = 1.0 / rate if rate else 0.0
     index = 0
-    time = None
+    time = first_time = None
     sent = 0  # packets whose frame should come out (discarded ones are edit-list trims)
 
     def emit(frames):
-        nonlocal index, time
+        nonlocal index, time, first_time
         for frame in frames:
             if frame.pts is not None and tb is not None:
                 time = float(frame.pts * tb)
             else:
                 time = 0.0 if time is None else time + period
+            if first_time is None:
+                first_time = time
             yield index, time, frame
             index += 1
 
@@ -212,6 +217,7 @@ def _decode(path, container, stream) -> Iterator[tuple[int, float, av.VideoFrame
             f"declares could be decoded (file damaged)",
             frame=index,
         )
+    return index, time - first_time + period  # the last frame lasts one frame period
 
 
 def iter_frames(path, threads: int = 0, prep: Preprocessing | None = None) -> Iterator[Frame]:
@@ -231,11 +237,12 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def iter_raw(path, threads: int = 0) -> Iterator[tuple[int, float, av.VideoFrame]]:
-    """Like iter_frames but yields the decoder's own frames, unconverted (for measuring decoding)."""
+def iter_raw(path, threads: int = 0) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
+    """Yields (index, time, PyAV frame) in the decoder's own pixel format, for callers that convert
+    frames themselves; returns (n_frames, duration in seconds) as decoding found them."""
     with _open_video(path) as (container, stream):
         _configure_threads(stream, threads)
-        yield from _decode(path, container, stream)
+        return (yield from _decode(path, container, stream))
 
 
 def _seconds(pts, tb) -> str:

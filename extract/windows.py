@@ -9,7 +9,7 @@ window span, frames between windows belong to no window, by design.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,16 +100,24 @@ class WindowAssembler:
         return window
 
 
-def iter_windows(path, prep: Preprocessing, threads: int = 0) -> Iterator[Window]:
+def iter_windows(path, prep: Preprocessing, threads: int = 0) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones).
 
-    Streaming: memory is one window span of resized frames plus the decoder's own buffers. A
-    damaged video raises VideoError after yielding the windows before the damage; callers must
-    discard the video's windows then (the store only shows committed videos).
+    Returns (StopIteration.value) (n_frames, duration in seconds) as decoding found them, which
+    can differ from what the container's header claims. Streaming: memory is one window span of
+    resized frames plus the decoder's own buffers. A damaged video raises VideoError after
+    yielding the windows before the damage; callers must then discard the video's windows.
     """
     assembler = WindowAssembler(prep)
     resize = Resizer(prep)
-    for index, time, frame in iter_raw(path, threads):
+    decoded = iter_raw(path, threads)
+    while True:
+        try:
+            index, time, frame = next(decoded)
+        except StopIteration as end:
+            n_frames, duration = end.value
+            break
         rgb = resize(frame) if assembler.needs(index) else None
         yield from assembler.push(index, time, rgb)
     yield from assembler.finish()
+    return n_frames, duration
