@@ -90,7 +90,10 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
         arrays = {}
         if state["n_windows"] > 0:
             try:
-                arrays = {a: zarr.open_array(store, path=f"{PARTS}/{name}/{a}", mode="r") for a in names}
+                # concurrently: each open is a round trip, which adds up over http and s3
+                opened = read_pool().map(lambda a, name=name: zarr.open_array(
+                    store, path=f"{PARTS}/{name}/{a}", mode="r", zarr_format=3), names)
+                arrays = dict(zip(names, opened, strict=True))
             except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
                 raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
         parts.append(Part(name, state, arrays))

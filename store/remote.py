@@ -6,11 +6,15 @@ attributes name its parts, whose array names are fixed by the schema.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import math
 import os
 from pathlib import Path
 
 import zarr
+from zarr.core.sync import sync
 
 from ethoprism.store.schema import IDENTITY_KEYS, StoreError, check_same_identity
 
@@ -61,6 +65,30 @@ def zarr_store_for(url: str, storage_options: dict | None = None,
     except (ImportError, ValueError) as e:
         raise StoreError(f"cannot open {url}: {e} (protocol {protocol_of(url)!r} needs its fsspec "
                          "package, e.g. s3fs for s3://, aiohttp for http://)") from None
+
+
+def stored_bytes(arr: zarr.Array) -> int:
+    """Bytes of an array's stored files (metadata, chunks or shards), found without listing.
+
+    zarr's `nbytes_stored` lists directories, which static HTTP servers refuse; the keys follow
+    from the array's shape and chunk grid, so ask for each one's size instead (concurrently).
+    """
+    outer = arr.shards or arr.chunks
+    grid = [math.ceil(s / c) for s, c in zip(arr.shape, outer, strict=True)]
+    prefix = f"{arr.path}/" if arr.path else ""
+    encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+    keys = [f"{prefix}zarr.json"] + [prefix + encode(ix) for ix in itertools.product(*map(range, grid))]
+
+    async def size(key):
+        try:
+            return await arr.store.getsize(key)
+        except FileNotFoundError:       # a chunk never written (all fill value)
+            return 0
+
+    async def total():
+        return sum(await asyncio.gather(*map(size, keys)))
+
+    return sync(total())
 
 
 def upload_store(local_path, url: str, storage_options: dict | None = None) -> int:

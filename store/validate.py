@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ethoprism.store.reader import read_pool, merge_tables, open_handle
+from ethoprism.store.remote import stored_bytes
 from ethoprism.store.schema import WINDOW_COORDS, token_arrays
 
 
@@ -107,7 +108,7 @@ def info(path_or_url, storage_options: dict | None = None) -> dict:
     handle = open_handle(path_or_url, storage_options)
     rows, runs = merge_tables(handle.parts)
     windows = sum(stop - start for _, start, stop in runs)
-    stored = sum(arr.nbytes_stored() for part in handle.parts for arr in part.arrays.values())
+    stored = sum(stored_bytes(arr) for part in handle.parts for arr in part.arrays.values())
     token_shape = next((p.state["token_shape"] for p in handle.parts if p.state.get("token_shape")), None)
     attrs = handle.attrs
     return {

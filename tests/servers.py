@@ -46,7 +46,7 @@ def ensure_debian_packages(binaries: list[str], packages: list[str]) -> str | No
     steps = ([] if _apt_updated else [["apt-get", "update", "-qq"]]) + [
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]]
     for cmd in steps:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
         if r.returncode:
             tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
             return f"`{' '.join(cmd)}` failed (exit {r.returncode}): {' | '.join(tail)}"
@@ -69,7 +69,8 @@ def _die_with_parent():
 def spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
 
 
 def stop(procs: list[subprocess.Popen], grace: float = 5.0, sig=signal.SIGTERM) -> None:
@@ -132,7 +133,7 @@ class NginxServer:
         return rows
 
 
-def _nginx_conf(work: Path, root: Path, port: int) -> str:
+def _nginx_conf(work: Path, root: Path, port: int, autoindex: bool) -> str:
     temps = "\n".join(f"  {k}_temp_path {work / k};"
                       for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     # As root the workers would drop to `nobody`, who cannot enter pytest's 0700 tmp dirs.
@@ -153,13 +154,14 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     root {root};
-    autoindex off;  # like most static hosting: readers must not depend on listings
+    autoindex {"on" if autoindex else "off"};
   }}
 }}
 """
 
 
-def start_nginx(root: Path, work: Path) -> NginxServer:
+def start_nginx(root: Path, work: Path, autoindex: bool = False) -> NginxServer:
+    """nginx serving `root`; directory listings only with `autoindex` (most static hosts: none)."""
     reason = ensure_debian_packages(["nginx"], ["nginx"])
     if reason:
         pytest.skip(f"nginx unavailable: {reason}")
@@ -167,11 +169,11 @@ def start_nginx(root: Path, work: Path) -> NginxServer:
     for attempt in range(3):           # the free port may be taken between probe and bind
         port = free_port()
         conf = work / "nginx.conf"
-        conf.write_text(_nginx_conf(work, Path(root).resolve(), port))
+        conf.write_text(_nginx_conf(work, Path(root).resolve(), port, autoindex))
         cmd = [_which("nginx"), "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
         proc = spawn(cmd, work / "nginx.out", work)
         try:
-            _wait_http(f"http://127.0.0.1:{port}/", [proc], work / "error.log", timeout=20)
+            _wait_http(f"http://127.0.0.1:{port}/.ready-probe", [proc], work / "error.log", timeout=20)
         except RuntimeError as e:
             stop([proc])
             if "Address already in use" in str(e) and attempt < 2:
@@ -182,11 +184,11 @@ def start_nginx(root: Path, work: Path) -> NginxServer:
 
 @pytest.fixture
 def nginx_server(tmp_path_factory):
-    """Factory: `nginx_server(root_dir) -> NginxServer`; every server started stops at teardown."""
+    """Factory: `nginx_server(root_dir, autoindex=False) -> NginxServer`; all stop at teardown."""
     started: list[NginxServer] = []
 
-    def start(root) -> NginxServer:
-        server = start_nginx(Path(root), tmp_path_factory.mktemp("nginx"))
+    def start(root, autoindex: bool = False) -> NginxServer:
+        server = start_nginx(Path(root), tmp_path_factory.mktemp("nginx"), autoindex)
         started.append(server)
         return server
 
@@ -257,7 +259,8 @@ rgw data = {work}/rgw
 
 
 def _run(cmd: list[str], work: Path, timeout: float = 60) -> str:
-    r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, check=False, cwd=work, capture_output=True, text=True,
+                       timeout=timeout)
     if r.returncode:
         tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
         raise RuntimeError(f"`{Path(cmd[0]).name} {' '.join(cmd[1:])}` exited {r.returncode}: {tail}")

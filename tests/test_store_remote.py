@@ -2,14 +2,67 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
+from typer.testing import CliRunner
 
+from ethoprism import store
+from ethoprism.cli import app
+from ethoprism.store import Layout, StoreIdentityError, VideoRecord
 from ethoprism.store.remote import storage_options_for, upload_store, zarr_store_for
 from ethoprism.store.schema import StoreError
 
 SHARD_WINDOWS = 16
+ENCODER = {"name": "videoprism-tiny", "config": {"model_dim": 16}, "checkpoint_sha256": "0" * 64,
+           "dtype": "float32"}
+PREP = {"frame_size": 32, "resize": "squash", "window_length": 4, "window_stride": 2,
+        "frame_step": 1, "pixel_range": [0.0, 1.0]}
+
+
+def write_store(path, encoder=ENCODER, seed=0) -> None:
+    """Two parts (two writers), 3 complete videos of 7, 5, 9 windows and one failed, int8
+    layout (extra scale arrays), 4 windows per shard (videos straddle shards)."""
+    rng = np.random.default_rng(seed)
+    videos = {"w0": [("cam0/a.mp4", 7), ("cam0/b.mp4", 5)], "w1": [("cam1/c.mp4", 9)]}
+    for part, clips in videos.items():
+        with store.open_writer(path, encoder=encoder, preprocessing=PREP, layout=Layout("int8"),
+                               part=part, windows_per_shard=4) as w:
+            for name, n in clips:
+                rec = VideoRecord(f"/archive/{name}", 10_000 + n, f"{n:064x}", 25.0, 2 * n + 2,
+                                  (2 * n + 2) / 25, 64, 48, "h264")
+                vw = w.begin_video(rec)
+                scale = rng.uniform(0.1, 5.0, 16).astype(np.float32)   # per-channel scales
+                tokens = rng.standard_t(4, (n, 2, 4, 4, 16)).astype(np.float32) * scale
+                starts = 2 * np.arange(n)
+                vw.append(tokens, tokens.mean(axis=(1, 2, 3)), starts, 1, 4, starts / 25.0)
+                vw.commit()
+            if part == "w1":
+                w.record_failure("/archive/cam1/broken.mp4", "not a video: no video stream")
+
+
+@pytest.fixture(scope="module")
+def feature_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    write_store(root / "feat.zarr")
+    return root
+
+
+def assert_same_dataset(remote, local):
+    assert {k: v for k, v in remote.attrs.items() if k != "source"} == \
+        {k: v for k, v in local.attrs.items() if k != "source"}
+    assert remote.sizes == local.sizes and set(remote.coords) == set(local.coords)
+    for name in local.coords:
+        np.testing.assert_array_equal(remote[name].values, local[name].values, err_msg=name)
+    picks = np.random.default_rng(1).permutation(local.sizes["window"])[:8]
+    for var in ("tokens", "embedding"):
+        np.testing.assert_array_equal(store.read_windows(remote, picks, var),
+                                      store.read_windows(local, picks, var), err_msg=var)
+    np.testing.assert_array_equal(remote.embedding.values, local.embedding.values)
+    np.testing.assert_array_equal(remote.tokens[5:11].values, local.tokens[5:11].values)
 
 
 def write_sharded_group(root, n=64, seed=0) -> np.ndarray:
@@ -87,3 +140,79 @@ def test_s3_defaults_endpoint_from_env_and_anonymous_without_credentials(monkeyp
 def test_unknown_protocol_is_a_store_error():
     with pytest.raises(StoreError, match="nosuchproto"):
         zarr_store_for("nosuchproto://bucket/x.zarr")
+
+
+def test_store_opens_over_http_without_listing(feature_store, nginx_server):
+    server = nginx_server(feature_store)             # no autoindex: listing a directory is a 403
+    url = f"{server.url}/feat.zarr"
+    local = store.open(str(feature_store / "feat.zarr"))
+    remote = store.open(url)
+    assert local.sizes["window"] == 21 and list(local.video_status.values).count("failed") == 1
+    assert_same_dataset(remote, local)
+    cam1 = store.select(remote, video="c.mp4", start=0.3)
+    np.testing.assert_array_equal(cam1.start_frame.values, 2 * np.arange(4, 9))
+    np.testing.assert_array_equal(store.read_windows(cam1, [0, 4]),
+                                  store.read_windows(local, [16, 20]))
+
+    log = server.requests()
+    assert not [r for r in log if r["uri"].endswith("/") or r["status"] == 403], "tried to list"
+    # A random minibatch reads byte ranges of shards (206), never whole shards.
+    before = len(log)
+    store.read_windows(remote, [20, 3, 11])
+    token_reads = [r for r in server.requests()[before:] if "/tokens/c/" in r["uri"]]
+    assert token_reads and {r["status"] for r in token_reads} == {206}, token_reads
+
+    local_info = store.info(str(feature_store / "feat.zarr"))
+    remote_info = store.info(url)
+    assert remote_info.pop("source") == url
+    local_info.pop("source")
+    assert remote_info == local_info and remote_info["bytes_on_disk"] > 0
+    report = store.validate(url)
+    assert report["ok"] and report["windows"] == 21, report["problems"]
+
+
+def test_plain_xarray_reads_a_part_over_http(feature_store, nginx_server):
+    # Plain xarray discovers a group's arrays by listing it, so this server lists directories.
+    server = nginx_server(feature_store, autoindex=True)
+    remote = xr.open_zarr(zarr_store_for(f"{server.url}/feat.zarr/parts/w1"), consolidated=False)
+    local = xr.open_zarr(feature_store / "feat.zarr/parts/w1", consolidated=False)
+    assert set(remote.data_vars) == {"tokens", "token_scale", "channel_scale", "embedding", "video",
+                                     "start_frame", "frame_step", "n_valid_frames", "start_time"}
+    xr.testing.assert_identical(remote.load(), local.load())
+    assert remote.attrs["ethoprism_part"]["n_windows"] == 9
+
+
+def test_store_opens_over_s3(feature_store, s3_server, tmp_path):
+    url = f"s3://{s3_server.bucket}/shared/feat.zarr"
+    upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
+    local = store.open(str(feature_store / "feat.zarr"))
+    remote = store.open(url, storage_options=s3_server.storage_options)
+    assert remote.attrs["source"] == url
+    assert_same_dataset(remote, local)
+    assert store.validate(url, s3_server.storage_options)["ok"]
+
+    # Pushing again is fine; pushing a store of another identity over it is refused.
+    upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
+    write_store(tmp_path / "other.zarr", encoder={**ENCODER, "checkpoint_sha256": "1" * 64})
+    with pytest.raises(StoreIdentityError, match="encoder.checkpoint_sha256"):
+        upload_store(tmp_path / "other.zarr", url, s3_server.storage_options)
+
+
+def test_cli_reads_s3_with_endpoint_and_credentials_from_env(feature_store, s3_server, monkeypatch):
+    url = f"s3://{s3_server.bucket}/cli/feat.zarr"
+    upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
+    monkeypatch.setenv("ETHOPRISM_S3_ENDPOINT", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    result = CliRunner().invoke(app, ["store", "info", url, "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["windows"] == 21 and info["videos_complete"] == 3 and info["source"] == url
+
+
+def test_missing_remote_store_is_a_store_error(feature_store, nginx_server, s3_server):
+    server = nginx_server(feature_store)
+    with pytest.raises(StoreError, match="not a feature store"):
+        store.open(f"{server.url}/nothing-here.zarr")
+    with pytest.raises(StoreError, match="not a feature store"):
+        store.open(f"s3://{s3_server.bucket}/nothing-here.zarr", s3_server.storage_options)
