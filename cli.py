@@ -112,6 +112,29 @@ def store_validate(store: StoreArg, as_json: JsonOpt = False) -> None:
         raise typer.Exit(code=1)
 
 
+@store_app.command("push")
+def store_push(
+    store: Annotated[str, typer.Argument(help="A local feature store directory.")],
+    url: Annotated[str, typer.Argument(help="Where to: s3://bucket/name.zarr or another writable fsspec URL.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a local store to S3 (or any fsspec URL) for others to read with store.open(URL).
+
+    Credentials and endpoint come from the environment: AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY (or an AWS profile), ETHOPRISM_S3_ENDPOINT for self-hosted S3.
+    """
+    from ethoprism.store.remote import upload_store
+
+    try:
+        n_files = upload_store(store, url)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json({"store": store, "url": url, "files": n_files})
+    else:
+        console.print(f"pushed {n_files} files of {store} to {url}", highlight=False)
+
+
 @bench_app.command("store")
 def bench_store(
     windows: Annotated[int, typer.Option(help="Windows written per layout (base token shape).")] = 64,

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ethoprism.store.schema import IDENTITY_KEYS, StoreError, check_same_identity
@@ -59,12 +60,29 @@ def zarr_store_for(url: str, storage_options: dict | None = None,
                    read_only: bool = True) -> zarr.storage.FsspecStore:
     """A zarr v3 store over `url` (read-only by default), for zarr.open_group / xarray.open_zarr."""
     try:
-        return zarr.storage.FsspecStore.from_url(
+        store = zarr.storage.FsspecStore.from_url(
             url.rstrip("/"), storage_options=storage_options_for(url, storage_options),
             read_only=read_only)
     except (ImportError, ValueError) as e:
         raise StoreError(f"cannot open {url}: {e} (protocol {protocol_of(url)!r} needs its fsspec "
                          "package, e.g. s3fs for s3://, aiohttp for http://)") from None
+    # Fetch the root document once, so that an unreachable server, a refused credential or a
+    # missing bucket is one clear error here, not a library's exception from deep in a read.
+    try:
+        sync(store.get("zarr.json", default_buffer_prototype()))   # None (absent) is fine here
+    except Exception as e:  # noqa: BLE001 - whatever the transport raises, the store is unreadable
+        raise StoreError(f"cannot read {url}: {_explain(e, url)}") from None
+    return store
+
+
+def _explain(e: Exception, url: str) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, PermissionError) and protocol_of(url) in ("s3", "s3a"):
+        text += (" (give credentials as storage_options key/secret or AWS_ACCESS_KEY_ID and "
+                 "AWS_SECRET_ACCESS_KEY; without any the bucket is read anonymously)")
+    elif isinstance(e, FileNotFoundError):
+        text = f"{url} not found (does the bucket or directory exist?)"
+    return text
 
 
 def stored_bytes(arr: zarr.Array) -> int:
@@ -123,5 +141,5 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
                 fs.put([str(p) for p in batch],
                        [f"{base}/{p.relative_to(root).as_posix()}" for p in batch])
     except OSError as e:
-        raise StoreError(f"uploading {root} to {url} failed: {e}") from None
+        raise StoreError(f"uploading {root} to {url} failed: {_explain(e, url)}") from None
     return len(files)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from ethoprism.cli import app
 from ethoprism.store import Layout, StoreIdentityError, VideoRecord
 from ethoprism.store.remote import storage_options_for, upload_store, zarr_store_for
 from ethoprism.store.schema import StoreError
+from servers import free_port
 
 SHARD_WINDOWS = 16
 ENCODER = {"name": "videoprism-tiny", "config": {"model_dim": 16}, "checkpoint_sha256": "0" * 64,
@@ -23,13 +25,13 @@ PREP = {"frame_size": 32, "resize": "squash", "window_length": 4, "window_stride
         "frame_step": 1, "pixel_range": [0.0, 1.0]}
 
 
-def write_store(path, encoder=ENCODER, seed=0) -> None:
+def write_store(path, seed=0) -> None:
     """Two parts (two writers), 3 complete videos of 7, 5, 9 windows and one failed, int8
     layout (extra scale arrays), 4 windows per shard (videos straddle shards)."""
     rng = np.random.default_rng(seed)
     videos = {"w0": [("cam0/a.mp4", 7), ("cam0/b.mp4", 5)], "w1": [("cam1/c.mp4", 9)]}
     for part, clips in videos.items():
-        with store.open_writer(path, encoder=encoder, preprocessing=PREP, layout=Layout("int8"),
+        with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, layout=Layout("int8"),
                                part=part, windows_per_shard=4) as w:
             for name, n in clips:
                 rec = VideoRecord(f"/archive/{name}", 10_000 + n, f"{n:064x}", 25.0, 2 * n + 2,
@@ -193,21 +195,32 @@ def test_store_opens_over_s3(feature_store, s3_server, tmp_path):
 
     # Pushing again is fine; pushing a store of another identity over it is refused.
     upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
-    write_store(tmp_path / "other.zarr", encoder={**ENCODER, "checkpoint_sha256": "1" * 64})
+    other = tmp_path / "other.zarr"
+    shutil.copytree(feature_store / "feat.zarr", other)
+    doc = json.loads((other / "zarr.json").read_text())
+    doc["attributes"]["encoder"]["checkpoint_sha256"] = "1" * 64
+    (other / "zarr.json").write_text(json.dumps(doc))
     with pytest.raises(StoreIdentityError, match="encoder.checkpoint_sha256"):
-        upload_store(tmp_path / "other.zarr", url, s3_server.storage_options)
+        upload_store(other, url, s3_server.storage_options)
 
 
-def test_cli_reads_s3_with_endpoint_and_credentials_from_env(feature_store, s3_server, monkeypatch):
+def test_cli_pushes_and_reads_s3_with_endpoint_and_credentials_from_env(
+        feature_store, s3_server, monkeypatch):
     url = f"s3://{s3_server.bucket}/cli/feat.zarr"
-    upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
     monkeypatch.setenv("ETHOPRISM_S3_ENDPOINT", s3_server.endpoint_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    pushed = CliRunner().invoke(app, ["store", "push", str(feature_store / "feat.zarr"), url, "--json"])
+    assert pushed.exit_code == 0, pushed.output
+    n_local = sum(1 for p in (feature_store / "feat.zarr").rglob("*")
+                  if p.is_file() and ".lock" not in p.name)
+    assert json.loads(pushed.output)["files"] == n_local
     result = CliRunner().invoke(app, ["store", "info", url, "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["windows"] == 21 and info["videos_complete"] == 3 and info["source"] == url
+    missing = CliRunner().invoke(app, ["store", "push", str(feature_store / "nope.zarr"), url])
+    assert missing.exit_code == 1 and "not a feature store" in missing.output
 
 
 def test_missing_remote_store_is_a_store_error(feature_store, nginx_server, s3_server):
@@ -216,3 +229,17 @@ def test_missing_remote_store_is_a_store_error(feature_store, nginx_server, s3_s
         store.open(f"{server.url}/nothing-here.zarr")
     with pytest.raises(StoreError, match="not a feature store"):
         store.open(f"s3://{s3_server.bucket}/nothing-here.zarr", s3_server.storage_options)
+    with pytest.raises(StoreError, match="cannot read .*Connect"):
+        store.open(f"http://127.0.0.1:{free_port()}/feat.zarr")     # nothing listens there
+
+
+def test_wrong_s3_credentials_are_a_store_error(feature_store, s3_server):
+    if s3_server.kind == "moto":
+        pytest.skip(f"moto accepts any credentials (S3 is moto here because {s3_server.note})")
+    url = f"s3://{s3_server.bucket}/private/feat.zarr"
+    upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
+    wrong = {**s3_server.storage_options, "secret": "not-the-secret"}
+    with pytest.raises(StoreError, match="Forbidden.*AWS_ACCESS_KEY_ID"):
+        store.open(url, wrong)
+    with pytest.raises(StoreError, match="Forbidden"):     # the bucket is private
+        store.open(url, {"endpoint_url": s3_server.endpoint_url, "anon": True})
