@@ -79,6 +79,18 @@ def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False))
 
 
+def read_rows(emb, rows, block_rows: int = 65536) -> np.ndarray:
+    """emb[rows] (rows sorted) by one sequential pass over the blocks that hold them."""
+    out = []
+    for i0 in range(0, emb.shape[0], block_rows):
+        want = rows[(rows >= i0) & (rows < i0 + block_rows)]
+        if len(want):
+            block = emb[i0:i0 + block_rows]
+            block = np.asarray(block.compute() if hasattr(block, "compute") else block, np.float32)
+            out.append(block[want - i0])
+    return np.concatenate(out) if out else np.zeros((0, emb.shape[1]), np.float32)
+
+
 def build_ivf(emb, sample, nlist: int, *, block_rows: int = 65536, seed: int = 0) -> faiss.IndexIVFFlat:
     """An IVF-Flat index over the rows of `emb` (n, D; numpy or dask), ids = row numbers.
 
@@ -143,14 +155,27 @@ class AnnIndex:
             allowed = np.ones(self.info.n_windows, bool) if mask is None else np.asarray(mask, bool).copy()
             if group >= 0:
                 allowed &= np.asarray(index_groups) != group
-            params = faiss.SearchParametersIVF(nprobe=self.info.nprobe)
-            if not allowed.all():
-                bitmap = np.packbits(allowed, bitorder="little")
-                params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-            dist, found = self.index.search(queries[rows], k, params=params)
-            d2[rows], ids[rows] = dist, found
+            d2[rows], ids[rows] = self._search_allowed(queries[rows], k, allowed)
         d2[ids < 0] = np.inf
         return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0)).astype(np.float32))
+
+
+    def _search_allowed(self, queries, k, allowed):
+        """Search only the allowed ids. A selection empties most lists, so nprobe grows with its
+        rarity, and doubles while a query finds fewer than k of the allowed windows."""
+        n_allowed = int(allowed.sum())
+        bitmap = np.packbits(allowed, bitorder="little")
+        # the selector and its bitmap must stay referenced while FAISS reads them
+        selector = None if n_allowed == len(allowed) else \
+            faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        nlist = self.info.nlist
+        nprobe = min(nlist, math.ceil(self.info.nprobe * len(allowed) / max(1, n_allowed)))
+        while True:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            dist, found = self.index.search(queries, k, params=params)
+            if nprobe >= nlist or (found >= 0).sum(1).min() >= min(k, n_allowed):
+                return dist, found
+            nprobe = min(nlist, 2 * nprobe)
 
 
 def build_index(store_path, *, nlist: int | None = None, recall_queries: int = RECALL_QUERIES,
@@ -164,11 +189,11 @@ def build_index(store_path, *, nlist: int | None = None, recall_queries: int = R
     if n == 0:
         raise AnnError(f"{store_path} holds no windows to index")
     nlist = nlist or default_nlist(n)
-    sample = store.read_windows(ds, training_rows(n, nlist, seed), var="embedding")
+    sample = read_rows(emb, training_rows(n, nlist, seed))
     index = build_ivf(emb, sample, nlist, seed=seed)
     rng = np.random.default_rng(seed + 1)
     probe_rows = np.sort(rng.choice(n, min(n, recall_queries), replace=False))
-    queries = np.ascontiguousarray(store.read_windows(ds, probe_rows, var="embedding"), np.float32)
+    queries = read_rows(emb, probe_rows)
     # each sampled window excludes itself, as a held-out query would
     truth = exact_search(queries, ds, 10, index_groups=np.arange(n), query_groups=probe_rows).windows
     nprobe, recall = tune_nprobe(index, queries, truth, 10, target_recall, exclude=probe_rows)

@@ -1,0 +1,79 @@
+"""Approximate index: recall against exact search, saved beside the store, stale and foreign refused."""
+
+import shutil
+
+import numpy as np
+import pytest
+from test_retrieval import ENCODER, write_store
+
+from ethoprism.probe import ann, retrieval
+from ethoprism.probe.ann import AnnError
+
+
+def clustered(n, dim, n_clusters, rng):
+    centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    return (centres[rng.integers(0, n_clusters, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def test_ivf_recall_at_10_on_100k_clustered_embeddings():
+    rng = np.random.default_rng(0)
+    data = clustered(101_000, 64, 200, rng)
+    index_rows, queries = data[:100_000], data[100_000:100_200]  # held-out queries
+    nlist = ann.default_nlist(len(index_rows))
+    index = ann.build_ivf(index_rows, index_rows[ann.training_rows(len(index_rows), nlist)], nlist)
+    truth = retrieval.exact_search(queries, index_rows, 10).windows
+    nprobe, recall = ann.tune_nprobe(index, queries, truth, 10, target=0.95)
+    assert recall >= 0.95 and nprobe < nlist
+    # the index answers through AnnIndex.search, the same shape of answer as exact search
+    info = ann.AnnInfo("IVFFlat", nlist, nprobe, len(index_rows), 64, recall, 200, "", {}, 0.0)
+    found = ann.AnnIndex(index, info).search(queries, 10)
+    assert ann.recall_at_k(found.windows, truth) >= 0.95
+    exact_d = retrieval.exact_search(queries, index_rows, 10).distances
+    hit = found.windows == truth
+    np.testing.assert_allclose(found.distances[hit], exact_d[hit], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    videos = {f"/videos/v{i}.mp4": clustered(400, 16, 8, rng) for i in range(3)}
+    path = tmp_path_factory.mktemp("ann") / "s.zarr"
+    ds = write_store(path, videos)
+    return path, ds, ann.build_index(path, nlist=16)
+
+
+def test_build_saves_beside_the_store_and_searches_with_exclusion(small_store):
+    path, ds, info = small_store
+    assert (path.parent / "s.zarr.ann" / "meta.json").exists()
+    assert not any(p.name.endswith(".faiss") for p in path.rglob("*"))  # nothing inside the store
+    assert info.n_windows == 1200 and info.recall_at_10 >= 0.95 and 1 <= info.nprobe <= 16
+    index = ann.load_index(path, ds)
+    query = retrieval.query_windows(ds, [5, 700])
+    found = retrieval.search(ds, query, 10, exclude_same_video=True, videos=["v0.mp4", "v1.mp4"], ann=index)
+    video = ds["video"].values
+    assert (video[found.windows[0]] == 1).all()  # v0's query: only v1 is left
+    assert (video[found.windows[1]] == 0).all()
+    exact = retrieval.search(ds, query, 10, exclude_same_video=True, videos=["v0.mp4", "v1.mp4"])
+    assert ann.recall_at_k(found.windows, exact.windows) >= 0.9
+
+
+def test_stale_index_is_refused(small_store, tmp_path):
+    path, _, _ = small_store
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(path, copy)
+    shutil.copytree(path.parent / "s.zarr.ann", tmp_path / "s.zarr.ann")
+    ann.load_index(copy)  # the copy is the same store
+    write_store(copy, {"/videos/late.mp4": clustered(50, 16, 2, np.random.default_rng(2))})  # appends
+    with pytest.raises(AnnError, match=r"stale: built for 1200 windows, the store now holds 1250"):
+        ann.load_index(copy)
+
+
+def test_foreign_index_is_refused(small_store, tmp_path):
+    path, _, _ = small_store
+    other = tmp_path / "o.zarr"
+    write_store(other, {"/videos/v0.mp4": np.zeros((3, 16))}, encoder={**ENCODER, "checkpoint_sha256": "e" * 64})
+    shutil.copytree(path.parent / "s.zarr.ann", tmp_path / "o.zarr.ann")
+    with pytest.raises(AnnError, match=r"encoder.checkpoint_sha256.*another store \(foreign\)"):
+        ann.load_index(other)
+    with pytest.raises(AnnError, match="no approximate index"):
+        ann.load_index(tmp_path / "n.zarr", write_store(tmp_path / "n.zarr", {"/v/a.mp4": np.ones((2, 16))}))
