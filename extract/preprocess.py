@@ -92,7 +92,8 @@ def resize_geometry(width: int, height: int, frame_size: int, mode: str) -> tupl
     """Where a width x height picture goes: (scaled_w, scaled_h, x, y).
 
     The picture is scaled to scaled_w x scaled_h, then placed with its top-left corner at (x, y)
-    of the frame_size x frame_size output: x, y >= 0 leave black bars (pad), x, y < 0 crop.
+    of the frame_size x frame_size output: "pad" leaves black bars (x, y >= 0), "crop" cuts off
+    what falls outside (x, y <= 0).
     """
     if mode == "squash":
         return frame_size, frame_size, 0, 0
@@ -131,11 +132,11 @@ class Resizer:
         scaled = self._to_rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
         if (sw, sh) == (size, size):
             return scaled
-        if x >= 0 and y >= 0:  # pad: centred on black
+        if self.prep.resize == "pad":  # centred on black
             out = np.zeros((size, size, 3), np.uint8)
             out[y : y + sh, x : x + sw] = scaled
             return out
-        return np.ascontiguousarray(scaled[-y : -y + size, -x : -x + size])  # crop: centre
+        return np.ascontiguousarray(scaled[-y : -y + size, -x : -x + size])  # crop the centre
 
 
 def resize(frame: av.VideoFrame | np.ndarray, prep: Preprocessing) -> np.ndarray:

@@ -263,6 +263,7 @@ def test_resize_geometry():
     assert resize_geometry(396, 406, 288, "pad") == (281, 288, 3, 0)
     assert resize_geometry(396, 406, 288, "crop") == (288, 295, 0, -3)
     assert resize_geometry(100, 100, 288, "pad") == (288, 288, 0, 0)
+    assert resize_geometry(396, 406, 48, "crop") == (48, 49, 0, 0)  # one row cut, at the bottom
 
 
 def stripes(width: int, height: int) -> np.ndarray:
