@@ -368,6 +368,7 @@ class Query:
     names: list[str]  # what each query is, for tables and contact sheets
     sha256: list[str | None]  # the query's source video, for excluding it from the results
     windows: list[int | None]  # window index in the query store, when it comes from one
+    frames: list[tuple[str, float]]  # (video file, seconds) of each query's middle frame, to show it
     identity: dict | None = None  # the store identity the vectors were made with
 
 
@@ -385,8 +386,16 @@ def query_windows(ds, windows) -> Query:
         names=[_describe(ds, w) for w in windows],
         sha256=[str(ds["video_sha256"].values[r]) for r in rows],
         windows=windows,
+        frames=[middle_frame(ds, w) for w in windows],
         identity=store.identity(ds),
     )
+
+
+def middle_frame(ds, w) -> tuple[str, float]:
+    """(video path, seconds) of window w's middle valid frame, (n_valid - 1) // 2."""
+    v = int(ds["video"].values[w])
+    offset = (int(ds["n_valid_frames"].values[w]) - 1) // 2 * int(ds["frame_step"].values[w])
+    return str(ds["video_path"].values[v]), float(ds["start_time"].values[w]) + offset / float(ds["video_fps"].values[v])
 
 
 def query_moments(ds, moments: list[str]) -> Query:

@@ -1,0 +1,94 @@
+"""Contact sheets of retrieval results (like Figs. 4-5 of Sun et al. 2024).
+
+One row per query: its middle frame, then the middle frames of its nearest windows, each
+titled with video, time, distance and, when known, the behaviour label (green when it matches
+the query's, red when not). The store holds no pixels: frames are read from the original video
+files named in the store's video table, one frame per tile, by seeking. A file that is missing
+or unreadable becomes a grey tile naming it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import av
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
+import numpy as np  # noqa: E402
+
+from ethoprism.probe.retrieval import Neighbours, Query, middle_frame  # noqa: E402
+
+TILE_HEIGHT = 180  # pixels of each frame in the sheet
+
+
+class FrameUnavailable(Exception):
+    """Why a tile shows no frame (missing file, unreadable file, time past the end)."""
+
+
+def read_frame(path: str, seconds: float, height: int = TILE_HEIGHT) -> np.ndarray:
+    """The RGB frame shown at `seconds` (pts time), scaled to `height`: seek, then decode forward."""
+    if not os.path.exists(path):
+        raise FrameUnavailable(f"missing file:\n{os.path.basename(path)}")
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            half = 0.5 / float(stream.average_rate or 25)
+            container.seek(max(0, int(seconds / stream.time_base)), stream=stream, backward=True)
+            shown = None
+            for frame in container.decode(stream):
+                if frame.time is not None and frame.time > seconds + half:
+                    break
+                shown = frame
+            if shown is None:
+                raise FrameUnavailable(f"no frame at {seconds:.2f} s in\n{os.path.basename(path)}")
+            width = max(2, round(shown.width * height / shown.height / 2) * 2)
+            return shown.to_ndarray(format="rgb24", width=width, height=height)
+    except (av.error.FFmpegError, IndexError) as e:
+        raise FrameUnavailable(f"unreadable:\n{os.path.basename(path)}\n({type(e).__name__})") from None
+
+
+def _tile(ax, path, seconds, title, colour="black"):
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=7, color=colour)
+    try:
+        ax.imshow(read_frame(path, seconds))
+    except FrameUnavailable as why:
+        ax.imshow(np.full((TILE_HEIGHT, TILE_HEIGHT * 16 // 9, 3), 200, np.uint8))
+        ax.text(0.5, 0.5, str(why), ha="center", va="center", fontsize=7, transform=ax.transAxes, wrap=True)
+
+
+def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_results: int = 3,
+                  query_labels: list[str | None] | None = None, index_labels=None) -> str:
+    """Write the PNG and return its path.
+
+    query_labels: a label per query (or None); index_labels: (n_windows,) labels of the index
+    windows ("" or None where unknown).
+    """
+    n_results = min(n_results, found.windows.shape[1])
+    rows, cols = len(query.names), 1 + n_results
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.0 * rows), squeeze=False)
+    for qi in range(rows):
+        q_label = query_labels[qi] if query_labels else None
+        path, seconds = query.frames[qi]
+        _tile(axes[qi, 0], path, seconds, "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else ""))
+        for r in range(n_results):
+            w = int(found.windows[qi, r])
+            ax = axes[qi, r + 1]
+            if w < 0:
+                ax.set_axis_off()
+                continue
+            path, seconds = middle_frame(index_ds, w)
+            label = None if index_labels is None else index_labels[w]
+            title = f"#{r + 1} d={found.distances[qi, r]:.3g}\n{os.path.basename(path)}@{seconds:.2f}s"
+            colour = "black"
+            if label:
+                title += f"\n[{label}]"
+                if q_label:
+                    colour = "green" if label == q_label else "red"
+            _tile(ax, path, seconds, title, colour)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return os.fspath(out_path)
