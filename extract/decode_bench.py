@@ -21,8 +21,13 @@ def _rate(path, n_frames: int, threads: int, convert) -> tuple[float, float]:
     return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
 
 
-def measure_decode(path, prep: Preprocessing = Preprocessing(), seconds: float = 5.0,
-                   threads: int = 0, repeats: int = 2) -> dict:
+def measure_decode(
+    path,
+    prep: Preprocessing | None = None,
+    seconds: float = 5.0,
+    threads: int = 0,
+    repeats: int = 2,
+) -> dict:
     """Raw decode frames/s (native pixel format, nothing converted) and decode+convert+resize frames/s.
 
     Both are measured on the same leading frames of `path`, as many as raw decoding gets through
@@ -30,6 +35,7 @@ def measure_decode(path, prep: Preprocessing = Preprocessing(), seconds: float =
     shared and noisy). `ratio` = resize_fps / raw_fps in wall time, the issue's target being
     >= 0.5; `cpu_ratio` is the same in CPU time, which other processes on the machine disturb less.
     """
+    prep = prep or Preprocessing()
     n_frames = _frames_in(path, seconds, threads)
     resize = Resizer(prep)
     raw, resized = (0.0, 0.0), (0.0, 0.0)

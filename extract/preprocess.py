@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-
 from ethoprism.errors import EthoprismError
 
 RESIZE_MODES = ("squash", "pad", "crop")
@@ -88,7 +87,9 @@ class Preprocessing:
         return cls(**d)
 
 
-def resize_geometry(width: int, height: int, frame_size: int, mode: str) -> tuple[int, int, int, int]:
+def resize_geometry(
+    width: int, height: int, frame_size: int, mode: str
+) -> tuple[int, int, int, int]:
     """Where a width x height picture goes: (scaled_w, scaled_h, x, y).
 
     The picture is scaled to scaled_w x scaled_h, then placed with its top-left corner at (x, y)
@@ -122,7 +123,9 @@ class Resizer:
 
     def __call__(self, frame: av.VideoFrame | np.ndarray) -> np.ndarray:
         if isinstance(frame, np.ndarray):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24"
+            )
         size = self.prep.frame_size
         sw, sh, x, y = resize_geometry(frame.width, frame.height, size, self.prep.resize)
         # Scale in the decoder's own pixel format, then convert the small picture to RGB: ~20%

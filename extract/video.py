@@ -21,10 +21,9 @@ from typing import NamedTuple
 
 import av
 import numpy as np
-from fsspec import open as fsspec_open
-
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing, Resizer
+from fsspec import open as fsspec_open
 
 _HASH_CHUNK = 1 << 20
 
@@ -37,6 +36,9 @@ class VideoError(EthoprismError):
         self.frame = frame
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # survives pickling between processes (decode pools, Dask workers)
+        return type(self), (self.path, self.reason, self.frame)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def _is_url(path) -> bool:
 @contextmanager
 def _open_bytes(path):
     """A binary file object for a local path or an fsspec URL."""
-    with (fsspec_open(path, "rb") if _is_url(path) else open(path, "rb")) as f:
+    with fsspec_open(path, "rb") if _is_url(path) else open(path, "rb") as f:
         yield f
 
 
@@ -117,15 +119,15 @@ def probe_video(path) -> VideoInfo:
         n_frames = stream.frames or round(duration * fps)
         if n_frames <= 0:
             raise VideoError(path, "zero frames (the container declares no frames and no duration)")
-        info = dict(
-            fps=fps,
-            n_frames=int(n_frames),
-            duration=duration,
-            width=codec.width,
-            height=codec.height,
-            codec=codec.name,
-            pix_fmt=codec.pix_fmt or "unknown",
-        )
+        info = {
+            "fps": fps,
+            "n_frames": int(n_frames),
+            "duration": duration,
+            "width": codec.width,
+            "height": codec.height,
+            "codec": codec.name,
+            "pix_fmt": codec.pix_fmt or "unknown",
+        }
     size, sha = _fingerprint(path)
     return VideoInfo(path=str(path), size_bytes=size, sha256=sha, **info)
 
@@ -152,7 +154,9 @@ def _configure_threads(stream, threads: int) -> None:
         stream.thread_count = threads
 
 
-def _decode(path, container, stream) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
+def _decode(
+    path, container, stream
+) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
     """Yields (index, time, frame) in presentation order and returns (n_frames, duration) as decoded.
 
     Raises VideoError on damage (see the module docstring).
@@ -201,12 +205,18 @@ def _decode(path, container, stream) -> Generator[tuple[int, float, av.VideoFram
                 yield from emit(codec.decode(packet))
             except av.FFmpegError as e:
                 yield from flush()
-                raise VideoError(path, f"decode error at frame {index}: {_describe(e)}", frame=index) from None
+                raise VideoError(
+                    path, f"decode error at frame {index}: {_describe(e)}", frame=index
+                ) from None
         yield from emit(codec.decode(None))
     except av.FFmpegError as e:  # reading the file, not decoding it
-        raise VideoError(path, f"read error at frame {index}: {_describe(e)}", frame=index) from None
+        raise VideoError(
+            path, f"read error at frame {index}: {_describe(e)}", frame=index
+        ) from None
     except OSError as e:
-        raise VideoError(path, f"read error at frame {index}: {e.strerror or e}", frame=index) from None
+        raise VideoError(
+            path, f"read error at frame {index}: {e.strerror or e}", frame=index
+        ) from None
     if index == 0:
         raise VideoError(path, "zero frames could be decoded", frame=0)
     declared = stream.frames
@@ -237,7 +247,9 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def iter_raw(path, threads: int = 0) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
+def iter_raw(
+    path, threads: int = 0
+) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
     """Yields (index, time, PyAV frame) in the decoder's own pixel format, for callers that convert
     frames themselves; returns (n_frames, duration in seconds) as decoding found them."""
     with _open_video(path) as (container, stream):

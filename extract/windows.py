@@ -13,7 +13,6 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
-
 from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import iter_raw
 
@@ -24,7 +23,9 @@ class Window:
     frame_step: int
     n_valid_frames: int
     start_time: float  # seconds, the pts time of the start frame
-    frame_indices: np.ndarray  # (window_length,) int64 source frames; padding repeats the last valid one
+    frame_indices: (
+        np.ndarray
+    )  # (window_length,) int64 source frames; padding repeats the last valid one
     pixels: np.ndarray  # (window_length, frame_size, frame_size, 3) uint8 RGB
 
 
@@ -100,7 +101,9 @@ class WindowAssembler:
         return window
 
 
-def iter_windows(path, prep: Preprocessing, threads: int = 0) -> Generator[Window, None, tuple[int, float]]:
+def iter_windows(
+    path, prep: Preprocessing, threads: int = 0
+) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones).
 
     Returns (StopIteration.value) (n_frames, duration in seconds) as decoding found them, which

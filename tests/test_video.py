@@ -13,7 +13,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.decode_bench import measure_decode
 from ethoprism.extract.preprocess import (
@@ -43,8 +42,20 @@ def picture(width: int, height: int) -> np.ndarray:
     return img
 
 
-def encode_clip(path, n_frames: int, *, width=64, height=48, codec="libx264", pix_fmt="yuv420p",
-                rate=Fraction(30), gray=False, audio=False, options=None, frame=None):
+def encode_clip(
+    path,
+    n_frames: int,
+    *,
+    width=64,
+    height=48,
+    codec="libx264",
+    pix_fmt="yuv420p",
+    rate=Fraction(30),
+    gray=False,
+    audio=False,
+    options=None,
+    frame=None,
+):
     """Encode a clip with PyAV. Frames are `picture()` (or gray level 30 + 7*i mod 190 when gray),
     or `frame(i)` when given; `audio` adds a silent AAC stream interleaved with the video."""
     with av.open(str(path), "w") as container:
@@ -57,12 +68,16 @@ def encode_clip(path, n_frames: int, *, width=64, height=48, codec="libx264", pi
             if frame is not None:
                 vf = av.VideoFrame.from_ndarray(frame(i), format="rgb24")
             elif gray:
-                vf = av.VideoFrame.from_ndarray(np.full((height, width), 30 + (7 * i) % 190, np.uint8), format="gray")
+                vf = av.VideoFrame.from_ndarray(
+                    np.full((height, width), 30 + (7 * i) % 190, np.uint8), format="gray"
+                )
             else:
                 vf = av.VideoFrame.from_ndarray(still, format="rgb24")
             container.mux(video.encode(vf))
             if sound is not None:
-                af = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")
+                af = av.AudioFrame.from_ndarray(
+                    np.zeros((1, 1600), np.float32), format="fltp", layout="mono"
+                )
                 af.sample_rate, af.pts = 48000, i * 1600
                 container.mux(sound.encode(af))
         container.mux(video.encode(None))
@@ -83,9 +98,21 @@ def ffprobe_times(path) -> list[float]:
     """Frame pts times from the ffprobe CLI (a separate FFmpeg build): its packets' pts in
     presentation order, which is what frames get when every packet is one frame (no decoding)."""
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
-         "-of", "csv=p=0", str(path)],
-        check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return sorted(float(line) for line in out.split())
 
@@ -106,11 +133,15 @@ def test_frames_match_reference_decode(path, n_frames, fps, threads):
     assert frame.time == pytest.approx((n_frames - 1) / fps)
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe CLI not installed (apt-get install ffmpeg)")
+@pytest.mark.skipif(
+    shutil.which("ffprobe") is None, reason="ffprobe CLI not installed (apt-get install ffmpeg)"
+)
 def test_times_match_ffprobe():
     for path in (HORSE, FIVE):
         times = [t for _, t, _ in iter_raw(path)]
-        np.testing.assert_allclose(times, ffprobe_times(path), rtol=0, atol=1e-6)  # ffprobe prints µs
+        np.testing.assert_allclose(
+            times, ffprobe_times(path), rtol=0, atol=1e-6
+        )  # ffprobe prints µs
 
 
 def test_probe_video_reads_metadata_and_fingerprint():
@@ -147,11 +178,24 @@ def test_truncated_file_fails_at_the_cut_naming_file_and_frame(threads):
     with pytest.raises(VideoError) as err:
         for frame in iter_frames(TRUNCATED, threads=threads):
             seen.append(frame.index)
-    assert seen == list(range(87))  # every frame before the cut came out, even from the threaded decoder
+    assert seen == list(
+        range(87)
+    )  # every frame before the cut came out, even from the threaded decoder
     assert err.value.frame == 87
     assert str(TRUNCATED) in str(err.value)
     assert "decode error at frame 87" in err.value.reason
     assert isinstance(err.value, EthoprismError)
+
+
+def test_video_error_survives_pickling_between_processes():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(VideoError("a.mp4", "decode error at frame 3: x", frame=3)))
+    assert (str(err), err.reason, err.frame) == (
+        "a.mp4: decode error at frame 3: x",
+        "decode error at frame 3: x",
+        3,
+    )
 
 
 def test_unopenable_file():
@@ -164,7 +208,11 @@ def test_unopenable_file():
 def test_not_a_video_missing_file_and_directory(tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 100)
-    cases = [(text, "not a video"), (tmp_path / "missing.mp4", "file not found"), (tmp_path, "directory")]
+    cases = [
+        (text, "not a video"),
+        (tmp_path / "missing.mp4", "file not found"),
+        (tmp_path, "directory"),
+    ]
     for path, message in cases:
         with pytest.raises(VideoError, match=message) as err:
             probe_video(path)
@@ -175,7 +223,9 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
     path = tmp_path / "sound.m4a"
     with av.open(str(path), "w") as container:
         sound = container.add_stream("aac", rate=48000)
-        af = av.AudioFrame.from_ndarray(np.zeros((1, 4800), np.float32), format="fltp", layout="mono")
+        af = av.AudioFrame.from_ndarray(
+            np.zeros((1, 4800), np.float32), format="fltp", layout="mono"
+        )
         af.sample_rate, af.pts = 48000, 0
         container.mux(sound.encode(af))
         container.mux(sound.encode(None))
@@ -204,14 +254,22 @@ LOSSLESS = {"qp": "0"}  # x264 lossless: only the RGB <-> YUV rounding remains
 @pytest.mark.parametrize(
     "name, kwargs, colour_tol",
     [
-        ("yuv444p.mp4", dict(pix_fmt="yuv444p", options=LOSSLESS), 2),
-        ("yuvj420p_full_range.mp4", dict(pix_fmt="yuvj420p", options=LOSSLESS), 3),
-        ("odd_rate.mp4", dict(rate=Fraction(1_000_000, 33_333), options=LOSSLESS), 3),
-        ("odd_size_201x157.mp4", dict(width=201, height=157, pix_fmt="yuv444p", options=LOSSLESS), 2),
-        ("mjpeg.avi", dict(codec="mjpeg", pix_fmt="yuvj420p", rate=Fraction(25)), 4),
-        ("mjpeg_odd_size.avi", dict(codec="mjpeg", pix_fmt="yuvj420p", width=201, height=157), 4),
-        ("mpeg4_part2.avi", dict(codec="mpeg4", rate=Fraction(25)), 4),
-        ("with_audio.mp4", dict(audio=True, options=LOSSLESS), 3),
+        ("yuv444p.mp4", {"pix_fmt": "yuv444p", "options": LOSSLESS}, 2),
+        ("yuvj420p_full_range.mp4", {"pix_fmt": "yuvj420p", "options": LOSSLESS}, 3),
+        ("odd_rate.mp4", {"rate": Fraction(1_000_000, 33_333), "options": LOSSLESS}, 3),
+        (
+            "odd_size_201x157.mp4",
+            {"width": 201, "height": 157, "pix_fmt": "yuv444p", "options": LOSSLESS},
+            2,
+        ),
+        ("mjpeg.avi", {"codec": "mjpeg", "pix_fmt": "yuvj420p", "rate": Fraction(25)}, 4),
+        (
+            "mjpeg_odd_size.avi",
+            {"codec": "mjpeg", "pix_fmt": "yuvj420p", "width": 201, "height": 157},
+            4,
+        ),
+        ("mpeg4_part2.avi", {"codec": "mpeg4", "rate": Fraction(25)}, 4),
+        ("with_audio.mp4", {"audio": True, "options": LOSSLESS}, 3),
     ],
 )
 def test_formats_decode_to_the_right_count_size_colour_and_time(tmp_path, name, kwargs, colour_tol):
@@ -222,7 +280,9 @@ def test_formats_decode_to_the_right_count_size_colour_and_time(tmp_path, name, 
     frames = list(iter_frames(path))
     assert [f.index for f in frames] == list(range(n))
     # pts times: i / rate exactly up to the container's time base (1/1000000 for the odd rate)
-    np.testing.assert_allclose([f.time for f in frames], [float(i / rate) for i in range(n)], atol=1e-6)
+    np.testing.assert_allclose(
+        [f.time for f in frames], [float(i / rate) for i in range(n)], atol=1e-6
+    )
     assert probe_video(path).n_frames == n
     for f in frames:
         assert f.rgb.shape == (height, width, 3) and f.rgb.dtype == np.uint8
@@ -236,10 +296,14 @@ def test_full_range_is_not_read_as_limited_range(tmp_path):
     # Levels 30 and 220 read with the wrong range come out as 16 and 237: far outside the tolerance.
     levels = np.array([30, 220], np.uint8)
     img = np.repeat(np.repeat(levels[None, :, None], 32, axis=1), 48, axis=0).repeat(3, axis=2)
-    path = encode_clip(tmp_path / "full.mp4", 3, pix_fmt="yuvj420p", options=LOSSLESS, frame=lambda i: img)
+    path = encode_clip(
+        tmp_path / "full.mp4", 3, pix_fmt="yuvj420p", options=LOSSLESS, frame=lambda i: img
+    )
     rgb = next(iter_frames(path)).rgb
     assert abs(int(rgb[24, 10, 0]) - 30) <= 2 and abs(int(rgb[24, 54, 0]) - 220) <= 2
-    small = next(iter_frames(path, prep=Preprocessing(frame_size=32))).rgb  # through the resizer too
+    small = next(
+        iter_frames(path, prep=Preprocessing(frame_size=32))
+    ).rgb  # through the resizer too
     assert abs(int(small[16, 5, 0]) - 30) <= 2 and abs(int(small[16, 27, 0]) - 220) <= 2
 
 
@@ -289,7 +353,9 @@ def test_crop_keeps_the_centre():
     out = resize(stripes(256, 64), Preprocessing(frame_size=64, resize="crop"))
     # the middle half of the picture is green: the centre square holds nothing else
     assert (out[..., 1] >= 250).all() and (out[..., [0, 2]] <= 5).all()
-    tall = resize(stripes(256, 64).transpose(1, 0, 2).copy(), Preprocessing(frame_size=64, resize="crop"))
+    tall = resize(
+        stripes(256, 64).transpose(1, 0, 2).copy(), Preprocessing(frame_size=64, resize="crop")
+    )
     assert (tall[..., 1] >= 250).all()
 
 
@@ -316,7 +382,9 @@ def test_resizing_decoded_frames_equals_resizing_their_rgb(mode):
 
 
 def test_preprocessing_round_trips_through_json():
-    prep = Preprocessing(frame_size=144, resize="pad", window_stride=4, frame_step=2, pixel_range=(-1, 1))
+    prep = Preprocessing(
+        frame_size=144, resize="pad", window_stride=4, frame_step=2, pixel_range=(-1, 1)
+    )
     d = json.loads(json.dumps(prep.to_dict()))
     assert d == prep.to_dict()
     assert Preprocessing.from_dict(d) == prep
@@ -326,14 +394,14 @@ def test_preprocessing_round_trips_through_json():
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(frame_size=0), "frame_size"),
-        (dict(window_stride=2.5), "window_stride"),
-        (dict(frame_step=True), "frame_step"),
-        (dict(window_length=-1), "window_length"),
-        (dict(resize="stretch"), "resize"),
-        (dict(interpolation="nearest"), "interpolation"),
-        (dict(pixel_range=(1, 0)), "pixel_range"),
-        (dict(pixel_range="ab"), "pixel_range"),
+        ({"frame_size": 0}, "frame_size"),
+        ({"window_stride": 2.5}, "window_stride"),
+        ({"frame_step": True}, "frame_step"),
+        ({"window_length": -1}, "window_length"),
+        ({"resize": "stretch"}, "resize"),
+        ({"interpolation": "nearest"}, "interpolation"),
+        ({"pixel_range": (1, 0)}, "pixel_range"),
+        ({"pixel_range": "ab"}, "pixel_range"),
     ],
 )
 def test_preprocessing_rejects_bad_fields_by_name(kwargs, field):

@@ -11,11 +11,10 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from test_video import FIVE, HORSE, TRUNCATED, WHEEL, encode_clip, ffprobe_times
-
 from ethoprism.extract.preprocess import Preprocessing, resize
 from ethoprism.extract.video import VideoError
 from ethoprism.extract.windows import WindowAssembler, iter_windows, plan_windows
+from test_video import FIVE, HORSE, TRUNCATED, WHEEL, encode_clip, ffprobe_times
 
 
 def brute_force_plan(n_frames, prep):
@@ -50,7 +49,11 @@ def test_plan_matches_brute_force(n_frames):
     for length, stride, step in SHAPES:
         prep = Preprocessing(window_length=length, window_stride=stride, frame_step=step)
         starts, valid = plan_windows(n_frames, prep)
-        assert (list(starts), list(valid)) == brute_force_plan(n_frames, prep), (length, stride, step)
+        assert (list(starts), list(valid)) == brute_force_plan(n_frames, prep), (
+            length,
+            stride,
+            step,
+        )
 
 
 def test_plan_examples():
@@ -67,7 +70,9 @@ def test_plan_examples():
 @pytest.mark.parametrize("n_frames", [1, 5, 16, 17, 33, 100])
 def test_assembler_streams_the_plan(n_frames):
     for length, stride, step in SHAPES:
-        prep = Preprocessing(frame_size=2, window_length=length, window_stride=stride, frame_step=step)
+        prep = Preprocessing(
+            frame_size=2, window_length=length, window_stride=stride, frame_step=step
+        )
         assembler = WindowAssembler(prep)
         windows = []
         for i in range(n_frames):
@@ -78,10 +83,16 @@ def test_assembler_streams_the_plan(n_frames):
         assert [w.start_frame for w in windows] == list(starts)
         for w, n_valid in zip(windows, valid):
             real = w.start_frame + np.arange(n_valid) * step
-            expected = np.concatenate([real, np.full(length - n_valid, real[-1])])  # pad: repeat last
+            expected = np.concatenate(
+                [real, np.full(length - n_valid, real[-1])]
+            )  # pad: repeat last
             np.testing.assert_array_equal(w.frame_indices, expected)
             np.testing.assert_array_equal(w.pixels[:, 0, 0, 0], expected)
-            assert (w.n_valid_frames, w.frame_step, w.start_time) == (n_valid, step, w.start_frame / 10)
+            assert (w.n_valid_frames, w.frame_step, w.start_time) == (
+                n_valid,
+                step,
+                w.start_frame / 10,
+            )
 
 
 def test_assembler_rejects_frames_out_of_order():
@@ -108,8 +119,13 @@ def reference_frames(path, prep):
 def odd_rate_clip(tmp_path):
     """1000000/33333 fps, each frame a different pattern (so a misaligned frame cannot pass)."""
     rng = np.random.default_rng(0)
-    return encode_clip(tmp_path / "odd_rate.mp4", 70, rate=Fraction(1_000_000, 33_333), options={"qp": "0"},
-                       frame=lambda i: rng.integers(0, 256, (48, 64, 3), np.uint8))
+    return encode_clip(
+        tmp_path / "odd_rate.mp4",
+        70,
+        rate=Fraction(1_000_000, 33_333),
+        options={"qp": "0"},
+        frame=lambda i: rng.integers(0, 256, (48, 64, 3), np.uint8),
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,7 +135,12 @@ def odd_rate_clip(tmp_path):
         (HORSE, 24, 308, Preprocessing(frame_size=64, resize="pad", window_stride=5, frame_step=2)),
         (WHEEL, 250, 994, Preprocessing(frame_size=48, resize="crop", window_stride=16)),
         (FIVE, 30, 5, Preprocessing(frame_size=64)),
-        ("odd_rate", 1_000_000 / 33_333, 70, Preprocessing(frame_size=32, window_stride=4, frame_step=3)),
+        (
+            "odd_rate",
+            1_000_000 / 33_333,
+            70,
+            Preprocessing(frame_size=32, window_stride=4, frame_step=3),
+        ),
     ],
     ids=["horse-24fps", "horse-K2-S5-pad", "wheel-250fps-crop", "five-frames-30fps", "odd-rate-K3"],
 )
@@ -145,7 +166,12 @@ def test_every_window_aligned_with_full_decode(tmp_path, video, fps, n_frames, p
 def test_five_frame_clip_is_one_window_padded_by_repetition():
     prep = Preprocessing(frame_size=64)
     (window,), (n_frames, _) = collect(FIVE, prep)
-    assert (window.start_frame, window.n_valid_frames, window.start_time, n_frames) == (0, 5, 0.0, 5)
+    assert (window.start_frame, window.n_valid_frames, window.start_time, n_frames) == (
+        0,
+        5,
+        0.0,
+        5,
+    )
     np.testing.assert_array_equal(window.frame_indices, [0, 1, 2, 3, 4] + [4] * 11)
     assert window.pixels.shape == (16, 64, 64, 3) and window.pixels.dtype == np.uint8
     assert (window.pixels[5:] == window.pixels[4]).all()
@@ -153,8 +179,13 @@ def test_five_frame_clip_is_one_window_padded_by_repetition():
 
 def test_frame_step_picks_the_right_frames(tmp_path):
     # frame i is a flat gray of level 2*i: its pixels say which frame a window slot holds
-    path = encode_clip(tmp_path / "levels.mp4", 100, pix_fmt="yuv444p", options={"qp": "0"},
-                       frame=lambda i: np.full((48, 64, 3), 2 * i, np.uint8))
+    path = encode_clip(
+        tmp_path / "levels.mp4",
+        100,
+        pix_fmt="yuv444p",
+        options={"qp": "0"},
+        frame=lambda i: np.full((48, 64, 3), 2 * i, np.uint8),
+    )
     prep = Preprocessing(frame_size=16, window_length=8, window_stride=5, frame_step=3)
     windows, _ = collect(path, prep, threads=1)
     assert [w.start_frame for w in windows] == list(plan_windows(100, prep)[0])
@@ -177,8 +208,14 @@ def test_truncated_video_yields_the_windows_before_the_cut_then_fails():
 
 
 def levels_clip(path, n_frames):
-    return encode_clip(path, n_frames, codec="mpeg4", width=32, height=32,
-                       frame=lambda i: np.full((32, 32, 3), i % 256, np.uint8))
+    return encode_clip(
+        path,
+        n_frames,
+        codec="mpeg4",
+        width=32,
+        height=32,
+        frame=lambda i: np.full((32, 32, 3), i % 256, np.uint8),
+    )
 
 
 def test_window_buffer_is_one_span_whatever_the_length(tmp_path):
@@ -188,7 +225,11 @@ def test_window_buffer_is_one_span_whatever_the_length(tmp_path):
     ring = assembler.buffer
     n_windows = 0
     for i in range(5000):
-        n_windows += len(assembler.push(i, i / 30, np.zeros((32, 32, 3), np.uint8) if assembler.needs(i) else None))
+        n_windows += len(
+            assembler.push(
+                i, i / 30, np.zeros((32, 32, 3), np.uint8) if assembler.needs(i) else None
+            )
+        )
     n_windows += len(assembler.finish())
     assert assembler.buffer is ring and ring.shape == (31, 32, 32, 3)  # same ring, never grown
     assert n_windows == len(plan_windows(5000, prep)[0])
