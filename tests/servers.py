@@ -68,9 +68,11 @@ def _die_with_parent():
 
 def spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
+    proc.log = log
+    return proc
 
 
 def stop(procs: list[subprocess.Popen], grace: float = 5.0, sig=signal.SIGTERM) -> None:
@@ -98,7 +100,8 @@ def _wait_http(url: str, procs: list[subprocess.Popen], log: Path, timeout: floa
     while True:
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{Path(p.args[0]).name} exited with {p.returncode}: {_tail(log)}")
+                raise RuntimeError(f"{Path(p.args[0]).name} exited with {p.returncode}: "
+                                   f"{_tail(p.log)} | {_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -251,7 +254,6 @@ pid file = {work}/run/$name.pid
 log file = {work}/log/$name.log
 mon data = {work}/mon/$name
 osd data = {work}/osd/$name
-keyring = {work}/keyring
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
 rgw data = {work}/rgw
@@ -278,12 +280,9 @@ def start_ceph(work: Path, bucket: str) -> S3Server:
     c = ["-c", str(conf)]
     procs: list[subprocess.Popen] = []
     try:
-        _run([_which("ceph-authtool"), "--create-keyring", str(work / "keyring"), "--gen-key",
-              "-n", "mon.", "--cap", "mon", "allow *"], work)
         _run([_which("monmaptool"), "--create", "--addv", "a", f"[v2:127.0.0.1:{mon_port}]",
               "--fsid", fsid, str(work / "monmap")], work)
-        _run([_which("ceph-mon"), *c, "--mkfs", "-i", "a", "--monmap", str(work / "monmap"),
-              "--keyring", str(work / "keyring")], work)
+        _run([_which("ceph-mon"), *c, "--mkfs", "-i", "a", "--monmap", str(work / "monmap")], work)
         procs.append(spawn([_which("ceph-mon"), *c, "-i", "a", "-f"], work / "log/mon.out", work))
         osd_id = _run([_which("ceph"), *c, "--connect-timeout", "30", "osd", "new", osd_uuid],
                       work).strip()
