@@ -6,6 +6,7 @@ Pure numpy, so the store itself needs only zarr v3 spec codecs and standard dtyp
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -22,22 +23,17 @@ def pool_spatial(tokens: np.ndarray, pool: int) -> np.ndarray:
     return blocks.mean(axis=(3, 5), dtype=np.float32)
 
 
-def round_mantissa(x: np.ndarray, bits: int = 7) -> np.ndarray:
-    """Round float32 values to `bits` mantissa bits (round half to even), still float32.
+def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """Round float32 to 7 mantissa bits (bfloat16's grid, round half to even), as float32.
 
-    Zeroed low bits make the float16 bytes compress better; with 7 bits the values are exactly
-    the bfloat16 grid, so one rounding step, not two.
+    Zeroed low mantissa bits make float16 bytes compress better (DESIGN.md: 4.9 vs 5.9 MB per
+    window, relative error 1.7e-3). ml_dtypes' cast is one fast C pass.
     """
-    drop = 23 - bits
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    half = np.uint32((1 << (drop - 1)) - 1)
-    lsb = (u >> np.uint32(drop)) & np.uint32(1)
-    rounded = (u + half + lsb) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
-    return rounded.view(np.float32)
+    return np.asarray(x, dtype=np.float32).astype(ml_dtypes.bfloat16)
 
 
 def _check_float16_range(x: np.ndarray) -> None:
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
     if peak > FLOAT16_MAX:
         raise ValueError(
             f"token magnitude {peak:.4g} exceeds the float16 range ({FLOAT16_MAX:g}); "
@@ -45,12 +41,10 @@ def _check_float16_range(x: np.ndarray) -> None:
         )
 
 
-def encode_float16(x: np.ndarray, mantissa_bits: int | None) -> np.ndarray:
-    """float32 -> float16, first rounded to `mantissa_bits` (None: plain float16 rounding)."""
+def encode_float16(x: np.ndarray, round7: bool) -> np.ndarray:
+    """float32 -> float16, first rounded to 7 mantissa bits if `round7` (exact in float16)."""
     _check_float16_range(x)
-    if mantissa_bits is not None:
-        x = round_mantissa(x, mantissa_bits)
-    return x.astype(np.float16)
+    return (round_to_bfloat16(x) if round7 else x).astype(np.float16)
 
 
 def decode_float16(q: np.ndarray) -> np.ndarray:
@@ -88,9 +82,9 @@ def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict[str, np.nda
     """Full-resolution float32 tokens -> the arrays a layout stores (names as on disk)."""
     x = pool_spatial(np.asarray(tokens, dtype=np.float32), pool)
     if dtype == "float16-round7":
-        return {"tokens": encode_float16(x, 7)}
+        return {"tokens": encode_float16(x, round7=True)}
     if dtype == "float16":
-        return {"tokens": encode_float16(x, None)}
+        return {"tokens": encode_float16(x, round7=False)}
     if dtype == "int8":
         q, token_scale, channel_scale = encode_int8(x)
         return {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}

@@ -136,9 +136,15 @@ def merge_tables(parts: list[Part]) -> tuple[list[dict], list[tuple[int, int, in
     return rows, runs
 
 
+DASK_CHUNK_BYTES = 64 << 20
+
+
 def _lazy(arr: zarr.Array) -> da.Array:
-    per_window = arr.shards[0] if arr.shards else arr.chunks[0]
-    return da.from_zarr(arr, chunks=(per_window,) + arr.shape[1:])
+    """Dask chunks of whole shards, several if shards are small (fewer tasks, same reads)."""
+    per_file = arr.shards[0] if arr.shards else arr.chunks[0]
+    file_bytes = per_file * arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
+    per_chunk = per_file * max(1, DASK_CHUNK_BYTES // max(file_bytes, 1))
+    return da.from_zarr(arr, chunks=(per_chunk,) + arr.shape[1:])
 
 
 def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:  # noqa: A001 (the contract's name)

@@ -9,20 +9,37 @@ from ethoprism.store.remote import stored_bytes
 from ethoprism.store.schema import WINDOW_COORDS, token_arrays
 
 
-def _window_problems(part, window: int, names: tuple[str, ...]) -> list[str]:
-    """Read one committed window of a part; describe what is wrong with it, if anything."""
-    problems = []
+def _values_problem(name: str, values: np.ndarray) -> str | None:
+    if not np.all(np.isfinite(values)):
+        return f"{name} not finite"
+    if not np.any(values):
+        return f"{name} all zeros (a missing chunk reads as zeros)"
+    return None
+
+
+def _block_problems(part, start: int, stop: int, names: tuple[str, ...]) -> dict[int, list[str]]:
+    """Read windows [start, stop) of a part (one shard); {window: problems} for the bad ones.
+
+    The whole block is read at once; only if that fails is each window read alone, to name it.
+    """
+    found: dict[int, list[str]] = {}
     for name in names:
+        arr = part.arrays[name]
         try:
-            values = part.arrays[name][window]
-        except Exception as e:  # any decode or I/O failure is a finding, not a crash
-            problems.append(f"{name} unreadable ({type(e).__name__}: {e})")
-            continue
-        if not np.all(np.isfinite(values)):
-            problems.append(f"{name} not finite")
-        elif not np.any(values):
-            problems.append(f"{name} all zeros (a missing chunk reads as zeros)")
-    return problems
+            blocks = [(start, arr[start:stop])]
+        except Exception:  # a decode or I/O failure is a finding, not a crash
+            blocks = []
+            for w in range(start, stop):
+                try:
+                    blocks.append((w, arr[w:w + 1]))
+                except Exception as e:
+                    found.setdefault(w, []).append(f"{name} unreadable ({type(e).__name__}: {e})")
+        for first, values in blocks:
+            for k, window in enumerate(values):
+                problem = _values_problem(name, window)
+                if problem:
+                    found.setdefault(first + k, []).append(problem)
+    return found
 
 
 def _part_table_problems(part, window_length: int | None) -> list[str]:
@@ -91,12 +108,15 @@ def validate(path_or_url, storage_options: dict | None = None) -> dict:
         for row in part.state["videos"]:
             for k in range(row["n_windows"]):
                 row_of_window[row["first_window"] + k] = (row["path"], k)
-        found = read_pool().map(lambda w, part=part: _window_problems(part, w, names),
-                                   range(part.n_windows))
-        for w, window_problems in enumerate(found):
-            path, k = row_of_window.get(w, ("<no video>", -1))
-            problems += [f"part {part.name!r} window {w} (video {path}, its window {k}): {p}"
-                         for p in window_problems]
+        per_shard = part.arrays["tokens"].shards[0]
+        starts = range(0, part.n_windows, per_shard)
+        blocks = read_pool().map(
+            lambda a, part=part: _block_problems(part, a, min(a + per_shard, part.n_windows), names), starts)
+        for found in blocks:
+            for w, window_problems in sorted(found.items()):
+                path, k = row_of_window.get(w, ("<no video>", -1))
+                problems += [f"part {part.name!r} window {w} (video {path}, its window {k}): {p}"
+                             for p in window_problems]
     rows, runs = merge_tables(handle.parts)
     return {"ok": not problems, "problems": problems, "parts": len(handle.parts),
             "videos": sum(r["status"] == "complete" for r in rows),

@@ -66,21 +66,6 @@ def write_json_atomic(path: Path, obj) -> None:
     _fsync_path(path.parent, directory=True)
 
 
-def _create_json_exclusive(path: Path, obj) -> None:
-    """Create a JSON file atomically unless it exists (concurrent creators: the first wins)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_path(path.parent, directory=True)
-
-
 def _read_json(path: Path):
     with open(path) as f:
         return json.load(f)
@@ -109,44 +94,66 @@ def _writable_error(path, e: OSError) -> StoreError:
     return StoreError(f"cannot write to store {path}: {e}")
 
 
+@contextlib.contextmanager
+def _dir_lock(directory: Path):
+    """Exclusive flock on a directory (no lock files; the kernel releases it if we die)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_temp_files(directory: Path) -> None:
+    """Temp files of writes killed midway (write_json_atomic's and zarr LocalStore's)."""
+    for p in directory.iterdir():
+        if p.is_file() and p.name.endswith((".tmp", ".partial")):
+            p.unlink(missing_ok=True)
+
+
 def _open_root(root: Path, identity: dict, software_version: str) -> None:
-    """Create the store's root and parts groups, or check an existing root's schema and identity."""
-    meta = root / "zarr.json"
-    if not meta.exists():
-        if root.exists() and not root.is_dir():
-            raise StoreError(f"{root} is a file, not a feature store directory")
-        if root.exists() and any(root.iterdir()):
-            raise StoreError(f"{root} is a non-empty directory but not a feature store (no zarr.json); "
-                             "refusing to write into it")
-        root.mkdir(parents=True, exist_ok=True)
-        attrs = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **jsonable(identity),
-                 "software_version": software_version, "created": _now(), "parts": []}
-        _create_json_exclusive(meta, _group_doc(attrs))
-    doc = _read_json(meta)
-    attrs = doc.get("attributes", {})
-    check_schema(attrs, str(root))
-    if attrs["schema_version"] != SCHEMA_VERSION:
-        raise StoreError(f"{root} has schema version {attrs['schema_version']}; this ethoprism "
-                         f"writes only version {SCHEMA_VERSION}")
-    check_same_identity({k: attrs.get(k) for k in identity}, identity,
-                        f"store {root} (left) vs this writer (right)")
-    (root / PARTS).mkdir(exist_ok=True)
-    _create_json_exclusive(root / PARTS / "zarr.json", _group_doc({}))
+    """Create the store's root and parts groups, or check an existing root's schema and identity.
+
+    Everything written at the root happens under the root directory's flock, so concurrent
+    creators cannot race and temp files found there belong to writers that died.
+    """
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a feature store directory")
+    root.mkdir(parents=True, exist_ok=True)
+    meta, parts = root / "zarr.json", root / PARTS
+    with _dir_lock(root):
+        if not meta.exists():
+            if any(root.iterdir()):
+                names = sorted(p.name for p in root.iterdir())[:3]
+                raise StoreError(f"{root} is a non-empty directory but not a feature store (no zarr.json; "
+                                 f"holds {', '.join(names)}); refusing to write into it")
+            attrs = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **jsonable(identity),
+                     "software_version": software_version, "created": _now(), "parts": []}
+            write_json_atomic(meta, _group_doc(attrs))
+        attrs = _read_json(meta).get("attributes", {})
+        check_schema(attrs, str(root))
+        if attrs["schema_version"] != SCHEMA_VERSION:
+            raise StoreError(f"{root} has schema version {attrs['schema_version']}; this ethoprism "
+                             f"writes only version {SCHEMA_VERSION}")
+        check_same_identity({k: attrs.get(k) for k in identity}, identity,
+                            f"store {root} (left) vs this writer (right)")
+        if not (parts / "zarr.json").exists():
+            parts.mkdir(exist_ok=True)
+            write_json_atomic(parts / "zarr.json", _group_doc({}))
+        _remove_temp_files(root)
+        _remove_temp_files(parts)
 
 
 def _register_part(root: Path, name: str) -> None:
     """Add a part to the root's list of parts (what remote readers, which cannot list, read)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)   # flock on the directory: no lock files
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _dir_lock(root):
         doc = _read_json(root / "zarr.json")
         parts = doc["attributes"].setdefault("parts", [])
         if name not in parts:
             parts.append(name)
             parts.sort()
             write_json_atomic(root / "zarr.json", doc)
-    finally:
-        os.close(fd)
 
 
 def _windows_per_shard(token_shape, dtype: str) -> int:
@@ -162,8 +169,9 @@ def _shard_path(part_dir: Path, name: str, index: int) -> Path:
 class StoreWriter:
     """Appends videos to one part of a store. Use `open_writer`; a context manager."""
 
-    def __init__(self, root: Path, layout: Layout, part: str):
+    def __init__(self, root: Path, layout: Layout, part: str, windows_per_shard: int | None = None):
         self.root, self.layout, self.part = root, layout, part
+        self._per_shard = windows_per_shard
         self.part_dir = root / PARTS / part
         self._lock_fd = None
         self._arrays: dict[str, zarr.Array] = {}
@@ -175,16 +183,23 @@ class StoreWriter:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise StoreError(f"part {part!r} of store {root} is being written by another process; "
+            raise StoreError(f"part {part!r} of store {root} is being written by another writer; "
                              "give each writer its own part name") from None
-        meta = self.part_dir / "zarr.json"
-        if not meta.exists():
-            record = {"name": part, "created": _now(), "n_windows": 0, "windows_per_shard": None,
-                      "token_shape": None, "videos": []}
-            write_json_atomic(meta, _group_doc({PART_ATTR: record}))
-        self.state = _read_json(meta)["attributes"][PART_ATTR]
-        self._recover()
-        _register_part(root, part)
+        try:
+            meta = self.part_dir / "zarr.json"
+            if meta.exists():
+                # Fail now, not at the first commit, if the part cannot be written.
+                (self.part_dir / f".probe.{uuid.uuid4().hex}.tmp").touch()
+            else:
+                record = {"name": part, "created": _now(), "n_windows": 0, "windows_per_shard": None,
+                          "token_shape": None, "videos": []}
+                write_json_atomic(meta, _group_doc({PART_ATTR: record}))
+            self.state = _read_json(meta)["attributes"][PART_ATTR]
+            self._recover()
+            _register_part(root, part)
+        except BaseException:
+            self.close()
+            raise
 
     def _recover(self) -> None:
         """Drop what a killed writer left past the last commit: temp files, uncommitted windows."""
@@ -208,7 +223,7 @@ class StoreWriter:
 
     def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
         token_shape = list(encoded["tokens"].shape[1:])
-        per_shard = _windows_per_shard(token_shape, self.layout.dtype)
+        per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout.dtype)
         store = zarr.storage.LocalStore(self.root)
         specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
@@ -335,6 +350,8 @@ class VideoWriter:
                              f"embedding (n,c); got {tokens.shape} and {embedding.shape}")
         window = self.written + self._n_pending
         for name, values in (("tokens", tokens), ("embedding", embedding)):
+            if np.isfinite(values.max()) and np.isfinite(values.min()):   # cheap common case
+                continue
             bad = ~np.isfinite(values).reshape(n, -1).all(axis=1)
             if bad.any():
                 raise StoreError(f"video {self.record.path}: {name} of window {int(np.argmax(bad))} "
@@ -406,11 +423,13 @@ class VideoWriter:
 
 
 def open_writer(path, *, encoder: dict, preprocessing: dict, layout: Layout = Layout(),
-                part: str | None = None, software_version: str = __version__) -> StoreWriter:
+                part: str | None = None, software_version: str = __version__,
+                windows_per_shard: int | None = None) -> StoreWriter:
     """Create a store at `path` or open it for append, as one part (one writer process).
 
     A store with a different encoder, preprocessing or layout is refused (StoreIdentityError
     naming each differing field). Reopening a part by name resumes it after a crash.
+    `windows_per_shard` applies to a new part (None: about 64 MiB of tokens per shard).
     """
     if "://" in str(path):
         raise StoreError(f"{path}: writing goes to a local (or mounted shared) directory, not a URL")
@@ -421,6 +440,6 @@ def open_writer(path, *, encoder: dict, preprocessing: dict, layout: Layout = La
     identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
     try:
         _open_root(root, identity, software_version)
-        return StoreWriter(root, layout, part)
+        return StoreWriter(root, layout, part, windows_per_shard)
     except OSError as e:
         raise _writable_error(root, e) from None
