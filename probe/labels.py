@@ -163,6 +163,19 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
     return table
 
 
+def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
+    """Every labelled video must be a complete video of the store; returns store_videos(ds)."""
+    videos = store_videos(ds)
+    for s in table.segments:
+        if s.video not in videos:
+            raise LabelError(f"{table.path} row {s.row}: video {s.video!r} is not in the store "
+                             f"(the store has {', '.join(sorted(videos)) or 'no videos'})")
+        if videos[s.video]["status"] != "complete":
+            raise LabelError(f"{table.path} row {s.row}: video {s.video!r} failed extraction: "
+                             f"{videos[s.video]['reason']}")
+    return videos
+
+
 def window_frames(start_frame, frame_step, n_valid: int) -> np.ndarray:
     """The frames a window's encoder input saw (its valid, non-padded frames)."""
     return start_frame + frame_step * np.arange(n_valid)
@@ -180,14 +193,7 @@ def align(ds: xr.Dataset, table: LabelTable, *, how: str = "centre", multi_label
         raise LabelError(f"unknown alignment {how!r}; choose one of {', '.join(ALIGN_MODES)}")
     if how == "any" and not multi_label:
         raise LabelError("alignment 'any' gives a window every label it overlaps; it needs multi-label")
-    videos = store_videos(ds)
-    for s in table.segments:
-        if s.video not in videos:
-            raise LabelError(f"{table.path} row {s.row}: video {s.video!r} is not in the store "
-                             f"(the store has {', '.join(sorted(videos)) or 'no videos'})")
-        if videos[s.video]["status"] != "complete":
-            raise LabelError(f"{table.path} row {s.row}: video {s.video!r} failed extraction: "
-                             f"{videos[s.video]['reason']}")
+    videos = check_videos(ds, table)
     name = ds["video_name"].values.astype(str)
     start, step, valid = (ds[k].values.astype(np.int64) for k in ("start_frame", "frame_step", "n_valid_frames"))
     windows, targets, names = [], [], []

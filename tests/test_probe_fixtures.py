@@ -68,10 +68,32 @@ def fake_store(videos: dict[str, int], *, tokens_fn=None, shape=(4, 2, 2, 8), le
                 "frame_step": ("window", np.array(fstep, np.int64)),
                 "n_valid_frames": ("window", np.array(valid, np.int64)),
                 "start_time": ("window", np.array(t0, np.float64))},
-        attrs={"schema": "ethoprism.features", "schema_version": 1, "encoder": dict(encoder),
+        # no "schema" attribute: store.read_windows takes a dataset carrying one for an opened store
+        attrs={"encoder": dict(encoder),
                "preprocessing": {**PREP, "window_length": length, "window_stride": stride, "frame_step": step},
                "layout": LAYOUT, "software_version": "test", "created": "2026-01-01T00:00:00Z"},
     )
+
+
+def write_store(path, ds: xr.Dataset, layout=None) -> str:
+    """Write an in-memory fake to a real on-disk store with `store.open_writer`; return its path."""
+    from ethoprism import store
+
+    with store.open_writer(path, encoder=ds.attrs["encoder"], preprocessing=ds.attrs["preprocessing"],
+                           layout=layout or store.Layout()) as w:
+        for v, p in enumerate(ds.video_path.values):
+            n = int(ds.video_n_frames.values[v])
+            rec = store.VideoRecord(str(p), 1000 + v, f"{v:064d}", float(ds.video_fps.values[v]), n,
+                                    n / float(ds.video_fps.values[v]), 64, 64, "h264")
+            if ds.video_status.values[v] != "complete":
+                w.record_failure(rec, str(ds.video_reason.values[v]))
+                continue
+            sel = np.flatnonzero(ds.video.values == v)
+            vw = w.begin_video(rec)
+            vw.append(ds.tokens.values[sel], ds.embedding.values[sel], ds.start_frame.values[sel],
+                      ds.frame_step.values[sel], ds.n_valid_frames.values[sel], ds.start_time.values[sel])
+            vw.commit()
+    return str(path)
 
 
 def test_fake_store_follows_the_window_contract():
@@ -81,3 +103,14 @@ def test_fake_store_follows_the_window_contract():
     assert list(a.n_valid_frames.values) == [16, 16, 16, 16]
     b = ds.where(ds.video_name == "b.mp4", drop=True)
     assert list(b.n_valid_frames.values) == [10]
+
+
+def test_real_store_reads_back_like_the_fake(tmp_path):
+    from ethoprism import store
+
+    fake = fake_store({"a.mp4": 40, "b.mp4": 10})
+    ds = store.open(write_store(tmp_path / "s.zarr", fake))
+    np.testing.assert_array_equal(ds.video_name.values, fake.video_name.values)
+    np.testing.assert_array_equal(ds.start_frame.values, fake.start_frame.values)
+    got = store.read_windows(ds, [4, 1], "tokens")
+    np.testing.assert_allclose(got, fake.tokens.values[[4, 1]], rtol=1e-2, atol=1e-2)

@@ -1,0 +1,72 @@
+"""Figures: an ethogram strip of predictions against expert labels (the paper's Fig. 3) and a
+confusion matrix. matplotlib with the Agg backend, written as PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+
+def _palette(n: int) -> list:
+    base = plt.get_cmap("tab20").colors
+    return [base[i % len(base)] for i in range(n)]
+
+
+def ethogram_png(path: str | os.PathLike, classes: list[str], predicted: np.ndarray,
+                 expert: np.ndarray | None = None, fps: float | None = None, title: str = "") -> Path:
+    """Strips of per-frame class indices (-1: no label / not covered, drawn white)."""
+    path = Path(path)
+    rows = [("expert", expert)] if expert is not None else []
+    rows.append(("predicted", predicted))
+    colours = ["white", *_palette(len(classes))]
+    cmap = ListedColormap(colours)
+    n = len(predicted)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 0.6 * len(rows) + 1.4), squeeze=False, sharex=True)
+    extent_end = n / fps if fps else n
+    for ax, (name, strip) in zip(axes[:, 0], rows):
+        ax.imshow(np.asarray(strip)[None] + 1, aspect="auto", cmap=cmap, vmin=0, vmax=len(colours) - 1,
+                  interpolation="nearest", extent=(0, extent_end, 0, 1))
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    axes[-1, 0].set_xlabel("time (s)" if fps else "frame")
+    if title:
+        axes[0, 0].set_title(title, fontsize=9)
+    fig.legend(handles=[Patch(color=c, label=k) for c, k in zip(colours[1:], classes)],
+               loc="lower center", ncol=min(len(classes), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion_png(path: str | os.PathLike, confusion: np.ndarray, classes: list[str], title: str = "") -> Path:
+    """Row-normalised confusion matrix with the counts written in the cells."""
+    path = Path(path)
+    cm = np.asarray(confusion)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    size = 1.2 + 0.5 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("expert")
+    for i, j in np.ndindex(cm.shape):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
