@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import s3fs
 import xarray as xr
 import zarr
 from typer.testing import CliRunner
@@ -187,11 +188,15 @@ def test_plain_xarray_reads_a_part_over_http(feature_store, nginx_server):
 def test_store_opens_over_s3(feature_store, s3_server, tmp_path):
     url = f"s3://{s3_server.bucket}/shared/feat.zarr"
     upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server.storage_options)
+    uploaded = fs.find(url, detail=True)
     local = store.open(str(feature_store / "feat.zarr"))
     remote = store.open(url, storage_options=s3_server.storage_options)
     assert remote.attrs["source"] == url
     assert_same_dataset(remote, local)
     assert store.validate(url, s3_server.storage_options)["ok"]
+    fs.invalidate_cache()
+    assert fs.find(url, detail=True) == uploaded       # reading wrote nothing
 
     # Pushing again is fine; pushing a store of another identity over it is refused.
     upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
