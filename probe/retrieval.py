@@ -437,3 +437,35 @@ def search(index_ds, query: Query, k=10, *, exclude_same_video=False, videos: li
         return ann.search(query.vectors, k, mask=mask, index_groups=groups[1], query_groups=groups[0])
     return exact_search(query.vectors, index_ds, k, mask=mask, index_groups=groups[1],
                         query_groups=groups[0], scheduler=scheduler, block_rows=block_rows)
+
+
+@dataclass
+class QueryResult:
+    index: xr.Dataset  # the searched store
+    query: Query
+    found: Neighbours
+
+    def table(self) -> list[dict]:
+        return results_table(self.index, self.query, self.found)
+
+
+def run_query(index_store: str, *, query: Query | None = None, query_store: str | None = None,
+              moments=(), windows=(), k: int = 10, exclude_same_video: bool = False,
+              videos: list[str] | None = None, scheduler: str | None = None, approx: bool = False,
+              storage_options: dict | None = None) -> QueryResult:
+    """`ethoprism retrieve query`: resolve moments / windows in `query_store` (default: the index
+    store), or take a ready `query`, and search `index_store` exactly or with its saved ANN index."""
+    index_ds = store.open(index_store, storage_options)
+    if query is None:
+        qds = index_ds if query_store in (None, index_store) else store.open(query_store, storage_options)
+        query = query_windows(qds, [window_at(qds, parse_moment(m)) for m in moments] + list(windows))
+    if not len(query.vectors):
+        raise RetrievalError("nothing to search for: give --moment, --window or --clip")
+    index = None
+    if approx:
+        from ethoprism.probe.ann import load_index  # ann builds on this module
+
+        index = load_index(index_store, index_ds)
+    found = search(index_ds, query, k, exclude_same_video=exclude_same_video, videos=videos,
+                   scheduler=scheduler, ann=index)
+    return QueryResult(index_ds, query, found)
