@@ -187,6 +187,24 @@ def test_truncated_file_fails_at_the_cut_naming_file_and_frame(threads):
     assert isinstance(err.value, EthoprismError)
 
 
+@pytest.mark.parametrize("threads", [0, 1])
+def test_damage_inside_the_file_fails_near_the_damaged_frame(tmp_path, threads):
+    with av.open(str(HORSE)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    pos, size = packets[100]  # the 101st packet in decode order: zero its payload, keep its length
+    data = bytearray(HORSE.read_bytes())
+    data[pos + 4 : pos + size] = bytes(size - 4)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(data)
+    n = 0
+    with pytest.raises(VideoError, match="decode error at frame") as err:
+        for n, _ in enumerate(iter_frames(damaged, threads=threads), 1):
+            pass
+    assert (
+        err.value.frame == n and 96 <= n <= 106
+    )  # where the decoder was (frame threads lag a little)
+
+
 def test_video_error_survives_pickling_between_processes():
     import pickle
 
