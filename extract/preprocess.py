@@ -1,7 +1,8 @@
 """How decoded frames become encoder input: the `Preprocessing` identity, resizing and scaling.
 
-Resizing runs inside libswscale (through PyAV), fused with the YUV -> RGB conversion: scaling a
-frame in numpy after converting it at full size costs several times the decode itself.
+Resizing runs inside libswscale (through PyAV): the picture is scaled in the decoder's own pixel
+format and only the small result is converted to RGB. Converting at full size and scaling in numpy
+costs several times the decode itself.
 """
 
 from __future__ import annotations
