@@ -49,6 +49,147 @@ def main(
     """Frozen video foundation models for animal behaviour: extract once, probe many times."""
 
 
+# --- extraction -------------------------------------------------------------------------------
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"extracted into {summary.store}", show_header=False)
+    table.add_row("model", f"{summary.model} (checkpoint sha256 {summary.checkpoint_sha256[:12]})")
+    table.add_row("devices", str(summary.devices))
+    table.add_row(
+        "videos",
+        f"{summary.count('complete')} complete, {summary.count('skipped')} already in the store, "
+        f"{summary.count('failed')} failed",
+    )
+    rate = summary.windows / summary.seconds if summary.seconds else 0.0
+    table.add_row("windows", f"{summary.windows} in {summary.seconds:.1f} s ({rate:.2f}/s)")
+    console.print(table)
+    for v in summary.failed:
+        err_console.print(f"[red]failed[/] {v.path}: {v.reason}", highlight=False)
+
+
+@app.command()
+def extract(
+    archive: Annotated[list[str], typer.Argument(help="Videos: files, directories (recursive) or glob patterns.")],
+    store: Annotated[str, typer.Argument(help="The feature store to create or append to (a directory).")],
+    model: Annotated[str, typer.Option(help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny.")] = "videoprism-b",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="Weights: an official-format .npz path, or 'random' (demo only). "
+                     "Default: $ETHOPRISM_CHECKPOINT, then the Hugging Face cache / download."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32, or bfloat16 (bf16 matmuls, f32 softmax/LayerNorm).")] = "float32",
+    stride: Annotated[int, typer.Option(help="Frames between consecutive window starts.")] = 8,
+    frame_step: Annotated[int, typer.Option(help="Frame step K inside a window: frames start + j*K.")] = 1,
+    resize: Annotated[str, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")] = "squash",
+    frame_size: Annotated[int, typer.Option(help="Side of the square frames the encoder sees.")] = 288,
+    layout: Annotated[str, typer.Option(help="Token storage: float16-round7, float16 or int8.")] = "float16-round7",
+    pool: Annotated[int, typer.Option(help="Average-pool tokens spatially by 1, 2 or 4 before storing.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Windows per encoder call (rounded up to a multiple of the devices).")] = 8,
+    decode_workers: Annotated[int, typer.Option(help="Decoding processes running ahead of the encoder.")] = 2,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address: spread the videos over its workers, one store part each.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="List videos, windows, estimated store size and run time; write nothing.")] = False,
+    log_json: Annotated[str | None, typer.Option(help="Append one JSON line per finished video to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Extract VideoPrism tokens from an archive of videos into a Zarr feature store.
+
+    Re-running the same command resumes: complete videos are skipped, unfinished ones redone.
+    A video that cannot be decoded is recorded as failed and the run goes on; the exit status
+    is 1 when any video failed.
+    """
+    from ethoprism.extract.preprocess import Preprocessing
+    from ethoprism.pipeline import extract as pipeline_extract
+    from ethoprism.pipeline.config import RunConfig
+    from ethoprism.pipeline.inputs import find_videos
+    from ethoprism.pipeline.plan import plan_run
+    from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
+    from ethoprism.store import Layout
+
+    try:
+        cfg = RunConfig(
+            model=model, checkpoint=checkpoint, dtype=dtype,
+            prep=Preprocessing(frame_size=frame_size, resize=resize, window_stride=stride, frame_step=frame_step),
+            layout=Layout(dtype=layout, pool=pool), batch_size=batch_size, decode_workers=decode_workers,
+        )
+        if dry_run:
+            plan = plan_run(find_videos(archive), cfg)
+            if as_json:
+                print_json(plan.to_dict())
+                return
+            table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
+            for v in plan.videos:
+                if "error" in v:
+                    table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
+                else:
+                    table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
+            console.print(table)
+            console.print(
+                f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
+                f"({plan.bytes_per_window / 1e6:.2f} MB/window); encoder {plan.windows_per_s:.2f} windows/s "
+                f"here, so about {plan.seconds / 3600:.2f} h"
+            )
+            return
+        reporter = None if as_json else RichReporter(console=err_console)
+        if log_json:
+            reporter = JsonLinesReporter(log_json, reporter)
+        try:
+            summary = pipeline_extract.run_extract(archive, store, cfg, scheduler=scheduler, reporter=reporter)
+        finally:
+            if reporter is not None:
+                reporter.stop()
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+@bench_app.command("extract")
+def bench_extract(
+    video: Annotated[str | None, typer.Option(help="Video to extract (default: the bundled deer clip).")] = None,
+    model: Annotated[str, typer.Option(help="Encoder config.")] = "videoprism-b",
+    windows: Annotated[int, typer.Option(help="About this many windows are extracted.")] = 16,
+    batch: Annotated[int, typer.Option(help="Windows per encoder call.")] = 4,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    checkpoint: Annotated[str, typer.Option(help="Weights; random ones time the same.")] = "random",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """End-to-end extraction vs the encoder alone, decode+resize vs raw decode, peak RSS.
+
+    Targets: pipeline efficiency >= 0.9 on videoprism-b (compute dominates); decode+resize
+    >= 0.5x raw decode. Run it with --model videoprism-tiny to see a decode-bound pipeline.
+    """
+    from pathlib import Path
+
+    from ethoprism.pipeline.bench import bench_extract as run_bench
+
+    video = video or str(Path(__file__).parent / "data" / "S1_C1_E115_V0342.mp4")
+    try:
+        r = run_bench(video, model=model, windows=windows, batch_size=batch, checkpoint=checkpoint, dtype=dtype)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    table = Table(title=f"bench extract: {model}, {r['windows']} windows, batch {r['batch_size']}, "
+                        f"{r['devices']} device(s)", show_header=False)
+    table.add_row("end-to-end", f"{r['end_to_end_windows_per_s']:.3f} windows/s")
+    table.add_row("encoder only", f"{r['encoder_only_windows_per_s']:.3f} windows/s")
+    table.add_row("pipeline efficiency", f"{r['pipeline_efficiency']:.2f}  (target >= 0.9 on videoprism-b)")
+    d = r["decode"]
+    table.add_row("raw decode", f"{d['raw_fps']:.0f} frames/s")
+    table.add_row("decode + resize", f"{d['resize_fps']:.0f} frames/s")
+    table.add_row("decode ratio", f"{d['ratio']:.2f}  (target >= 0.5)")
+    table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MiB")
+    console.print(table)
+
+
 # --- store ------------------------------------------------------------------------------------
 
 store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
@@ -167,3 +308,338 @@ def bench_store(
                   f"from memory {rd['memory_ms']:.1f} ms, oindex {rd['oindex_ms']:.1f} ms; "
                   f"{rd['speedup_vs_oindex']:.1f}x faster than oindex (target >= 5), "
                   f"{rd['read_windows_vs_memory']:.2f}x memory speed", highlight=False)
+
+
+# --- retrieval --------------------------------------------------------------------------------
+
+retrieve_app = typer.Typer(help="Find similar moments by nearest neighbours on window embeddings.",
+                           no_args_is_help=True)
+app.add_typer(retrieve_app, name="retrieve")
+
+
+@retrieve_app.command("query")
+def retrieve_query(
+    store: Annotated[str, typer.Argument(help="The store the query moments/windows come from (a directory or URL); "
+                                              "also the index unless --index-store is given.")],
+    moment: Annotated[list[str] | None, typer.Option(help="VIDEO@SECONDS or VIDEO#FRAME (repeatable); the "
+                                                          "covering window with the nearest centre.")] = None,
+    window: Annotated[list[int] | None, typer.Option(help="A window index of STORE (repeatable).")] = None,
+    clip: Annotated[str | None, typer.Option(help="A new video file, encoded with STORE's encoder and "
+                                                  "preprocessing; each of its windows is a query.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
+    index_store: Annotated[str | None, typer.Option(help="Search this store instead (same identity).")] = None,
+    exclude_same_video: Annotated[bool, typer.Option(help="Skip windows of the query's own video.")] = False,
+    videos: Annotated[list[str] | None, typer.Option(help="Only search these: VIDEO or VIDEO@START-END "
+                                                          "seconds (repeatable).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: one task per index block.")] = None,
+    approx: Annotated[bool, typer.Option(help="Use the index built by `retrieve build-index`.")] = False,
+    checkpoint: Annotated[str | None, typer.Option(help="Weights for --clip (must be the store's).")] = None,
+    sheet: Annotated[str | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
+    sheet_results: Annotated[int, typer.Option(help="Results per query on the sheet.")] = 3,
+    labels: Annotated[str | None, typer.Option(help="Label file to caption the sheet.")] = None,
+    column: Annotated[str, typer.Option(help="Label column.")] = "action",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
+    from ethoprism.probe import retrieval
+    from ethoprism.probe.contact_sheet import sheet_for
+
+    search = dict(k=k, exclude_same_video=exclude_same_video, videos=videos, scheduler=scheduler, approx=approx)
+    try:
+        if clip:
+            from ethoprism.pipeline.clip_query import run_clip_query
+
+            result = run_clip_query(clip, store, checkpoint=checkpoint, index_store=index_store, **search)
+        else:
+            result = retrieval.run_query(index_store or store, query_store=store, moments=moment or [],
+                                         windows=window or [], **search)
+        if sheet:
+            sheet_for(result, sheet, n_results=sheet_results, labels=labels, column=column)
+    except EthoprismError as e:
+        raise fail(e) from None
+    rows = result.table()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("query", "rank", "video", "start time (s)", "start frame", "window", "distance",
+                  title=f"nearest windows in {result.index.attrs.get('source', index_store or store)}")
+    for r in rows:
+        table.add_row(r["query"], str(r["rank"]), r["video"], f"{r['start_time']:.3f}", str(r["start_frame"]),
+                      str(r["window"]), f"{r['distance']:.4g}")
+    console.print(table)
+    if sheet:
+        console.print(f"contact sheet: {sheet}", highlight=False)
+
+
+@retrieve_app.command("build-index")
+def retrieve_build_index(
+    store: Annotated[str, typer.Argument(help="A local feature store; the index is written beside it (STORE.ann).")],
+    nlist: Annotated[int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the index description as JSON.")] = False,
+) -> None:
+    """Build the approximate (FAISS IVF-Flat) index of a store and report its recall@10 vs exact."""
+    from dataclasses import asdict
+
+    from ethoprism.probe.ann import build_index, index_dir
+
+    try:
+        info = build_index(store, nlist=nlist)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(asdict(info))
+        return
+    console.print(f"{index_dir(store)}: {info.kind}, {info.n_windows} windows, nlist {info.nlist}, nprobe "
+                  f"{info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} on {info.recall_queries} "
+                  f"windows; built in {info.build_seconds:.1f} s", highlight=False)
+
+
+@retrieve_app.command("eval")
+def retrieve_eval(
+    store: Annotated[str, typer.Argument(help="Feature store: the test set (queries), and the train set too "
+                                              "unless --index-store is given.")],
+    labels: Annotated[str, typer.Argument(help="Label file (CSV segments or per-clip) covering the videos.")],
+    index_store: Annotated[str | None, typer.Option(help="The train store (the index).")] = None,
+    split: Annotated[str | None, typer.Option(help="CSV video,split (train/test) for a single store.")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Without --split: fraction of videos used as test.")] = 0.25,
+    column: Annotated[str, typer.Option(help="Label column.")] = "action",
+    background: Annotated[str, typer.Option(help="Background class: not a query, kept in the index.")] = "none",
+    align: Annotated[str, typer.Option(help="Window label from its centre frame, majority or any.")] = "centre",
+    k: Annotated[list[int] | None, typer.Option("-k", help="K values (repeatable; default 1 5 10).")] = None,
+    fraction: Annotated[float, typer.Option(help="Fraction of queries per run (the paper: 0.1).")] = 1.0,
+    runs: Annotated[int, typer.Option(help="Runs averaged (the paper: 3).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the query subsampling.")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address for the search.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """mean Hit@K as in Sun et al. 2024: test windows query the train windows, averaged over classes."""
+    from ethoprism.probe.hitk import DEFAULT_KS, evaluate_stores
+
+    try:
+        r = evaluate_stores(store, labels, index_store=index_store, split=split, test_fraction=test_fraction,
+                            column=column, background=background, align=align, ks=tuple(k or DEFAULT_KS),
+                            fraction=fraction, runs=runs, seed=seed, scheduler=scheduler)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r.to_dict())
+        return
+    table = Table("", *[f"Hit@{k}" for k in r.ks],
+                  title=f"retrieval: {r.n_queries_per_run} of {r.n_queries} queries x {r.runs} run(s), "
+                        f"{r.n_index} index windows")
+    table.add_row("mean", *[f"{r.mean_hit[k]:.3f} ± {r.std_hit[k]:.3f}" for k in r.ks])
+    table.add_row("random", *[f"{r.random[k]:.3f}" for k in r.ks])
+    for name, per in r.per_class.items():
+        table.add_row(f"  {name}", *[f"{per[k]:.3f}" for k in r.ks])
+    console.print(table)
+
+
+@bench_app.command("retrieve")
+def bench_retrieve(
+    n: Annotated[int, typer.Option(help="Index embeddings (generated in memory).")] = 1_000_000,
+    dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
+    queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Exact search vs FAISS IndexFlatL2 on the same embeddings (target >= 0.8x), and the IVF
+    index's speedup over exact search and its recall@10."""
+    from ethoprism.probe.retrieval_bench import bench_retrieve as run_bench
+
+    try:
+        r = run_bench(n=n, dim=dim, queries=queries)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    table = Table(title=f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, k {r['k']}, "
+                        f"{r['threads']} threads", show_header=False)
+    table.add_row("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s")
+    table.add_row("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s")
+    table.add_row("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)")
+    table.add_row("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}")
+    table.add_row("IVF-Flat", f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, built in {r['ivf_build_s']:.1f} s")
+    table.add_row("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x")
+    table.add_row("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}")
+    console.print(table)
+
+
+# --- probe ------------------------------------------------------------------------------------
+
+probe_app = typer.Typer(help="Train heads on a store, predict per-frame ethograms, evaluate.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+HeadDirArg = Annotated[str, typer.Argument(help="A saved head directory (from `probe train`: OUT/heads/NAME).")]
+
+
+def _numbers(text: str, kind, what: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise fail(EthoprismError(f"{what}: expected comma-separated numbers, got {text!r}")) from None
+
+
+def _training_progress():
+    """A rich progress bar fed by probe.train's progress events."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=err_console)
+    task = bar.add_task("train", total=None, epoch=0, loss="-")
+
+    def update(event: dict) -> None:
+        if "step" in event:
+            bar.update(task, total=event["steps"], completed=event["step"], epoch=event["epoch"] + 1,
+                       loss=f"{event['loss']:.4f}")
+        elif any(v is not None for v in event["val_loss"]):
+            vals = [v for v in event["val_loss"] if v is not None]
+            bar.console.print(f"epoch {event['epoch'] + 1}: validation loss {min(vals):.4f}"
+                              + (f"..{max(vals):.4f}" if len(vals) > 1 else ""), highlight=False)
+    return bar, update
+
+
+@probe_app.command("train")
+def probe_train(
+    store: StoreArg,
+    labels: Annotated[str, typer.Argument(help="Label CSV: video,start_frame,end_frame,<label column>[,track] or video,<label column>.")],
+    out: Annotated[str, typer.Option("--out", help="Output directory (heads/NAME/ and summary.json).")],
+    label_column: Annotated[str, typer.Option(help="The label column, e.g. action or activity.")] = "action",
+    background: Annotated[str, typer.Option(help="Label of frames without behaviour (excluded from mAP).")] = "none",
+    head: Annotated[str, typer.Option(help="map | fmap | linear | mlp.")] = "map",
+    align: Annotated[str, typer.Option(help="Window label: centre | majority | any (any needs --multi-label).")] = "centre",
+    multi_label: Annotated[bool, typer.Option(help="Frames may carry several labels (sigmoid loss).")] = False,
+    shots: Annotated[str, typer.Option(help="Few-shot sizes, e.g. 10,50,100 (k windows per class).")] = "",
+    seeds: Annotated[int, typer.Option(help="Seeds per setting (few-shot samples and initialisation).")] = 1,
+    lr: Annotated[str, typer.Option(help="Learning rate(s), comma-separated; one head per value.")] = "5e-5",
+    epochs: Annotated[int, typer.Option(help="Training epochs (cosine decay over them).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Windows per minibatch, read once for all heads.")] = 32,
+    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.")] = 0.5,
+    balanced: Annotated[bool, typer.Option(help="Class-balanced loss for imbalanced labels.")] = False,
+    patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (with a validation split).")] = 5,
+    test_fraction: Annotated[float, typer.Option(help="Share of labelled videos held out for testing.")] = 0.25,
+    val_fraction: Annotated[float, typer.Option(help="Share of labelled videos for early stopping.")] = 0.0,
+    split: Annotated[str | None, typer.Option(help="Split file: CSV video,split (train|val|test).")] = None,
+    split_seed: Annotated[int, typer.Option(help="Seed of the random split by video.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train heads on the store's tokens: one per few-shot size x seed x learning rate, in one pass.
+
+    Videos are split whole into train / val / test; test metrics are per frame (window
+    probabilities averaged over the windows covering each frame), mAP without the background.
+    """
+    from ethoprism.probe.jobs import train_probe
+
+    bar, update = _training_progress()
+    try:
+        with bar:
+            summary = train_probe(
+                store, labels, out, label_column=label_column, background=background, head=head, align=align,
+                multi_label=multi_label, shots=_numbers(shots, int, "--shots"), seeds=seeds,
+                learning_rates=_numbers(lr, float, "--lr"), epochs=epochs, batch_size=batch_size, dropout=dropout,
+                balanced=balanced, patience=patience, test_fraction=test_fraction, val_fraction=val_fraction,
+                split=split, split_seed=split_seed, progress=update)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"{len(summary['heads'])} head(s), classes {', '.join(summary['classes'])}; "
+                        f"test videos: {', '.join(summary['test_videos']) or 'none'}")
+    for col in ("head", "mAP", "macro acc", "accuracy", "saved in"):
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for h in summary["heads"]:
+        t = h["test"] or {}
+        table.add_row(h["name"], fmt(t.get("mAP")), fmt(t.get("macro_accuracy")), fmt(t.get("accuracy")), h["dir"])
+    console.print(table)
+    for a in summary["aggregate"]:
+        if a["n_seeds"] > 1:
+            console.print(f"shots {a['shots'] or 'all'}, lr {a['learning_rate']:g}: mAP {fmt(a['mAP']['mean'])} ± "
+                          f"{fmt(a['mAP']['std'])} over {a['n_seeds']} seeds", highlight=False)
+
+
+@probe_app.command("predict")
+def probe_predict(
+    store: StoreArg,
+    head: HeadDirArg,
+    out: Annotated[str, typer.Option("--out", help="Output directory: VIDEO.csv and VIDEO.png per video.")],
+    labels: Annotated[str | None, typer.Option(help="Expert labels to draw above the predictions.")] = None,
+    video: Annotated[list[str] | None, typer.Option(help="Only this video (file name); repeatable.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-frame ethogram of each video: CSV (frame, time, label, probabilities) and a PNG strip."""
+    from ethoprism.probe.jobs import predict_store
+
+    try:
+        r = predict_store(store, head, out, labels=labels, videos=video)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    for v in r["videos"]:
+        console.print(f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False)
+
+
+@probe_app.command("eval")
+def probe_eval(
+    store: StoreArg,
+    head: HeadDirArg,
+    labels: Annotated[str, typer.Argument(help="Expert label CSV (same format as for training).")],
+    out: Annotated[str, typer.Option("--out", help="Output directory: metrics.json and confusion.png.")],
+    videos: Annotated[str, typer.Option(help="test: the head's held-out videos; all: every labelled video.")] = "test",
+    as_json: JsonOpt = False,
+) -> None:
+    """mAP (behaviours of interest, no background), macro accuracy, accuracy, per-class F1, confusion matrix."""
+    from ethoprism.probe.jobs import evaluate_head
+
+    try:
+        r = evaluate_head(store, head, labels, out, videos=videos)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    console.print(f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips): mAP {fmt(r['mAP'])}, "
+                  f"macro accuracy {fmt(r['macro_accuracy'])}, accuracy {fmt(r['accuracy'])}", highlight=False)
+    table = Table()
+    for col in ("class", "AP", "F1"):
+        table.add_column(col)
+    for c in r["classes"]:
+        table.add_row(c, fmt(r["average_precision"][c]), fmt(r["f1"][c]))
+    console.print(table)
+    console.print(f"confusion matrix: {r['confusion_png']}", highlight=False)
+
+
+@bench_app.command("probe")
+def bench_probe(
+    windows: Annotated[int, typer.Option(help="Windows in the temporary store.")] = 64,
+    heads: Annotated[int, typer.Option(help="Heads trained together.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Windows per minibatch.")] = 16,
+    small: Annotated[bool, typer.Option(help="Token shape (16, 4, 4, 96) instead of the base (16, 16, 16, 768).")] = False,
+    directory: Annotated[str | None, typer.Option(help="Put the temporary store on this directory's disk.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """MAP heads: N heads together vs 1 (target <= 3), epoch from the store vs from memory
+    (target <= 1.3), training windows/s at the base token shape."""
+    from ethoprism.probe.bench import bench_probe as run_bench
+
+    try:
+        r = run_bench(windows=windows, heads=heads, batch_size=batch_size,
+                      shape=(16, 4, 4, 96) if small else (16, 16, 16, 768), directory=directory)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    t = r["epoch_seconds"]
+    console.print(f"bench probe: {r['windows']} windows of tokens {tuple(r['token_shape'])}, batch {r['batch_size']}, "
+                  f"MAP with {r['attention_heads']} attention heads", highlight=False)
+    n = r["heads"]
+    console.print(f"epoch of 1 head: {t['store_1']:.2f} s from the store, {t['memory_1']:.2f} s from memory; "
+                  f"{n} heads: {t[f'store_{n}']:.2f} s / {t[f'memory_{n}']:.2f} s", highlight=False)
+    console.print(f"{r['heads']} heads together / 1 head: {r['many_vs_one']:.2f}x (target <= 3)", highlight=False)
+    console.print(f"epoch from the store / from memory ({r['heads']} heads): {r['store_vs_memory']:.2f}x "
+                  f"(target <= 1.3); with 1 head {r['store_vs_memory_one_head']:.2f}x", highlight=False)
+    console.print(f"MAP training: {r['windows_per_s_one_head']:.1f} windows/s for 1 head, "
+                  f"{r['head_windows_per_s_many']:.1f} head-windows/s for {r['heads']}", highlight=False)

@@ -25,6 +25,7 @@ class ShardedEncoder:
     """Runs `encoder` on uint8 windows (n, T, S, S, 3), n <= batch_size, over all local devices."""
 
     def __init__(self, encoder, batch_size: int, pixel_range=(0.0, 1.0), devices=None):
+        self.encoder = encoder
         devices = list(devices if devices is not None else jax.local_devices())
         # Every device gets the same number of windows; round the batch up rather than fail.
         self.batch_size = -(-batch_size // len(devices)) * len(devices)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -176,17 +177,25 @@ def extract_local(
     part: str | None = None,
     reporter: Reporter | None = None,
     decode_in_processes: bool | None = None,
-    encoder=None,
+    sharded: ShardedEncoder | None = None,
 ) -> ExtractSummary:
-    """Extract `paths` into one part of the store at `store_path`; see the module docstring."""
+    """Extract `paths` into one part of the store at `store_path`; see the module docstring.
+
+    `sharded` lets a caller that already compiled the encoder (a benchmark) reuse it.
+    """
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
-    encoder = encoder or load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
-    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range)
+    if sharded is None:
+        encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
+        sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range)
+    encoder = sharded.encoder
     results: list[VideoResult] = []
     summary = ExtractSummary(store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices)
     reporter.start(len(paths))
 
+    # One stable part per host by default, so that a re-run resumes the part a killed run left
+    # (the store locks a part: a second writer on this host is told to pick its own name).
+    part = part or socket.gethostname()
     with store.open_writer(
         store_path, encoder=encoder.identity, preprocessing=cfg.prep.to_dict(), layout=cfg.layout, part=part
     ) as writer:

@@ -1,0 +1,87 @@
+"""`ethoprism bench extract`: how close the whole pipeline comes to the encoder alone.
+
+Ratios are measured in one run on one machine, so machine noise mostly cancels:
+- end-to-end windows/s (decode, resize, encode, write a real store) / encoder-only windows/s,
+  same model, batch and compiled function (the compile is excluded from both);
+- decode+resize frames/s / raw decode frames/s of the same file;
+- peak RSS of this process and its decode workers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+from ethoprism.extract import load_encoder
+from ethoprism.extract.decode_bench import measure_decode
+from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.video import probe_video
+from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.run import extract_local
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process tree every 50 ms."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, batch_size: int = 4,
+                  checkpoint: str | None = "random", dtype: str = "float32", decode_workers: int = 2) -> dict:
+    info = probe_video(video)
+    stride = max(1, (info.n_frames - 16) // max(windows - 1, 1))
+    prep = Preprocessing(window_stride=stride)
+    cfg = RunConfig(model=model, checkpoint=checkpoint, dtype=dtype, prep=prep, batch_size=batch_size,
+                    decode_workers=decode_workers)
+    encoder = load_encoder(model, checkpoint, dtype)
+    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range)
+    size = prep.frame_size
+    pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8)
+    sharded(pixels)  # compile once, for both measurements
+
+    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as rss:
+        summary = extract_local([video], f"{tmp}/bench.zarr", cfg, sharded=sharded)
+    n = summary.windows
+    e2e = n / summary.seconds
+
+    batches = -(-n // sharded.batch_size)
+    t0 = time.perf_counter()
+    handles = [sharded.submit(pixels) for _ in range(batches)]
+    for h in handles:
+        sharded.fetch(h)
+    encoder_only = n / (time.perf_counter() - t0)  # same batches, same padding as the run
+
+    decode = measure_decode(video, prep)
+    return dict(
+        model=model, video=video, windows=n, batch_size=sharded.batch_size, devices=sharded.n_devices,
+        end_to_end_windows_per_s=e2e, encoder_only_windows_per_s=encoder_only,
+        pipeline_efficiency=e2e / encoder_only, decode=decode, peak_rss_mb=rss.peak / 2**20,
+    )

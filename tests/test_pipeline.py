@@ -1,0 +1,169 @@
+"""Extraction runs end to end: real videos, the tiny golden encoder, a real store on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ethoprism import store
+from ethoprism.cli import app
+from ethoprism.errors import EthoprismError
+from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.windows import plan_windows
+from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.extract import run_extract
+from ethoprism.store import Layout
+
+DATA = Path(__file__).parent / "data"
+VIDEOS = DATA / "videos"
+CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
+HORSE = str(VIDEOS / "horse_288x162.mp4")  # 308 frames, 24 fps, 288x162
+FIVE = str(VIDEOS / "mouse_cage_5frames.mp4")  # 5 frames: shorter than one window
+WHEEL = str(VIDEOS / "mouse_wheel_250fps.mp4")  # 994 frames at 250 fps
+TRUNCATED = str(VIDEOS / "S2_C2_E394_V0135.TRUNCATED_60pct_moov_ok.mp4")
+UNOPENABLE = str(VIDEOS / "centered_pair_small.TRUNCATED_50pct_moov_lost.mp4")
+
+# The tiny encoder at 72 px (4x4 patches) keeps every run here to seconds.
+PREP = Preprocessing(frame_size=72, window_stride=16)
+CFG = RunConfig(model="videoprism-tiny", checkpoint=CHECKPOINT, prep=PREP, batch_size=4, decode_workers=2)
+CLI_ARGS = ["--model", "videoprism-tiny", "--checkpoint", CHECKPOINT, "--frame-size", "72", "--stride", "16",
+            "--batch-size", "4"]
+
+
+def windows_by_video(path) -> dict[str, dict[int, np.ndarray]]:
+    """{video name: {start_frame: tokens}} of a store, whatever the parts and their order."""
+    ds = store.open(str(path))
+    out: dict[str, dict[int, np.ndarray]] = {}
+    tokens = ds["tokens"].values
+    for k, (name, start) in enumerate(zip(ds["video_name"].values, ds["start_frame"].values)):
+        out.setdefault(str(name), {})[int(start)] = tokens[k]
+    return out
+
+
+def assert_same_windows(a: dict, b: dict, rtol: float = 0.0, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for start in a[name]:
+            np.testing.assert_allclose(a[name][start], b[name][start], rtol=rtol, atol=atol,
+                                       err_msg=f"{name} window @{start}")
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory):
+    """An uninterrupted run over two good videos, the reference for resume and scale-out runs."""
+    path = tmp_path_factory.mktemp("ref") / "features.zarr"
+    summary = run_extract([HORSE, WHEEL], str(path), CFG)
+    assert summary.count("complete") == 2
+    return path
+
+
+def test_failures_are_recorded_and_the_rest_complete(tmp_path):
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video")
+    path = tmp_path / "features.zarr"
+    result = CliRunner().invoke(
+        app, ["extract", HORSE, FIVE, TRUNCATED, UNOPENABLE, str(not_video), str(path), *CLI_ARGS, "--json"]
+    )
+    assert result.exit_code == 1, result.output  # some videos failed
+    summary = json.loads(result.stdout)
+    status = {Path(v["path"]).name: v for v in summary["videos"]}
+    assert status["horse_288x162.mp4"]["status"] == "complete"
+    assert status["mouse_cage_5frames.mp4"]["status"] == "complete"
+    for name in [Path(TRUNCATED).name, Path(UNOPENABLE).name, "notes.mp4"]:
+        assert status[name]["status"] == "failed"
+        assert name in status[name]["reason"]  # the reason names the file
+
+    ds = store.open(str(path))
+    table = {Path(p).name: s for p, s in zip(ds["video_path"].values, ds["video_status"].values)}
+    assert table[Path(TRUNCATED).name] == "failed" and table["horse_288x162.mp4"] == "complete"
+
+    # The 5-frame clip is one window, padded, with 5 real frames.
+    five = ds.where(ds.video_name == "mouse_cage_5frames.mp4", drop=True)
+    assert five.sizes["window"] == 1
+    assert int(five.n_valid_frames[0]) == 5 and int(five.start_frame[0]) == 0
+
+    # The horse: exactly the planned windows, in order, with their start times.
+    horse = ds.where(ds.video_name == "horse_288x162.mp4", drop=True)
+    starts, n_valid = plan_windows(308, PREP)
+    np.testing.assert_array_equal(horse.start_frame.values, starts)
+    np.testing.assert_array_equal(horse.n_valid_frames.values, n_valid)
+    np.testing.assert_allclose(horse.start_time.values, starts / 24.0, atol=1e-3)
+    assert np.isfinite(horse.embedding.values).all()
+
+    # Re-running skips what is complete and tries the failed ones again.
+    again = CliRunner().invoke(
+        app, ["extract", HORSE, FIVE, TRUNCATED, str(path), *CLI_ARGS, "--json"]
+    )
+    assert again.exit_code == 1
+    summary = json.loads(again.stdout)
+    assert summary["skipped"] == 2 and summary["n_failed"] == 1
+    assert store.open(str(path)).sizes["window"] == ds.sizes["window"]
+
+
+def test_append_with_other_preprocessing_is_refused(reference_store):
+    other = RunConfig(**{**CFG.__dict__, "prep": Preprocessing(frame_size=72, window_stride=8)})
+    with pytest.raises(EthoprismError, match="window_stride"):
+        run_extract([FIVE], str(reference_store), other)
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    path = tmp_path / "features.zarr"
+    result = CliRunner().invoke(app, ["extract", HORSE, FIVE, str(path), *CLI_ARGS, "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["windows"] == len(plan_windows(308, PREP)[0]) + 1
+    assert plan["windows_per_s"] > 0 and plan["store_bytes"] > 0
+    assert not path.exists()
+
+
+def _extract_in_subprocess(store_path, env_extra=None, videos=(HORSE, WHEEL)):
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "ethoprism", "extract", *videos, str(store_path), *CLI_ARGS, "--json"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_sigkill_then_resume_is_bit_identical(reference_store, tmp_path):
+    path = tmp_path / "features.zarr"
+    rng = random.Random(7)
+    for trial in range(2):
+        proc = _extract_in_subprocess(path)
+        time.sleep(rng.uniform(3.0, 8.0))
+        os.killpg(proc.pid, signal.SIGKILL)  # the decode workers die with it
+        proc.wait()
+    proc = _extract_in_subprocess(path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert_same_windows(windows_by_video(path), windows_by_video(reference_store))
+
+
+def test_four_devices_give_the_same_tokens_as_one(reference_store, tmp_path):
+    path = tmp_path / "features.zarr"
+    proc = _extract_in_subprocess(path, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["devices"] == 4
+    # One window per device instead of four on one: XLA tiles the float32 sums differently, so
+    # the last bits differ and can move a token by one float16-round7 step (2^-7 relative).
+    assert_same_windows(windows_by_video(path), windows_by_video(reference_store), rtol=2**-7, atol=1e-3)
+
+
+def test_dask_cluster_gives_the_same_windows(reference_store, tmp_path):
+    from dask.distributed import LocalCluster
+
+    path = tmp_path / "features.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = run_extract([HORSE, WHEEL], str(path), CFG, scheduler=cluster.scheduler_address)
+    assert summary.count("complete") == 2
+    assert sorted(p.name for p in (path / "parts").iterdir() if p.is_dir()) == ["dask-0", "dask-1"]
+    assert_same_windows(windows_by_video(path), windows_by_video(reference_store))
