@@ -546,7 +546,7 @@ def probe_train(
                         f"test videos: {', '.join(summary['test_videos']) or 'none'}")
     for col in ("head", "mAP", "macro acc", "accuracy", "saved in"):
         table.add_column(col)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     for h in summary["heads"]:
         t = h["test"] or {}
         table.add_row(h["name"], fmt(t.get("mAP")), fmt(t.get("macro_accuracy")), fmt(t.get("accuracy")), h["dir"])
@@ -599,7 +599,7 @@ def probe_eval(
     if as_json:
         print_json(r)
         return
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     console.print(f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips): mAP {fmt(r['mAP'])}, "
                   f"macro accuracy {fmt(r['macro_accuracy'])}, accuracy {fmt(r['accuracy'])}", highlight=False)
     table = Table()

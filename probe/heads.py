@@ -32,7 +32,7 @@ class HeadConfig:
     mlp_dim: int | None = None      # map/fmap MLP block width (4x token width); mlp probe hidden width (= width)
     dropout: float = 0.5            # the paper's rate, before the classifier
 
-    def for_width(self, width: int) -> "HeadConfig":
+    def for_width(self, width: int) -> HeadConfig:
         """The largest number of attention heads, up to num_heads, that divides the token width."""
         heads = max(h for h in range(1, self.num_heads + 1) if width % h == 0)
         return dataclasses.replace(self, num_heads=heads)
@@ -50,7 +50,7 @@ class AttentionPool(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        b, n, d = x.shape
+        d = x.shape[-1]
         h = self.num_heads
         dh = d // h
         init = nn.initializers.lecun_normal()

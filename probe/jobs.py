@@ -17,16 +17,27 @@ from pathlib import Path
 import jax
 import numpy as np
 import xarray as xr
-
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.probe import labels as L
 from ethoprism.probe.artifacts import SavedHead, check_store, load_head, save_head
 from ethoprism.probe.heads import HEAD_KINDS, HeadConfig
 from ethoprism.probe.metrics import classification_metrics
-from ethoprism.probe.predict import frame_labels, video_frame_probabilities, video_windows, write_frame_csv
+from ethoprism.probe.predict import (
+    frame_labels,
+    video_frame_probabilities,
+    video_windows,
+    write_frame_csv,
+)
 from ethoprism.probe.report import confusion_png, ethogram_png
-from ethoprism.probe.train import HeadSpec, TrainConfig, predict_many, predictor, store_source, train_heads
+from ethoprism.probe.train import (
+    HeadSpec,
+    TrainConfig,
+    predict_many,
+    predictor,
+    store_source,
+    train_heads,
+)
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -148,9 +159,9 @@ def train_probe(store_source_: str | xr.Dataset, labels: str | os.PathLike, out:
     out = Path(out)
     rows = []
     for i, ((name, k, seed, lr, subset), spec) in enumerate(zip(plan, specs)):
-        params = jax.tree_util.tree_map(lambda a: np.asarray(a[i]), result.params)
+        params = jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), result.params)
         training = {**dataclasses.asdict(cfg), "learning_rate": lr, "seed": seed, "shots": k,
-                    "n_train_windows": int(len(subset)), "split": parts, "align": align,
+                    "n_train_windows": len(subset), "split": parts, "align": align,
                     "best_epoch": result.best_epoch[i], "epochs_run": result.epochs_run,
                     "history": result.history[i]}
         save_head(out / "heads" / name, SavedHead(

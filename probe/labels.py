@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-
 from ethoprism.errors import EthoprismError
 
 ALIGN_MODES = ("centre", "majority", "any")
@@ -231,8 +230,8 @@ def split_by_video(videos: list[str], test_fraction: float = 0.25, val_fraction:
     """Assign whole videos to train / val / test (neighbouring windows overlap, so never split windows)."""
     videos = sorted(set(videos))
     order = np.random.default_rng(seed).permutation(len(videos))
-    n_test = int(round(test_fraction * len(videos))) if test_fraction else 0
-    n_val = int(round(val_fraction * len(videos))) if val_fraction else 0
+    n_test = round(test_fraction * len(videos)) if test_fraction else 0
+    n_val = round(val_fraction * len(videos)) if val_fraction else 0
     n_test, n_val = max(n_test, test_fraction > 0), max(n_val, val_fraction > 0)
     if n_test + n_val >= len(videos):
         raise LabelError(f"cannot split {len(videos)} labelled video(s) into train, "

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from ethoprism import store
 from ethoprism.probe.heads import HeadConfig, make_head
 
@@ -153,7 +152,7 @@ def train_step(model, tx, multi_label, warmup_fraction, state: HeadState, x, tar
     lr = create_learning_rate_fn(state.peak_lr, state.total, warmup)(state.step)
     params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
     take = weight.sum() > 0
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b), new, old)  # noqa: E731
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b), new, old)
     new = state._replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
                          step=state.step + take.astype(state.step.dtype))
     return new, jnp.where(take, loss, jnp.nan)
@@ -255,7 +254,7 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
             improved = (val_loss < best_loss) & active
             current = jax.device_get(state.params)
             best = jax.tree_util.tree_map(
-                lambda c, b: np.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), current, best)
+                lambda c, b, m=improved: np.where(m.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), current, best)
             for h in np.flatnonzero(improved):
                 best_loss[h], best_epoch[h] = val_loss[h], epoch
             stale = np.where(improved, 0, stale + 1)

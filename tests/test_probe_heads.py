@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from ethoprism.probe.heads import AttentionPool, HeadConfig, init_params, make_head
 
 

@@ -2,10 +2,10 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ethoprism import store
 from ethoprism.probe import jobs
 from ethoprism.probe.artifacts import load_head
@@ -59,12 +59,13 @@ def test_train_predict_evaluate(real_store, tmp_path):
 
     pred = jobs.predict_store(path, head_dir, tmp_path / "pred", labels=labels, videos=summary["test_videos"])
     first = pred["videos"][0]
-    rows = list(csv.DictReader(open(first["csv"])))
+    with open(first["csv"]) as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == first["frames"]
     v = first["video"]
     agree = np.mean([r["label"] == CLASSES[bout(v, int(r["frame"]))] for r in rows])
     assert agree > 0.8
-    assert open(first["png"], "rb").read(4) == b"\x89PNG"
+    assert Path(first["png"]).read_bytes()[:4] == b"\x89PNG"
 
     ev = jobs.evaluate_head(path, head_dir, labels, tmp_path / "eval")
     assert ev["videos"] == summary["test_videos"]

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ethoprism.probe import labels as L
 from test_probe_fixtures import fake_store
 

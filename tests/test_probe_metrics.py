@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
-
 from ethoprism.probe.metrics import average_precision, classification_metrics
+from sklearn import metrics as skm
 
 CLASSES = ["none", "walk", "graze", "run"]
 

@@ -3,7 +3,6 @@
 import csv
 
 import numpy as np
-
 from ethoprism.probe.predict import frame_labels, frame_probabilities, write_frame_csv
 from ethoprism.probe.report import confusion_png, ethogram_png
 from test_probe_fixtures import window_starts
@@ -50,7 +49,8 @@ def test_frame_step_counts_the_span_and_an_unreached_last_frame_is_nan():
 def test_csv_and_pngs(tmp_path):
     mean = np.array([[0.9, 0.1], [0.3, 0.7], [np.nan, np.nan]])
     path = write_frame_csv(tmp_path / "v.csv", mean, ["sit", "run"], fps=2.0)
-    rows = list(csv.reader(open(path)))
+    with open(path) as f:
+        rows = list(csv.reader(f))
     assert rows[0] == ["frame", "time", "label", "p_sit", "p_run"]
     assert rows[2] == ["1", "0.5000", "run", "0.30000", "0.70000"]
     assert rows[3] == ["2", "1.0000", "", "", ""]

@@ -2,10 +2,15 @@
 
 import numpy as np
 import pytest
-
 from ethoprism.probe.heads import HeadConfig
 from ethoprism.probe.train import (
-    HeadSpec, TrainConfig, create_learning_rate_fn, memory_source, predict_many, predictor, prefetch,
+    HeadSpec,
+    TrainConfig,
+    create_learning_rate_fn,
+    memory_source,
+    predict_many,
+    predictor,
+    prefetch,
     train_heads,
 )
 

@@ -1,0 +1,73 @@
+"""`ethoprism bench probe`: many heads vs one, store reads vs memory, MAP training windows/s.
+
+Builds a temporary on-disk store of synthetic tokens (random, at the base token shape by default)
+with `store.open_writer`, then times training epochs of MAP heads after a warm-up epoch that
+compiles. All figures are ratios (or rates) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ethoprism import store
+from ethoprism.probe.heads import HeadConfig
+from ethoprism.probe.train import HeadSpec, TrainConfig, memory_source, store_source, train_heads
+
+
+def _write_synthetic_store(path: Path, windows: int, shape: tuple[int, int, int, int], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    encoder = {"name": "synthetic", "config": {"token_shape": list(shape)}, "checkpoint_sha256": "none",
+               "dtype": "float32"}
+    prep = {"frame_size": 288, "resize": "squash", "window_length": shape[0], "window_stride": 8,
+            "frame_step": 1, "pixel_range": [0.0, 1.0]}
+    with store.open_writer(path, encoder=encoder, preprocessing=prep) as w:
+        n_frames = 8 * (windows - 1) + shape[0]
+        video = w.begin_video(store.VideoRecord("synthetic.mp4", 0, "0" * 64, 24.0, n_frames, n_frames / 24,
+                                                288, 288, "none"))
+        for start in range(0, windows, 8):
+            n = min(8, windows - start)
+            tokens = rng.normal(size=(n, *shape)).astype(np.float32)
+            frames = 8 * np.arange(start, start + n)
+            video.append(tokens, tokens.mean((1, 2, 3)), frames, 1, shape[0], frames / 24.0)
+        video.commit()
+
+
+def _epoch_seconds(source, n_windows: int, n_heads: int, head: HeadConfig, cfg: TrainConfig) -> float:
+    rng = np.random.default_rng(0)
+    target = np.eye(head.num_classes, dtype=np.float32)[rng.integers(0, head.num_classes, n_windows)]
+    specs = [HeadSpec(f"h{i}", i, np.ones(n_windows, bool), target, 5e-5 * (1 + i)) for i in range(n_heads)]
+    t = time.perf_counter()
+    train_heads(source, np.arange(n_windows), specs, head, cfg)
+    return time.perf_counter() - t
+
+
+def bench_probe(windows: int = 64, heads: int = 16, batch_size: int = 16,
+                shape: tuple[int, int, int, int] = (16, 16, 16, 768), directory: str | None = None,
+                num_classes: int = 8) -> dict:
+    """Time one training epoch of 1 and `heads` MAP heads, from the store and from memory."""
+    with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-probe-") as tmp:
+        path = Path(tmp) / "features.zarr"
+        _write_synthetic_store(path, windows, shape)
+        ds = store.open(str(path))
+        head = HeadConfig("map", num_classes=num_classes).for_width(shape[-1])
+        cfg = TrainConfig(epochs=1, batch_size=batch_size)
+        from_store = store_source(ds, "tokens")
+        in_memory = memory_source(store.read_windows(ds, np.arange(windows), "tokens"))
+        times = {}
+        for n in (1, heads):
+            _epoch_seconds(in_memory, batch_size, n, head, cfg)      # compile (one batch)
+            times[("memory", n)] = _epoch_seconds(in_memory, windows, n, head, cfg)
+            times[("store", n)] = _epoch_seconds(from_store, windows, n, head, cfg)
+    return {
+        "windows": windows, "heads": heads, "batch_size": batch_size, "token_shape": list(shape),
+        "attention_heads": head.num_heads,
+        "epoch_seconds": {f"{src}_{n}": t for (src, n), t in times.items()},
+        "many_vs_one": times[("store", heads)] / times[("store", 1)],
+        "store_vs_memory": times[("store", heads)] / times[("memory", heads)],
+        "store_vs_memory_one_head": times[("store", 1)] / times[("memory", 1)],
+        "windows_per_s_one_head": windows / times[("store", 1)],
+        "head_windows_per_s_many": heads * windows / times[("store", heads)],
+    }
