@@ -7,6 +7,8 @@ attributes name its parts, whose array names are fixed by the schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import itertools
 import json
 import math
@@ -17,7 +19,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ethoprism.store.schema import IDENTITY_KEYS, StoreError, check_same_identity
+from ethoprism.store.schema import IDENTITY_KEYS, PARTS, StoreError, check_same_identity
 
 S3_ENDPOINT_ENV = ("ETHOPRISM_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 S3_CREDENTIAL_OPTIONS = ("anon", "key", "secret", "token", "profile", "session")
@@ -112,9 +114,11 @@ def stored_bytes(arr: zarr.Array) -> int:
 def upload_store(local_path, url: str, storage_options: dict | None = None) -> int:
     """Copy a local store to `url` (e.g. s3://bucket/name.zarr); returns the number of files.
 
-    Data files go first and metadata documents after them, deepest first and the root last, so
-    a reader of the destination never sees a commit record before the data it points to. Lock
-    and temporary files (dot files) stay behind. Copy a store no writer is writing. A store
+    What is copied is the store as committed when the copy starts: the root document is read
+    first and written last, parts created meanwhile stay behind, and a part that a writer holds
+    is refused (its files could change under the copy). Data files go before metadata
+    documents, deepest first, so a reader of the destination never sees a commit record
+    before the data it points to. Lock and temporary files (dot files) stay behind. A store
     already at `url` is overwritten only if it has the same identity.
     """
     import fsspec
@@ -122,24 +126,51 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
     root = Path(local_path)
     if not (root / "zarr.json").is_file():
         raise StoreError(f"{root} is not a feature store (no zarr.json)")
-    local_attrs = json.loads((root / "zarr.json").read_text()).get("attributes", {})
-    fs, base = fsspec.url_to_fs(url, **storage_options_for(url, storage_options))
-    base = base.rstrip("/")
+    root_doc = (root / "zarr.json").read_bytes()
+    attrs = json.loads(root_doc).get("attributes", {})
+    parts = set(attrs.get("parts", []))
     try:
-        if fs.exists(f"{base}/zarr.json"):
-            remote_attrs = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes", {})
-            check_same_identity({k: remote_attrs.get(k) for k in IDENTITY_KEYS},
-                                {k: local_attrs.get(k) for k in IDENTITY_KEYS},
-                                f"store at {url} (left) vs {root} (right)")
-        files = [p for p in root.rglob("*")
-                 if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)]
+        fs, base = fsspec.url_to_fs(url, **storage_options_for(url, storage_options))
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"cannot write to {url}: {e}") from None
+    base = base.rstrip("/")
+
+    def wanted(rel: tuple[str, ...]) -> bool:
+        in_new_part = len(rel) > 2 and rel[0] == PARTS and rel[1] not in parts
+        return not in_new_part and not any(s.startswith(".") for s in rel) and rel != ("zarr.json",)
+
+    with contextlib.ExitStack() as held:
+        for part in sorted(parts):
+            _hold_part(held, root, part)
+        files = [p for p in root.rglob("*") if p.is_file() and wanted(p.relative_to(root).parts)]
         data = [p for p in files if p.name != "zarr.json"]
         meta = sorted((p for p in files if p.name == "zarr.json"),
                       key=lambda p: -len(p.relative_to(root).parts))
-        for batch in (data, meta[:-1], meta[-1:]):
-            if batch:
-                fs.put([str(p) for p in batch],
-                       [f"{base}/{p.relative_to(root).as_posix()}" for p in batch])
+        try:
+            if fs.exists(f"{base}/zarr.json"):
+                there = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes", {})
+                check_same_identity({k: there.get(k) for k in IDENTITY_KEYS},
+                                    {k: attrs.get(k) for k in IDENTITY_KEYS},
+                                    f"store at {url} (left) vs {root} (right)")
+            for batch in (data, meta):
+                if batch:
+                    fs.put([str(p) for p in batch],
+                           [f"{base}/{p.relative_to(root).as_posix()}" for p in batch])
+            fs.pipe_file(f"{base}/zarr.json", root_doc)
+        except (OSError, NotImplementedError) as e:
+            raise StoreError(f"uploading {root} to {url} failed: {_explain(e, url)}") from None
+    return len(files) + 1
+
+
+def _hold_part(held: contextlib.ExitStack, root: Path, part: str) -> None:
+    """Share-lock a part's directory, which its writer holds exclusively while it writes."""
+    try:
+        fd = os.open(root / PARTS / part, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise StoreError(f"uploading {root} to {url} failed: {_explain(e, url)}") from None
-    return len(files)
+        raise StoreError(f"part {part!r} named in {root}/zarr.json cannot be read: {e}") from None
+    held.callback(os.close, fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StoreError(f"part {part!r} of {root} is being written; push the store when its "
+                         "writer has finished (or stopped: committed videos are kept)") from None

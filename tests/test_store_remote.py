@@ -218,7 +218,7 @@ def test_cli_pushes_and_reads_s3_with_endpoint_and_credentials_from_env(
     pushed = CliRunner().invoke(app, ["store", "push", str(feature_store / "feat.zarr"), url, "--json"])
     assert pushed.exit_code == 0, pushed.output
     n_local = sum(1 for p in (feature_store / "feat.zarr").rglob("*")
-                  if p.is_file() and ".lock" not in p.name)
+                  if p.is_file() and not p.name.startswith("."))
     assert json.loads(pushed.output)["files"] == n_local
     result = CliRunner().invoke(app, ["store", "info", url, "--json"])
     assert result.exit_code == 0, result.output
@@ -248,3 +248,20 @@ def test_wrong_s3_credentials_are_a_store_error(feature_store, s3_server):
         store.open(url, wrong)
     with pytest.raises(StoreError, match="Forbidden"):     # the bucket is private
         store.open(url, {"endpoint_url": s3_server.endpoint_url, "anon": True})
+
+
+def test_push_copies_the_committed_store_and_refuses_a_part_being_written(tmp_path, s3_server):
+    path = tmp_path / "feat.zarr"
+    write_store(path)
+    (path / "parts" / "unregistered").mkdir()         # e.g. a part created after the push began
+    (path / "parts" / "unregistered" / "zarr.json").write_text("{}")
+    url = f"s3://{s3_server.bucket}/push/feat.zarr"
+    with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, layout=Layout("int8"),
+                           part="w1"):
+        with pytest.raises(StoreError, match="part 'w1' .* is being written"):
+            upload_store(path, url, s3_server.storage_options)
+    n_files = upload_store(path, url, s3_server.storage_options)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server.storage_options)
+    pushed = {p.removeprefix(url.removeprefix("s3://") + "/") for p in fs.find(url)}
+    assert len(pushed) == n_files and not [p for p in pushed if "unregistered" in p or "/." in p]
+    assert store.open(url, s3_server.storage_options).sizes["window"] == 21
