@@ -127,9 +127,10 @@ def test_dry_run_writes_nothing(tmp_path):
     assert not path.exists()
 
 
-def _extract_in_subprocess(store_path, env_extra=None, videos=(HORSE, WHEEL)):
+def _extract_in_subprocess(store_path, env_extra=None, videos=(HORSE, WHEEL), extra_args=()):
     env = {**os.environ, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "ethoprism", "extract", *videos, str(store_path), *CLI_ARGS, "--json"]
+    cmd = [sys.executable, "-m", "ethoprism", "extract", *videos, str(store_path), *CLI_ARGS, *extra_args,
+           "--json"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -167,3 +168,48 @@ def test_dask_cluster_gives_the_same_windows(reference_store, tmp_path):
     assert summary.count("complete") == 2
     assert sorted(p.name for p in (path / "parts").iterdir() if p.is_dir()) == ["dask-0", "dask-1"]
     assert_same_windows(windows_by_video(path), windows_by_video(reference_store))
+
+
+def _trim(src: str, dst: str, n_frames: int) -> None:
+    """Copy the first n_frames of a video's packets into a new file (no re-encoding)."""
+    import av
+
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(stream)
+        for k, packet in enumerate(inp.demux(stream)):
+            if packet.dts is None or k >= n_frames + 8:  # a few more for B-frame reordering
+                continue
+            packet.stream = out_stream
+            out.mux(packet)
+
+
+def _peak_rss_of_extraction(video: str, store_path) -> int:
+    import psutil
+
+    # Every frame is decoded; a long stride only saves converting frames no window uses.
+    proc = _extract_in_subprocess(store_path, videos=(video,), extra_args=("--stride", "64"))
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, total)
+        time.sleep(0.05)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    return peak
+
+
+def test_memory_does_not_grow_with_video_length(tmp_path):
+    long_video = str(VIDEOS / "mouse_arena_10000f.mp4")
+    short_video = str(tmp_path / "mouse_arena_1000f.mp4")
+    _trim(long_video, short_video, 1000)
+    short = _peak_rss_of_extraction(short_video, tmp_path / "short.zarr")
+    long = _peak_rss_of_extraction(long_video, tmp_path / "long.zarr")
+    n_long = store.open(str(tmp_path / "long.zarr")).sizes["window"]
+    n_short = store.open(str(tmp_path / "short.zarr")).sizes["window"]
+    assert n_long > 8 * n_short  # the long run really did ~10x the work
+    assert long <= 1.2 * short, (long / 2**20, short / 2**20)
