@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -95,15 +96,17 @@ def _tail(path: Path, n: int = 5) -> str:
         return f"(no {path.name})"
 
 
-def _wait_http(url: str, procs: list[subprocess.Popen], log: Path, timeout: float) -> None:
+def _wait_http(url: str, procs: list[subprocess.Popen], log: Path, timeout: float,
+               ca_file: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     while True:
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{Path(p.args[0]).name} exited with {p.returncode}: "
                                    f"{_tail(p.log)} | {_tail(log)}")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url, timeout=2, context=context):
                 return
         except urllib.error.HTTPError:
             return                      # it answers: good enough
@@ -121,9 +124,10 @@ ACCESS_LOG = re.compile(r'^(\S+) (\S+) (\d{3}) (\d+) "(.*)"$')
 @dataclass
 class NginxServer:
     root: Path
-    url: str                   # http://127.0.0.1:PORT (serves `root` at /)
+    url: str                   # http(s)://127.0.0.1:PORT (serves `root` at /)
     access_log: Path
     process: subprocess.Popen
+    ca_file: Path | None = None  # with tls: the self-signed certificate clients must trust
 
     def requests(self) -> list[dict]:
         """Every request so far: method, uri, status, bytes (body), range (header or "-")."""
@@ -136,7 +140,7 @@ class NginxServer:
         return rows
 
 
-def _nginx_conf(work: Path, root: Path, port: int, autoindex: bool) -> str:
+def _nginx_conf(work: Path, root: Path, port: int, autoindex: bool, tls: bool) -> str:
     temps = "\n".join(f"  {k}_temp_path {work / k};"
                       for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     # As root the workers would drop to `nobody`, who cannot enter pytest's 0700 tmp dirs.
@@ -155,7 +159,8 @@ http {{
   log_format ranges '$request_method $uri $status $body_bytes_sent "$http_range"';
   access_log {work / 'access.log'} ranges;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{" ssl" if tls else ""};
+    {f"ssl_certificate {work / 'cert.pem'}; ssl_certificate_key {work / 'key.pem'};" if tls else ""}
     root {root};
     autoindex {"on" if autoindex else "off"};
   }}
@@ -163,35 +168,44 @@ http {{
 """
 
 
-def start_nginx(root: Path, work: Path, autoindex: bool = False) -> NginxServer:
-    """nginx serving `root`; directory listings only with `autoindex` (most static hosts: none)."""
-    reason = ensure_debian_packages(["nginx"], ["nginx"])
+def start_nginx(root: Path, work: Path, autoindex: bool = False, tls: bool = False) -> NginxServer:
+    """nginx serving `root`; directory listings only with `autoindex` (most static hosts: none);
+    https with a fresh self-signed certificate for 127.0.0.1 with `tls`."""
+    reason = ensure_debian_packages(["nginx"] + ["openssl"] * tls, ["nginx"] + ["openssl"] * tls)
     if reason:
         pytest.skip(f"nginx unavailable: {reason}")
     work.mkdir(parents=True, exist_ok=True)
+    if tls:
+        _run([_which("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+              "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem"),
+              "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], work)
+    scheme = "https" if tls else "http"
     for attempt in range(3):           # the free port may be taken between probe and bind
         port = free_port()
         conf = work / "nginx.conf"
-        conf.write_text(_nginx_conf(work, Path(root).resolve(), port, autoindex))
+        conf.write_text(_nginx_conf(work, Path(root).resolve(), port, autoindex, tls))
         cmd = [_which("nginx"), "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
         proc = spawn(cmd, work / "nginx.out", work)
         try:
-            _wait_http(f"http://127.0.0.1:{port}/.ready-probe", [proc], work / "error.log", timeout=20)
+            _wait_http(f"{scheme}://127.0.0.1:{port}/.ready-probe", [proc], work / "error.log",
+                       timeout=20, ca_file=work / "cert.pem" if tls else None)
         except RuntimeError as e:
             stop([proc])
             if "Address already in use" in str(e) and attempt < 2:
                 continue
             raise
-        return NginxServer(Path(root), f"http://127.0.0.1:{port}", work / "access.log", proc)
+        return NginxServer(Path(root), f"{scheme}://127.0.0.1:{port}", work / "access.log", proc,
+                           work / "cert.pem" if tls else None)
 
 
 @pytest.fixture
 def nginx_server(tmp_path_factory):
-    """Factory: `nginx_server(root_dir, autoindex=False) -> NginxServer`; all stop at teardown."""
+    """Factory: `nginx_server(root_dir, autoindex=False, tls=False) -> NginxServer`; all stop
+    at teardown."""
     started: list[NginxServer] = []
 
-    def start(root, autoindex: bool = False) -> NginxServer:
-        server = start_nginx(Path(root), tmp_path_factory.mktemp("nginx"), autoindex)
+    def start(root, autoindex: bool = False, tls: bool = False) -> NginxServer:
+        server = start_nginx(Path(root), tmp_path_factory.mktemp("nginx"), autoindex, tls)
         started.append(server)
         return server
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 
 import numpy as np
 import pytest
@@ -256,12 +257,26 @@ def test_push_copies_the_committed_store_and_refuses_a_part_being_written(tmp_pa
     (path / "parts" / "unregistered").mkdir()         # e.g. a part created after the push began
     (path / "parts" / "unregistered" / "zarr.json").write_text("{}")
     url = f"s3://{s3_server.bucket}/push/feat.zarr"
-    with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, layout=Layout("int8"),
-                           part="w1"):
-        with pytest.raises(StoreError, match="part 'w1' .* is being written"):
-            upload_store(path, url, s3_server.storage_options)
+    with (store.open_writer(path, encoder=ENCODER, preprocessing=PREP, layout=Layout("int8"),
+                            part="w1"),
+          pytest.raises(StoreError, match="part 'w1' .* is being written")):
+        upload_store(path, url, s3_server.storage_options)
     n_files = upload_store(path, url, s3_server.storage_options)
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server.storage_options)
     pushed = {p.removeprefix(url.removeprefix("s3://") + "/") for p in fs.find(url)}
     assert len(pushed) == n_files and not [p for p in pushed if "unregistered" in p or "/." in p]
     assert store.open(url, s3_server.storage_options).sizes["window"] == 21
+
+
+def test_store_opens_over_https_trusting_the_server_certificate(feature_store, nginx_server):
+    server = nginx_server(feature_store, tls=True)
+    url = f"{server.url}/feat.zarr"
+    with pytest.raises(StoreError, match="cannot read https.*(certificate|SSL)"):
+        store.open(url)                                    # self-signed: not trusted by default
+    trusted = {"ssl": ssl.create_default_context(cafile=server.ca_file)}
+    remote = store.open(url, storage_options=trusted)
+    local = store.open(str(feature_store / "feat.zarr"))
+    picks = [20, 0, 9]
+    np.testing.assert_array_equal(store.read_windows(remote, picks),
+                                  store.read_windows(local, picks))
+    np.testing.assert_array_equal(remote.embedding.values, local.embedding.values)
