@@ -188,7 +188,9 @@ def test_plain_xarray_reads_a_part_over_http(feature_store, nginx_server):
 
 def test_store_opens_over_s3(feature_store, s3_server, tmp_path):
     url = f"s3://{s3_server.bucket}/shared/feat.zarr"
-    upload_store(feature_store / "feat.zarr", url, s3_server.storage_options)
+    copy = shutil.copytree(feature_store / "feat.zarr", tmp_path / "copy.zarr")
+    upload_store(copy, url, s3_server.storage_options)
+    shutil.rmtree(copy)                                 # what is read now can only come from S3
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server.storage_options)
     uploaded = fs.find(url, detail=True)
     local = store.open(str(feature_store / "feat.zarr"))
