@@ -18,7 +18,7 @@ from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
-from ethoprism.extract.weights import RANDOM, RANDOM_SHA256
+from ethoprism.extract.weights import RANDOM, RANDOM_SHA256, file_sha256
 from ethoprism.extract.windows import iter_windows
 from ethoprism.probe import retrieval
 
@@ -29,17 +29,24 @@ class ClipQueryError(EthoprismError):
     """A clip that cannot be compared with a store (other weights, undecodable)."""
 
 
+def _refuse_other_weights(identity: dict, wanted: dict, checkpoint) -> None:
+    try:
+        store.check_same_identity({"encoder": identity}, {"encoder": wanted}, "the clip's encoder vs the store's")
+    except store.StoreIdentityError as e:
+        raise ClipQueryError(f"{e}: the weights ({checkpoint or 'default lookup'}) are not the ones the "
+                             "store was made with; pass the store's checkpoint (--checkpoint)") from None
+
+
 def _encoder_for(store_ds, checkpoint):
     wanted = store_ds.attrs["encoder"]
     if checkpoint is None and wanted.get("checkpoint_sha256") == RANDOM_SHA256:
         checkpoint = RANDOM  # the store was made with the seeded random init, which is reproducible
+    if checkpoint is not None:
+        # a named file's fingerprint refuses other weights before they are loaded
+        sha = RANDOM_SHA256 if checkpoint == RANDOM else file_sha256(checkpoint)
+        _refuse_other_weights({**wanted, "checkpoint_sha256": sha}, wanted, checkpoint)
     encoder = load_encoder(wanted["name"], checkpoint, wanted.get("dtype", "float32"))
-    try:
-        store.check_same_identity({"encoder": encoder.identity}, {"encoder": wanted},
-                                  "the clip's encoder vs the store's")
-    except store.StoreIdentityError as e:
-        raise ClipQueryError(f"{e}: the weights loaded ({checkpoint or 'default'}) are not the ones the "
-                             "store was made with; pass the store's checkpoint (--checkpoint)") from None
+    _refuse_other_weights(encoder.identity, wanted, checkpoint)
     return encoder
 
 

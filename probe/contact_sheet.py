@@ -18,7 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
-from ethoprism.probe.retrieval import Neighbours, Query, middle_frame  # noqa: E402
+from ethoprism.probe import labels as label_io  # noqa: E402
+from ethoprism.probe.hitk import window_classes  # noqa: E402
+from ethoprism.probe.retrieval import Neighbours, Query, QueryResult, middle_frame  # noqa: E402
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
 
@@ -92,3 +94,18 @@ def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_resu
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return os.fspath(out_path)
+
+
+def sheet_for(result: QueryResult, out_path, *, n_results: int = 3, labels: str | None = None,
+              column: str = "action", background: str = "none") -> str:
+    """The contact sheet of a query result, labelled from a label file when one is given."""
+    query_labels = index_labels = None
+    if labels:
+        table = label_io.read_labels(labels, column=column, background=background)
+        names = np.array(["", *table.classes], dtype=object)  # index -1 (unlabelled) -> ""
+        index_labels = names[window_classes(result.index, table, table.classes) + 1]
+        if result.query_ds is not None:
+            q = names[window_classes(result.query_ds, table, table.classes) + 1]
+            query_labels = [q[w] or None for w in result.query.windows]
+    return contact_sheet(out_path, result.index, result.query, result.found, n_results=n_results,
+                         query_labels=query_labels, index_labels=index_labels)

@@ -154,7 +154,10 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
 def window_classes(ds, table, classes: tuple[str, ...], how: str = "centre") -> np.ndarray:
     """(n_windows,) class index into `classes` of every window of `ds`, -1 where unlabelled."""
     mine = {os.path.basename(str(p)) for p in ds["video_path"].values}
-    table = dataclasses.replace(table, segments=tuple(s for s in table.segments if s.video in mine))
+    segments = tuple(s for s in table.segments if s.video in mine)
+    # only the classes this store's videos carry, or alignment would find the others empty
+    table = dataclasses.replace(table, segments=segments,
+                                classes=(table.background, *sorted({lab for s in segments for lab in s.labels})))
     out = np.full(ds.sizes["window"], -1, np.int64)
     if not table.segments:
         return out

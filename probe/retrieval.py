@@ -444,6 +444,7 @@ class QueryResult:
     index: xr.Dataset  # the searched store
     query: Query
     found: Neighbours
+    query_ds: xr.Dataset | None = None  # the store the query windows come from (None for a clip)
 
     def table(self) -> list[dict]:
         return results_table(self.index, self.query, self.found)
@@ -456,6 +457,7 @@ def run_query(index_store: str, *, query: Query | None = None, query_store: str 
     """`ethoprism retrieve query`: resolve moments / windows in `query_store` (default: the index
     store), or take a ready `query`, and search `index_store` exactly or with its saved ANN index."""
     index_ds = store.open(index_store, storage_options)
+    qds = None
     if query is None:
         qds = index_ds if query_store in (None, index_store) else store.open(query_store, storage_options)
         query = query_windows(qds, [window_at(qds, parse_moment(m)) for m in moments] + list(windows))
@@ -468,4 +470,4 @@ def run_query(index_store: str, *, query: Query | None = None, query_store: str 
         index = load_index(index_store, index_ds)
     found = search(index_ds, query, k, exclude_same_video=exclude_same_video, videos=videos,
                    scheduler=scheduler, ann=index)
-    return QueryResult(index_ds, query, found)
+    return QueryResult(index_ds, query, found, qds)
