@@ -68,7 +68,8 @@ def _zarr_store(path_or_url: str, storage_options: dict | None):
 def _open_group(store, path: str, where: str) -> zarr.Group:
     try:
         return zarr.open_group(store, path=path, mode="r", zarr_format=3)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError) as e:   # ValueError: unparsable zarr.json
         raise StoreError(f"{where}: not a feature store or part ({type(e).__name__}: {e})") from None
 
 

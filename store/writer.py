@@ -24,6 +24,7 @@ import re
 import secrets
 import socket
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,8 @@ class StoreWriter:
         self._lock_fd = None
         self._arrays: dict[str, zarr.Array] = {}
         self._video: VideoWriter | None = None
+        # One background thread writes shards while the caller encodes the next batch.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self.part_dir.mkdir(parents=True, exist_ok=True)
         # The part directory itself is the lock (released by the kernel if the process dies).
         self._lock_fd = os.open(self.part_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -218,7 +221,10 @@ class StoreWriter:
 
     def _open_arrays(self) -> None:
         store = zarr.storage.LocalStore(self.root)
+        # Writing every chunk skips zarr's per-chunk "all fill value?" scan (1.5x faster writes),
+        # and a chunk missing from disk is then always damage, never an elided empty chunk.
         self._arrays = {name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+")
+                        .with_config({"write_empty_chunks": True})
                         for name in part_arrays(self.layout.dtype)}
 
     def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
@@ -281,6 +287,7 @@ class StoreWriter:
         """Start writing a video; any previous uncommitted video of this writer is discarded."""
         if not isinstance(record, VideoRecord):
             record = VideoRecord.of(record)
+        self._drop_video()
         self._video = VideoWriter(self, record)
         return self._video
 
@@ -293,7 +300,7 @@ class StoreWriter:
             row = dataclasses.asdict(record_or_path if isinstance(record_or_path, VideoRecord)
                                      else VideoRecord.of(record_or_path))
         row.update(status="failed", reason=str(reason), first_window=-1, n_windows=0)
-        self._video = None
+        self._drop_video()
         videos = list(self.state["videos"])
         same = [i for i, v in enumerate(videos)
                 if v["status"] == "failed" and content_key(v) == content_key(row)]
@@ -308,10 +315,18 @@ class StoreWriter:
 
     def close(self) -> None:
         """Release the part; an uncommitted video is dropped (as if the writer had been killed)."""
-        self._video = None
+        self._drop_video()
+        self._io.shutdown()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _drop_video(self) -> None:
+        """Forget the open uncommitted video, after its in-flight write (errors moot) is done."""
+        if self._video is not None:
+            with contextlib.suppress(Exception):
+                self._video._wait()
+            self._video = None
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -333,6 +348,7 @@ class VideoWriter:
         self.written = self.first           # windows [first, written) are on disk, uncommitted
         self._pending: list[dict[str, np.ndarray]] = []
         self._n_pending = 0
+        self._inflight: Future | None = None   # the shard write running in the background
         self._done = False
 
     def _check_live(self) -> None:
@@ -377,9 +393,8 @@ class VideoWriter:
             self._pending.append(batch)
             self._n_pending += n
             per_shard = self.store.state["windows_per_shard"]
-            boundary = (self.written // per_shard + 1) * per_shard
-            if self.written + self._n_pending >= boundary:
-                self._flush(boundary - self.written)
+            while self.written + self._n_pending >= (boundary := (self.written // per_shard + 1) * per_shard):
+                self._flush(boundary - self.written)   # whole shards only, written once
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
@@ -390,11 +405,18 @@ class VideoWriter:
             return
         merged = {k: np.concatenate([b[k] for b in self._pending]) for k in self._pending[0]}
         n = self._n_pending if n is None else n
-        self.store._write(self.written, {k: v[:n] for k, v in merged.items()})
+        self._wait()   # at most one write in flight: bounded memory, errors surface in order
+        self._inflight = self.store._io.submit(self.store._write, self.written,
+                                               {k: v[:n] for k, v in merged.items()})
         self.written += n
         rest = {k: v[n:] for k, v in merged.items()}
         self._n_pending -= n
         self._pending = [rest] if self._n_pending else []
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            future, self._inflight = self._inflight, None
+            future.result()
 
     def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
         """Make the video visible: data made durable first, then the part's record replaced."""
@@ -403,6 +425,7 @@ class VideoWriter:
             raise StoreError(f"video {self.record.path}: no windows appended; record a failure instead")
         try:
             self._flush()
+            self._wait()
             for arr in self.store._arrays.values():
                 if arr.shape[0] != self.written:   # a discarded video had written further
                     arr.resize((self.written,) + arr.shape[1:])

@@ -205,3 +205,11 @@ def test_bad_appends_are_refused_with_the_video_named(tmp_path):
             vw.commit()
         with pytest.raises(StoreError, match="another writer"):
             open_w(tmp_path / "s.zarr", part="w")
+
+
+def test_read_windows_on_an_in_memory_dataset():
+    tokens = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    ds = xr.Dataset({"tokens": (("window", "t", "c"), tokens)},
+                    coords={"start_frame": ("window", np.arange(5) * 8)})
+    np.testing.assert_array_equal(store.read_windows(ds, [4, 1, 1]), tokens[[4, 1, 1]])
+    np.testing.assert_array_equal(store.read_windows(ds, np.array([-1]), var="start_frame"), [32])
