@@ -344,7 +344,8 @@ def retrieve_query(
     from ethoprism.probe import retrieval
     from ethoprism.probe.contact_sheet import sheet_for
 
-    search = dict(k=k, exclude_same_video=exclude_same_video, videos=videos, scheduler=scheduler, approx=approx)
+    search = {"k": k, "exclude_same_video": exclude_same_video, "videos": videos, "scheduler": scheduler,
+              "approx": approx}
     try:
         if clip:
             from ethoprism.pipeline.clip_query import run_clip_query

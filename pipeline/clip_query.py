@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
-
 from ethoprism import store
 from ethoprism.probe.retrieval import Neighbours, RetrievalError, exact_search
 

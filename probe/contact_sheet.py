@@ -15,12 +15,11 @@ import av
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
-import numpy as np  # noqa: E402
-
-from ethoprism.probe import labels as label_io  # noqa: E402
-from ethoprism.probe.hitk import window_classes  # noqa: E402
-from ethoprism.probe.retrieval import Neighbours, Query, QueryResult, middle_frame  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from ethoprism.probe import labels as label_io
+from ethoprism.probe.hitk import window_classes
+from ethoprism.probe.retrieval import Neighbours, Query, QueryResult, middle_frame
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
 

@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-
 from ethoprism import store
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieval import RetrievalError, exact_search
@@ -120,7 +119,7 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
         raise RetrievalError("no labelled non-background query windows to evaluate")
     if in_index.sum() < max(ks):
         raise RetrievalError(f"the index holds {int(in_index.sum())} labelled windows, fewer than K = {max(ks)}")
-    per_run = len(scored) if fraction == 1 else max(1, int(round(fraction * len(scored))))
+    per_run = len(scored) if fraction == 1 else max(1, round(fraction * len(scored)))
     rng = np.random.default_rng(seed)
     samples = [np.sort(rng.choice(scored, per_run, replace=False)) for _ in range(runs)]
     # each query is searched once, however many runs draw it

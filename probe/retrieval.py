@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 

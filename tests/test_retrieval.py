@@ -8,7 +8,6 @@ import hashlib
 
 import numpy as np
 import pytest
-
 from ethoprism import store
 from ethoprism.probe import retrieval
 from ethoprism.probe.retrieval import RetrievalError
@@ -94,7 +93,7 @@ def test_exclusion_and_selection_equal_masked_brute_force(archive):
 
 
 def test_fewer_rows_than_k_pad_with_minus_one(archive):
-    ds, emb = archive
+    ds, _ = archive
     found = retrieval.search(ds, retrieval.query_windows(ds, [0]), 40, videos=["v3.mp4"])
     assert (found.windows[0, :30] >= 0).all() and (found.windows[0, 30:] == -1).all()
     assert np.isinf(found.distances[0, 30:]).all()
@@ -140,7 +139,7 @@ def test_query_and_index_from_stores_of_the_same_identity(archive, tmp_path):
 def test_distributed_search_equals_local(archive):
     from dask.distributed import LocalCluster
 
-    ds, emb = archive
+    ds, _ = archive
     query = retrieval.query_windows(ds, [3, 90, 200])
     local = retrieval.search(ds, query, 5, exclude_same_video=True, videos=["v0.mp4", "v2.mp4", "v3.mp4"])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

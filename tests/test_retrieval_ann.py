@@ -4,10 +4,9 @@ import shutil
 
 import numpy as np
 import pytest
-from test_retrieval import ENCODER, write_store
-
 from ethoprism.probe import ann, retrieval
 from ethoprism.probe.ann import AnnError
+from test_retrieval import ENCODER, write_store
 
 
 def clustered(n, dim, n_clusters, rng):

@@ -5,9 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_retrieval import write_store
-from typer.testing import CliRunner
-
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.extract.preprocess import Preprocessing
@@ -15,6 +12,8 @@ from ethoprism.pipeline.clip_query import ClipQueryError, clip_query, embed_clip
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 from ethoprism.probe import retrieval
+from test_retrieval import write_store
+from typer.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")

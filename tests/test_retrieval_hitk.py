@@ -4,9 +4,8 @@ from math import comb
 
 import numpy as np
 import pytest
-from test_retrieval import write_store
-
 from ethoprism.probe import hitk
+from test_retrieval import write_store
 
 
 def test_class_hits_by_hand():

@@ -5,10 +5,9 @@ from pathlib import Path
 import av
 import matplotlib.image
 import numpy as np
-from test_retrieval import write_store
-
 from ethoprism.probe import retrieval
 from ethoprism.probe.contact_sheet import TILE_HEIGHT, contact_sheet, read_frame
+from test_retrieval import write_store
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEER = str(DATA / "S1_C1_E115_V0342.mp4")
