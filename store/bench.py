@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
 from ethoprism.store.schema import Layout, VideoRecord
@@ -20,8 +19,14 @@ from ethoprism.store.validate import info
 from ethoprism.store.writer import open_writer
 
 BASE_TOKEN_SHAPE = (16, 16, 16, 768)
-LAYOUTS = (Layout("float16-round7"), Layout("float16"), Layout("int8"),
-           Layout("float16-round7", 2), Layout("float16-round7", 4), Layout("int8", 2))
+LAYOUTS = (
+    Layout("float16-round7"),
+    Layout("float16"),
+    Layout("int8"),
+    Layout("float16-round7", 2),
+    Layout("float16-round7", 4),
+    Layout("int8", 2),
+)
 BATCH = 32
 
 
@@ -37,19 +42,28 @@ def activation_like(n: int, shape=BASE_TOKEN_SHAPE, seed: int = 0) -> np.ndarray
     return x * scale + offset
 
 
-def _write(path: Path, layout: Layout, tokens: np.ndarray, windows: int, per_video: int = 16) -> float:
+def _write(
+    path: Path, layout: Layout, tokens: np.ndarray, windows: int, per_video: int = 16
+) -> float:
     """Write `windows` windows (batches of up to 8 of `tokens`) in videos of `per_video`; seconds.
 
     Each inner chunk is compressed on its own, so repeating windows does not flatter the sizes.
     """
     emb = tokens.mean(axis=(1, 2, 3))
-    batches = {k: (tokens[:k], emb[:k]) for k in range(1, 9)}   # prepared outside the timing
+    batches = {k: (tokens[:k], emb[:k]) for k in range(1, 9)}  # prepared outside the timing
     start = time.perf_counter()
-    with open_writer(path, encoder={"name": "bench"}, preprocessing={"window_length": 16},
-                     layout=layout, part="bench") as w:
+    with open_writer(
+        path,
+        encoder={"name": "bench"},
+        preprocessing={"window_length": 16},
+        layout=layout,
+        part="bench",
+    ) as w:
         for v, first in enumerate(range(0, windows, per_video)):
             n = min(per_video, windows - first)
-            vw = w.begin_video(VideoRecord(f"v{v}.mp4", 0, f"sha{v}", 30.0, 8 * n + 8, 0.0, 0, 0, "h264"))
+            vw = w.begin_video(
+                VideoRecord(f"v{v}.mp4", 0, f"sha{v}", 30.0, 8 * n + 8, 0.0, 0, 0, "h264")
+            )
             for b in range(0, n, 8):
                 k = min(8, n - b)
                 vw.append(*batches[k], 8 * np.arange(b, b + k), 1, 16, np.arange(b, b + k) / 3.75)
@@ -64,7 +78,7 @@ def _raw_write(path: Path, nbytes: int) -> float:
     with open(path, "wb") as f:
         left = nbytes
         while left > 0:
-            left -= f.write(block[:min(left, len(block))])
+            left -= f.write(block[: min(left, len(block))])
         f.flush()
         os.fsync(f.fileno())
     elapsed = time.perf_counter() - start
@@ -95,12 +109,16 @@ def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 
                 stored = info(path)["bytes_on_disk"]
                 raw_s = _raw_write(tmp / "raw.bin", stored)
                 ratios.append(raw_s / store_s)
-            out["layouts"].append({
-                "layout": layout.to_dict(), "bytes_per_window": stored / windows,
-                "write_mb_per_s": stored / store_s / 1e6, "raw_write_mb_per_s": stored / raw_s / 1e6,
-                "write_vs_raw": float(np.median(ratios)),
-                "input_mb_per_s": windows * tokens[0].nbytes / store_s / 1e6,
-            })
+            out["layouts"].append(
+                {
+                    "layout": layout.to_dict(),
+                    "bytes_per_window": stored / windows,
+                    "write_mb_per_s": stored / store_s / 1e6,
+                    "raw_write_mb_per_s": stored / raw_s / 1e6,
+                    "write_vs_raw": float(np.median(ratios)),
+                    "input_mb_per_s": windows * tokens[0].nbytes / store_s / 1e6,
+                }
+            )
         out["reads"] = _bench_reads(tmp / "float16-round7-p1.zarr", windows)
     return out
 
@@ -108,13 +126,18 @@ def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 
 def _bench_reads(path: Path, windows: int) -> dict:
     ds = open_store(path)
     tokens_arr = open_handle(path).parts[0].arrays["tokens"]
-    in_memory = tokens_arr[:]                       # the same windows, as stored, in RAM
+    in_memory = tokens_arr[:]  # the same windows, as stored, in RAM
     rng = np.random.default_rng(0)
     batches = [np.sort(rng.choice(windows, BATCH, replace=False)) for _ in range(8)]
     assert np.array_equal(read_windows(ds, batches[0]), in_memory[batches[0]].astype(np.float32))
     reader_s = _time_reads(lambda idx: read_windows(ds, idx), batches)
     memory_s = _time_reads(lambda idx: in_memory[idx].astype(np.float32), batches)
     oindex_s = _time_reads(lambda idx: tokens_arr.oindex[idx].astype(np.float32), batches[:3])
-    return {"batch": BATCH, "read_windows_ms": reader_s * 1e3, "memory_ms": memory_s * 1e3,
-            "oindex_ms": oindex_s * 1e3, "read_windows_vs_memory": memory_s / reader_s,
-            "speedup_vs_oindex": oindex_s / reader_s}
+    return {
+        "batch": BATCH,
+        "read_windows_ms": reader_s * 1e3,
+        "memory_ms": memory_s * 1e3,
+        "oindex_ms": oindex_s * 1e3,
+        "read_windows_vs_memory": memory_s / reader_s,
+        "speedup_vs_oindex": oindex_s / reader_s,
+    }

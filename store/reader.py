@@ -15,12 +15,19 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-
 from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (
-    ARRAY_DIMS, PART_ATTR, PARTS, VIDEO_COLUMNS, WINDOW_COORDS, Layout, StoreError, check_schema,
-    content_key, token_arrays,
+    ARRAY_DIMS,
+    PART_ATTR,
+    PARTS,
+    VIDEO_COLUMNS,
+    WINDOW_COORDS,
+    Layout,
+    StoreError,
+    check_schema,
+    content_key,
+    token_arrays,
 )
 
 READ_THREADS = 16
@@ -68,9 +75,16 @@ def _zarr_store(path_or_url: str, storage_options: dict | None):
 def _open_group(store, path: str, where: str) -> zarr.Group:
     try:
         return zarr.open_group(store, path=path, mode="r", zarr_format=3)
-    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError,
-            zarr.errors.NodeTypeValidationError) as e:   # ValueError: unparsable zarr.json
-        raise StoreError(f"{where}: not a feature store or part ({type(e).__name__}: {e})") from None
+    except (
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+    ) as e:  # ValueError: unparsable zarr.json
+        raise StoreError(
+            f"{where}: not a feature store or part ({type(e).__name__}: {e})"
+        ) from None
 
 
 def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle:
@@ -92,8 +106,12 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
         if state["n_windows"] > 0:
             try:
                 # concurrently: each open is a round trip, which adds up over http and s3
-                opened = read_pool().map(lambda a, name=name: zarr.open_array(
-                    store, path=f"{PARTS}/{name}/{a}", mode="r", zarr_format=3), names)
+                opened = read_pool().map(
+                    lambda a, name=name: zarr.open_array(
+                        store, path=f"{PARTS}/{name}/{a}", mode="r", zarr_format=3
+                    ),
+                    names,
+                )
                 arrays = dict(zip(names, opened, strict=True))
             except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
                 raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
@@ -148,7 +166,7 @@ def _lazy(arr: zarr.Array) -> da.Array:
     return da.from_zarr(arr, chunks=(per_chunk,) + arr.shape[1:])
 
 
-def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:  # noqa: A001 (the contract's name)
+def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     """Open a store (local path, http(s):// or s3:// URL) as one lazy, dask-backed Dataset.
 
     Dims `window, t, h, w, c` (h, w as stored: halved by pool 2) and `videos`; tokens are float32
@@ -156,8 +174,18 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:  # noq
     """
     handle = open_handle(path_or_url, storage_options)
     rows, runs = merge_tables(handle.parts)
-    attrs = {k: handle.attrs[k] for k in ("schema", "schema_version", "encoder", "preprocessing",
-                                          "layout", "software_version", "created")}
+    attrs = {
+        k: handle.attrs[k]
+        for k in (
+            "schema",
+            "schema_version",
+            "encoder",
+            "preprocessing",
+            "layout",
+            "software_version",
+            "created",
+        )
+    }
     attrs.update(source=handle.source, parts=[p.name for p in handle.parts])
 
     row_of = {(row["part"], row["row"]): i for i, row in enumerate(rows)}
@@ -167,7 +195,9 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:  # noq
         arrays = handle.parts[p].arrays
         for name in WINDOW_COORDS:
             coords[name].append(arrays[name][start:stop])
-        coords["video"][-1] = np.array([row_of[(p, int(r))] for r in coords["video"][-1]], dtype=np.int64)
+        coords["video"][-1] = np.array(
+            [row_of[(p, int(r))] for r in coords["video"][-1]], dtype=np.int64
+        )
         for name in token_arrays(handle.layout.dtype) + ("embedding",):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
@@ -187,15 +217,25 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:  # noq
 
     video = cat(coords["video"], np.int64)
     names = np.array([os.path.basename(row["path"]) for row in rows] or [""], dtype=object)
-    window_coords = {name: ("window", cat(coords[name], "float64" if name == "start_time" else "int64"))
-                     for name in WINDOW_COORDS}
-    window_coords["video_name"] = ("window", names[video] if len(video) else np.zeros(0, dtype=object))
+    window_coords = {
+        name: ("window", cat(coords[name], "float64" if name == "start_time" else "int64"))
+        for name in WINDOW_COORDS
+    }
+    window_coords["video_name"] = (
+        "window",
+        names[video] if len(video) else np.zeros(0, dtype=object),
+    )
     window_coords["part"] = ("window", cat(part_idx, np.int32))
     window_coords["part_window"] = ("window", cat(part_window, np.int64))
-    table = {f"video_{col}": ("videos", np.array([row[col] for row in rows], dtype=_column_dtype(col)))
-             for col in VIDEO_COLUMNS}
+    table = {
+        f"video_{col}": ("videos", np.array([row[col] for row in rows], dtype=_column_dtype(col)))
+        for col in VIDEO_COLUMNS
+    }
     ds = xr.Dataset(
-        {"tokens": (ARRAY_DIMS["tokens"], tokens), "embedding": (ARRAY_DIMS["embedding"], embedding)},
+        {
+            "tokens": (ARRAY_DIMS["tokens"], tokens),
+            "embedding": (ARRAY_DIMS["embedding"], embedding),
+        },
         coords={**window_coords, **table},
         attrs=attrs,
     )
@@ -216,8 +256,13 @@ def _empty_token_shape(handle: StoreHandle) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0)
 
 
-def select(ds: xr.Dataset, video: str | int | None = None, start: float | None = None,
-           end: float | None = None, unit: str = "seconds") -> xr.Dataset:
+def select(
+    ds: xr.Dataset,
+    video: str | int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    unit: str = "seconds",
+) -> xr.Dataset:
     """Windows of one video (file name, path or table row) starting in [start, end).
 
     `unit` is "seconds" (start_time) or "frames" (start_frame). Lazy: no tokens are read.

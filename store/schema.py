@@ -11,12 +11,17 @@ from ethoprism.store.codecs import LAYOUT_DTYPES
 
 SCHEMA = "ethoprism.features"
 SCHEMA_VERSION = 1
-PARTS = "parts"             # group holding one sub-group per writer
+PARTS = "parts"  # group holding one sub-group per writer
 PART_ATTR = "ethoprism_part"  # a part group's commit record (its only attribute)
 
 WINDOW_COORDS = ("video", "start_frame", "frame_step", "n_valid_frames", "start_time")
-WINDOW_COORD_DTYPES = {"video": "int64", "start_frame": "int64", "frame_step": "int64",
-                       "n_valid_frames": "int64", "start_time": "float64"}
+WINDOW_COORD_DTYPES = {
+    "video": "int64",
+    "start_frame": "int64",
+    "frame_step": "int64",
+    "n_valid_frames": "int64",
+    "start_time": "float64",
+}
 IDENTITY_KEYS = ("encoder", "preprocessing", "layout")
 
 
@@ -32,12 +37,14 @@ class StoreIdentityError(StoreError):
 class Layout:
     """How tokens are stored; chosen when a store is created and recorded in its attributes."""
 
-    dtype: str = "float16-round7"   # | "float16" | "int8" (per token, after per-channel RMS)
-    pool: int = 1                   # spatial average pooling 1 | 2 | 4 before storing
+    dtype: str = "float16-round7"  # | "float16" | "int8" (per token, after per-channel RMS)
+    pool: int = 1  # spatial average pooling 1 | 2 | 4 before storing
 
     def __post_init__(self):
         if self.dtype not in LAYOUT_DTYPES:
-            raise StoreError(f"layout dtype {self.dtype!r} is not one of {', '.join(LAYOUT_DTYPES)}")
+            raise StoreError(
+                f"layout dtype {self.dtype!r} is not one of {', '.join(LAYOUT_DTYPES)}"
+            )
         if self.pool not in (1, 2, 4):
             raise StoreError(f"layout pool {self.pool!r} is not one of 1, 2, 4")
 
@@ -96,15 +103,20 @@ def identity(ds) -> dict:
     """{"encoder", "preprocessing", "layout"} of a dataset from `ethoprism.store.open`."""
     missing = [k for k in IDENTITY_KEYS if k not in ds.attrs]
     if missing:
-        raise StoreError(f"dataset has no {', '.join(missing)} attribute(s): not from an ethoprism store")
+        raise StoreError(
+            f"dataset has no {', '.join(missing)} attribute(s): not from an ethoprism store"
+        )
     return identity_of_attrs(ds.attrs)
 
 
 def identity_differences(a: dict, b: dict) -> list[str]:
     """Dotted names of every field where identities a and b differ, with both values."""
     fa, fb = _flatten(jsonable(a)), _flatten(jsonable(b))
-    return [f"{k} ({fa.get(k, '<absent>')!r} vs {fb.get(k, '<absent>')!r})"
-            for k in sorted(set(fa) | set(fb)) if fa.get(k, "<absent>") != fb.get(k, "<absent>")]
+    return [
+        f"{k} ({fa.get(k, '<absent>')!r} vs {fb.get(k, '<absent>')!r})"
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, "<absent>") != fb.get(k, "<absent>")
+    ]
 
 
 def check_same_identity(a: dict, b: dict, what: str) -> None:
@@ -117,7 +129,9 @@ def check_same_identity(a: dict, b: dict, what: str) -> None:
 def check_schema(attrs: dict, where: str) -> None:
     """Refuse groups that are not ethoprism stores or are of a newer schema version."""
     if attrs.get("schema") != SCHEMA:
-        raise StoreError(f"{where} is not an ethoprism feature store (no schema {SCHEMA!r} in its root attributes)")
+        raise StoreError(
+            f"{where} is not an ethoprism feature store (no schema {SCHEMA!r} in its root attributes)"
+        )
     version = attrs.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise StoreError(
@@ -129,8 +143,8 @@ def check_schema(attrs: dict, where: str) -> None:
 # Arrays of a part, with their dimension names (stored as zarr v3 dimension_names).
 ARRAY_DIMS = {
     "tokens": ("window", "t", "h", "w", "c"),
-    "token_scale": ("window", "t", "h", "w"),   # int8 layout only
-    "channel_scale": ("window", "c"),           # int8 layout only
+    "token_scale": ("window", "t", "h", "w"),  # int8 layout only
+    "channel_scale": ("window", "c"),  # int8 layout only
     "embedding": ("window", "c"),
     **{name: ("window",) for name in WINDOW_COORDS},
 }

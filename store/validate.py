@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from ethoprism.store.reader import read_pool, merge_tables, open_handle
+from ethoprism.store.reader import merge_tables, open_handle, read_pool
 from ethoprism.store.remote import stored_bytes
 from ethoprism.store.schema import WINDOW_COORDS, token_arrays
 
@@ -27,12 +26,12 @@ def _block_problems(part, start: int, stop: int, names: tuple[str, ...]) -> dict
         arr = part.arrays[name]
         try:
             blocks = [(start, arr[start:stop])]
-        except Exception:  # a decode or I/O failure is a finding, not a crash
+        except Exception:  # noqa: BLE001 (a decode or I/O failure is a finding, not a crash)
             blocks = []
             for w in range(start, stop):
                 try:
-                    blocks.append((w, arr[w:w + 1]))
-                except Exception as e:
+                    blocks.append((w, arr[w : w + 1]))
+                except Exception as e:  # noqa: BLE001
                     found.setdefault(w, []).append(f"{name} unreadable ({type(e).__name__}: {e})")
         for first, values in blocks:
             for k, window in enumerate(values):
@@ -51,11 +50,15 @@ def _part_table_problems(part, window_length: int | None) -> list[str]:
     for r, row in enumerate(rows):
         if row["status"] == "failed":
             if row["n_windows"] != 0:
-                problems.append(f"{where} video {row['path']}: failed but has {row['n_windows']} windows")
+                problems.append(
+                    f"{where} video {row['path']}: failed but has {row['n_windows']} windows"
+                )
             continue
         if row["first_window"] != expected or row["n_windows"] < 1:
-            problems.append(f"{where} video {row['path']}: window range starts at {row['first_window']} "
-                            f"with {row['n_windows']} windows; expected to start at {expected}")
+            problems.append(
+                f"{where} video {row['path']}: window range starts at {row['first_window']} "
+                f"with {row['n_windows']} windows; expected to start at {expected}"
+            )
         expected = row["first_window"] + row["n_windows"]
     if expected != n:
         problems.append(f"{where}: video table covers {expected} windows but n_windows is {n}")
@@ -63,14 +66,16 @@ def _part_table_problems(part, window_length: int | None) -> list[str]:
         return problems
     for name, arr in part.arrays.items():
         if arr.shape[0] < n:
-            problems.append(f"{where} array {name}: {arr.shape[0]} windows, fewer than the {n} committed")
+            problems.append(
+                f"{where} array {name}: {arr.shape[0]} windows, fewer than the {n} committed"
+            )
     if problems:
         return problems
     coords = {name: part.arrays[name][:n] for name in WINDOW_COORDS}
     row_of_window = np.full(n, -1)
     for r, row in enumerate(rows):
         if row["status"] == "complete":
-            row_of_window[row["first_window"]:row["first_window"] + row["n_windows"]] = r
+            row_of_window[row["first_window"] : row["first_window"] + row["n_windows"]] = r
     checks = {
         "video index does not match the video table": coords["video"] != row_of_window,
         "frame_step < 1": coords["frame_step"] < 1,
@@ -79,7 +84,9 @@ def _part_table_problems(part, window_length: int | None) -> list[str]:
         "n_valid_frames < 1": coords["n_valid_frames"] < 1,
     }
     if window_length:
-        checks[f"n_valid_frames > window_length {window_length}"] = coords["n_valid_frames"] > window_length
+        checks[f"n_valid_frames > window_length {window_length}"] = (
+            coords["n_valid_frames"] > window_length
+        )
     for what, bad in checks.items():
         for w in np.flatnonzero(bad)[:5]:
             problems.append(f"{where} window {w} ({_video_of(rows, row_of_window[w])}): {what}")
@@ -111,16 +118,26 @@ def validate(path_or_url, storage_options: dict | None = None) -> dict:
         per_shard = part.arrays["tokens"].shards[0]
         starts = range(0, part.n_windows, per_shard)
         blocks = read_pool().map(
-            lambda a, part=part: _block_problems(part, a, min(a + per_shard, part.n_windows), names), starts)
+            lambda a, part=part, per_shard=per_shard: _block_problems(
+                part, a, min(a + per_shard, part.n_windows), names
+            ),
+            starts,
+        )
         for found in blocks:
             for w, window_problems in sorted(found.items()):
                 path, k = row_of_window.get(w, ("<no video>", -1))
-                problems += [f"part {part.name!r} window {w} (video {path}, its window {k}): {p}"
-                             for p in window_problems]
+                problems += [
+                    f"part {part.name!r} window {w} (video {path}, its window {k}): {p}"
+                    for p in window_problems
+                ]
     rows, runs = merge_tables(handle.parts)
-    return {"ok": not problems, "problems": problems, "parts": len(handle.parts),
-            "videos": sum(r["status"] == "complete" for r in rows),
-            "windows": sum(stop - start for _, start, stop in runs)}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "parts": len(handle.parts),
+        "videos": sum(r["status"] == "complete" for r in rows),
+        "windows": sum(stop - start for _, start, stop in runs),
+    }
 
 
 def info(path_or_url, storage_options: dict | None = None) -> dict:
@@ -129,17 +146,27 @@ def info(path_or_url, storage_options: dict | None = None) -> dict:
     rows, runs = merge_tables(handle.parts)
     windows = sum(stop - start for _, start, stop in runs)
     stored = sum(stored_bytes(arr) for part in handle.parts for arr in part.arrays.values())
-    token_shape = next((p.state["token_shape"] for p in handle.parts if p.state.get("token_shape")), None)
+    token_shape = next(
+        (p.state["token_shape"] for p in handle.parts if p.state.get("token_shape")), None
+    )
     attrs = handle.attrs
     return {
         "source": handle.source,
-        "schema": attrs["schema"], "schema_version": attrs["schema_version"],
-        "encoder": attrs["encoder"], "preprocessing": attrs["preprocessing"], "layout": attrs["layout"],
-        "software_version": attrs.get("software_version"), "created": attrs.get("created"),
-        "parts": [{"name": p.name, "windows": p.n_windows, "videos": len(p.state["videos"])}
-                  for p in handle.parts],
+        "schema": attrs["schema"],
+        "schema_version": attrs["schema_version"],
+        "encoder": attrs["encoder"],
+        "preprocessing": attrs["preprocessing"],
+        "layout": attrs["layout"],
+        "software_version": attrs.get("software_version"),
+        "created": attrs.get("created"),
+        "parts": [
+            {"name": p.name, "windows": p.n_windows, "videos": len(p.state["videos"])}
+            for p in handle.parts
+        ],
         "videos_complete": sum(r["status"] == "complete" for r in rows),
-        "videos_failed": [{"path": r["path"], "reason": r["reason"]} for r in rows if r["status"] == "failed"],
+        "videos_failed": [
+            {"path": r["path"], "reason": r["reason"]} for r in rows if r["status"] == "failed"
+        ],
         "windows": windows,
         "token_shape": token_shape,
         "bytes_on_disk": stored,

@@ -26,22 +26,34 @@ import socket
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
-
 from ethoprism import __version__
 from ethoprism.store.codecs import encode_tokens
 from ethoprism.store.schema import (
-    ARRAY_DIMS, PART_ATTR, PARTS, SCHEMA, SCHEMA_VERSION, WINDOW_COORD_DTYPES, WINDOW_COORDS,
-    Layout, StoreError, VideoRecord, check_same_identity, check_schema, content_key, jsonable,
+    ARRAY_DIMS,
+    PART_ATTR,
+    PARTS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    WINDOW_COORD_DTYPES,
+    WINDOW_COORDS,
+    Layout,
+    StoreError,
+    VideoRecord,
+    check_same_identity,
+    check_schema,
+    content_key,
+    jsonable,
     part_arrays,
 )
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-SHARD_TARGET_BYTES = 64 << 20   # raw bytes of tokens per shard: few files, small rewrites
+SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
 MAX_WINDOWS_PER_SHARD = 64
-COORD_CHUNK = 4096               # windows per chunk of the 1-D per-window arrays
+COORD_CHUNK = 4096  # windows per chunk of the 1-D per-window arrays
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -77,7 +89,7 @@ def _group_doc(attributes: dict) -> dict:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def default_part_name() -> str:
@@ -87,11 +99,15 @@ def default_part_name() -> str:
 
 def _writable_error(path, e: OSError) -> StoreError:
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreError(f"cannot write to store {path}: {e.strerror} (read-only location?); "
-                          "open it for reading with ethoprism.store.open")
+        return StoreError(
+            f"cannot write to store {path}: {e.strerror} (read-only location?); "
+            "open it for reading with ethoprism.store.open"
+        )
     if e.errno == errno.ENOSPC:
-        return StoreError(f"no space left on the device holding store {path}; committed videos "
-                          "are intact: free space and re-run to resume")
+        return StoreError(
+            f"no space left on the device holding store {path}; committed videos "
+            "are intact: free space and re-run to resume"
+        )
     return StoreError(f"cannot write to store {path}: {e}")
 
 
@@ -127,18 +143,31 @@ def _open_root(root: Path, identity: dict, software_version: str) -> None:
         if not meta.exists():
             if any(root.iterdir()):
                 names = sorted(p.name for p in root.iterdir())[:3]
-                raise StoreError(f"{root} is a non-empty directory but not a feature store (no zarr.json; "
-                                 f"holds {', '.join(names)}); refusing to write into it")
-            attrs = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **jsonable(identity),
-                     "software_version": software_version, "created": _now(), "parts": []}
+                raise StoreError(
+                    f"{root} is a non-empty directory but not a feature store (no zarr.json; "
+                    f"holds {', '.join(names)}); refusing to write into it"
+                )
+            attrs = {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                **jsonable(identity),
+                "software_version": software_version,
+                "created": _now(),
+                "parts": [],
+            }
             write_json_atomic(meta, _group_doc(attrs))
         attrs = _read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
         if attrs["schema_version"] != SCHEMA_VERSION:
-            raise StoreError(f"{root} has schema version {attrs['schema_version']}; this ethoprism "
-                             f"writes only version {SCHEMA_VERSION}")
-        check_same_identity({k: attrs.get(k) for k in identity}, identity,
-                            f"store {root} (left) vs this writer (right)")
+            raise StoreError(
+                f"{root} has schema version {attrs['schema_version']}; this ethoprism "
+                f"writes only version {SCHEMA_VERSION}"
+            )
+        check_same_identity(
+            {k: attrs.get(k) for k in identity},
+            identity,
+            f"store {root} (left) vs this writer (right)",
+        )
         if not (parts / "zarr.json").exists():
             parts.mkdir(exist_ok=True)
             write_json_atomic(parts / "zarr.json", _group_doc({}))
@@ -177,6 +206,7 @@ class StoreWriter:
         self._lock_fd = None
         self._arrays: dict[str, zarr.Array] = {}
         self._video: VideoWriter | None = None
+        self._seen: dict[str, tuple] = {}  # other parts: (zarr.json identity, complete sha256s)
         # One background thread writes shards while the caller encodes the next batch.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self.part_dir.mkdir(parents=True, exist_ok=True)
@@ -186,16 +216,24 @@ class StoreWriter:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise StoreError(f"part {part!r} of store {root} is being written by another writer; "
-                             "give each writer its own part name") from None
+            raise StoreError(
+                f"part {part!r} of store {root} is being written by another writer; "
+                "give each writer its own part name"
+            ) from None
         try:
             meta = self.part_dir / "zarr.json"
             if meta.exists():
                 # Fail now, not at the first commit, if the part cannot be written.
                 (self.part_dir / f".probe.{uuid.uuid4().hex}.tmp").touch()
             else:
-                record = {"name": part, "created": _now(), "n_windows": 0, "windows_per_shard": None,
-                          "token_shape": None, "videos": []}
+                record = {
+                    "name": part,
+                    "created": _now(),
+                    "n_windows": 0,
+                    "windows_per_shard": None,
+                    "token_shape": None,
+                    "videos": [],
+                }
                 write_json_atomic(meta, _group_doc({PART_ATTR: record}))
             self.state = _read_json(meta)["attributes"][PART_ATTR]
             self._recover()
@@ -223,9 +261,12 @@ class StoreWriter:
         store = zarr.storage.LocalStore(self.root)
         # Writing every chunk skips zarr's per-chunk "all fill value?" scan (1.5x faster writes),
         # and a chunk missing from disk is then always damage, never an elided empty chunk.
-        self._arrays = {name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+")
-                        .with_config({"write_empty_chunks": True})
-                        for name in part_arrays(self.layout.dtype)}
+        self._arrays = {
+            name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+").with_config(
+                {"write_empty_chunks": True}
+            )
+            for name in part_arrays(self.layout.dtype)
+        }
 
     def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
         token_shape = list(encoded["tokens"].shape[1:])
@@ -240,10 +281,18 @@ class StoreWriter:
             else:
                 shape, dtype = specs[name]
                 chunks, shards = (1, *shape), (per_shard, *shape)
-            zarr.create_array(store, name=f"{PARTS}/{self.part}/{name}", shape=(0, *shape),
-                              dtype=dtype, chunks=chunks, shards=shards, fill_value=0,
-                              compressors=[ZstdCodec(level=1), Crc32cCodec()],
-                              dimension_names=ARRAY_DIMS[name], overwrite=True)
+            zarr.create_array(
+                store,
+                name=f"{PARTS}/{self.part}/{name}",
+                shape=(0, *shape),
+                dtype=dtype,
+                chunks=chunks,
+                shards=shards,
+                fill_value=0,
+                compressors=[ZstdCodec(level=1), Crc32cCodec()],
+                dimension_names=ARRAY_DIMS[name],
+                overwrite=True,
+            )
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
         self._open_arrays()
 
@@ -278,10 +327,24 @@ class StoreWriter:
     def is_complete(self, sha256: str) -> bool:
         """True if a video with this content is committed in any part of the store."""
         for name in _read_json(self.root / "zarr.json")["attributes"].get("parts", []):
-            state = self.state if name == self.part else _read_part_state(self.root, name)
-            if any(v["sha256"] == sha256 and v["status"] == "complete" for v in state["videos"]):
+            if sha256 in self._complete_in(name):
                 return True
         return False
+
+    def _complete_in(self, part: str) -> set[str]:
+        """sha256s committed in a part; other parts' records are re-read only when replaced."""
+        if part == self.part:
+            return {v["sha256"] for v in self.state["videos"] if v["status"] == "complete"}
+        meta = self.root / PARTS / part / "zarr.json"
+        st = meta.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._seen.get(part, (None,))[0] != key:
+            state = _read_json(meta)["attributes"][PART_ATTR]
+            self._seen[part] = (
+                key,
+                {v["sha256"] for v in state["videos"] if v["status"] == "complete"},
+            )
+        return self._seen[part][1]
 
     def begin_video(self, record: VideoRecord) -> VideoWriter:
         """Start writing a video; any previous uncommitted video of this writer is discarded."""
@@ -294,16 +357,31 @@ class StoreWriter:
     def record_failure(self, record_or_path, reason: str) -> None:
         """Add (or update) a failed row for a video; discards its uncommitted windows if any."""
         if isinstance(record_or_path, (str, os.PathLike)):
-            row = {"path": str(record_or_path), "size_bytes": -1, "sha256": "", "fps": 0.0,
-                   "n_frames": -1, "duration": 0.0, "width": -1, "height": -1, "codec": ""}
+            row = {
+                "path": str(record_or_path),
+                "size_bytes": -1,
+                "sha256": "",
+                "fps": 0.0,
+                "n_frames": -1,
+                "duration": 0.0,
+                "width": -1,
+                "height": -1,
+                "codec": "",
+            }
         else:
-            row = dataclasses.asdict(record_or_path if isinstance(record_or_path, VideoRecord)
-                                     else VideoRecord.of(record_or_path))
+            row = dataclasses.asdict(
+                record_or_path
+                if isinstance(record_or_path, VideoRecord)
+                else VideoRecord.of(record_or_path)
+            )
         row.update(status="failed", reason=str(reason), first_window=-1, n_windows=0)
         self._drop_video()
         videos = list(self.state["videos"])
-        same = [i for i, v in enumerate(videos)
-                if v["status"] == "failed" and content_key(v) == content_key(row)]
+        same = [
+            i
+            for i, v in enumerate(videos)
+            if v["status"] == "failed" and content_key(v) == content_key(row)
+        ]
         if same:
             videos[same[-1]] = row
         else:
@@ -328,15 +406,11 @@ class StoreWriter:
                 self._video._wait()
             self._video = None
 
-    def __enter__(self) -> StoreWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _read_part_state(root: Path, name: str) -> dict:
-    return _read_json(root / PARTS / name / "zarr.json")["attributes"][PART_ATTR]
 
 
 class VideoWriter:
@@ -345,46 +419,63 @@ class VideoWriter:
     def __init__(self, store: StoreWriter, record: VideoRecord):
         self.store, self.record = store, record
         self.first = store.state["n_windows"]
-        self.written = self.first           # windows [first, written) are on disk, uncommitted
+        self.written = self.first  # windows [first, written) are on disk, uncommitted
         self._pending: list[dict[str, np.ndarray]] = []
         self._n_pending = 0
-        self._inflight: Future | None = None   # the shard write running in the background
+        self._inflight: Future | None = None  # the shard write running in the background
         self._done = False
 
     def _check_live(self) -> None:
         if self._done or self.store._video is not self:
-            raise StoreError(f"video {self.record.path}: this writer was committed, failed or replaced")
+            raise StoreError(
+                f"video {self.record.path}: this writer was committed, failed or replaced"
+            )
 
-    def append(self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time) -> None:
+    def append(
+        self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
+    ) -> None:
         """Add a batch of windows: tokens (n,t,h,w,c) float32 full resolution, embedding (n,c)."""
         self._check_live()
         tokens = np.asarray(tokens, dtype=np.float32)
         embedding = np.asarray(embedding, dtype=np.float32)
         n = tokens.shape[0] if tokens.ndim == 5 else -1
         if n <= 0 or embedding.shape != (n, tokens.shape[-1]):
-            raise StoreError(f"video {self.record.path}: expected tokens (n,t,h,w,c) with n > 0 and "
-                             f"embedding (n,c); got {tokens.shape} and {embedding.shape}")
+            raise StoreError(
+                f"video {self.record.path}: expected tokens (n,t,h,w,c) with n > 0 and "
+                f"embedding (n,c); got {tokens.shape} and {embedding.shape}"
+            )
         window = self.written + self._n_pending
         for name, values in (("tokens", tokens), ("embedding", embedding)):
-            if np.isfinite(values.max()) and np.isfinite(values.min()):   # cheap common case
+            if np.isfinite(values.max()) and np.isfinite(values.min()):  # cheap common case
                 continue
             bad = ~np.isfinite(values).reshape(n, -1).all(axis=1)
             if bad.any():
-                raise StoreError(f"video {self.record.path}: {name} of window {int(np.argmax(bad))} "
-                                 f"of this batch (store window {window + int(np.argmax(bad))}) "
-                                 "is not finite")
+                raise StoreError(
+                    f"video {self.record.path}: {name} of window {int(np.argmax(bad))} "
+                    f"of this batch (store window {window + int(np.argmax(bad))}) "
+                    "is not finite"
+                )
         try:
             encoded = encode_tokens(tokens, self.store.layout.dtype, self.store.layout.pool)
         except ValueError as e:
             raise StoreError(f"video {self.record.path}: {e}") from None
         shape = self.store.state["token_shape"]
         if shape is not None and list(encoded["tokens"].shape[1:]) != shape:
-            raise StoreError(f"video {self.record.path}: stored token shape "
-                             f"{tuple(encoded['tokens'].shape[1:])} differs from this part's {tuple(shape)}")
-        batch = {**encoded, "embedding": embedding,
-                 "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64)}
-        for name, values in (("start_frame", start_frame), ("frame_step", frame_step),
-                             ("n_valid_frames", n_valid_frames), ("start_time", start_time)):
+            raise StoreError(
+                f"video {self.record.path}: stored token shape "
+                f"{tuple(encoded['tokens'].shape[1:])} differs from this part's {tuple(shape)}"
+            )
+        batch = {
+            **encoded,
+            "embedding": embedding,
+            "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
+        }
+        for name, values in (
+            ("start_frame", start_frame),
+            ("frame_step", frame_step),
+            ("n_valid_frames", n_valid_frames),
+            ("start_time", start_time),
+        ):
             values = np.broadcast_to(np.asarray(values, dtype=WINDOW_COORD_DTYPES[name]), (n,))
             batch[name] = values
         try:
@@ -393,8 +484,10 @@ class VideoWriter:
             self._pending.append(batch)
             self._n_pending += n
             per_shard = self.store.state["windows_per_shard"]
-            while self.written + self._n_pending >= (boundary := (self.written // per_shard + 1) * per_shard):
-                self._flush(boundary - self.written)   # whole shards only, written once
+            while self.written + self._n_pending >= (
+                boundary := (self.written // per_shard + 1) * per_shard
+            ):
+                self._flush(boundary - self.written)  # whole shards only, written once
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
@@ -405,9 +498,10 @@ class VideoWriter:
             return
         merged = {k: np.concatenate([b[k] for b in self._pending]) for k in self._pending[0]}
         n = self._n_pending if n is None else n
-        self._wait()   # at most one write in flight: bounded memory, errors surface in order
-        self._inflight = self.store._io.submit(self.store._write, self.written,
-                                               {k: v[:n] for k, v in merged.items()})
+        self._wait()  # at most one write in flight: bounded memory, errors surface in order
+        self._inflight = self.store._io.submit(
+            self.store._write, self.written, {k: v[:n] for k, v in merged.items()}
+        )
         self.written += n
         rest = {k: v[n:] for k, v in merged.items()}
         self._n_pending -= n
@@ -422,12 +516,14 @@ class VideoWriter:
         """Make the video visible: data made durable first, then the part's record replaced."""
         self._check_live()
         if self.written + self._n_pending == self.first:
-            raise StoreError(f"video {self.record.path}: no windows appended; record a failure instead")
+            raise StoreError(
+                f"video {self.record.path}: no windows appended; record a failure instead"
+            )
         try:
             self._flush()
             self._wait()
             for arr in self.store._arrays.values():
-                if arr.shape[0] != self.written:   # a discarded video had written further
+                if arr.shape[0] != self.written:  # a discarded video had written further
                     arr.resize((self.written,) + arr.shape[1:])
             self.store._make_durable(self.first, self.written)
             row = dataclasses.asdict(self.record)
@@ -435,19 +531,32 @@ class VideoWriter:
                 row["n_frames"] = int(n_frames)
             if duration is not None:
                 row["duration"] = float(duration)
-            row.update(status="complete", reason="", first_window=self.first,
-                       n_windows=self.written - self.first)
+            row.update(
+                status="complete",
+                reason="",
+                first_window=self.first,
+                n_windows=self.written - self.first,
+            )
             state = self.store.state
-            self.store._publish({**state, "n_windows": self.written, "videos": [*state["videos"], row]})
+            self.store._publish(
+                {**state, "n_windows": self.written, "videos": [*state["videos"], row]}
+            )
         except OSError as e:
             raise _writable_error(self.store.root, e) from None
         finally:
             self._done = True
 
 
-def open_writer(path, *, encoder: dict, preprocessing: dict, layout: Layout = Layout(),
-                part: str | None = None, software_version: str = __version__,
-                windows_per_shard: int | None = None) -> StoreWriter:
+def open_writer(
+    path,
+    *,
+    encoder: dict,
+    preprocessing: dict,
+    layout: Layout = Layout(),  # noqa: B008
+    part: str | None = None,
+    software_version: str = __version__,
+    windows_per_shard: int | None = None,
+) -> StoreWriter:
     """Create a store at `path` or open it for append, as one part (one writer process).
 
     A store with a different encoder, preprocessing or layout is refused (StoreIdentityError
@@ -455,7 +564,9 @@ def open_writer(path, *, encoder: dict, preprocessing: dict, layout: Layout = La
     `windows_per_shard` applies to a new part (None: about 64 MiB of tokens per shard).
     """
     if "://" in str(path):
-        raise StoreError(f"{path}: writing goes to a local (or mounted shared) directory, not a URL")
+        raise StoreError(
+            f"{path}: writing goes to a local (or mounted shared) directory, not a URL"
+        )
     part = part or default_part_name()
     if not PART_NAME.match(part):
         raise StoreError(f"part name {part!r} must be letters, digits, '.', '_' or '-'")

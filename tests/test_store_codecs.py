@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
-
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import (
-    decode_tokens, encode_int8, encode_tokens, pool_spatial,
+    decode_tokens,
+    encode_int8,
+    encode_tokens,
+    pool_spatial,
 )
 
 
@@ -22,7 +24,7 @@ def test_activation_like_has_outlier_channels_and_heavy_tails(x):
     rms = np.sqrt((x.reshape(-1, x.shape[-1]) ** 2).mean(0))
     assert rms.max() > 20 * np.median(rms)
     z = (x - x.mean(axis=(0, 1, 2, 3))) / x.std(axis=(0, 1, 2, 3))
-    assert (z ** 4).mean() > 4        # kurtosis above a Gaussian's 3
+    assert (z**4).mean() > 4  # kurtosis above a Gaussian's 3
 
 
 def reference_round7(v):
@@ -35,14 +37,16 @@ def reference_round7(v):
 
 def test_float16_round7_is_exactly_7_mantissa_bits():
     v = np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * 100
-    v[:4] = [1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 0.0]   # ties: round half to even
+    v[:4] = [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0]  # ties: round half to even
     stored = encode_tokens(v.reshape(1, 1, 1, 1, -1), "float16-round7", 1)["tokens"]
     assert stored.dtype == np.float16
     np.testing.assert_array_equal(stored.astype(np.float32).ravel(), reference_round7(v))
-    assert not np.any(stored.view(np.uint16) & 0b111)   # the 3 dropped float16 bits are zero
+    assert not np.any(stored.view(np.uint16) & 0b111)  # the 3 dropped float16 bits are zero
 
 
-@pytest.mark.parametrize("dtype,bound", [("float16-round7", 2e-3), ("float16", 5e-4), ("int8", 2e-2)])
+@pytest.mark.parametrize(
+    "dtype,bound", [("float16-round7", 2e-3), ("float16", 5e-4), ("int8", 2e-2)]
+)
 def test_round_trip_error(x, dtype, bound):
     stored = encode_tokens(x, dtype, 1)
     assert {a.dtype.name for a in stored.values()} <= {"float16", "int8", "float32"}
@@ -58,10 +62,15 @@ def test_int8_prescale_is_what_makes_it_accurate(x):
     peak = np.abs(x).max(axis=-1, keepdims=True) / 127
     plain = np.rint(x / peak) * peak
     c = x.shape[-1]
-    normal = np.sqrt((x.reshape(-1, c) ** 2).mean(0)) < np.median(np.sqrt((x.reshape(-1, c) ** 2).mean(0))) * 5
+    normal = (
+        np.sqrt((x.reshape(-1, c) ** 2).mean(0))
+        < np.median(np.sqrt((x.reshape(-1, c) ** 2).mean(0))) * 5
+    )
     q, ts, cs = encode_int8(x)
     ours = decode_tokens({"tokens": q, "token_scale": ts, "channel_scale": cs}, "int8")
-    assert rel_l2(ours[..., normal], x[..., normal]) < rel_l2(plain[..., normal], x[..., normal]) / 3
+    assert (
+        rel_l2(ours[..., normal], x[..., normal]) < rel_l2(plain[..., normal], x[..., normal]) / 3
+    )
 
 
 @pytest.mark.parametrize("pool", [2, 4])
@@ -70,7 +79,11 @@ def test_pooling_is_the_block_mean(x, pool):
     ref = np.zeros((n, t, h // pool, w // pool, c), np.float64)
     for i in range(h // pool):
         for j in range(w // pool):
-            ref[:, :, i, j] = x[:, :, i * pool:(i + 1) * pool, j * pool:(j + 1) * pool].astype(np.float64).mean(axis=(2, 3))
+            ref[:, :, i, j] = (
+                x[:, :, i * pool : (i + 1) * pool, j * pool : (j + 1) * pool]
+                .astype(np.float64)
+                .mean(axis=(2, 3))
+            )
     np.testing.assert_allclose(pool_spatial(x, pool), ref, rtol=1e-5, atol=1e-5)
     for dtype, bound in [("float16-round7", 2e-3), ("int8", 2e-2)]:
         assert rel_l2(decode_tokens(encode_tokens(x, dtype, pool), dtype), ref) <= bound

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from ethoprism import store
 from ethoprism.store import Layout, VideoRecord
 from ethoprism.store.codecs import decode_tokens, encode_tokens
@@ -15,20 +14,23 @@ from ethoprism.store.codecs import decode_tokens, encode_tokens
 ENCODER = {"name": "videoprism-tiny", "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
 PREP = {"frame_size": 16, "window_length": 4, "window_stride": 2}
 SHAPE = (2, 2, 2, 8)
-CTX = multiprocessing.get_context("fork")   # no re-import per child: trials stay short
+CTX = multiprocessing.get_context("fork")  # no re-import per child: trials stay short
 
 
 def video_data(i):
     """Video i: 1..6 windows of deterministic tokens (its content is a function of i only)."""
     n = 1 + i % 6
     x = np.random.default_rng(i).standard_normal((n, *SHAPE)).astype(np.float32)
-    return VideoRecord(f"/v/clip{i:03d}.mp4", 10 * i + 1, f"{i:064x}", 30.0, 2 * n + 2, n / 15, 8, 8, "h264"), x
+    return VideoRecord(
+        f"/v/clip{i:03d}.mp4", 10 * i + 1, f"{i:064x}", 30.0, 2 * n + 2, n / 15, 8, 8, "h264"
+    ), x
 
 
 def write_videos(path, part, videos, layout):
     """The child's work: write each video not yet complete, in batches of 2, committing each."""
-    with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, layout=layout, part=part,
-                           windows_per_shard=4) as w:
+    with store.open_writer(
+        path, encoder=ENCODER, preprocessing=PREP, layout=layout, part=part, windows_per_shard=4
+    ) as w:
         for i in videos:
             rec, x = video_data(i)
             if w.is_complete(rec.sha256):
@@ -39,7 +41,9 @@ def write_videos(path, part, videos, layout):
             vw = w.begin_video(rec)
             for b in range(0, len(x), 2):
                 starts = 2 * np.arange(b, min(b + 2, len(x)))
-                vw.append(x[b:b + 2], x[b:b + 2].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 30)
+                vw.append(
+                    x[b : b + 2], x[b : b + 2].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 30
+                )
             vw.commit()
 
 
@@ -56,7 +60,7 @@ def check_store(path, layout, expect_all=None):
     tokens, embedding = ds.tokens.values, ds.embedding.values
     seen = []
     for row in range(ds.sizes["videos"]):
-        i = int(ds.video_path.values[row][len("/v/clip"):-4])
+        i = int(ds.video_path.values[row][len("/v/clip") : -4])
         rec, x = video_data(i)
         assert ds.video_sha256.values[row] == rec.sha256
         if ds.video_status.values[row] == "failed":
@@ -65,10 +69,10 @@ def check_store(path, layout, expect_all=None):
         first, n = int(ds.video_first_window.values[row]), int(ds.video_n_windows.values[row])
         assert n == len(x), f"video {i}: {n} windows visible, {len(x)} written"
         want = decode_tokens(encode_tokens(x, layout.dtype, 1), layout.dtype)
-        np.testing.assert_array_equal(tokens[first:first + n], want)
-        np.testing.assert_array_equal(embedding[first:first + n], x.mean(axis=(1, 2, 3)))
-        np.testing.assert_array_equal(ds.start_frame.values[first:first + n], 2 * np.arange(n))
-        assert (ds.video.values[first:first + n] == row).all()
+        np.testing.assert_array_equal(tokens[first : first + n], want)
+        np.testing.assert_array_equal(embedding[first : first + n], x.mean(axis=(1, 2, 3)))
+        np.testing.assert_array_equal(ds.start_frame.values[first : first + n], 2 * np.arange(n))
+        assert (ds.video.values[first : first + n] == row).all()
         seen.append(i)
     assert len(seen) == len(set(seen)), "a video appears twice"
     if expect_all is not None:
@@ -93,9 +97,9 @@ def test_sigkill_at_random_instants_then_resume(tmp_path, layout):
         now = check_store(path, layout)
         assert committed <= now, f"trial {trial}: committed videos lost: {committed - now}"
         committed = now
-    assert kills >= 8            # most trials really were killed mid-run
-    assert len(committed) < 36   # and the kills happened before the end
-    write_videos(path, "worker-0", videos, layout)   # reopening the part resumes and finishes
+    assert kills >= 8  # most trials really were killed mid-run
+    assert len(committed) < 36  # and the kills happened before the end
+    write_videos(path, "worker-0", videos, layout)  # reopening the part resumes and finishes
     check_store(path, layout, expect_all=videos)
     leftovers = [f for _, _, fs in os.walk(path) for f in fs if f.endswith((".partial", ".tmp"))]
     assert not leftovers
@@ -104,7 +108,10 @@ def test_sigkill_at_random_instants_then_resume(tmp_path, layout):
 def test_four_writer_processes_write_one_store(tmp_path):
     path = str(tmp_path / "s.zarr")
     layout = Layout()
-    procs = [CTX.Process(target=_child, args=(path, f"worker-{k}", range(k, 48, 4), layout)) for k in range(4)]
+    procs = [
+        CTX.Process(target=_child, args=(path, f"worker-{k}", range(k, 48, 4), layout))
+        for k in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:

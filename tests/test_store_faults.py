@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.store import StoreError, VideoRecord
+from typer.testing import CliRunner
 
 ENCODER = {"name": "videoprism-tiny", "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
 PREP = {"frame_size": 16, "window_length": 4, "window_stride": 2}
@@ -20,21 +19,27 @@ SHAPE = (2, 8, 8, 32)
 
 def write_video(w, i, n):
     x = np.random.default_rng(i).standard_normal((n, *SHAPE)).astype(np.float32)
-    vw = w.begin_video(VideoRecord(f"/v/clip{i}.mp4", 1, f"{i:064x}", 30.0, 2 * n + 2, 1.0, 8, 8, "h264"))
+    vw = w.begin_video(
+        VideoRecord(f"/v/clip{i}.mp4", 1, f"{i:064x}", 30.0, 2 * n + 2, 1.0, 8, 8, "h264")
+    )
     vw.append(x, x.mean(axis=(1, 2, 3)), 2 * np.arange(n), 1, 4, np.arange(n) / 15)
     vw.commit()
     return x
 
 
 def make_store(path, videos=((0, 5), (1, 6))):
-    with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, part="w0", windows_per_shard=4) as w:
+    with store.open_writer(
+        path, encoder=ENCODER, preprocessing=PREP, part="w0", windows_per_shard=4
+    ) as w:
         return [write_video(w, i, n) for i, n in videos]
 
 
 def mount(*args):
-    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    r = subprocess.run(["mount", *args], check=False, capture_output=True, text=True)
     if r.returncode:
-        pytest.skip(f"cannot mount ({' '.join(args)}): {r.stderr.strip()} (needs root / CAP_SYS_ADMIN)")
+        pytest.skip(
+            f"cannot mount ({' '.join(args)}): {r.stderr.strip()} (needs root / CAP_SYS_ADMIN)"
+        )
 
 
 def test_validate_names_corrupted_and_missing_chunks(tmp_path):
@@ -43,11 +48,11 @@ def test_validate_names_corrupted_and_missing_chunks(tmp_path):
     runner = CliRunner()
     ok = runner.invoke(app, ["store", "validate", str(path), "--json"])
     assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"]
-    shard = path / "parts/w0/tokens/c/1/0/0/0/0"          # windows 4..7
+    shard = path / "parts/w0/tokens/c/1/0/0/0/0"  # windows 4..7
     data = bytearray(shard.read_bytes())
-    data[len(data) // 3] ^= 0xFF                          # flip one byte inside an inner chunk
+    data[len(data) // 3] ^= 0xFF  # flip one byte inside an inner chunk
     shard.write_bytes(bytes(data))
-    (path / "parts/w0/embedding/c/2/0").unlink()          # windows 8..10 lose their embeddings
+    (path / "parts/w0/embedding/c/2/0").unlink()  # windows 8..10 lose their embeddings
     report = store.validate(path)
     assert not report["ok"]
     text = "\n".join(report["problems"])
@@ -71,7 +76,7 @@ def test_info_cli(tmp_path):
     assert r["windows"] == 11 and r["videos_complete"] == 2
     assert r["videos_failed"] == [{"path": "/v/broken.mp4", "reason": "moov atom not found"}]
     assert r["encoder"] == ENCODER and r["layout"] == {"dtype": "float16-round7", "pool": 1}
-    assert r["bytes_on_disk"] > 11 * np.prod(SHAPE)       # float16 random data barely compresses
+    assert r["bytes_on_disk"] > 11 * np.prod(SHAPE)  # float16 random data barely compresses
     table = CliRunner().invoke(app, ["store", "info", str(path)])
     assert table.exit_code == 0 and "moov atom not found" in table.stdout
     missing = CliRunner().invoke(app, ["store", "info", str(tmp_path / "nope")])
@@ -80,7 +85,7 @@ def test_info_cli(tmp_path):
 
 def test_cli_entry_point_help():
     exe = Path(sys.executable).parent / "ethoprism"
-    r = subprocess.run([str(exe), "store", "--help"], capture_output=True, text=True)
+    r = subprocess.run([str(exe), "store", "--help"], check=False, capture_output=True, text=True)
     assert r.returncode == 0 and "validate" in r.stdout
 
 
@@ -112,7 +117,9 @@ def test_full_disk_loses_nothing_committed(tmp_path):
     try:
         path = disk / "s.zarr"
         written = {}
-        with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, part="w0", windows_per_shard=4) as w:
+        with store.open_writer(
+            path, encoder=ENCODER, preprocessing=PREP, part="w0", windows_per_shard=4
+        ) as w:
             (disk / "ballast").write_bytes(b"\0" * (256 << 10))
             with pytest.raises(StoreError, match="no space left") as e:
                 for i in range(100):
@@ -126,7 +133,7 @@ def test_full_disk_loses_nothing_committed(tmp_path):
         for i, x in written.items():
             got = store.select(ds, video=f"clip{i}.mp4").tokens.values
             assert np.abs(got - x).max() < 0.05
-        (disk / "ballast").unlink()                        # space freed: the part resumes
+        (disk / "ballast").unlink()  # space freed: the part resumes
         with store.open_writer(path, encoder=ENCODER, preprocessing=PREP, part="w0") as w:
             assert not w.is_complete(f"{failed_at:064x}")
             write_video(w, failed_at, 12)

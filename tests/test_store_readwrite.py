@@ -6,21 +6,32 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
 from ethoprism import store
 from ethoprism.store import Layout, StoreError, StoreIdentityError, VideoRecord
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import decode_tokens, encode_tokens, pool_spatial
 
-ENCODER = {"name": "videoprism-tiny", "config": {"model_dim": 32, "pos_emb_shape": [2, 4, 4]},
-           "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
-PREP = {"frame_size": 32, "resize": "squash", "window_length": 4, "window_stride": 2, "frame_step": 1,
-        "pixel_range": [0.0, 1.0]}
-SHAPE = (2, 8, 8, 32)   # t, h, w, c
+ENCODER = {
+    "name": "videoprism-tiny",
+    "config": {"model_dim": 32, "pos_emb_shape": [2, 4, 4]},
+    "checkpoint_sha256": "random-init-seed-0",
+    "dtype": "float32",
+}
+PREP = {
+    "frame_size": 32,
+    "resize": "squash",
+    "window_length": 4,
+    "window_stride": 2,
+    "frame_step": 1,
+    "pixel_range": [0.0, 1.0],
+}
+SHAPE = (2, 8, 8, 32)  # t, h, w, c
 
 
 def record(i, fps=10.0):
-    return VideoRecord(f"/archive/cam{i}/clip{i}.mp4", 1000 + i, f"{i:064x}", fps, 40, 4.0, 64, 48, "h264")
+    return VideoRecord(
+        f"/archive/cam{i}/clip{i}.mp4", 1000 + i, f"{i:064x}", fps, 40, 4.0, 64, 48, "h264"
+    )
 
 
 def write_video(w, i, n, batch=3, fps=10.0):
@@ -30,7 +41,7 @@ def write_video(w, i, n, batch=3, fps=10.0):
     for b in range(0, n, batch):
         k = min(batch, n - b)
         starts = 2 * np.arange(b, b + k)
-        vw.append(x[b:b + k], x[b:b + k].mean(axis=(1, 2, 3)), starts, 1, 4, starts / fps)
+        vw.append(x[b : b + k], x[b : b + k].mean(axis=(1, 2, 3)), starts, 1, 4, starts / fps)
     vw.commit()
     return x
 
@@ -39,29 +50,44 @@ def open_w(path, **kw):
     return store.open_writer(path, encoder=ENCODER, preprocessing=PREP, **kw)
 
 
-@pytest.mark.parametrize("layout,bound", [
-    (Layout("float16-round7"), 2e-3), (Layout("float16"), 5e-4), (Layout("int8"), 2e-2),
-    (Layout("float16-round7", 2), 2e-3), (Layout("float16-round7", 4), 2e-3), (Layout("int8", 2), 2e-2),
-])
+@pytest.mark.parametrize(
+    "layout,bound",
+    [
+        (Layout("float16-round7"), 2e-3),
+        (Layout("float16"), 5e-4),
+        (Layout("int8"), 2e-2),
+        (Layout("float16-round7", 2), 2e-3),
+        (Layout("float16-round7", 4), 2e-3),
+        (Layout("int8", 2), 2e-2),
+    ],
+)
 def test_round_trip_every_layout(tmp_path, layout, bound):
     with open_w(tmp_path / "s.zarr", layout=layout, part="w0") as w:
         xs = [write_video(w, i, n) for i, n in enumerate([5, 1, 7])]
     ds = store.open(tmp_path / "s.zarr")
     x = np.concatenate(xs)
-    ref = pool_spatial(x, layout.pool)           # pooled reference is the numpy block mean
+    ref = pool_spatial(x, layout.pool)  # pooled reference is the numpy block mean
     t, h, w_, c = SHAPE
     assert ds.tokens.shape == (13, t, h // layout.pool, w_ // layout.pool, c)
     assert ds.tokens.dtype == np.float32 and ds.embedding.dtype == np.float32
     got = ds.tokens.values
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= bound
     # bit-identical to the pure codec: the store adds no error of its own
-    np.testing.assert_array_equal(got, decode_tokens(encode_tokens(x, layout.dtype, layout.pool), layout.dtype))
+    np.testing.assert_array_equal(
+        got, decode_tokens(encode_tokens(x, layout.dtype, layout.pool), layout.dtype)
+    )
     np.testing.assert_array_equal(ds.embedding.values, x.mean(axis=(1, 2, 3)))
     idx = [12, 0, 6, 6, 3]
     np.testing.assert_array_equal(store.read_windows(ds, idx), got[idx])
-    np.testing.assert_array_equal(store.read_windows(ds, idx, var="embedding"), ds.embedding.values[idx])
+    np.testing.assert_array_equal(
+        store.read_windows(ds, idx, var="embedding"), ds.embedding.values[idx]
+    )
     assert ds.attrs["layout"] == layout.to_dict()
-    assert store.identity(ds) == {"encoder": ENCODER, "preprocessing": PREP, "layout": layout.to_dict()}
+    assert store.identity(ds) == {
+        "encoder": ENCODER,
+        "preprocessing": PREP,
+        "layout": layout.to_dict(),
+    }
 
 
 def test_dataset_names_and_selection(tmp_path):
@@ -98,10 +124,10 @@ def test_parts_merge_into_one_dataset(tmp_path):
     path = tmp_path / "s.zarr"
     with open_w(path, part="a") as wa, open_w(path, part="b") as wb:
         write_video(wa, 0, 3)
-        wb.record_failure(record(1), "decode error at frame 3")   # later done in part a
+        wb.record_failure(record(1), "decode error at frame 3")  # later done in part a
         write_video(wb, 2, 2)
         write_video(wa, 1, 4)
-        write_video(wb, 0, 3)                                       # duplicate of a's video 0
+        write_video(wb, 0, 3)  # duplicate of a's video 0
         assert wa.is_complete(record(2).sha256) and not wa.is_complete(record(5).sha256)
     ds = store.open(path)
     assert ds.attrs["parts"] == ["a", "b"]
@@ -110,7 +136,8 @@ def test_parts_merge_into_one_dataset(tmp_path):
     assert list(ds.video_first_window.values) == [0, 3, 7] and ds.sizes["window"] == 9
     assert list(ds.video.values) == [0] * 3 + [1] * 4 + [2] * 2
     np.testing.assert_array_equal(
-        ds.embedding.values[7:], activation_like(2, SHAPE, seed=2).mean(axis=(1, 2, 3)))
+        ds.embedding.values[7:], activation_like(2, SHAPE, seed=2).mean(axis=(1, 2, 3))
+    )
     rng = np.random.default_rng(0)
     idx = rng.permutation(9)
     np.testing.assert_array_equal(store.read_windows(ds, idx), ds.tokens.values[idx])
@@ -123,7 +150,7 @@ def test_failure_rows_are_updated_not_repeated(tmp_path):
         w.record_failure("/x/bad.mp4", "still not a video")
         vw = w.begin_video(record(3))
         vw.append(np.zeros((1, *SHAPE), np.float32) + 1, np.ones((1, 32), np.float32), 0, 1, 4, 0.0)
-        w.record_failure(record(3), "decoder crashed")        # discards the open video
+        w.record_failure(record(3), "decoder crashed")  # discards the open video
         with pytest.raises(StoreError, match="clip3.mp4"):
             vw.commit()
     ds = store.open(path)
@@ -137,14 +164,24 @@ def test_plain_zarr_and_xarray_read_every_array_of_a_part(tmp_path):
         x = write_video(w, 0, 5)
     group = zarr.open_group(path / "parts" / "w0", mode="r")
     arrays = dict(group.arrays())
-    assert set(arrays) == {"tokens", "token_scale", "channel_scale", "embedding", "video", "start_frame",
-                           "frame_step", "n_valid_frames", "start_time"}
+    assert set(arrays) == {
+        "tokens",
+        "token_scale",
+        "channel_scale",
+        "embedding",
+        "video",
+        "start_frame",
+        "frame_step",
+        "n_valid_frames",
+        "start_time",
+    }
     part = xr.open_zarr(path / "parts" / "w0", consolidated=False)
     for name in arrays:
         np.testing.assert_array_equal(part[name].values, arrays[name][:])
-    dequantised = part.tokens * part.token_scale * part.channel_scale     # by hand, as SPEC.md says
-    np.testing.assert_array_equal(dequantised.transpose(*store.open(path).tokens.dims).values,
-                                  store.open(path).tokens.values)
+    dequantised = part.tokens * part.token_scale * part.channel_scale  # by hand, as SPEC.md says
+    np.testing.assert_array_equal(
+        dequantised.transpose(*store.open(path).tokens.dims).values, store.open(path).tokens.values
+    )
     assert np.linalg.norm(dequantised.values - x) / np.linalg.norm(x) < 2e-2
     record_attr = group.attrs["ethoprism_part"]
     assert record_attr["n_windows"] == 5 and record_attr["videos"][0]["n_windows"] == 5
@@ -164,9 +201,15 @@ def test_identity_mismatch_names_each_field(tmp_path):
         open_w(path, layout=Layout("int8"))
     # comparing two opened stores the same way
     with pytest.raises(StoreIdentityError, match="layout.pool"):
-        store.check_same_identity(store.identity(store.open(path)),
-                                  {"encoder": ENCODER, "preprocessing": PREP, "layout": {"dtype": "float16-round7", "pool": 2}},
-                                  "store vs query")
+        store.check_same_identity(
+            store.identity(store.open(path)),
+            {
+                "encoder": ENCODER,
+                "preprocessing": PREP,
+                "layout": {"dtype": "float16-round7", "pool": 2},
+            },
+            "store vs query",
+        )
 
 
 def test_newer_schema_and_not_a_store_are_refused(tmp_path):
@@ -209,7 +252,9 @@ def test_bad_appends_are_refused_with_the_video_named(tmp_path):
 
 def test_read_windows_on_an_in_memory_dataset():
     tokens = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
-    ds = xr.Dataset({"tokens": (("window", "t", "c"), tokens)},
-                    coords={"start_frame": ("window", np.arange(5) * 8)})
+    ds = xr.Dataset(
+        {"tokens": (("window", "t", "c"), tokens)},
+        coords={"start_frame": ("window", np.arange(5) * 8)},
+    )
     np.testing.assert_array_equal(store.read_windows(ds, [4, 1, 1]), tokens[[4, 1, 1]])
     np.testing.assert_array_equal(store.read_windows(ds, np.array([-1]), var="start_frame"), [32])
