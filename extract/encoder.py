@@ -145,11 +145,19 @@ class SelfAttention(nn.Module):
         hd = d // self.num_heads
         q, k, v = (HeadProjection(self.num_heads, hd, self.dtype, name=n)(x) for n in ("query", "key", "value"))
         q = q * hd**-0.5  # after the bias, as the official code does
-        logits = _dot("...tnh,...snh->...nts", q, k, self.dtype)
+        # Head-major batched matmuls: XLA:CPU runs 'bnts,bnsh' far faster than 'bnts,bsnh'.
+        q, k, v = (a.swapaxes(-2, -3) for a in (q, k, v))
+        logits = _dot("...nth,...nsh->...nts", q, k, self.dtype)
         logits = self.logit_cap * jnp.tanh(logits / self.logit_cap)
         probs = jax.nn.softmax(logits, axis=-1)  # float32 whatever the matmul dtype
-        o = _dot("...nts,...snh->...tnh", probs, v, self.dtype)
+        o = _dot("...nts,...nsh->...nth", probs, v, self.dtype).swapaxes(-2, -3)
         return OutputProjection(d, self.dtype, name="post")(o)
+
+
+def gelu(x):
+    """Exact (erf) GELU. jax.nn.gelu(approximate=False) uses erfc(-x/sqrt 2), the same function up
+    to float32 rounding but ~7x slower on XLA:CPU, where it took a tenth of the encoder's time."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(np.sqrt(0.5))))
 
 
 class FeedForward(nn.Module):
@@ -161,7 +169,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = LayerNorm(name="layer_norm")(x)
-        h = nn.gelu(Linear(self.mlp_dim, self.dtype, name="ffn_layer1")(h), approximate=False)
+        h = gelu(Linear(self.mlp_dim, self.dtype, name="ffn_layer1")(h))
         return Linear(x.shape[-1], self.dtype, name="ffn_layer2")(h)
 
 
@@ -326,18 +334,24 @@ class Encoder:
                 "checkpoint_sha256": self.checkpoint_sha256, "dtype": self.dtype}
 
 
+def _example_frames(config: EncoderConfig) -> jax.ShapeDtypeStruct:
+    p = config.patch_size
+    return jax.ShapeDtypeStruct((1, 1, p, p, 3), jnp.float32)  # the variables do not depend on it
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(config: EncoderConfig):
+    return jax.jit(FactorizedEncoder(config).init)
+
+
 def init_params(config: EncoderConfig, seed: int = 0) -> dict:
     """The official initialisation: lecun_normal kernels and embeddings, zero LayerNorm and biases."""
-    frames = jnp.zeros((1, config.pos_emb_shape[0], config.patch_size * config.pos_emb_shape[1],
-                        config.patch_size * config.pos_emb_shape[2], 3), jnp.float32)
-    return jax.jit(FactorizedEncoder(config).init)(jax.random.key(seed), frames)
+    return _jitted_init(config)(jax.random.key(seed), jnp.zeros(_example_frames(config).shape, jnp.float32))
 
 
 def param_shapes(config: EncoderConfig) -> dict:
     """The variable tree's shapes and dtypes, computed without allocating or running anything."""
-    frames = jax.ShapeDtypeStruct((1, config.pos_emb_shape[0], config.patch_size * config.pos_emb_shape[1],
-                                   config.patch_size * config.pos_emb_shape[2], 3), jnp.float32)
-    return jax.eval_shape(FactorizedEncoder(config).init, jax.random.key(0), frames)
+    return jax.eval_shape(FactorizedEncoder(config).init, jax.random.key(0), _example_frames(config))
 
 
 def param_count(config: EncoderConfig) -> int:

@@ -1,0 +1,90 @@
+"""Encoder throughput against this machine's matmul peak, measured in the same run.
+
+FLOPs are counted analytically, 2*m*n*k for every matmul of the forward pass: the patch
+projection, the q/k/v/output projections and both MLP matmuls of every layer, and attention's
+score (q.k) and value (p.v) matmuls. LayerNorm, softmax, logit cap, GELU, biases and the
+positional-embedding resize are not counted (they are < 1% of the matmul FLOPs of the base model).
+
+The peak is the best rate of a jit-compiled float32 2048x2048 @ 2048x2048 `jnp.dot`. The machine
+may be shared, so each round times the peak and one encoder batch back to back and the ratio is
+taken per round; the summary gives the median over rounds (and the best round).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ethoprism.extract.encoder import EncoderConfig, get_config
+from ethoprism.extract.weights import load_encoder
+
+PEAK_SIZE = 2048
+
+
+def encoder_flops(config: EncoderConfig, num_frames: int, height: int, width: int) -> int:
+    """Matmul FLOPs of one window (one batch element) of `num_frames` x `height` x `width` frames."""
+    t, n = num_frames, (height // config.patch_size) * (width // config.patch_size)
+    d, f = config.model_dim, config.mlp_dim
+    tokens = t * n
+    per_layer = 2 * tokens * d * d * 4 + 2 * tokens * d * f * 2  # q, k, v, post; ffn in and out
+    spatial_attention = 2 * 2 * t * n * n * d  # per frame: scores and values over n tokens, all heads
+    temporal_attention = 2 * 2 * n * t * t * d
+    return (2 * tokens * config.patch_size**2 * 3 * d
+            + config.num_spatial_layers * (per_layer + spatial_attention)
+            + config.num_temporal_layers * (per_layer + temporal_attention))
+
+
+def _seconds(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def matmul_peak(reps: int = 5) -> float:
+    """GFLOP/s of the best of `reps` float32 square matmuls (compiled and warmed up first)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((PEAK_SIZE, PEAK_SIZE), np.float32))
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, a))
+    return 2 * PEAK_SIZE**3 / min(_seconds(dot, a, a) for _ in range(reps)) / 1e9
+
+
+def bench_encoder(model: str = "videoprism-b", batch: int = 1, dtype: str = "float32",
+                  rounds: int = 3) -> dict:
+    """Compile, warm up, then `rounds` x (matmul peak, one encoder batch) at the trained input shape.
+
+    Weights are the seeded random init: speed does not depend on their values.
+    """
+    config = get_config(model)
+    encoder = load_encoder(model, checkpoint="random", dtype=dtype)
+    shape = (batch, config.num_frames, config.image_size, config.image_size, 3)
+    frames = jnp.asarray(np.random.default_rng(0).random(shape, np.float32))
+    flops = batch * encoder_flops(config, *shape[1:4])
+
+    compile_s = _seconds(encoder, frames)  # compiles and runs once
+    warmup_s = _seconds(encoder, frames)
+    per_round = []
+    for _ in range(rounds):
+        peak = matmul_peak()
+        seconds = _seconds(encoder, frames)
+        per_round.append({"seconds": seconds, "windows_per_s": batch / seconds,
+                          "gflops": flops / seconds / 1e9, "peak_gflops": peak,
+                          "ratio": flops / seconds / 1e9 / peak})
+
+    def median(key):
+        return statistics.median(r[key] for r in per_round)
+
+    return {
+        "model": model, "dtype": dtype, "batch": batch, "input_shape": list(shape),
+        "gflop_per_window": flops / batch / 1e9, "compile_s": compile_s - warmup_s, "warmup_s": warmup_s,
+        "windows_per_s": median("windows_per_s"), "gflops": median("gflops"),
+        "peak_gflops": median("peak_gflops"), "ratio": median("ratio"),
+        "best_ratio": max(r["ratio"] for r in per_round), "rounds": per_round,
+        "devices": [str(d) for d in jax.devices()],
+        "flops": "analytic: 2*m*n*k per matmul (patch projection, q/k/v/post, MLP, attention scores "
+                 "and values); elementwise ops not counted",
+        "peak": f"best of 5 jit-compiled float32 {PEAK_SIZE}x{PEAK_SIZE} jnp.dot, measured each round",
+    }
