@@ -96,3 +96,21 @@ def test_head_refused_on_a_store_with_another_encoder(real_store, tmp_path):
     same = fake_store(VIDEOS, tokens_fn=planted_tokens)
     same.attrs["layout"] = {"dtype": "int8", "pool": 1}
     jobs.predict_store(same, summary["heads"][0]["dir"], tmp_path / "p", videos=["v0.mp4"])
+
+
+def test_multi_label_training(real_store, tmp_path):
+    path, labels = real_store
+    # a second behaviour overlapping the first: "tail" over the first half of every bout
+    rows = labels.read_text().splitlines()
+    extra = []
+    for line in rows[1:]:
+        v, s, e = line.split(",")[:3]
+        extra.append(f"{v},{s},{min(int(s) + SEGMENT // 2, int(e))},2,tail")
+    multi = tmp_path / "multi.csv"
+    multi.write_text("\n".join(rows + extra) + "\n")
+    summary = jobs.train_probe(path, multi, tmp_path / "m", head="linear", multi_label=True, align="any",
+                               learning_rates=(3e-2,), epochs=4, batch_size=16, dropout=0.0)
+    assert summary["classes"] == ["none", "run", "sit", "tail"]
+    test = summary["heads"][0]["test"]
+    assert test["average_precision"]["run"] > 0.8 and test["average_precision"]["sit"] > 0.8
+    assert load_head(summary["heads"][0]["dir"]).multi_label
