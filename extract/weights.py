@@ -111,9 +111,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             for key in npz.files:
                 try:
                     arrays[key] = npz[key]
-                except ValueError:  # object arrays are pickles inside the archive
-                    raise CheckpointError(f"checkpoint {path}: key {key} holds pickled objects; refusing "
-                                          "to unpickle it (expected a float array)") from None
+                except ValueError as e:
+                    if "allow_pickle" in str(e):  # an object array: a pickle inside the archive
+                        raise CheckpointError(f"checkpoint {path}: key {key} holds pickled objects; "
+                                              "refusing to unpickle it (expected a float array)") from None
+                    raise CheckpointError(f"checkpoint {path}: key {key} is not a readable array: {e}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise CheckpointError(f"checkpoint {path} is a damaged npz archive: {e}") from None
     return arrays
