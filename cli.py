@@ -645,3 +645,60 @@ def bench_probe(
                   f"(target <= 1.3); with 1 head {r['store_vs_memory_one_head']:.2f}x", highlight=False)
     console.print(f"MAP training: {r['windows_per_s_one_head']:.1f} windows/s for 1 head, "
                   f"{r['head_windows_per_s_many']:.1f} head-windows/s for {r['heads']}", highlight=False)
+
+
+# --- encoder models ---------------------------------------------------------------------------
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the encoder configs and whether their weights are on this machine (no network)."""
+    from ethoprism.extract.weights import list_models
+
+    rows = list_models()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table()
+    for col in ("model", "frames", "image", "dim", "layers (s+t)", "params", "weights"):
+        table.add_column(col)
+    for r in rows:
+        where = r["weights"] or (f"not cached: {r['hf_repo']}/{r['hf_filename']}" if r["hf_repo"]
+                                 else "none published (checkpoint=PATH or random)")
+        table.add_row(r["name"], str(r["frames"]), f"{r['image_size']}px", str(r["model_dim"]),
+                      f"{r['spatial_layers']}+{r['temporal_layers']}", f"{r['params'] / 1e6:.1f}M", where)
+    console.print(table)
+
+
+@bench_app.command("encoder")
+def bench_encoder(
+    model: Annotated[str, typer.Option(help="Encoder config.")] = "videoprism-b",
+    batch: Annotated[int, typer.Option(help="Windows per call.")] = 1,
+    dtype: Annotated[str, typer.Option(help="Matmul dtype: float32 | bfloat16.")] = "float32",
+    rounds: Annotated[int, typer.Option(help="Timed rounds, each a matmul-peak measurement then one batch.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Encoder windows/s and GFLOP/s against this machine's float32 matmul peak, measured in the
+    same run. FLOPs are counted analytically: 2*m*n*k per matmul (projections, MLP, attention
+    scores and values); the peak is the best jit-compiled 2048^3 jnp.dot of each round."""
+    from ethoprism.extract.bench import bench_encoder as run_bench
+
+    try:
+        r = run_bench(model=model, batch=batch, dtype=dtype, rounds=rounds)
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    console.print(f"bench encoder: {r['model']} {r['dtype']}, input {tuple(r['input_shape'])}, "
+                  f"{r['gflop_per_window']:.1f} GFLOP per window ({r['flops']})", highlight=False)
+    for i, x in enumerate(r["rounds"]):
+        console.print(f"round {i + 1}: {x['windows_per_s']:.4f} windows/s, {x['gflops']:.1f} GFLOP/s, "
+                      f"matmul peak {x['peak_gflops']:.1f} GFLOP/s, ratio {x['ratio']:.2f}", highlight=False)
+    console.print(f"median: {r['windows_per_s']:.4f} windows/s, {r['gflops']:.1f} GFLOP/s = "
+                  f"{r['ratio']:.0%} of the measured matmul peak {r['peak_gflops']:.1f} GFLOP/s "
+                  f"(best round {r['best_ratio']:.0%}; target >= 60%)", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

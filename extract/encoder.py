@@ -62,6 +62,12 @@ def get_config(name: str) -> EncoderConfig:
     return CONFIGS[name]
 
 
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise EthoprismError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return dtype
+
+
 # --------------------------------------------------------------------------------------- layers
 
 
@@ -314,8 +320,7 @@ class Encoder:
     checkpoint_sha256: str  # of the checkpoint file, or "random-init-seed-0"
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise EthoprismError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        check_dtype(self.dtype)
 
     def __call__(self, frames) -> EncoderOutput:
         return _jitted_apply(self.config, self.dtype)[1](self.params, frames)

@@ -18,7 +18,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.encoder import Encoder, EncoderConfig, get_config, init_params, param_shapes
+from ethoprism.extract.encoder import (CONFIGS, Encoder, EncoderConfig, check_dtype, get_config, init_params,
+                                      param_count, param_shapes)
 
 ENV_VAR = "ETHOPRISM_CHECKPOINT"
 RANDOM = "random"
@@ -36,7 +37,7 @@ def load_encoder(name: str, checkpoint: str | os.PathLike | None = None, dtype: 
     from the Hugging Face hub (cached by huggingface_hub, downloaded on first use);
     "random" -> the official initialisation with seed 0 (for demos and tests without weights).
     """
-    config = get_config(name)
+    config, dtype = get_config(name), check_dtype(dtype)
     if checkpoint is None and os.environ.get(ENV_VAR):
         checkpoint = os.environ[ENV_VAR]
         if not Path(checkpoint).expanduser().is_file():
@@ -141,3 +142,11 @@ def load_checkpoint(path: str | os.PathLike, config: EncoderConfig) -> dict:
         raise CheckpointError(f"checkpoint {path} does not match {config.name}: {shown}")
     # jnp.asarray copies: the official code mutates numpy params in place (spec §7).
     return unflatten_dict({tuple(k.split("/")): jnp.asarray(a, jnp.float32) for k, a in arrays.items()})
+
+
+def list_models() -> list[dict]:
+    """Each encoder config with its size and where its weights are, if they are on this machine."""
+    return [{"name": c.name, "frames": c.num_frames, "image_size": c.image_size, "model_dim": c.model_dim,
+             "spatial_layers": c.num_spatial_layers, "temporal_layers": c.num_temporal_layers,
+             "params": param_count(c), "hf_repo": c.hf_repo, "hf_filename": c.hf_filename,
+             "weights": weights_available(c.name)} for c in CONFIGS.values()]
