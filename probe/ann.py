@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 from ethoprism import store
-from ethoprism.probe.retrieval import Neighbours, RetrievalError, exact_search
+from ethoprism.probe.retrieval import Neighbours, RetrievalError, TopK, read_blocks
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
@@ -78,32 +78,33 @@ def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False))
 
 
-def read_rows(emb, rows, block_rows: int = 65536) -> np.ndarray:
-    """emb[rows] (rows sorted) by one sequential pass over the blocks that hold them."""
-    out = []
-    for i0 in range(0, emb.shape[0], block_rows):
-        want = rows[(rows >= i0) & (rows < i0 + block_rows)]
-        if len(want):
-            block = emb[i0:i0 + block_rows]
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block, np.float32)
-            out.append(block[want - i0])
-    return np.concatenate(out) if out else np.zeros((0, emb.shape[1]), np.float32)
+def read_rows(ds, rows) -> np.ndarray:
+    """Embeddings of the given sorted rows of a store: per-window reads when they are few, one
+    pass over the blocks holding them when they are many."""
+    n = ds.sizes["window"]
+    if 8 * len(rows) < n:
+        return np.ascontiguousarray(store.read_windows(ds, rows, var="embedding"), np.float32)
+    wanted = np.zeros(n, bool)
+    wanted[rows] = True
+    return np.concatenate([block[wanted[i0:i0 + len(block)]] for i0, block in read_blocks(ds, mask=wanted)])
 
 
-def build_ivf(emb, sample, nlist: int, *, block_rows: int = 65536, seed: int = 0) -> faiss.IndexIVFFlat:
-    """An IVF-Flat index over the rows of `emb` (n, D; numpy or dask), ids = row numbers.
+def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss.IndexIVFFlat:
+    """An IVF-Flat index over the rows of `emb` (a store dataset or an (n, D) array), ids = rows.
 
     The coarse quantiser is trained on `sample` (rows of emb, see training_rows); rows are added
     one block at a time, so only the index itself (which holds the vectors) must fit in memory.
+    on_block(first_row, block) sees every block as it is added (to measure recall in the same pass).
     """
-    n, dim = emb.shape
     sample = np.ascontiguousarray(sample, np.float32)
+    dim = sample.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
     index.cp.seed = seed
     index.train(sample)
-    for i0 in range(0, n, block_rows):
-        block = emb[i0:i0 + block_rows]
-        index.add(np.ascontiguousarray(block.compute() if hasattr(block, "compute") else block, np.float32))
+    for i0, block in read_blocks(emb):
+        index.add(np.ascontiguousarray(block))
+        if on_block is not None:
+            on_block(i0, block)
     return index
 
 
@@ -183,18 +184,19 @@ def build_index(store_path, *, nlist: int | None = None, recall_queries: int = R
     t0 = time.perf_counter()
     out = index_dir(store_path)
     ds = store.open(os.fspath(store_path))
-    emb = ds["embedding"].data
-    n, dim = emb.shape
+    n, dim = ds["embedding"].shape
     if n == 0:
         raise AnnError(f"{store_path} holds no windows to index")
     nlist = nlist or default_nlist(n)
-    sample = read_rows(emb, training_rows(n, nlist, seed))
-    index = build_ivf(emb, sample, nlist, seed=seed)
     rng = np.random.default_rng(seed + 1)
     probe_rows = np.sort(rng.choice(n, min(n, recall_queries), replace=False))
-    queries = read_rows(emb, probe_rows)
-    # each sampled window excludes itself, as a held-out query would
-    truth = exact_search(queries, ds, 10, index_groups=np.arange(n), query_groups=probe_rows).windows
+    queries = read_rows(ds, probe_rows)
+    # exact neighbours of the sampled windows (each excluding itself, as a held-out query would),
+    # found in the same pass over the store that fills the index
+    exact = TopK(queries, 10, query_groups=probe_rows)
+    index = build_ivf(ds, read_rows(ds, training_rows(n, nlist, seed)), nlist, seed=seed,
+                      on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))))
+    truth = exact.result().windows
     nprobe, recall = tune_nprobe(index, queries, truth, 10, target_recall, exclude=probe_rows)
     info = AnnInfo("IVFFlat", nlist, nprobe, n, dim, recall, len(probe_rows), videos_fingerprint(ds),
                    store.identity(ds), round(time.perf_counter() - t0, 3))

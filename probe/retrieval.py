@@ -140,6 +140,20 @@ def _block_rows(dim, block_rows):
     return block_rows or max(1024, BLOCK_BYTES // (4 * max(dim, 1)))
 
 
+def read_blocks(index, block_rows=None, mask=None):
+    """Yield (first row, block (b, D) float32) over the index's embeddings, skipping blocks with
+    no row in `mask`; the next block is read while the caller works on this one."""
+    emb = _embedding(index)
+    spans = list(_blocks(emb.shape[0], _block_rows(emb.shape[1], block_rows), mask))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_read, emb, *spans[0]) if spans else None
+        for j, (i0, _) in enumerate(spans):
+            block = pending.result()
+            if j + 1 < len(spans):
+                pending = pool.submit(_read, emb, *spans[j + 1])
+            yield i0, block
+
+
 def _search_block(queries, block, i0, k, mask=None, row_groups=None, query_groups=None, state=None):
     """Update (or start) the top-k of `queries` with index rows i0.. held in `block`."""
     ids = np.arange(i0, i0 + len(block))
@@ -156,6 +170,33 @@ def _search_block(queries, block, i0, k, mask=None, row_groups=None, query_group
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
+class TopK:
+    """The running k nearest index rows of a set of queries, fed the index one block at a time.
+
+    query_groups (q,): a query never takes a row whose group (row_groups given to `add`) is its own.
+    """
+
+    def __init__(self, queries, k, query_groups=None):
+        self.queries = np.atleast_2d(np.asarray(queries, np.float32))
+        self.k = k
+        self.query_groups = None if query_groups is None else np.asarray(query_groups, np.int64)
+        self.state = _empty(len(self.queries), k)
+
+    def add(self, block, first_row, mask=None, row_groups=None) -> None:
+        """Index rows first_row.. (only those in `mask`, a bool per block row)."""
+        self.state = _search_block(self.queries, block, first_row, self.k, mask, row_groups,
+                                   self.query_groups, self.state)
+
+    def merge(self, state) -> None:
+        """Fold in another (d2, ids) top-k of the same queries (from a worker)."""
+        d2, ids = state
+        rows = np.repeat(np.arange(len(d2)), d2.shape[1])
+        self.state = merge(self.state, rows, d2.ravel(), ids.ravel(), self.k)
+
+    def result(self) -> Neighbours:
+        return _finish(self.state)
+
+
 def exact_search(queries, index, k=10, *, mask=None, index_groups=None, query_groups=None,
                  block_rows=None, scheduler=None) -> Neighbours:
     """The k nearest index rows of each query by L2 distance, exactly.
@@ -167,38 +208,28 @@ def exact_search(queries, index, k=10, *, mask=None, index_groups=None, query_gr
     task on the cluster and the per-block top-k are merged here.
     """
     emb = _embedding(index)
-    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    top = TopK(queries, k, query_groups)
     n, dim = emb.shape
-    if queries.shape[1] != dim:
-        raise RetrievalError(f"queries have {queries.shape[1]} dimensions, the index has {dim}")
+    if top.queries.shape[1] != dim:
+        raise RetrievalError(f"queries have {top.queries.shape[1]} dimensions, the index has {dim}")
     if k < 1:
         raise RetrievalError(f"k must be at least 1, got {k}")
-    if mask is not None:
-        mask = np.asarray(mask, bool)
-    if query_groups is not None:
-        query_groups = np.asarray(query_groups, np.int64)
-        index_groups = np.asarray(index_groups, np.int64)
-    blocks = list(_blocks(n, _block_rows(dim, block_rows), mask))
+    mask = None if mask is None else np.asarray(mask, bool)
+    index_groups = None if query_groups is None else np.asarray(index_groups, np.int64)
 
     def part(rows, i0, i1):
         return None if rows is None else rows[i0:i1]
 
     if scheduler is not None:
-        return _distributed_search(queries, emb, k, blocks, mask, index_groups, query_groups, scheduler)
-    state = _empty(len(queries), k)
-    # the next block is read while this one is multiplied
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_read, emb, *blocks[0]) if blocks else None
-        for j, (i0, i1) in enumerate(blocks):
-            block = pending.result()
-            if j + 1 < len(blocks):
-                pending = pool.submit(_read, emb, *blocks[j + 1])
-            state = _search_block(queries, block, i0, k, part(mask, i0, i1),
-                                  part(index_groups, i0, i1), query_groups, state)
-    return _finish(state)
+        blocks = list(_blocks(n, _block_rows(dim, block_rows), mask))
+        return _distributed_search(top, emb, blocks, mask, index_groups, scheduler)
+    for i0, block in read_blocks(emb, block_rows, mask):
+        i1 = i0 + len(block)
+        top.add(block, i0, part(mask, i0, i1), part(index_groups, i0, i1))
+    return top.result()
 
 
-def _distributed_search(queries, emb, k, blocks, mask, index_groups, query_groups, address):
+def _distributed_search(top, emb, blocks, mask, index_groups, address):
     import dask
     from dask.distributed import Client, as_completed
 
@@ -207,22 +238,19 @@ def _distributed_search(queries, emb, k, blocks, mask, index_groups, query_group
     except (OSError, TimeoutError) as e:
         raise RetrievalError(f"cannot reach the Dask scheduler at {address}: {e}") from None
     with client:
-        q = dask.delayed(queries, pure=True)  # one key, shipped once, shared by all tasks
+        q = dask.delayed(top.queries, pure=True)  # one key, shipped once, shared by all tasks
         tasks = []
         for i0, i1 in blocks:
             # a dask-backed store slice is read by the worker that runs the task
             tasks.append(dask.delayed(_search_block)(
-                q, emb[i0:i1], i0, k,
+                q, emb[i0:i1], i0, top.k,
                 None if mask is None else mask[i0:i1],
                 None if index_groups is None else index_groups[i0:i1],
-                query_groups))
-        state = _empty(len(queries), k)
+                top.query_groups))
         for future in as_completed(client.compute(tasks), loop=client.loop):
-            d2, ids = future.result()
-            rows = np.repeat(np.arange(len(queries)), k)
-            state = merge(state, rows, d2.ravel(), ids.ravel(), k)
+            top.merge(future.result())
             future.release()
-    return _finish(state)
+    return top.result()
 
 
 # ------------------------------------------------------------------- moments, windows, selections
