@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 
 # The main job: extract the bundled camera-trap clips, train a head on their labels, write the ethogram.
 run: setup
-	$(BIN)/ethoprism models
+	$(BIN)/ethoprism demo --out $(OUT)
 
 test: setup
 	$(BIN)/pytest -q

@@ -702,3 +702,50 @@ def bench_encoder(
 
 if __name__ == "__main__":
     app()
+
+
+# --- the main job -----------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for the store, the head, ethograms and metrics.")] = "out",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Extract the bundled MammAlps clips, train a MAP head on their labels, write ethograms.
+
+    Uses VideoPrism-B when its weights are on this machine (see `ethoprism models`), else the
+    tiny encoder with random weights, which runs everything but learns nothing meaningful.
+    """
+    from ethoprism.pipeline.demo import choose_encoder, run_demo
+    from ethoprism.pipeline.progress import RichReporter
+
+    choice = choose_encoder()
+    if not choice.real:
+        err_console.print(
+            "[bold yellow]No VideoPrism weights on this machine: using the TINY encoder with RANDOM "
+            "weights.[/] The pipeline runs end to end, but the features and metrics mean nothing. "
+            "See README 'Getting the VideoPrism weights'.", highlight=False)
+    reporter = None if as_json else RichReporter(console=err_console)
+    try:
+        result = run_demo(out, reporter=reporter)
+    except EthoprismError as e:
+        raise fail(e) from None
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    if as_json:
+        print_json(result)
+        return
+    m = result["metrics"]
+    table = Table(title="ethoprism demo", show_header=False)
+    table.add_row("encoder", f"{choice.model} ({'official weights' if choice.real else 'RANDOM weights'})")
+    table.add_row("store", f"{result['store']}: {result['extraction']['windows']} windows")
+    table.add_row("head", result["head"])
+    table.add_row("classes", ", ".join(result["classes"]))
+    for e in result["ethograms"]:
+        table.add_row("ethogram", f"{e['csv']}  {e['png']}")
+    table.add_row("metrics (training videos)",
+                  f"mAP {m['mAP']:.3f}, accuracy {m['accuracy']:.3f}, macro accuracy {m['macro_accuracy']:.3f}")
+    table.add_row("confusion matrix", m["confusion_png"])
+    console.print(table)
