@@ -55,8 +55,11 @@ def test_build_index_then_approximate_query(archive):
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["n_windows"] == 180
     exact = runner.invoke(app, ["retrieve", "query", str(archive), "--window", "7", "--json"])
-    approx = runner.invoke(app, ["retrieve", "query", str(archive), "--window", "7", "--approx", "--json"])
+    sheet = archive.parent / "sheet.png"
+    approx = runner.invoke(app, ["retrieve", "query", str(archive), "--window", "7", "--approx", "--json",
+                                 "--sheet", str(sheet)])
     assert approx.exit_code == 0, approx.output
+    assert sheet.stat().st_size > 1000  # drawn with placeholders: the test store's videos do not exist
     ids = [r["window"] for r in json.loads(approx.stdout)]
     assert ids[0] == 7 and len(set(ids) & {r["window"] for r in json.loads(exact.stdout)}) >= 8
 

@@ -86,3 +86,20 @@ def test_evaluate_stores_splits_labelled_videos(tmp_path):
     report = hitk.evaluate_stores(str(path), str(tmp_path / "labels.csv"), split=str(tmp_path / "split.csv"))
     assert report.mean_hit[1] == 1.0 and set(report.classes) == {"walk", "eat"}
     assert report.n_index == 20 and report.n_queries == 10
+
+
+def test_evaluate_stores_with_a_separate_index_store(tmp_path):
+    rng = np.random.default_rng(3)
+    centre = {"walk": rng.normal(size=8) * 5, "eat": rng.normal(size=8) * 5}
+
+    def video():
+        return np.stack([centre["walk" if i < 5 else "eat"] + rng.normal(size=8) * 0.1 for i in range(10)])
+
+    write_store(tmp_path / "train.zarr", {"/videos/a.mp4": video(), "/videos/b.mp4": video()})
+    write_store(tmp_path / "test.zarr", {"/videos/c.mp4": video()})
+    (tmp_path / "labels.csv").write_text("video,start_frame,end_frame,action\n"
+                                         + "".join(f"{n}.mp4,0,46,walk\n{n}.mp4,47,87,eat\n" for n in "abc"))
+    report = hitk.evaluate_stores(str(tmp_path / "test.zarr"), str(tmp_path / "labels.csv"),
+                                  index_store=str(tmp_path / "train.zarr"), ks=(1,))
+    assert report.mean_hit == {1: 1.0} and report.n_index == 20 and report.n_queries == 10
+    assert report.random[1] == pytest.approx(0.5)
