@@ -296,6 +296,14 @@ def read_pool() -> ThreadPoolExecutor:
     return _pool
 
 
+def _forget_pool_after_fork() -> None:
+    global _pool
+    _pool = None  # its threads do not exist in a forked child: submitting there would hang
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     """ds[var] at the given window positions as numpy, fast for random minibatches.
 

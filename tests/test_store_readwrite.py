@@ -258,3 +258,18 @@ def test_read_windows_on_an_in_memory_dataset():
     )
     np.testing.assert_array_equal(store.read_windows(ds, [4, 1, 1]), tokens[[4, 1, 1]])
     np.testing.assert_array_equal(store.read_windows(ds, np.array([-1]), var="start_frame"), [32])
+
+
+def test_reading_works_in_a_forked_child(tmp_path):
+    """The reader's thread pool is rebuilt after fork (forked loaders, e.g. torch/dask workers)."""
+    import multiprocessing
+
+    path = tmp_path / "s.zarr"
+    with open_w(path, part="w") as w:
+        write_video(w, 0, 4)
+    ds = store.open(path)
+    want = store.read_windows(ds, [3, 1])  # the parent's pool now has threads
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(store.read_windows, (ds, [3, 1])).get(timeout=60)
+    np.testing.assert_array_equal(got, want)
