@@ -432,7 +432,7 @@ def retrieve_eval(
     table.add_row("mean", *[f"{r.mean_hit[k]:.3f} ± {r.std_hit[k]:.3f}" for k in r.ks])
     table.add_row("random", *[f"{r.random[k]:.3f}" for k in r.ks])
     for name, per in r.per_class.items():
-        table.add_row(f"  {name}", *[f"{per[k]:.3f}" for k in r.ks])
+        table.add_row(f"  {name} ({r.index_count[name]} in index)", *[f"{per[k]:.3f}" for k in r.ks])
     console.print(table)
 
 

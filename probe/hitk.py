@@ -84,6 +84,7 @@ class HitReport:
     mean_hit: dict[int, float]  # mean Hit@K, averaged over runs
     std_hit: dict[int, float]  # its standard deviation over runs
     per_class: dict[str, dict[int, float]]  # Hit@K of each class, averaged over runs
+    index_count: dict[str, int]  # index windows of each scored class (0: it can never be hit)
     random: dict[int, float]  # closed-form random-retrieval mean Hit@K
     n_queries: int  # non-background labelled query windows
     n_queries_per_run: int
@@ -141,6 +142,7 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
         mean_hit={k: float(m) for k, m in zip(ks, means.mean(0))},
         std_hit={k: float(s) for k, s in zip(ks, means.std(0))},
         per_class=per_class,
+        index_count={class_names[c]: int((index_labels == c).sum()) for c in classes},
         random=random_hit_at_k(query_labels[scored], index_labels, ks, background),
         n_queries=len(scored), n_queries_per_run=per_run, n_index=int(in_index.sum()),
         runs=runs, fraction=fraction,

@@ -27,7 +27,7 @@ def test_evaluate_searches_and_scores_by_hand():
                            ks=(1, 2))
     assert report.mean_hit == {1: 0.75, 2: 1.0}
     assert report.per_class == {"a": {1: 0.5, 2: 1.0}, "b": {1: 1.0, 2: 1.0}}
-    assert report.n_queries == 3 and report.n_index == 6
+    assert report.n_queries == 3 and report.n_index == 6 and report.index_count == {"a": 2, "b": 2}
     n = 6
     assert report.random[1] == pytest.approx(np.mean([1 - comb(n - 2, 1) / comb(n, 1), 1 - comb(n - 2, 1) / comb(n, 1)]))
 
