@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from ethoprism.probe import labels as label_io
-from ethoprism.probe.hitk import window_classes
+from ethoprism.probe.hitk import table_for_store
 from ethoprism.probe.retrieval import Neighbours, Query, QueryResult, middle_frame
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
@@ -87,7 +87,7 @@ def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_resu
             if label:
                 title += f"\n[{label}]"
                 if q_label:
-                    colour = "green" if label == q_label else "red"
+                    colour = "green" if set(label.split("/")) & set(q_label.split("/")) else "red"
             _tile(ax, path, seconds, title, colour)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
@@ -95,16 +95,26 @@ def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_resu
     return os.fspath(out_path)
 
 
+def window_captions(ds, table) -> np.ndarray:
+    """(n_windows,) every label of each window's centre frame joined by "/", "" where unlabelled."""
+    out = np.full(ds.sizes["window"], "", dtype=object)
+    table = table_for_store(ds, table)
+    if table.segments:
+        aligned = label_io.align(ds, table, multi_label=True)
+        for w, target in zip(aligned.window, aligned.target):
+            out[w] = "/".join(c for c, on in zip(aligned.classes, target) if on)
+    return out
+
+
 def sheet_for(result: QueryResult, out_path, *, n_results: int = 3, labels: str | None = None,
               column: str = "action", background: str = "none") -> str:
-    """The contact sheet of a query result, labelled from a label file when one is given."""
+    """The contact sheet of a query result, captioned from a label file when one is given."""
     query_labels = index_labels = None
     if labels:
         table = label_io.read_labels(labels, column=column, background=background)
-        names = np.array(["", *table.classes], dtype=object)  # index -1 (unlabelled) -> ""
-        index_labels = names[window_classes(result.index, table, table.classes) + 1]
+        index_labels = window_captions(result.index, table)
         if result.query_ds is not None:
-            q = names[window_classes(result.query_ds, table, table.classes) + 1]
-            query_labels = [q[w] or None for w in result.query.windows]
+            captions = window_captions(result.query_ds, table)
+            query_labels = [captions[w] or None for w in result.query.windows]
     return contact_sheet(out_path, result.index, result.query, result.found, n_results=n_results,
                          query_labels=query_labels, index_labels=index_labels)

@@ -152,13 +152,18 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
 # ------------------------------------------------------------------ from stores and label files
 
 
-def window_classes(ds, table, classes: tuple[str, ...], how: str = "centre") -> np.ndarray:
-    """(n_windows,) class index into `classes` of every window of `ds`, -1 where unlabelled."""
+def table_for_store(ds, table):
+    """The label table's rows for the videos of `ds`, and only the classes those rows carry
+    (alignment refuses a class without windows)."""
     mine = {os.path.basename(str(p)) for p in ds["video_path"].values}
     segments = tuple(s for s in table.segments if s.video in mine)
-    # only the classes this store's videos carry, or alignment would find the others empty
-    table = dataclasses.replace(table, segments=segments,
-                                classes=(table.background, *sorted({lab for s in segments for lab in s.labels})))
+    return dataclasses.replace(table, segments=segments,
+                               classes=(table.background, *sorted({lab for s in segments for lab in s.labels})))
+
+
+def window_classes(ds, table, classes: tuple[str, ...], how: str = "centre") -> np.ndarray:
+    """(n_windows,) class index into `classes` of every window of `ds`, -1 where unlabelled."""
+    table = table_for_store(ds, table)
     out = np.full(ds.sizes["window"], -1, np.int64)
     if not table.segments:
         return out
