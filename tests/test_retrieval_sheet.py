@@ -44,3 +44,19 @@ def test_sheet_has_a_row_per_query_and_a_placeholder_for_a_missing_video(tmp_pat
     gone = retrieval.query_windows(ds, [33])
     out = contact_sheet(tmp_path / "gone.png", ds, gone, retrieval.search(ds, gone, 2))
     assert Path(out).stat().st_size > 1000
+
+
+def test_captions_join_overlapping_labels_of_the_centre_frame(tmp_path):
+    from ethoprism.probe.contact_sheet import sheet_for, window_captions
+    from ethoprism.probe.labels import read_labels
+
+    rng = np.random.default_rng(1)
+    write_store(tmp_path / "s.zarr", {DEER: rng.normal(size=(20, 8)), WOLF: rng.normal(size=(5, 8))})
+    (tmp_path / "labels.csv").write_text(f"video,start_frame,end_frame,action\n{Path(DEER).name},0,40,graze\n"
+                                         f"{Path(DEER).name},30,60,walk\n")
+    result = retrieval.run_query(str(tmp_path / "s.zarr"), windows=[3], k=2)
+    captions = window_captions(result.index, read_labels(tmp_path / "labels.csv"))
+    # window i's centre frame is 8 i + 7: window 0 -> 7, 3 -> 31, 5 -> 47, 7 -> 63; WOLF is unlabelled
+    assert list(captions[[0, 3, 5, 7, 20]]) == ["graze", "graze/walk", "walk", "none", ""]
+    out = sheet_for(result, tmp_path / "sheet.png", n_results=2, labels=str(tmp_path / "labels.csv"))
+    assert Path(out).stat().st_size > 1000
