@@ -483,6 +483,8 @@ def run_query(index_store: str, *, query: Query | None = None, query_store: str 
               storage_options: dict | None = None) -> QueryResult:
     """`ethoprism retrieve query`: resolve moments / windows in `query_store` (default: the index
     store), or take a ready `query`, and search `index_store` exactly or with its saved ANN index."""
+    if approx and scheduler:
+        raise RetrievalError("--approx searches the saved index in this process; --scheduler is for exact search")
     index_ds = store.open(index_store, storage_options)
     qds = None
     if query is None:
