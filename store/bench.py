@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
-from ethoprism.store.schema import Layout, VideoRecord
+from ethoprism.store.schema import Layout, StoreError, VideoRecord
 from ethoprism.store.validate import info
 from ethoprism.store.writer import open_writer
 
@@ -132,7 +132,8 @@ def _bench_reads(path: Path, windows: int) -> dict:
     in_memory = tokens_arr[:]  # the same windows, as stored, in RAM
     rng = np.random.default_rng(0)
     batches = [np.sort(rng.choice(windows, BATCH, replace=False)) for _ in range(8)]
-    assert np.array_equal(read_windows(ds, batches[0]), in_memory[batches[0]].astype(np.float32))
+    if not np.array_equal(read_windows(ds, batches[0]), in_memory[batches[0]].astype(np.float32)):
+        raise StoreError(f"{path}: read_windows disagrees with the stored array")
     reader_s = _time_reads(lambda idx: read_windows(ds, idx), batches)
     memory_s = _time_reads(lambda idx: in_memory[idx].astype(np.float32), batches)
     oindex_s = _time_reads(lambda idx: tokens_arr.oindex[idx].astype(np.float32), batches[:3])
