@@ -188,16 +188,17 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     }
     attrs.update(source=handle.source, parts=[p.name for p in handle.parts])
 
-    row_of = {(row["part"], row["row"]): i for i, row in enumerate(rows)}
+    # part-local video row -> row of the merged table (-1: dropped by the merge)
+    row_of = [np.full(len(part.state["videos"]), -1, dtype=np.int64) for part in handle.parts]
+    for i, row in enumerate(rows):
+        row_of[row["part"]][row["row"]] = i
     coords, stored = {name: [] for name in WINDOW_COORDS}, {}
     part_idx, part_window = [], []
     for p, start, stop in runs:
         arrays = handle.parts[p].arrays
         for name in WINDOW_COORDS:
             coords[name].append(arrays[name][start:stop])
-        coords["video"][-1] = np.array(
-            [row_of[(p, int(r))] for r in coords["video"][-1]], dtype=np.int64
-        )
+        coords["video"][-1] = row_of[p][coords["video"][-1]]
         for name in token_arrays(handle.layout.dtype) + ("embedding",):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
