@@ -38,6 +38,7 @@ from ethoprism.probe.heads import HeadConfig, make_head
 Source = Callable[[np.ndarray], np.ndarray]   # window indices -> stacked inputs (numpy)
 
 
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     learning_rate: float = 5e-5     # the paper's; a head may override it
@@ -179,7 +180,7 @@ def _compiled(head: HeadConfig, multi_label: bool, warmup_fraction: float, weigh
     def init_one(seed_key, example):
         params = model.init({"params": seed_key}, example, train=False)["params"]
         return params, tx.init(params)
-    return many_step, many_eval, jax.jit(jax.vmap(init_one, in_axes=(0, None)))
+    return many_step, many_eval, jax.jit(init_one)
 
 
 def epoch_batches(n_pool: int, batch_size: int, data_seed: int, epoch: int) -> list[np.ndarray]:
@@ -220,8 +221,10 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
     cw = jnp.asarray(np.stack([class_weights(s, cfg) for s in specs]))
     # each head's schedule spans exactly the steps in which it has examples
     total = np.array([sum(int(m[b[b >= 0]].any()) for ep in batches for b in ep) for m in mask])
-    keys = jnp.stack([jax.random.key(s.seed) for s in specs])
-    params, opt_state = init(keys, example)
+    keys = [jax.random.key(s.seed) for s in specs]
+    # one head at a time: compiled once per head shape whatever the number of heads
+    params, opt_state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(init(k, example) for k in keys))
+    keys = jnp.stack(keys)
     state = HeadState(params, opt_state, jnp.zeros(n_heads, jnp.int32), jnp.asarray(total, jnp.float32),
                       jnp.asarray([s.learning_rate or cfg.learning_rate for s in specs], jnp.float32), keys)
     best = jax.device_get(state.params)
