@@ -114,9 +114,15 @@ def test_four_writer_processes_write_one_store(tmp_path):
     ]
     for p in procs:
         p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):  # readers meanwhile see only whole, committed videos
+        if os.path.exists(os.path.join(path, "zarr.json")):
+            check_store(path, layout)
+            reads += 1
     for p in procs:
         p.join()
     assert [p.exitcode for p in procs] == [0] * 4
+    assert reads >= 1
     seen = check_store(path, layout, expect_all=list(range(48)))
     ds = store.open(path)
     assert ds.attrs["parts"] == [f"worker-{k}" for k in range(4)]
