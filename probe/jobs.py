@@ -217,7 +217,7 @@ def predict_store(store_source_: str | xr.Dataset, head_dir: str | os.PathLike, 
             truth = _truth(table, v, n_frames, head.multi_label, head.classes)
             expert = np.where(truth.any(1), truth.argmax(1), -1)
         png = ethogram_png(out / f"{stem}.png", head.classes, frame_labels(frame_prob), expert, fps,
-                           title=f"{v}: {head.name}")
+                           title=f"{v}: {head.name}", background=head.background)
         written.append({"video": v, "csv": str(csv_path), "png": str(png), "frames": n_frames})
     return {"head": head.name, "videos": written}
 

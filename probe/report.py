@@ -9,10 +9,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
 
 def _palette(n: int) -> list:
@@ -21,12 +21,13 @@ def _palette(n: int) -> list:
 
 
 def ethogram_png(path: str | os.PathLike, classes: list[str], predicted: np.ndarray,
-                 expert: np.ndarray | None = None, fps: float | None = None, title: str = "") -> Path:
-    """Strips of per-frame class indices (-1: no label / not covered, drawn white)."""
+                 expert: np.ndarray | None = None, fps: float | None = None, title: str = "",
+                 background: str | None = None) -> Path:
+    """Strips of per-frame class indices (-1: no label / not covered, drawn white; background grey)."""
     path = Path(path)
     rows = [("expert", expert)] if expert is not None else []
     rows.append(("predicted", predicted))
-    colours = ["white", *_palette(len(classes))]
+    colours = ["white", *(("lightgrey" if c == background else p) for c, p in zip(classes, _palette(len(classes))))]
     cmap = ListedColormap(colours)
     n = len(predicted)
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 0.6 * len(rows) + 1.4), squeeze=False, sharex=True)
