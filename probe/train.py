@@ -242,12 +242,11 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
             w = np.where(valid, mask[:, np.maximum(b, 0)], 0.0) * active[:, None]
             state, loss = many_step(state, jnp.asarray(x), jnp.asarray(target[:, np.maximum(b, 0)]),
                                     jnp.asarray(w, jnp.float32), cw)
-            losses.append(np.asarray(loss))
+            losses.append(loss)     # left on the device: no wait for the step unless someone watches
             if progress:
-                progress({"epoch": epoch, "step": i + 1, "steps": steps, "loss": float(np.nanmean(losses[-1]))})
+                progress({"epoch": epoch, "step": i + 1, "steps": steps, "loss": _nanmean(np.asarray(loss))})
         epochs_run = epoch + 1
-        with np.errstate(all="ignore"):
-            train_loss = np.nanmean(np.stack(losses), axis=0)
+        train_loss = _nanmean(np.stack([np.asarray(v) for v in losses]), axis=0)
         if val is None:
             val_loss = np.full(n_heads, np.nan)
             best_epoch = [epoch] * n_heads
@@ -272,6 +271,12 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
     if val is None:
         best = jax.device_get(state.params)
     return TrainResult(best, history, best_epoch, epochs_run)
+
+
+def _nanmean(a: np.ndarray, axis=None):
+    """Mean over the finite entries (NaN marks a head that took no step); NaN if there are none."""
+    finite = np.isfinite(a)
+    return np.where(finite, a, 0).sum(axis) / np.maximum(finite.sum(axis), 1) + np.where(finite.any(axis), 0, np.nan)
 
 
 def _num(v) -> float | None:
