@@ -91,7 +91,7 @@ class LayerNorm(nn.Module):
 
 
 class Dense(nn.Module):
-    """x @ kernel + bias; the official checkpoint nests it one level deeper, as `<name>/linear`."""
+    """x @ kernel + bias, kernel (in, out)."""
 
     features: int
     dtype: Any = jnp.float32
@@ -104,6 +104,8 @@ class Dense(nn.Module):
 
 
 class Linear(nn.Module):
+    """The official tree nests each dense layer one level deeper, as `<name>/linear/{kernel,bias}`."""
+
     features: int
     dtype: Any = jnp.float32
 
@@ -141,6 +143,8 @@ class OutputProjection(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention, logits capped as cap * tanh(logits / cap) before the softmax."""
+
     num_heads: int
     logit_cap: float
     dtype: Any = jnp.float32
