@@ -48,11 +48,13 @@ from ethoprism.store.schema import (
     content_key,
     jsonable,
     part_arrays,
+    token_arrays,
 )
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
 MAX_WINDOWS_PER_SHARD = 64
+EMBED_CHUNK = 1024  # windows per chunk of `embedding`: full reads decode few, large chunks
 COORD_CHUNK = 4096  # windows per chunk of the 1-D per-window arrays
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -278,6 +280,9 @@ class StoreWriter:
             if name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shards = (COORD_CHUNK,), None
+            elif name == "embedding":
+                shape, dtype = specs[name]
+                chunks, shards = (EMBED_CHUNK, *shape), None
             else:
                 shape, dtype = specs[name]
                 chunks, shards = (1, *shape), (per_shard, *shape)
@@ -296,13 +301,25 @@ class StoreWriter:
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
         self._open_arrays()
 
-    def _write(self, start: int, data: dict[str, np.ndarray]) -> None:
-        end = start + len(data["video"])
-        for name, values in data.items():
-            arr = self._arrays[name]
-            if arr.shape[0] < end:
-                arr.resize((end,) + arr.shape[1:])
-            arr[start:end] = values
+    def _write(self, writes: list[tuple[int, dict[str, np.ndarray]]]) -> None:
+        """Write each (first window, {array: values}); whole files but for a commit's tail."""
+        for start, data in writes:
+            for name, values in data.items():
+                end = start + len(values)
+                arr = self._arrays[name]
+                if arr.shape[0] < end:
+                    arr.resize((end,) + arr.shape[1:])
+                arr[start:end] = values
+
+    def _file_groups(self, start: int) -> list[_Pending]:
+        """Token arrays are written a shard at a time, per-window arrays a chunk at a time."""
+        groups = []
+        for names in (token_arrays(self.layout.dtype), ("embedding", *WINDOW_COORDS)):
+            per_file = min(
+                (a.shards or a.chunks)[0] for a in (self._arrays[name] for name in names)
+            )
+            groups.append(_Pending(names, start, per_file))
+        return groups
 
     def _make_durable(self, start: int, end: int) -> None:
         """fsync the chunk and shard files holding windows [start, end), then their directories."""
@@ -413,16 +430,49 @@ class StoreWriter:
         self.close()
 
 
+class _Pending:
+    """Windows of one group of arrays appended but not yet written.
+
+    They are written when they fill whole files (shards, or chunks of unsharded arrays), so a
+    file is written once when it fills; only a commit writes a partly filled one, which the
+    next video's windows then rewrite (whole-file rename: SPEC.md).
+    """
+
+    def __init__(self, names: tuple[str, ...], start: int, per_file: int):
+        self.names, self.start, self.per_file = names, start, per_file
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.n = 0
+
+    def add(self, batch: dict[str, np.ndarray], n: int) -> None:
+        self.batches.append({name: batch[name] for name in self.names})
+        self.n += n
+
+    def take(self, whole_files: bool) -> tuple[int, dict[str, np.ndarray]] | None:
+        """(first window, values) to write now: the whole files filled, or all if not whole_files."""
+        end = self.start + self.n
+        if whole_files:
+            end -= end % self.per_file
+        k = end - self.start
+        if k <= 0:
+            return None
+        if len(self.batches) == 1:
+            data = self.batches[0]
+        else:
+            data = {name: np.concatenate([b[name] for b in self.batches]) for name in self.names}
+        first, self.start, self.n = self.start, end, self.n - k
+        self.batches = [{name: v[k:] for name, v in data.items()}] if self.n else []
+        return first, {name: v[:k] for name, v in data.items()}
+
+
 class VideoWriter:
-    """Buffers one video's windows, writes whole shards as they fill, and commits the video."""
+    """Buffers one video's windows, writes whole files as they fill, and commits the video."""
 
     def __init__(self, store: StoreWriter, record: VideoRecord):
         self.store, self.record = store, record
         self.first = store.state["n_windows"]
-        self.written = self.first  # windows [first, written) are on disk, uncommitted
-        self._pending: list[dict[str, np.ndarray]] = []
-        self._n_pending = 0
-        self._inflight: Future | None = None  # the shard write running in the background
+        self.appended = self.first  # windows [first, appended) are appended, uncommitted
+        self._groups: list[_Pending] = []  # made once the part's arrays exist
+        self._inflight: Future | None = None  # the write running in the background
         self._done = False
 
     def _check_live(self) -> None:
@@ -444,7 +494,7 @@ class VideoWriter:
                 f"video {self.record.path}: expected tokens (n,t,h,w,c) with n > 0 and "
                 f"embedding (n,c); got {tokens.shape} and {embedding.shape}"
             )
-        window = self.written + self._n_pending
+        window = self.appended
         for name, values in (("tokens", tokens), ("embedding", embedding)):
             if np.isfinite(values.max()) and np.isfinite(values.min()):  # cheap common case
                 continue
@@ -481,31 +531,23 @@ class VideoWriter:
         try:
             if shape is None:
                 self.store._create_arrays(encoded, tokens.shape[-1])
-            self._pending.append(batch)
-            self._n_pending += n
-            per_shard = self.store.state["windows_per_shard"]
-            while self.written + self._n_pending >= (
-                boundary := (self.written // per_shard + 1) * per_shard
-            ):
-                self._flush(boundary - self.written)  # whole shards only, written once
+            if not self._groups:
+                self._groups = self.store._file_groups(self.first)
+            for group in self._groups:
+                group.add(batch, n)
+            self.appended += n
+            self._flush(whole_files=True)
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
 
-    def _flush(self, n: int | None = None) -> None:
-        """Write the first n pending windows (all if None) to disk."""
-        if not self._n_pending:
-            return
-        merged = {k: np.concatenate([b[k] for b in self._pending]) for k in self._pending[0]}
-        n = self._n_pending if n is None else n
-        self._wait()  # at most one write in flight: bounded memory, errors surface in order
-        self._inflight = self.store._io.submit(
-            self.store._write, self.written, {k: v[:n] for k, v in merged.items()}
-        )
-        self.written += n
-        rest = {k: v[n:] for k, v in merged.items()}
-        self._n_pending -= n
-        self._pending = [rest] if self._n_pending else []
+    def _flush(self, whole_files: bool) -> None:
+        """Hand the pending windows that fill whole files (all if not whole_files) to the writer
+        thread, which compresses and writes them while the caller encodes the next batch."""
+        writes = [w for group in self._groups if (w := group.take(whole_files))]
+        if writes:
+            self._wait()  # at most one write in flight: bounded memory, errors surface in order
+            self._inflight = self.store._io.submit(self.store._write, writes)
 
     def _wait(self) -> None:
         if self._inflight is not None:
@@ -515,17 +557,17 @@ class VideoWriter:
     def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
         """Make the video visible: data made durable first, then the part's record replaced."""
         self._check_live()
-        if self.written + self._n_pending == self.first:
+        if self.appended == self.first:
             raise StoreError(
                 f"video {self.record.path}: no windows appended; record a failure instead"
             )
         try:
-            self._flush()
+            self._flush(whole_files=False)
             self._wait()
             for arr in self.store._arrays.values():
-                if arr.shape[0] != self.written:  # a discarded video had written further
-                    arr.resize((self.written,) + arr.shape[1:])
-            self.store._make_durable(self.first, self.written)
+                if arr.shape[0] != self.appended:  # a discarded video had written further
+                    arr.resize((self.appended,) + arr.shape[1:])
+            self.store._make_durable(self.first, self.appended)
             row = dataclasses.asdict(self.record)
             if n_frames is not None:
                 row["n_frames"] = int(n_frames)
@@ -535,11 +577,11 @@ class VideoWriter:
                 status="complete",
                 reason="",
                 first_window=self.first,
-                n_windows=self.written - self.first,
+                n_windows=self.appended - self.first,
             )
             state = self.store.state
             self.store._publish(
-                {**state, "n_windows": self.written, "videos": [*state["videos"], row]}
+                {**state, "n_windows": self.appended, "videos": [*state["videos"], row]}
             )
         except OSError as e:
             raise _writable_error(self.store.root, e) from None

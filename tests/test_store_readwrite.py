@@ -1,6 +1,8 @@
 """Writing and reading real zarr stores on disk: layouts, selection, merging parts, identity."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -289,3 +291,49 @@ def test_extending_a_shard_keeps_earlier_chunks_bytes_in_place(tmp_path):
     new_index = np.frombuffer(new[-index_bytes:-4], "<u8").reshape(8, 2)
     np.testing.assert_array_equal(new_index[:3], old_index[:3])
     assert new.startswith(old[:-index_bytes])
+
+
+def test_embeddings_are_stored_in_chunks_of_many_windows(tmp_path, monkeypatch):
+    """Large embedding chunks (fast full reads) still give exact random and per-window reads,
+    across chunk boundaries, parts and repeated or unsorted indices."""
+    monkeypatch.setattr(store.writer, "EMBED_CHUNK", 8)
+    path = tmp_path / "s.zarr"
+    xs = []
+    with open_w(path, part="a", windows_per_shard=3) as w:
+        xs += [write_video(w, 0, 5), write_video(w, 1, 9, batch=4)]  # 14 windows: chunks 0, 1
+    with open_w(path, part="b", windows_per_shard=3) as w:
+        xs.append(write_video(w, 2, 20, batch=7))
+    emb = zarr.open_array(path / "parts/a/embedding", mode="r")
+    assert emb.chunks == (8, SHAPE[-1]) and emb.shards is None
+    assert sorted(p.name for p in (path / "parts/a/embedding/c").iterdir()) == ["0", "1"]
+    want = np.concatenate([x.mean(axis=(1, 2, 3)) for x in xs])
+    ds = store.open(path)
+    np.testing.assert_array_equal(ds.embedding.values, want)
+    idx = np.random.default_rng(0).integers(0, len(want), 40)
+    np.testing.assert_array_equal(store.read_windows(ds, idx, var="embedding"), want[idx])
+    tokens = np.concatenate([decode_tokens(encode_tokens(x, "float16-round7", 1), "float16-round7")
+                             for x in xs])
+    np.testing.assert_array_equal(store.read_windows(ds, idx[:8]), tokens[idx[:8]])
+    sub = ds.isel(window=slice(10, 30))
+    np.testing.assert_array_equal(store.read_windows(sub, [19, 0, 3], var="embedding"),
+                                  want[[29, 10, 13]])
+
+
+def test_a_partly_filled_embedding_chunk_is_replaced_whole(tmp_path):
+    """What crash safety and concurrent readers rely on (SPEC.md): committing the next video
+    rewrites the chunk holding earlier committed embeddings as a new file renamed over the
+    old one, so a reader (or a kill) meets either the old file or the new, both exact."""
+    path = tmp_path / "s.zarr"
+    with open_w(path, part="w", windows_per_shard=2) as w:
+        first = write_video(w, 0, 3).mean(axis=(1, 2, 3))
+        chunk = path / "parts/w/embedding/c/0/0"
+        with open(chunk, "rb") as held:  # a reader that opened the file before the rewrite
+            second = write_video(w, 1, 4).mean(axis=(1, 2, 3))
+            old_bytes = held.read()
+            assert os.fstat(held.fileno()).st_ino != chunk.stat().st_ino
+    both = np.concatenate([first, second])
+    for k, (data, windows) in enumerate(((old_bytes, first), (chunk.read_bytes(), both))):
+        copy = tmp_path / f"copy{k}"  # the array with this file as its chunk, read by zarr
+        shutil.copytree(path / "parts/w/embedding", copy)
+        (copy / "c/0/0").write_bytes(data)
+        np.testing.assert_array_equal(zarr.open_array(copy, mode="r")[: len(windows)], windows)
