@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.probe.heads import HeadConfig

@@ -59,7 +59,7 @@ class Metrics:
     n: int
 
     def to_dict(self) -> dict:
-        nan_to_none = lambda v: None if np.isnan(v) else float(v)  # noqa: E731  JSON has no NaN
+        nan_to_none = lambda v: None if np.isnan(v) else float(v)  # JSON has no NaN
         return {
             "classes": self.classes, "mAP": nan_to_none(self.mAP),
             "macro_accuracy": nan_to_none(self.macro_accuracy), "accuracy": nan_to_none(self.accuracy),
