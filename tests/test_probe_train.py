@@ -112,3 +112,15 @@ def test_prefetch_bounds_and_errors():
     assert int(next(it)[0]) == 0
     with pytest.raises(OSError, match="window 3"):
         list(it)
+
+
+def test_class_balanced_weights_are_inverse_frequency_within_the_head_subset():
+    from ethoprism.probe.train import class_weights
+
+    y = np.array([0] * 6 + [1] * 2 + [2] * 2 + [1] * 10)
+    mask = np.arange(20) < 10                           # the head's own subset: 6, 2, 2
+    spec = HeadSpec("h", 0, mask, np.eye(3, dtype=np.float32)[y])
+    np.testing.assert_allclose(class_weights(spec, TrainConfig(balanced=True)), [10 / 18, 10 / 6, 10 / 6])
+    np.testing.assert_allclose(class_weights(spec, TrainConfig()), [1, 1, 1])
+    # multi-label: positives weighted by negatives / positives
+    np.testing.assert_allclose(class_weights(spec, TrainConfig(balanced=True, multi_label=True)), [4 / 6, 8 / 2, 8 / 2])
