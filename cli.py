@@ -700,6 +700,9 @@ def bench_encoder(
                   f"{r['ratio']:.0%} of the measured matmul peak {r['peak_gflops']:.1f} GFLOP/s "
                   f"(best round {r['best_ratio']:.0%}; target >= 60%); per CPU second {r['cpu_ratio']:.0%}",
                   highlight=False)
+    if r["dtype"] != "float32":
+        console.print(f"{r['dtype']} vs float32 in the same rounds: {r['speedup_vs_float32']:.2f}x the speed "
+                      f"(target >= 1)", highlight=False)
 
 
 if __name__ == "__main__":

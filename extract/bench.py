@@ -20,8 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ethoprism.extract.encoder import EncoderConfig, get_config
+from ethoprism.extract.encoder import Encoder, EncoderConfig, get_config
 from ethoprism.extract.weights import load_encoder
 
 PEAK_SIZE = 2048
@@ -58,7 +57,8 @@ def matmul_peak(reps: int = 5) -> tuple[float, float]:
 
 def bench_encoder(model: str = "videoprism-b", batch: int = 1, dtype: str = "float32",
                   rounds: int = 3) -> dict:
-    """Compile, warm up, then `rounds` x (matmul peak, one encoder batch) at the trained input shape.
+    """Compile, warm up, then `rounds` x (matmul peak, one encoder batch) at the trained input shape;
+    for bfloat16 each round also times the float32 encoder (`speedup_vs_float32`).
 
     Weights are the seeded random init: speed does not depend on their values.
     """
@@ -68,8 +68,13 @@ def bench_encoder(model: str = "videoprism-b", batch: int = 1, dtype: str = "flo
     frames = jnp.asarray(np.random.default_rng(0).random(shape, np.float32))
     flops = batch * encoder_flops(config, *shape[1:4])
 
+    # Another dtype is compared with float32 in the same rounds: across runs the load differs.
+    reference = (Encoder(config, encoder.params, "float32", encoder.checkpoint_sha256)
+                 if dtype != "float32" else None)
     compile_s = _seconds(encoder, frames)[0]  # compiles and runs once
     warmup_s = _seconds(encoder, frames)[0]
+    if reference is not None:
+        _seconds(reference, frames)
     per_round = []
     for _ in range(rounds):
         peak, peak_cpu = matmul_peak()
@@ -78,6 +83,9 @@ def bench_encoder(model: str = "videoprism-b", batch: int = 1, dtype: str = "flo
                           "gflops": flops / seconds / 1e9, "peak_gflops": peak,
                           "ratio": flops / seconds / 1e9 / peak,
                           "cpu_ratio": flops / cpu_seconds / 1e9 / peak_cpu})
+        if reference is not None:
+            per_round[-1]["float32_seconds"] = seconds32 = _seconds(reference, frames)[0]
+            per_round[-1]["speedup_vs_float32"] = seconds32 / seconds
 
     def median(key):
         return statistics.median(r[key] for r in per_round)
@@ -88,6 +96,7 @@ def bench_encoder(model: str = "videoprism-b", batch: int = 1, dtype: str = "flo
         "windows_per_s": median("windows_per_s"), "gflops": median("gflops"),
         "peak_gflops": median("peak_gflops"), "ratio": median("ratio"),
         "best_ratio": max(r["ratio"] for r in per_round), "cpu_ratio": median("cpu_ratio"),
+        "speedup_vs_float32": median("speedup_vs_float32") if reference is not None else 1.0,
         "rounds": per_round,
         "devices": [str(d) for d in jax.devices()],
         "flops": "analytic: 2*m*n*k per matmul (patch projection, q/k/v/post, MLP, attention scores "

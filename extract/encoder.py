@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from ethoprism.errors import EthoprismError
 
 Array = jax.Array
@@ -303,7 +302,7 @@ class EncoderOutput(NamedTuple):
     embedding: Array  # (B, D) float32, the mean over all T*h*w tokens
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply(config: EncoderConfig, dtype: str):
     module = FactorizedEncoder(config, dtype)
 
@@ -348,7 +347,7 @@ def _example_frames(config: EncoderConfig) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((1, 1, p, p, 3), jnp.float32)  # the variables do not depend on it
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_init(config: EncoderConfig):
     return jax.jit(FactorizedEncoder(config).init)
 

@@ -12,14 +12,20 @@ import os
 import zipfile
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
-
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.encoder import (CONFIGS, Encoder, EncoderConfig, check_dtype, get_config, init_params,
-                                      param_count, param_shapes)
+from ethoprism.extract.encoder import (
+    CONFIGS,
+    Encoder,
+    EncoderConfig,
+    check_dtype,
+    get_config,
+    init_params,
+    param_count,
+    param_shapes,
+)
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 ENV_VAR = "ETHOPRISM_CHECKPOINT"
 RANDOM = "random"
@@ -43,7 +49,7 @@ def load_encoder(name: str, checkpoint: str | os.PathLike | None = None, dtype: 
         if not Path(checkpoint).expanduser().is_file():
             raise CheckpointError(f"{ENV_VAR} points at {checkpoint}, which is not a file")
     if isinstance(checkpoint, str) and checkpoint == RANDOM:
-        params, sha = jax.tree.map(jnp.asarray, init_params(config, seed=0)), RANDOM_SHA256
+        params, sha = init_params(config, seed=0), RANDOM_SHA256
     else:
         path = Path(checkpoint).expanduser() if checkpoint is not None else download(config)
         params, sha = load_checkpoint(path, config), file_sha256(path)

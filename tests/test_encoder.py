@@ -9,7 +9,6 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, Encoder, EncoderOutput, load_encoder
 from ethoprism.extract.bench import encoder_flops

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS
 from ethoprism.extract.weights import load_checkpoint, load_encoder, weights_available
@@ -151,7 +150,7 @@ def _offline(tmp_path, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("ETHOPRISM_CHECKPOINT", None)
     env.pop("HF_HUB_CACHE", None)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_offline_without_cache_then_with_cached_file(tmp_path):
