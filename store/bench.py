@@ -2,8 +2,10 @@
 
 Everything is a ratio measured in one run on one disk (machines here are noisy). The write
 figure compares the store (float32 tokens in: rounding, float16 cast, zstd, crc32c, zarr,
-fsync at commit) with writing its resulting bytes raw (one fsync): it shows how far writing is
-CPU-bound rather than disk-bound; windows/s is what to compare with the encoder's rate.
+fsync at each video's commit) with writing its resulting bytes raw, with an fsync where the
+store commits a video: it shows how far writing is CPU-bound rather than disk-bound; windows/s
+is what to compare with the encoder's rate, and CPU ms per window (all threads) what the store
+costs the machine whatever else runs on it.
 """
 
 from __future__ import annotations
@@ -45,16 +47,21 @@ def activation_like(n: int, shape=BASE_TOKEN_SHAPE, seed: int = 0) -> np.ndarray
     return x * scale + offset
 
 
+PER_VIDEO = 16  # windows per committed video
+
+
 def _write(
-    path: Path, layout: Layout, tokens: np.ndarray, windows: int, per_video: int = 16
-) -> float:
-    """Write `windows` windows (batches of up to 8 of `tokens`) in videos of `per_video`; seconds.
+    path: Path, layout: Layout, tokens: np.ndarray, windows: int, per_video: int = PER_VIDEO
+) -> tuple[float, float]:
+    """Write `windows` windows (batches of up to 8 of `tokens`) in videos of `per_video`.
+
+    Returns (wall seconds, CPU seconds of this process, all threads).
 
     Each inner chunk is compressed on its own, so repeating windows does not flatter the sizes.
     """
     emb = tokens.mean(axis=(1, 2, 3))
     batches = {k: (tokens[:k], emb[:k]) for k in range(1, 9)}  # prepared outside the timing
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with open_writer(
         path,
         encoder={"name": "bench"},
@@ -71,19 +78,22 @@ def _write(
                 k = min(8, n - b)
                 vw.append(*batches[k], 8 * np.arange(b, b + k), 1, 16, np.arange(b, b + k) / 3.75)
             vw.commit()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _raw_write(path: Path, nbytes: int) -> float:
-    """Sequential write of nbytes (incompressible) with one fsync at the end, like a commit."""
+def _raw_write(path: Path, nbytes: int, videos: int) -> float:
+    """Sequential write of nbytes (incompressible) in `videos` equal pieces, each fsynced like
+    a video's commit."""
     block = np.random.default_rng(1).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    pieces = np.diff(np.linspace(0, nbytes, videos + 1).astype(np.int64))
     start = time.perf_counter()
     with open(path, "wb") as f:
-        left = nbytes
-        while left > 0:
-            left -= f.write(block[: min(left, len(block))])
-        f.flush()
-        os.fsync(f.fileno())
+        for piece in pieces:
+            left = int(piece)
+            while left > 0:
+                left -= f.write(block[: min(left, len(block))])
+            f.flush()
+            os.fsync(f.fileno())
     elapsed = time.perf_counter() - start
     path.unlink()
     return elapsed
@@ -105,12 +115,14 @@ def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 
         tmp = Path(tmp)
         for layout in LAYOUTS:
             path = tmp / f"{layout.dtype}-p{layout.pool}.zarr"
-            store_s, raw_s = [], []  # the default layout is timed `repeats` times: medians
+            store_s, cpu_s, raw_s = [], [], []  # the default layout is timed `repeats` times
             for _ in range(repeats if layout == Layout() else 1):
                 shutil.rmtree(path, ignore_errors=True)
-                store_s.append(_write(path, layout, tokens, windows))
+                wall, cpu = _write(path, layout, tokens, windows)
+                store_s.append(wall)
+                cpu_s.append(cpu)
                 stored = info(path)["bytes_on_disk"]
-                raw_s.append(_raw_write(tmp / "raw.bin", stored))
+                raw_s.append(_raw_write(tmp / "raw.bin", stored, -(-windows // PER_VIDEO)))
             store_t, raw_t = float(np.median(store_s)), float(np.median(raw_s))
             out["layouts"].append(
                 {
@@ -120,6 +132,7 @@ def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 
                     "raw_write_mb_per_s": stored / raw_t / 1e6,
                     "write_vs_raw": raw_t / store_t,
                     "windows_per_s": windows / store_t,
+                    "write_cpu_ms_per_window": float(np.median(cpu_s)) / windows * 1e3,
                 }
             )
         out["reads"] = _bench_reads(tmp / "float16-round7-p1.zarr", windows)

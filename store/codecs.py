@@ -23,15 +23,6 @@ def pool_spatial(tokens: np.ndarray, pool: int) -> np.ndarray:
     return blocks.mean(axis=(3, 5), dtype=np.float32)
 
 
-def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """Round float32 to 7 mantissa bits (bfloat16's grid, round half to even), as float32.
-
-    Zeroed low mantissa bits make float16 bytes compress better (DESIGN.md: 4.9 vs 5.9 MB per
-    window, relative error 1.7e-3). ml_dtypes' cast is one fast C pass.
-    """
-    return np.asarray(x, dtype=np.float32).astype(ml_dtypes.bfloat16)
-
-
 def _check_float16_range(x: np.ndarray) -> None:
     peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
     if peak > FLOAT16_MAX:
@@ -41,10 +32,47 @@ def _check_float16_range(x: np.ndarray) -> None:
         )
 
 
+# float16-round7: each value rounded (half to even) to 7 mantissa bits, bfloat16's grid; the 3
+# zeroed low float16 bits make zstd effective (DESIGN.md: 4.9 vs 5.9 MB per window, relative
+# error 1.7e-3). Done in bit arithmetic, 2x faster than casting to bfloat16 then float16:
+# x * 2**-112 moves float16's exponent range onto the bottom of float32's (bias 127 -> 15), so
+# that value's bfloat16 bits are the float16 bits shifted right by 3, sign apart. Subnormals
+# come out right too, on bfloat16's subnormal grid: multiples of 2**-21 below 2**-14.
+_REBIAS = np.float32(2.0**-112)
+_MAX_REBIASED = 0x0F7F  # |bits| of 65504 * 2**-112 as bfloat16
+_BLOCK = 1 << 16  # elements per pass: temporaries stay in the CPU cache
+
+
+def _float16_round7(x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.shape, np.uint16)
+    scaled = np.empty(min(_BLOCK, flat.size), np.float32)
+    sign = np.empty(scaled.shape, np.uint16)
+    peak = 0
+    for i in range(0, flat.size, _BLOCK):
+        k = min(_BLOCK, flat.size - i)
+        np.multiply(flat[i : i + k], _REBIAS, out=scaled[:k])
+        bits = scaled[:k].astype(ml_dtypes.bfloat16).view(np.uint16)
+        # the largest magnitude: max over positives (as int16) and negatives (as uint16)
+        peak = max(peak, int(bits.view(np.int16).max()), int(bits.max()) - 0x8000)
+        np.left_shift(bits, 3, out=out[i : i + k])
+        np.bitwise_and(bits, 0x8000, out=sign[:k])
+        out[i : i + k] |= sign[:k]
+    if peak > _MAX_REBIASED:
+        big = float(np.max(np.abs(flat)))
+        raise ValueError(
+            f"token magnitude {big:.6g} exceeds the float16 range ({FLOAT16_MAX:g}) once "
+            "rounded to 7 mantissa bits; use the int8 layout, which scales every token"
+        )
+    return out.view(np.float16).reshape(np.shape(x))
+
+
 def encode_float16(x: np.ndarray, round7: bool) -> np.ndarray:
     """float32 -> float16, first rounded to 7 mantissa bits if `round7` (exact in float16)."""
+    if round7:
+        return _float16_round7(x)
     _check_float16_range(x)
-    return (round_to_bfloat16(x) if round7 else x).astype(np.float16)
+    return x.astype(np.float16)
 
 
 def decode_float16(q: np.ndarray) -> np.ndarray:

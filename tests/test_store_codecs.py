@@ -44,6 +44,25 @@ def test_float16_round7_is_exactly_7_mantissa_bits():
     assert not np.any(stored.view(np.uint16) & 0b111)  # the 3 dropped float16 bits are zero
 
 
+def test_float16_round7_tiny_values_and_range():
+    """Below float16's normal range values land on multiples of 2**-21 (bfloat16's subnormal
+    grid, rebased); anything rounding past 65504 is refused, not stored as inf."""
+    rng = np.random.default_rng(1)
+    v = (rng.uniform(-1, 1, 10_000) * 2.0**-14).astype(np.float32)
+    v[:3] = [0.0, 2.0**-24, -(2.0**-14)]
+    stored = encode_tokens(v.reshape(1, 1, 1, 1, -1), "float16-round7", 1)["tokens"]
+    got = stored.astype(np.float64).ravel()
+    np.testing.assert_array_equal(got * 2.0**21, np.round(got * 2.0**21))
+    assert np.abs(got - v).max() <= 2.0**-22 * (1 + 1e-6)
+    assert np.array_equal(np.signbit(got[v != 0]), np.signbit(v[v != 0]))
+    top = np.float32(65280.0)  # the largest 7-bit value within float16 range
+    ok = encode_tokens(np.array([top, -top]).reshape(1, 1, 1, 1, 2), "float16-round7", 1)
+    np.testing.assert_array_equal(ok["tokens"].ravel(), [top, -top])
+    for big in (65504.0, -65450.0, 1e6):
+        with pytest.raises(ValueError, match="exceeds the float16 range"):
+            encode_tokens(np.full((1, 1, 1, 1, 2), big, np.float32), "float16-round7", 1)
+
+
 @pytest.mark.parametrize(
     "dtype,bound", [("float16-round7", 2e-3), ("float16", 5e-4), ("int8", 2e-2)]
 )
