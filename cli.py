@@ -297,12 +297,13 @@ def bench_store(
         print_json(r)
         return
     table = Table(title=f"bench store: {r['windows']} windows of tokens {tuple(r['token_shape'])}")
-    for col in ("layout", "MB/window", "windows/s", "write MB/s", "raw MB/s", "write vs raw (>= 0.7)"):
+    for col in ("layout", "MB/window", "windows/s", "CPU ms/window", "write MB/s", "raw MB/s",
+                "write vs raw (>= 0.7)"):
         table.add_column(col)
     for x in r["layouts"]:
         table.add_row(f"{x['layout']['dtype']} pool {x['layout']['pool']}", f"{x['bytes_per_window'] / 1e6:.2f}",
-                      f"{x['windows_per_s']:.1f}", f"{x['write_mb_per_s']:.0f}", f"{x['raw_write_mb_per_s']:.0f}",
-                      f"{x['write_vs_raw']:.2f}")
+                      f"{x['windows_per_s']:.1f}", f"{x['write_cpu_ms_per_window']:.0f}",
+                      f"{x['write_mb_per_s']:.0f}", f"{x['raw_write_mb_per_s']:.0f}", f"{x['write_vs_raw']:.2f}")
     console.print(table)
     rd = r["reads"]
     console.print(f"random {rd['batch']}-window minibatch: read_windows {rd['read_windows_ms']:.1f} ms, "
