@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, Encoder, EncoderOutput, load_encoder
+from ethoprism.extract import encoder as encoder_module
 from ethoprism.extract.bench import encoder_flops
 from ethoprism.extract.encoder import FactorizedEncoder, param_count, param_shapes, resize_weights
 
@@ -95,6 +97,20 @@ def test_bfloat16_agrees_with_float32(encoder_bf16):
     assert "bf16" in hlo and "f32" in hlo
 
 
+def test_bfloat16_emulation_is_the_same_arithmetic(encoder, monkeypatch):
+    """On CPUs without bf16 hardware the bf16-rounded operands are multiplied in float32: the same
+    products and float32 accumulation as a native bf16 matmul, so only summation order differs."""
+    x = golden("case_b1_t4_r54")["inputs"]
+    outputs = {}
+    for native in (True, False):
+        monkeypatch.setattr(encoder_module, "native_bfloat16", lambda native=native: native)
+        outputs[native] = np.asarray(jax.jit(FactorizedEncoder(TINY, "bfloat16").apply)(encoder.params, x)[0])
+    np.testing.assert_allclose(outputs[False], outputs[True], atol=1e-4, rtol=0)  # measured 1e-6
+    ref = golden("case_b1_t4_r54")["embeddings"].reshape(outputs[True].shape)
+    # Both are >100x closer to each other than to float32 (0.022).
+    assert np.abs(outputs[False] - outputs[True]).max() * 100 < np.abs(outputs[True] - ref).max()
+
+
 def test_rectangular_frames_and_bad_sizes(encoder):
     x = np.random.default_rng(0).random((1, 5, 36, 90, 3), np.float32)
     assert encoder(x).tokens.shape == (1, 5, 2, 5, 64)
@@ -136,7 +152,8 @@ def test_random_init_is_official_scheme_and_seeded():
 def test_identity_and_bad_dtype(encoder):
     ident = encoder.identity
     assert ident["name"] == "videoprism-tiny" and ident["dtype"] == "float32"
-    assert ident["config"]["pos_emb_shape"] == (4, 4, 4) and len(ident["checkpoint_sha256"]) == 64
+    assert ident["config"]["pos_emb_shape"] == [4, 4, 4] and len(ident["checkpoint_sha256"]) == 64
+    assert json.loads(json.dumps(ident)) == ident  # unchanged by a round trip through store attributes
     with pytest.raises(EthoprismError, match="float16"):
         Encoder(encoder.config, encoder.params, "float16", "x")
 
