@@ -12,14 +12,21 @@ import numpy as np
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+def stored_token_shape(token_shape, pool: int) -> tuple[int, ...]:
+    """(t, h, w, c) of full-resolution tokens -> the (t, h, w, c) a layout with `pool` stores."""
+    t, h, w, c = token_shape
+    if h % pool or w % pool:
+        raise ValueError(f"token map {h}x{w} is not divisible by the pooling factor {pool}")
+    return t, h // pool, w // pool, c
+
+
 def pool_spatial(tokens: np.ndarray, pool: int) -> np.ndarray:
     """Average-pool (n, t, h, w, c) tokens over non-overlapping pool x pool spatial blocks."""
     if pool == 1:
         return tokens
-    n, t, h, w, c = tokens.shape
-    if h % pool or w % pool:
-        raise ValueError(f"token map {h}x{w} is not divisible by the pooling factor {pool}")
-    blocks = tokens.reshape(n, t, h // pool, pool, w // pool, pool, c)
+    n = tokens.shape[0]
+    t, h, w, c = stored_token_shape(tokens.shape[1:], pool)
+    blocks = tokens.reshape(n, t, h, pool, w, pool, c)
     return blocks.mean(axis=(3, 5), dtype=np.float32)
 
 
@@ -43,9 +50,13 @@ _MAX_REBIASED = 0x0F7F  # |bits| of 65504 * 2**-112 as bfloat16
 _BLOCK = 1 << 16  # elements per pass: temporaries stay in the CPU cache
 
 
-def _float16_round7(x: np.ndarray) -> np.ndarray:
+def _float16_round7(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    out = np.empty(flat.shape, np.uint16)
+    if out is None:
+        out = np.empty(np.shape(x), np.float16)
+    elif out.shape != np.shape(x) or out.dtype != np.float16 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float16 array of shape {np.shape(x)}")
+    result, out = out, out.view(np.uint16).reshape(-1)
     scaled = np.empty(min(_BLOCK, flat.size), np.float32)
     sign = np.empty(scaled.shape, np.uint16)
     peak = 0
@@ -64,7 +75,7 @@ def _float16_round7(x: np.ndarray) -> np.ndarray:
             f"token magnitude {big:.6g} exceeds the float16 range ({FLOAT16_MAX:g}) once "
             "rounded to 7 mantissa bits; use the int8 layout, which scales every token"
         )
-    return out.view(np.float16).reshape(np.shape(x))
+    return result
 
 
 def encode_float16(x: np.ndarray, round7: bool) -> np.ndarray:
@@ -106,17 +117,27 @@ def decode_int8(q: np.ndarray, token_scale: np.ndarray, channel_scale: np.ndarra
 LAYOUT_DTYPES = ("float16-round7", "float16", "int8")
 
 
-def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict[str, np.ndarray]:
-    """Full-resolution float32 tokens -> the arrays a layout stores (names as on disk)."""
+def encode_tokens(tokens: np.ndarray, dtype: str, pool: int, out: dict | None = None) -> dict:
+    """Full-resolution float32 tokens -> the arrays a layout stores (names as on disk).
+
+    With `out` ({name: array of the right shape}) the arrays are written there and returned:
+    float16-round7 tokens are then encoded in place, without an intermediate copy.
+    """
     x = pool_spatial(np.asarray(tokens, dtype=np.float32), pool)
     if dtype == "float16-round7":
-        return {"tokens": encode_float16(x, round7=True)}
+        return {"tokens": _float16_round7(x, None if out is None else out["tokens"])}
     if dtype == "float16":
-        return {"tokens": encode_float16(x, round7=False)}
-    if dtype == "int8":
+        encoded = {"tokens": encode_float16(x, round7=False)}
+    elif dtype == "int8":
         q, token_scale, channel_scale = encode_int8(x)
-        return {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}
-    raise ValueError(f"unknown token dtype {dtype!r}; expected one of {LAYOUT_DTYPES}")
+        encoded = {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}
+    else:
+        raise ValueError(f"unknown token dtype {dtype!r}; expected one of {LAYOUT_DTYPES}")
+    if out is None:
+        return encoded
+    for name, values in encoded.items():
+        out[name][...] = values
+    return out
 
 
 def decode_tokens(stored: dict, dtype: str):

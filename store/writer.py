@@ -31,7 +31,7 @@ from typing import Self
 import numpy as np
 import zarr
 from ethoprism import __version__
-from ethoprism.store.codecs import encode_tokens
+from ethoprism.store.codecs import encode_tokens, stored_token_shape
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -311,15 +311,8 @@ class StoreWriter:
                     arr.resize((end,) + arr.shape[1:])
                 arr[start:end] = values
 
-    def _file_groups(self, start: int) -> list[_Pending]:
-        """Token arrays are written a shard at a time, per-window arrays a chunk at a time."""
-        groups = []
-        for names in (token_arrays(self.layout.dtype), ("embedding", *WINDOW_COORDS)):
-            per_file = min(
-                (a.shards or a.chunks)[0] for a in (self._arrays[name] for name in names)
-            )
-            groups.append(_Pending(names, start, per_file))
-        return groups
+    def _token_arrays(self) -> dict[str, zarr.Array]:
+        return {name: self._arrays[name] for name in token_arrays(self.layout.dtype)}
 
     def _make_durable(self, start: int, end: int) -> None:
         """fsync the chunk and shard files holding windows [start, end), then their directories."""
@@ -430,12 +423,28 @@ class StoreWriter:
         self.close()
 
 
-class _Pending:
-    """Windows of one group of arrays appended but not yet written.
+class _ShardBuffer:
+    """The token shard being filled: batches are encoded straight into it (no copies), and it
+    is written once, when full or at a commit. A video's first shard starts where the part's
+    committed windows end, so it may be a shard's tail."""
 
-    They are written when they fill whole files (shards, or chunks of unsharded arrays), so a
-    file is written once when it fills; only a commit writes a partly filled one, which the
-    next video's windows then rewrite (whole-file rename: SPEC.md).
+    def __init__(self, arrays: dict[str, zarr.Array], start: int, per_shard: int):
+        self.start, self.fill = start, 0
+        self.capacity = per_shard - start % per_shard
+        self.values = {
+            name: np.empty((self.capacity, *a.shape[1:]), a.dtype) for name, a in arrays.items()
+        }
+
+    def take(self) -> tuple[int, dict[str, np.ndarray]]:
+        return self.start, {name: v[: self.fill] for name, v in self.values.items()}
+
+
+class _Pending:
+    """Per-window arrays (embedding, coordinates) appended but not yet written.
+
+    They are written when they fill whole chunks, so a chunk is written once when it fills;
+    only a commit writes a partly filled one, which the next video's windows then rewrite
+    (whole-file rename: SPEC.md).
     """
 
     def __init__(self, names: tuple[str, ...], start: int, per_file: int):
@@ -464,6 +473,9 @@ class _Pending:
         return first, {name: v[:k] for name, v in data.items()}
 
 
+PER_WINDOW_ARRAYS = ("embedding", *WINDOW_COORDS)
+
+
 class VideoWriter:
     """Buffers one video's windows, writes whole files as they fill, and commits the video."""
 
@@ -471,7 +483,8 @@ class VideoWriter:
         self.store, self.record = store, record
         self.first = store.state["n_windows"]
         self.appended = self.first  # windows [first, appended) are appended, uncommitted
-        self._groups: list[_Pending] = []  # made once the part's arrays exist
+        self._shard: _ShardBuffer | None = None
+        self._per_window: _Pending | None = None  # made once the part's arrays exist
         self._inflight: Future | None = None  # the write running in the background
         self._done = False
 
@@ -505,18 +518,18 @@ class VideoWriter:
                     f"of this batch (store window {window + int(np.argmax(bad))}) "
                     "is not finite"
                 )
+        layout = self.store.layout
         try:
-            encoded = encode_tokens(tokens, self.store.layout.dtype, self.store.layout.pool)
+            stored_shape = list(stored_token_shape(tokens.shape[1:], layout.pool))
         except ValueError as e:
             raise StoreError(f"video {self.record.path}: {e}") from None
         shape = self.store.state["token_shape"]
-        if shape is not None and list(encoded["tokens"].shape[1:]) != shape:
+        if shape is not None and stored_shape != shape:
             raise StoreError(
                 f"video {self.record.path}: stored token shape "
-                f"{tuple(encoded['tokens'].shape[1:])} differs from this part's {tuple(shape)}"
+                f"{tuple(stored_shape)} differs from this part's {tuple(shape)}"
             )
         batch = {
-            **encoded,
             "embedding": embedding,
             "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
         }
@@ -530,21 +543,53 @@ class VideoWriter:
             batch[name] = values
         try:
             if shape is None:
-                self.store._create_arrays(encoded, tokens.shape[-1])
-            if not self._groups:
-                self._groups = self.store._file_groups(self.first)
-            for group in self._groups:
-                group.add(batch, n)
+                try:
+                    first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
+                except ValueError as e:
+                    raise StoreError(f"video {self.record.path}: {e}") from None
+                self.store._create_arrays(first, tokens.shape[-1])
+            full_shards = self._encode(tokens)
+            if self._per_window is None:
+                per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
+                self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
+            self._per_window.add(batch, n)
             self.appended += n
-            self._flush(whole_files=True)
+            chunks = self._per_window.take(whole_files=True)
+            self._submit(full_shards + ([chunks] if chunks else []))
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
 
-    def _flush(self, whole_files: bool) -> None:
-        """Hand the pending windows that fill whole files (all if not whole_files) to the writer
-        thread, which compresses and writes them while the caller encodes the next batch."""
-        writes = [w for group in self._groups if (w := group.take(whole_files))]
+    def _encode(self, tokens: np.ndarray) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """Encode a batch into the shard buffers; returns the shards it filled. A value the
+        layout cannot store leaves the buffers as they were (the batch is refused whole)."""
+        layout, per_shard = self.store.layout, self.store.state["windows_per_shard"]
+        kept = (self._shard, self._shard.fill if self._shard else 0)
+        full, i = [], 0
+        try:
+            while i < len(tokens):
+                if self._shard is None:
+                    arrays = self.store._token_arrays()
+                    self._shard = _ShardBuffer(arrays, self.appended + i, per_shard)
+                shard = self._shard
+                k = min(len(tokens) - i, shard.capacity - shard.fill)
+                into = {name: v[shard.fill : shard.fill + k] for name, v in shard.values.items()}
+                encode_tokens(tokens[i : i + k], layout.dtype, layout.pool, out=into)
+                shard.fill += k
+                i += k
+                if shard.fill == shard.capacity:
+                    full.append(shard.take())
+                    self._shard = None
+        except ValueError as e:
+            self._shard = kept[0]
+            if kept[0] is not None:
+                kept[0].fill = kept[1]
+            raise StoreError(f"video {self.record.path}: {e}") from None
+        return full
+
+    def _submit(self, writes: list[tuple[int, dict[str, np.ndarray]]]) -> None:
+        """Hand whole files to the writer thread, which compresses and writes them while the
+        caller encodes the next batch."""
         if writes:
             self._wait()  # at most one write in flight: bounded memory, errors surface in order
             self._inflight = self.store._io.submit(self.store._write, writes)
@@ -562,7 +607,11 @@ class VideoWriter:
                 f"video {self.record.path}: no windows appended; record a failure instead"
             )
         try:
-            self._flush(whole_files=False)
+            tail = [self._shard.take()] if self._shard is not None and self._shard.fill else []
+            self._shard = None
+            if self._per_window is not None and (chunks := self._per_window.take(False)):
+                tail.append(chunks)
+            self._submit(tail)
             self._wait()
             for arr in self.store._arrays.values():
                 if arr.shape[0] != self.appended:  # a discarded video had written further

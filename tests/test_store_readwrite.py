@@ -337,3 +337,24 @@ def test_a_partly_filled_embedding_chunk_is_replaced_whole(tmp_path):
         shutil.copytree(path / "parts/w/embedding", copy)
         (copy / "c/0/0").write_bytes(data)
         np.testing.assert_array_equal(zarr.open_array(copy, mode="r")[: len(windows)], windows)
+
+
+def test_a_refused_batch_leaves_the_video_as_it_was(tmp_path):
+    """A batch refused mid-encoding (a value past float16's range in its last window, after
+    earlier windows filled a shard) changes nothing: the video goes on and commits exactly."""
+    path = tmp_path / "s.zarr"
+    x = activation_like(7, SHAPE, seed=5)
+    bad = x[2:5].copy()
+    bad[2, 0, 0, 0, 0] = 7e4
+    with open_w(path, part="w", windows_per_shard=3) as w:
+        vw = w.begin_video(record(0))
+        vw.append(x[:2], x[:2].mean(axis=(1, 2, 3)), [0, 2], 1, 4, [0.0, 0.2])
+        with pytest.raises(StoreError, match="clip0.mp4: token magnitude 70000 exceeds"):
+            vw.append(bad, bad.mean(axis=(1, 2, 3)), [4, 6, 8], 1, 4, [0.4, 0.6, 0.8])
+        starts = 2 * np.arange(2, 7)
+        vw.append(x[2:], x[2:].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 10)
+        vw.commit()
+    ds = store.open(path)
+    want = decode_tokens(encode_tokens(x, "float16-round7", 1), "float16-round7")
+    np.testing.assert_array_equal(ds.tokens.values, want)
+    np.testing.assert_array_equal(ds.start_frame.values, 2 * np.arange(7))
