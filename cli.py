@@ -6,11 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from ethoprism import __version__
 from ethoprism.errors import EthoprismError
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(
     help="Frozen video foundation models for animal behaviour: extract once, probe many times.",

@@ -12,7 +12,7 @@ _ENCODER_NAMES = {
     "load_encoder": "ethoprism.extract.weights",
 }
 
-__all__ = sorted(_ENCODER_NAMES)
+__all__ = ["CONFIGS", "Encoder", "EncoderConfig", "EncoderOutput", "load_encoder"]
 
 
 def __getattr__(name: str):

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import psutil
-
 from ethoprism.extract import load_encoder
 from ethoprism.extract.decode_bench import measure_decode
 from ethoprism.extract.encode import ShardedEncoder
@@ -80,8 +79,8 @@ def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, ba
     encoder_only = n / (time.perf_counter() - t0)  # same batches, same padding as the run
 
     decode = measure_decode(video, prep)
-    return dict(
-        model=model, video=video, windows=n, batch_size=sharded.batch_size, devices=sharded.n_devices,
-        end_to_end_windows_per_s=e2e, encoder_only_windows_per_s=encoder_only,
-        pipeline_efficiency=e2e / encoder_only, decode=decode, peak_rss_mb=rss.peak / 2**20,
-    )
+    return {
+        "model": model, "video": video, "windows": n, "batch_size": sharded.batch_size, "devices": sharded.n_devices,
+        "end_to_end_windows_per_s": e2e, "encoder_only_windows_per_s": encoder_only,
+        "pipeline_efficiency": e2e / encoder_only, "decode": decode, "peak_rss_mb": rss.peak / 2**20,
+    }

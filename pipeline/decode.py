@@ -90,7 +90,7 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk):
             out.put(End(index, n_frames, duration))
         except EthoprismError as e:
             out.put(Failed(index, path, info, str(e)))
-        except Exception as e:  # an unexpected bug must still cost only this video
+        except Exception as e:  # noqa: BLE001 (an unexpected bug must still cost only this video)
             detail = traceback.format_exception_only(e)[-1].strip()
             out.put(Failed(index, path, info, f"unexpected error while decoding {path}: {detail}"))
 

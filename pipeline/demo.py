@@ -51,5 +51,5 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
     head_dir = training["heads"][0]["dir"]
     ethograms = predict_store(store_path, head_dir, out / "ethograms", labels=LABELS)
     metrics = evaluate_head(store_path, head_dir, LABELS, out / "metrics", videos="all")
-    return dict(encoder=choice.__dict__, store=store_path, extraction=extraction.to_dict(),
-                head=head_dir, classes=training["classes"], ethograms=ethograms["videos"], metrics=metrics)
+    return {"encoder": choice.__dict__, "store": store_path, "extraction": extraction.to_dict(),
+                "head": head_dir, "classes": training["classes"], "ethograms": ethograms["videos"], "metrics": metrics}

@@ -11,7 +11,7 @@ from ethoprism.pipeline.run import ExtractSummary, Reporter, ensure_store_parent
 def run_extract(
     inputs: list[str],
     store_path: str,
-    cfg: RunConfig = RunConfig(),
+    cfg: RunConfig | None = None,
     *,
     scheduler: str | None = None,
     reporter: Reporter | None = None,
@@ -22,6 +22,7 @@ def run_extract(
     Re-running the same command resumes: complete videos are skipped, the rest are redone.
     A video that cannot be decoded is recorded as failed and the run goes on.
     """
+    cfg = cfg or RunConfig()
     paths = find_videos(inputs)
     ensure_store_parent(store_path)
     if scheduler:

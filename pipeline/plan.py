@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, load_encoder
 from ethoprism.extract.encode import ShardedEncoder
@@ -35,10 +34,10 @@ class Plan:
         return self.windows / self.windows_per_s if self.windows_per_s else None
 
     def to_dict(self) -> dict:
-        return dict(
-            videos=self.videos, windows=self.windows, bytes_per_window=self.bytes_per_window,
-            store_bytes=self.store_bytes, windows_per_s=self.windows_per_s, seconds=self.seconds,
-        )
+        return {
+            "videos": self.videos, "windows": self.windows, "bytes_per_window": self.bytes_per_window,
+            "store_bytes": self.store_bytes, "windows_per_s": self.windows_per_s, "seconds": self.seconds,
+        }
 
 
 def bytes_per_window(cfg: RunConfig) -> float:
@@ -68,10 +67,10 @@ def plan_run(paths: list[str], cfg: RunConfig, measure: bool = True) -> Plan:
         try:
             info = probe_video(path)
         except EthoprismError as e:
-            plan.videos.append(dict(path=path, error=str(e)))
+            plan.videos.append({"path": path, "error": str(e)})
             continue
         n = len(plan_windows(info.n_frames, cfg.prep)[0])
-        plan.videos.append(dict(path=path, frames=info.n_frames, fps=info.fps, windows=n))
+        plan.videos.append({"path": path, "frames": info.n_frames, "fps": info.fps, "windows": n})
         plan.windows += n
     if measure:
         plan.windows_per_s = measure_rate(cfg)

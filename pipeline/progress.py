@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+from ethoprism.pipeline.run import Reporter, VideoResult
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from ethoprism.pipeline.run import Reporter, VideoResult
 
 
 class RichReporter(Reporter):
@@ -53,7 +52,7 @@ class JsonLinesReporter(Reporter):
     """Appends one JSON object per finished video to a file, flushed at once (tail -f friendly)."""
 
     def __init__(self, path: str, inner: Reporter | None = None):
-        self.file = open(path, "a", buffering=1)
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the whole run; closed by stop)
         self.inner = inner or Reporter()
 
     def start(self, n_videos: int) -> None:

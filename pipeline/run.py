@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
