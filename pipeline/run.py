@@ -17,7 +17,6 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -112,7 +111,7 @@ class _Writer(threading.Thread):
                 handle, ops = item
                 encoded = ShardedEncoder.fetch(handle) if handle is not None else None
                 self._apply(ops, encoded)
-        except BaseException as e:  # surfaced by check() on the main thread
+        except BaseException as e:  # noqa: BLE001 (re-raised by check() on the main thread)
             self.error = e
             while self.inbox.get() is not None:  # drain so the main thread never blocks
                 pass

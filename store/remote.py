@@ -16,10 +16,9 @@ import os
 from pathlib import Path
 
 import zarr
+from ethoprism.store.schema import IDENTITY_KEYS, PARTS, StoreError, check_same_identity
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-
-from ethoprism.store.schema import IDENTITY_KEYS, PARTS, StoreError, check_same_identity
 
 S3_ENDPOINT_ENV = ("ETHOPRISM_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 S3_CREDENTIAL_OPTIONS = ("anon", "key", "secret", "token", "profile", "session")

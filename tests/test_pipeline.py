@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.errors import EthoprismError
@@ -22,7 +20,7 @@ from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
-from ethoprism.store import Layout
+from typer.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 VIDEOS = DATA / "videos"
@@ -52,10 +50,10 @@ def windows_by_video(path) -> dict[str, dict[int, np.ndarray]]:
 
 def assert_same_windows(a: dict, b: dict, rtol: float = 0.0, atol: float = 0.0) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].keys() == b[name].keys(), name
-        for start in a[name]:
-            np.testing.assert_allclose(a[name][start], b[name][start], rtol=rtol, atol=atol,
+    for name, windows in a.items():
+        assert windows.keys() == b[name].keys(), name
+        for start, tokens in windows.items():
+            np.testing.assert_allclose(tokens, b[name][start], rtol=rtol, atol=atol,
                                        err_msg=f"{name} window @{start}")
 
 
@@ -143,7 +141,7 @@ def test_sigkill_then_resume_is_bit_identical(reference_store, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the decode workers die with it
         proc.wait()
     proc = _extract_in_subprocess(path)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
     assert_same_windows(windows_by_video(path), windows_by_video(reference_store))
 

@@ -11,14 +11,13 @@ import pytest
 import s3fs
 import xarray as xr
 import zarr
-from typer.testing import CliRunner
-
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.store import Layout, StoreIdentityError, VideoRecord
 from ethoprism.store.remote import storage_options_for, upload_store, zarr_store_for
 from ethoprism.store.schema import StoreError
 from servers import free_port
+from typer.testing import CliRunner
 
 SHARD_WINDOWS = 16
 ENCODER = {"name": "videoprism-tiny", "config": {"model_dim": 16}, "checkpoint_sha256": "0" * 64,
