@@ -311,12 +311,14 @@ def test_embeddings_are_stored_in_chunks_of_many_windows(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ds.embedding.values, want)
     idx = np.random.default_rng(0).integers(0, len(want), 40)
     np.testing.assert_array_equal(store.read_windows(ds, idx, var="embedding"), want[idx])
-    tokens = np.concatenate([decode_tokens(encode_tokens(x, "float16-round7", 1), "float16-round7")
-                             for x in xs])
+    tokens = np.concatenate(
+        [decode_tokens(encode_tokens(x, "float16-round7", 1), "float16-round7") for x in xs]
+    )
     np.testing.assert_array_equal(store.read_windows(ds, idx[:8]), tokens[idx[:8]])
     sub = ds.isel(window=slice(10, 30))
-    np.testing.assert_array_equal(store.read_windows(sub, [19, 0, 3], var="embedding"),
-                                  want[[29, 10, 13]])
+    np.testing.assert_array_equal(
+        store.read_windows(sub, [19, 0, 3], var="embedding"), want[[29, 10, 13]]
+    )
 
 
 def test_a_partly_filled_embedding_chunk_is_replaced_whole(tmp_path):
