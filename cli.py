@@ -33,6 +33,14 @@ def print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def print_figures(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table of named figures (summaries and benchmarks)."""
+    table = Table(title=title, show_header=False)
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ethoprism {__version__}")
@@ -52,17 +60,14 @@ def main(
 
 
 def _print_summary(summary) -> None:
-    table = Table(title=f"extracted into {summary.store}", show_header=False)
-    table.add_row("model", f"{summary.model} (checkpoint sha256 {summary.checkpoint_sha256[:12]})")
-    table.add_row("devices", str(summary.devices))
-    table.add_row(
-        "videos",
-        f"{summary.count('complete')} complete, {summary.count('skipped')} already in the store, "
-        f"{summary.count('failed')} failed",
-    )
     rate = summary.windows / summary.seconds if summary.seconds else 0.0
-    table.add_row("windows", f"{summary.windows} in {summary.seconds:.1f} s ({rate:.2f}/s)")
-    console.print(table)
+    print_figures(f"extracted into {summary.store}", [
+        ("model", f"{summary.model} (checkpoint sha256 {summary.checkpoint_sha256[:12]})"),
+        ("devices", str(summary.devices)),
+        ("videos", (f"{summary.count('complete')} complete, {summary.count('skipped')} already in the store, "
+                    f"{summary.count('failed')} failed")),
+        ("windows", f"{summary.windows} in {summary.seconds:.1f} s ({rate:.2f}/s)"),
+    ])
     for v in summary.failed:
         err_console.print(f"[red]failed[/] {v.path}: {v.reason}", highlight=False)
 
@@ -176,17 +181,19 @@ def bench_extract(
     if as_json:
         print_json(r)
         return
-    table = Table(title=f"bench extract: {model}, {r['windows']} windows, batch {r['batch_size']}, "
-                        f"{r['devices']} device(s)", show_header=False)
-    table.add_row("end-to-end", f"{r['end_to_end_windows_per_s']:.3f} windows/s")
-    table.add_row("encoder only", f"{r['encoder_only_windows_per_s']:.3f} windows/s")
-    table.add_row("pipeline efficiency", f"{r['pipeline_efficiency']:.2f}  (target >= 0.9 on videoprism-b)")
     d = r["decode"]
-    table.add_row("raw decode", f"{d['raw_fps']:.0f} frames/s")
-    table.add_row("decode + resize", f"{d['resize_fps']:.0f} frames/s")
-    table.add_row("decode ratio", f"{d['ratio']:.2f}  (target >= 0.5)")
-    table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MiB")
-    console.print(table)
+    print_figures(
+        f"bench extract: {model}, {r['windows']} windows, batch {r['batch_size']}, {r['devices']} device(s)",
+        [
+            ("end-to-end", f"{r['end_to_end_windows_per_s']:.3f} windows/s"),
+            ("encoder only", f"{r['encoder_only_windows_per_s']:.3f} windows/s"),
+            ("pipeline efficiency", f"{r['pipeline_efficiency']:.2f}  (target >= 0.9 on videoprism-b)"),
+            ("raw decode", f"{d['raw_fps']:.0f} frames/s"),
+            ("decode + resize", f"{d['resize_fps']:.0f} frames/s"),
+            ("decode ratio", f"{d['ratio']:.2f}  (target >= 0.5)"),
+            ("peak RSS", f"{r['peak_rss_mb']:.0f} MiB"),
+        ],
+    )
 
 
 # --- store ------------------------------------------------------------------------------------
@@ -454,16 +461,18 @@ def bench_retrieve(
     if as_json:
         print_json(r)
         return
-    table = Table(title=f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, k {r['k']}, "
-                        f"{r['threads']} threads", show_header=False)
-    table.add_row("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s")
-    table.add_row("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s")
-    table.add_row("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)")
-    table.add_row("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}")
-    table.add_row("IVF-Flat", f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, built in {r['ivf_build_s']:.1f} s")
-    table.add_row("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x")
-    table.add_row("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}")
-    console.print(table)
+    print_figures(
+        f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, k {r['k']}, {r['threads']} threads",
+        [
+            ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
+            ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
+            ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
+            ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+            ("IVF-Flat", f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, built in {r['ivf_build_s']:.1f} s"),
+            ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
+            ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
+        ],
+    )
 
 
 # --- probe ------------------------------------------------------------------------------------
@@ -705,9 +714,6 @@ def bench_encoder(
                       f"(target >= 1)", highlight=False)
 
 
-if __name__ == "__main__":
-    app()
-
 
 # --- the main job -----------------------------------------------------------------------------
 
@@ -743,14 +749,13 @@ def demo(
         print_json(result)
         return
     m = result["metrics"]
-    table = Table(title="ethoprism demo", show_header=False)
-    table.add_row("encoder", f"{choice.model} ({'official weights' if choice.real else 'RANDOM weights'})")
-    table.add_row("store", f"{result['store']}: {result['extraction']['windows']} windows")
-    table.add_row("head", result["head"])
-    table.add_row("classes", ", ".join(result["classes"]))
-    for e in result["ethograms"]:
-        table.add_row("ethogram", f"{e['csv']}  {e['png']}")
-    table.add_row("metrics (training videos)",
-                  f"mAP {m['mAP']:.3f}, accuracy {m['accuracy']:.3f}, macro accuracy {m['macro_accuracy']:.3f}")
-    table.add_row("confusion matrix", m["confusion_png"])
-    console.print(table)
+    print_figures("ethoprism demo", [
+        ("encoder", f"{choice.model} ({'official weights' if choice.real else 'RANDOM weights'})"),
+        ("store", f"{result['store']}: {result['extraction']['windows']} windows"),
+        ("head", result["head"]),
+        ("classes", ", ".join(result["classes"])),
+        *[("ethogram", f"{e['csv']}  {e['png']}") for e in result["ethograms"]],
+        ("metrics (training videos)",
+         f"mAP {m['mAP']:.3f}, accuracy {m['accuracy']:.3f}, macro accuracy {m['macro_accuracy']:.3f}"),
+        ("confusion matrix", m["confusion_png"]),
+    ])

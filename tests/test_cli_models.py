@@ -31,7 +31,7 @@ def test_models_table_and_bad_bench_dtype():
 
 
 def test_module_entry_point_reports_cached_weights(tmp_path):
-    """`python -m ethoprism.cli` in a fresh process, offline, with the base checkpoint in the hub cache."""
+    """`python -m ethoprism` in a fresh process, offline, with the base checkpoint in the hub cache."""
     repo = tmp_path / "hub" / "models--google--videoprism-base-f16r288"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("1" * 40)
@@ -40,10 +40,10 @@ def test_module_entry_point_reports_cached_weights(tmp_path):
     cached.write_bytes(b"placeholder")  # availability is a cache lookup; loading validates the file
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    out = subprocess.run([sys.executable, "-m", "ethoprism.cli", "models", "--json"], check=False,
+    out = subprocess.run([sys.executable, "-m", "ethoprism", "models", "--json"], check=False,
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["videoprism-b"]["weights"] == str(cached) and rows["videoprism-l"]["weights"] is None
-    out = subprocess.run([sys.executable, "-m", "ethoprism.cli", "--help"], check=False, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "ethoprism", "--help"], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "models" in out.stdout and "bench" in out.stdout
