@@ -316,8 +316,8 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     """
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
     handle = _OPENED.get(ds.attrs.get("source"))
-    if handle is None and ds.attrs.get("schema") and var in ("tokens", "embedding"):
-        handle = open_handle(ds.attrs["source"])
+    if handle is None and ds.attrs.get("source") and var in ("tokens", "embedding"):
+        handle = open_handle(ds.attrs["source"])  # a dataset unpickled in another process
     if handle is None or var not in ("tokens", "embedding") or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)
     parts = [handle.parts[[p.name for p in handle.parts].index(name)] for name in ds.attrs["parts"]]

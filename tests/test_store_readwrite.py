@@ -257,6 +257,7 @@ def test_read_windows_on_an_in_memory_dataset():
     ds = xr.Dataset(
         {"tokens": (("window", "t", "c"), tokens)},
         coords={"start_frame": ("window", np.arange(5) * 8)},
+        attrs={"schema": "ethoprism.features"},  # store-like attributes, but no store behind it
     )
     np.testing.assert_array_equal(store.read_windows(ds, [4, 1, 1]), tokens[[4, 1, 1]])
     np.testing.assert_array_equal(store.read_windows(ds, np.array([-1]), var="start_frame"), [32])
