@@ -2,7 +2,8 @@
 
 Ratios are measured in one run on one machine, so machine noise mostly cancels:
 - end-to-end windows/s (decode, resize, encode, write a real store) / encoder-only windows/s,
-  same model, batch and compiled function (the compile is excluded from both);
+  same model, batch and compiled function (the compile is excluded from both; the encoder alone
+  is timed before and after the run and averaged);
 - decode+resize frames/s / raw decode frames/s of the same file;
 - peak RSS of this process and its decode workers.
 """
@@ -20,6 +21,7 @@ from ethoprism.extract.decode_bench import measure_decode
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
+from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.run import extract_local
 
@@ -66,21 +68,27 @@ def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, ba
     pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8)
     sharded(pixels)  # compile once, for both measurements
 
+    n = len(plan_windows(info.n_frames, prep)[0])
+    batches = -(-n // sharded.batch_size)
+
+    def encoder_only_seconds() -> float:
+        """The same batches (same padding) as the run, with nothing else to do."""
+        t0 = time.perf_counter()
+        for handle in [sharded.submit(pixels) for _ in range(batches)]:
+            sharded.fetch(handle)
+        return time.perf_counter() - t0
+
+    # Encoder alone before and after the run: their mean cancels a drift in machine load.
+    before = encoder_only_seconds()
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as rss:
         summary = extract_local([video], f"{tmp}/bench.zarr", cfg, sharded=sharded)
-    n = summary.windows
-    e2e = n / summary.seconds
-
-    batches = -(-n // sharded.batch_size)
-    t0 = time.perf_counter()
-    handles = [sharded.submit(pixels) for _ in range(batches)]
-    for h in handles:
-        sharded.fetch(h)
-    encoder_only = n / (time.perf_counter() - t0)  # same batches, same padding as the run
+    after = encoder_only_seconds()
+    e2e = summary.windows / summary.seconds
+    encoder_only = n / ((before + after) / 2)
 
     decode = measure_decode(video, prep)
     return {
-        "model": model, "video": video, "windows": n, "batch_size": sharded.batch_size, "devices": sharded.n_devices,
+        "model": model, "video": video, "windows": summary.windows, "batch_size": sharded.batch_size, "devices": sharded.n_devices,
         "end_to_end_windows_per_s": e2e, "encoder_only_windows_per_s": encoder_only,
         "pipeline_efficiency": e2e / encoder_only, "decode": decode, "peak_rss_mb": rss.peak / 2**20,
     }
