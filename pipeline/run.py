@@ -24,7 +24,6 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
-from ethoprism.extract.video import VideoInfo
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
 
@@ -76,14 +75,6 @@ class Reporter:
     def start(self, n_videos: int) -> None: ...
     def windows_done(self, n: int) -> None: ...
     def video_done(self, result: VideoResult) -> None: ...
-
-
-def record_of(info: VideoInfo) -> store.VideoRecord:
-    return store.VideoRecord(
-        path=info.path, size_bytes=info.size_bytes, sha256=info.sha256, fps=info.fps,
-        n_frames=info.n_frames, duration=info.duration, width=info.width, height=info.height,
-        codec=info.codec,
-    )
 
 
 def complete_fingerprints(store_path: str) -> frozenset[str]:
@@ -230,7 +221,7 @@ def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
 
     for event in pool.events():
         if isinstance(event, Start):
-            ops.append(("start", event.index, record_of(event.info)))
+            ops.append(("start", event.index, store.VideoRecord.of(event.info)))
         elif isinstance(event, Skip):
             ops.append(("skip", event.index))
         elif isinstance(event, Windows):
@@ -250,7 +241,7 @@ def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
                 renumber = {id(o): k for k, o in enumerate(keep_rows)}
                 kept = [("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept]
             ops = kept
-            record = record_of(event.info) if event.info is not None else None
+            record = store.VideoRecord.of(event.info) if event.info is not None else None
             ops.append(("fail", event.index, record, event.reason))
     if ops or pixels:
         submit()
