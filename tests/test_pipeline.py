@@ -99,13 +99,18 @@ def test_failures_are_recorded_and_the_rest_complete(tmp_path):
     np.testing.assert_allclose(horse.start_time.values, starts / 24.0, atol=1e-3)
     assert np.isfinite(horse.embedding.values).all()
 
-    # Re-running skips what is complete and tries the failed ones again.
+    # Re-running skips what is complete and tries the failed ones again; the log has a line per video.
+    log = tmp_path / "run.jsonl"
     again = CliRunner().invoke(
-        app, ["extract", HORSE, FIVE, TRUNCATED, str(path), *CLI_ARGS, "--json"]
+        app, ["extract", HORSE, FIVE, TRUNCATED, str(path), *CLI_ARGS, "--json", "--log-json", str(log)]
     )
     assert again.exit_code == 1
     summary = json.loads(again.stdout)
     assert summary["skipped"] == 2 and summary["n_failed"] == 1
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((Path(x["path"]).name, x["status"]) for x in lines) == sorted(
+        [("horse_288x162.mp4", "skipped"), ("mouse_cage_5frames.mp4", "skipped"), (Path(TRUNCATED).name, "failed")]
+    )
     assert store.open(str(path)).sizes["window"] == ds.sizes["window"]
 
 
