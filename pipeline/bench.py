@@ -28,28 +28,33 @@ from ethoprism.pipeline.run import extract_local
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process tree twice a second.
+    """Samples the summed RSS of a process tree (default: this one) every `interval` seconds.
 
-    Not more often: walking /proc costs CPU, and on a 2-core machine a 50 ms sampler stole
-    enough of it from the encoder to cost the end-to-end figure ~20%.
+    Twice a second by default: walking /proc costs CPU, and on a 2-core machine a 50 ms sampler
+    stole enough of it from the encoder to cost the end-to-end figure ~20%.
     """
 
-    def __init__(self):
+    def __init__(self, pid: int | None = None, interval: float = 0.5):
         self.peak = 0
+        self._pid, self._interval = pid, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        me = psutil.Process()
+        root = psutil.Process(self._pid)
         while not self._stop.is_set():
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:  # the watched process has exited
+                tree = []
+            for p in tree:
                 try:
                     total += p.memory_info().rss
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
-            self._stop.wait(0.5)
+            self._stop.wait(self._interval)
 
     def __enter__(self):
         self._thread.start()
@@ -58,8 +63,8 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        # This process's own high-water mark, in case it peaked between samples (KiB on Linux).
-        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if self._pid is None:  # this process's own high-water mark, in case it peaked between samples
+            self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, batch_size: int = 4,

@@ -18,6 +18,7 @@ from ethoprism.cli import app
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.windows import plan_windows
+from ethoprism.pipeline.bench import PeakRSS
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 from typer.testing import CliRunner
@@ -188,22 +189,12 @@ def _trim(src: str, dst: str, n_frames: int) -> None:
 
 
 def _peak_rss_of_extraction(video: str, store_path) -> int:
-    import psutil
-
     # Every frame is decoded; a long stride only saves converting frames no window uses.
     proc = _extract_in_subprocess(store_path, videos=(video,), extra_args=("--stride", "64"))
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        total = 0
-        for p in [root, *root.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        peak = max(peak, total)
-        time.sleep(0.05)
+    with PeakRSS(proc.pid, interval=0.05) as rss:
+        proc.wait()
     assert proc.returncode == 0, proc.stderr.read().decode()
-    return peak
+    return rss.peak
 
 
 def test_memory_does_not_grow_with_video_length(tmp_path):
