@@ -30,9 +30,15 @@ def pool_spatial(tokens: np.ndarray, pool: int) -> np.ndarray:
     return blocks.mean(axis=(3, 5), dtype=np.float32)
 
 
+def _check_finite(x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
+        raise ValueError("not finite (NaN or infinity)")
+
+
 def _check_float16_range(x: np.ndarray) -> None:
     peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
-    if peak > FLOAT16_MAX:
+    if not peak <= FLOAT16_MAX:  # NaN compares false
+        _check_finite(x)
         raise ValueError(
             f"token magnitude {peak:.4g} exceeds the float16 range ({FLOAT16_MAX:g}); "
             "use the int8 layout, which scales every token"
@@ -50,13 +56,10 @@ _MAX_REBIASED = 0x0F7F  # |bits| of 65504 * 2**-112 as bfloat16
 _BLOCK = 1 << 16  # elements per pass: temporaries stay in the CPU cache
 
 
-def _float16_round7(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _float16_round7(x: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    if out is None:
-        out = np.empty(np.shape(x), np.float16)
-    elif out.shape != np.shape(x) or out.dtype != np.float16 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a contiguous float16 array of shape {np.shape(x)}")
-    result, out = out, out.view(np.uint16).reshape(-1)
+    result = np.empty(np.shape(x), np.float16)
+    out = result.view(np.uint16).reshape(-1)
     scaled = np.empty(min(_BLOCK, flat.size), np.float32)
     sign = np.empty(scaled.shape, np.uint16)
     peak = 0
@@ -69,7 +72,8 @@ def _float16_round7(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         np.left_shift(bits, 3, out=out[i : i + k])
         np.bitwise_and(bits, 0x8000, out=sign[:k])
         out[i : i + k] |= sign[:k]
-    if peak > _MAX_REBIASED:
+    if peak > _MAX_REBIASED:  # NaN and infinity land here too
+        _check_finite(flat)
         big = float(np.max(np.abs(flat)))
         raise ValueError(
             f"token magnitude {big:.6g} exceeds the float16 range ({FLOAT16_MAX:g}) once "
@@ -98,6 +102,7 @@ def encode_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     so the few outlier channels of transformer activations no longer set every token's step.
     """
     x = np.asarray(x, dtype=np.float32)
+    _check_finite(x)
     n, c = x.shape[0], x.shape[-1]
     rms = np.sqrt(np.mean(np.square(x.reshape(n, -1, c)), axis=1, dtype=np.float32))
     channel_scale = np.where(rms > 0, rms, 1.0).astype(np.float32)
@@ -117,27 +122,43 @@ def decode_int8(q: np.ndarray, token_scale: np.ndarray, channel_scale: np.ndarra
 LAYOUT_DTYPES = ("float16-round7", "float16", "int8")
 
 
-def encode_tokens(tokens: np.ndarray, dtype: str, pool: int, out: dict | None = None) -> dict:
+def check_float16_tokens(q: np.ndarray, round7: bool) -> None:
+    """Tokens already in a float16 layout (coded on the accelerator): finite, and on the
+    7-mantissa-bit grid if `round7`. Raises ValueError saying what is wrong.
+
+    Four float16 values at a time as uint64 lanes: an exponent field of all ones (infinity,
+    NaN) plus one carries into its lane's sign bit, which the sign mask has cleared.
+    """
+    bits = np.ascontiguousarray(q).reshape(-1).view(np.uint16)
+    lanes = bits[: bits.size - bits.size % 4].view(np.uint64)
+    tail = np.zeros(4, np.uint16)
+    tail[: bits.size % 4] = bits[bits.size - bits.size % 4 :]
+    lanes = np.concatenate([lanes, tail.view(np.uint64)]) if bits.size % 4 else lanes
+    exponent = np.bitwise_and(lanes, np.uint64(0x7C007C007C007C00))
+    exponent += np.uint64(0x0400040004000400)
+    if np.bitwise_or.reduce(exponent) & np.uint64(0x8000800080008000):
+        raise ValueError("not finite (NaN or infinity), or beyond the float16 range")
+    if round7 and np.bitwise_or.reduce(lanes) & np.uint64(0x0007000700070007):
+        raise ValueError(
+            "float16 values not rounded to 7 mantissa bits, as the float16-round7 layout "
+            "stores them; pass float32 tokens to have the store round them"
+        )
+
+
+def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict:
     """Full-resolution float32 tokens -> the arrays a layout stores (names as on disk).
 
-    With `out` ({name: array of the right shape}) the arrays are written there and returned:
-    float16-round7 tokens are then encoded in place, without an intermediate copy.
+    Raises ValueError for values the layout cannot store (not finite, beyond float16's range).
     """
     x = pool_spatial(np.asarray(tokens, dtype=np.float32), pool)
     if dtype == "float16-round7":
-        return {"tokens": _float16_round7(x, None if out is None else out["tokens"])}
+        return {"tokens": _float16_round7(x)}
     if dtype == "float16":
-        encoded = {"tokens": encode_float16(x, round7=False)}
-    elif dtype == "int8":
+        return {"tokens": encode_float16(x, round7=False)}
+    if dtype == "int8":
         q, token_scale, channel_scale = encode_int8(x)
-        encoded = {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}
-    else:
-        raise ValueError(f"unknown token dtype {dtype!r}; expected one of {LAYOUT_DTYPES}")
-    if out is None:
-        return encoded
-    for name, values in encoded.items():
-        out[name][...] = values
-    return out
+        return {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}
+    raise ValueError(f"unknown token dtype {dtype!r}; expected one of {LAYOUT_DTYPES}")
 
 
 def decode_tokens(stored: dict, dtype: str):

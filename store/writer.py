@@ -3,8 +3,9 @@
 Why it is safe (SPEC.md has the full protocol):
 - Each writer owns one part (`parts/<name>/`, held by an flock), so no two processes ever write
   the same shard or resize the same array; zarr 3.1.6 silently loses data otherwise.
-- zarr's LocalStore writes every chunk, shard and metadata document to a temporary file and
-  renames it into place, so a SIGKILL leaves each file either old or new, never torn.
+- Every file is written to a temporary file and renamed into place (zarr's LocalStore does so
+  for metadata and per-window arrays; `shards` for token shards), so a SIGKILL leaves each file
+  either old or new, never torn.
 - What is committed is decided by one document, the part group's `zarr.json`, which this module
   writes (fsync, rename, fsync the directory) only after the video's data files are durable.
   Readers read windows [0, n_windows) and the video table from it and ignore anything past it.
@@ -24,14 +25,16 @@ import re
 import secrets
 import socket
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 import zarr
 from ethoprism import __version__
-from ethoprism.store.codecs import encode_tokens, stored_token_shape
+from ethoprism.store import shards
+from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -50,13 +53,24 @@ from ethoprism.store.schema import (
     part_arrays,
     token_arrays,
 )
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
 MAX_WINDOWS_PER_SHARD = 64
 EMBED_CHUNK = 1024  # windows per chunk of `embedding`: full reads decode few, large chunks
 COORD_CHUNK = 4096  # windows per chunk of the 1-D per-window arrays
+ENCODE_THREADS = max(2, os.cpu_count() or 1)  # windows coded and compressed at once
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _compressors(layout: str, dtype: np.dtype) -> list:
+    """float16-round7 tokens: lz4 over bit planes (bitshuffle) finds their 3 zero mantissa bits
+    (5.1 MB per base window; zstd 4.9) at 3x zstd's speed and decompresses 2-3x faster. The
+    other layouts and the small arrays: zstd, which finds more in them than lz4 does."""
+    if layout == "float16-round7" and dtype == np.float16:
+        lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2)
+        return [lz4, Crc32cCodec()]
+    return [ZstdCodec(level=1), Crc32cCodec()]
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -209,8 +223,15 @@ class StoreWriter:
         self._arrays: dict[str, zarr.Array] = {}
         self._video: VideoWriter | None = None
         self._seen: dict[str, tuple] = {}  # other parts: (zarr.json identity, complete sha256s)
-        # One background thread writes shards while the caller encodes the next batch.
+        # Windows are coded and compressed in parallel; one background thread writes the files
+        # while the caller goes on with the next batch.
+        self._encode_pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
+        self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
+        # The token shard being filled, which spans videos: {array: encoded windows so far}, and
+        # the committed ones among them (what a discarded video falls back to).
+        self._filling: dict[str, list[shards.Chunk]] = {}
+        self._committed_chunks: dict[str, list[shards.Chunk]] = {}
         self.part_dir.mkdir(parents=True, exist_ok=True)
         # The part directory itself is the lock (released by the kernel if the process dies).
         self._lock_fd = os.open(self.part_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -256,6 +277,15 @@ class StoreWriter:
             for arr in self._arrays.values():
                 if arr.shape[0] != n:
                     arr.resize((n,) + arr.shape[1:])
+            per_shard = self.state["windows_per_shard"]
+            if n % per_shard:  # carry on filling the last shard, committed windows kept as stored
+                self._committed_chunks = {
+                    name: shards.read_chunks(
+                        _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
+                    )
+                    for name in self._encoders
+                }
+            self._filling = {k: list(v) for k, v in self._committed_chunks.items()}
 
     # -- arrays -------------------------------------------------------------------------------
 
@@ -268,6 +298,10 @@ class StoreWriter:
                 {"write_empty_chunks": True}
             )
             for name in part_arrays(self.layout.dtype)
+        }
+        self._encoders = {
+            name: shards.chunk_encoder(self._arrays[name].metadata.to_dict())
+            for name in token_arrays(self.layout.dtype)
         }
 
     def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
@@ -294,16 +328,22 @@ class StoreWriter:
                 chunks=chunks,
                 shards=shards,
                 fill_value=0,
-                compressors=[ZstdCodec(level=1), Crc32cCodec()],
+                compressors=_compressors(self.layout.dtype, dtype),
                 dimension_names=ARRAY_DIMS[name],
                 overwrite=True,
             )
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
         self._open_arrays()
 
-    def _write(self, writes: list[tuple[int, dict[str, np.ndarray]]]) -> None:
-        """Write each (first window, {array: values}); whole files but for a commit's tail."""
-        for start, data in writes:
+    def _write(self, writes: Writes) -> None:
+        """Write token shards ({array: encoded windows}, missing ones None) and per-window
+        values from their first window; whole files but for a commit's tail."""
+        per_shard = self.state["windows_per_shard"]
+        for index, data in writes.shards:
+            for name, chunks in data.items():
+                path = _shard_path(self.part_dir, name, index)
+                shards.write_shard(path, chunks + [None] * (per_shard - len(chunks)), per_shard)
+        for start, data in writes.per_window:
             for name, values in data.items():
                 end = start + len(values)
                 arr = self._arrays[name]
@@ -311,8 +351,16 @@ class StoreWriter:
                     arr.resize((end,) + arr.shape[1:])
                 arr[start:end] = values
 
-    def _token_arrays(self) -> dict[str, zarr.Array]:
-        return {name: self._arrays[name] for name in token_arrays(self.layout.dtype)}
+    def _encode_window(self, tokens: np.ndarray) -> dict[str, shards.Chunk]:
+        """One window (t,h,w,c) -> its encoded inner chunk per token array. Float32 tokens at
+        full resolution are coded here; float16 tokens come already coded (by the encoder)."""
+        dtype, pool = self.layout.dtype, self.layout.pool
+        if tokens.dtype == np.float16:
+            check_float16_tokens(tokens, round7=dtype == "float16-round7")
+            stored = {"tokens": tokens[None]}
+        else:
+            stored = encode_tokens(tokens[None], dtype, pool)
+        return {name: self._encoders[name](values) for name, values in stored.items()}
 
     def _make_durable(self, start: int, end: int) -> None:
         """fsync the chunk and shard files holding windows [start, end), then their directories."""
@@ -405,6 +453,7 @@ class StoreWriter:
         """Release the part; an uncommitted video is dropped (as if the writer had been killed)."""
         self._drop_video()
         self._io.shutdown()
+        self._encode_pool.shutdown()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -415,6 +464,7 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 self._video._wait()
             self._video = None
+        self._filling = {k: list(v) for k, v in self._committed_chunks.items()}
 
     def __enter__(self) -> Self:
         return self
@@ -423,20 +473,12 @@ class StoreWriter:
         self.close()
 
 
-class _ShardBuffer:
-    """The token shard being filled: batches are encoded straight into it (no copies), and it
-    is written once, when full or at a commit. A video's first shard starts where the part's
-    committed windows end, so it may be a shard's tail."""
+@dataclasses.dataclass
+class Writes:
+    """What one trip to the writer thread writes."""
 
-    def __init__(self, arrays: dict[str, zarr.Array], start: int, per_shard: int):
-        self.start, self.fill = start, 0
-        self.capacity = per_shard - start % per_shard
-        self.values = {
-            name: np.empty((self.capacity, *a.shape[1:]), a.dtype) for name, a in arrays.items()
-        }
-
-    def take(self) -> tuple[int, dict[str, np.ndarray]]:
-        return self.start, {name: v[: self.fill] for name, v in self.values.items()}
+    shards: list[tuple[int, dict[str, list[shards.Chunk]]]]  # (shard index, {array: chunks})
+    per_window: list[tuple[int, dict[str, np.ndarray]]]  # (first window, {array: values})
 
 
 class _Pending:
@@ -483,7 +525,6 @@ class VideoWriter:
         self.store, self.record = store, record
         self.first = store.state["n_windows"]
         self.appended = self.first  # windows [first, appended) are appended, uncommitted
-        self._shard: _ShardBuffer | None = None
         self._per_window: _Pending | None = None  # made once the part's arrays exist
         self._inflight: Future | None = None  # the write running in the background
         self._done = False
@@ -494,40 +535,47 @@ class VideoWriter:
                 f"video {self.record.path}: this writer was committed, failed or replaced"
             )
 
+    def _error(self, message: str, window: int | None = None, array: str = "tokens") -> StoreError:
+        where = "" if window is None else (
+            f" {array} of window {window} of this batch (store window {self.appended + window}):"
+        )
+        return StoreError(f"video {self.record.path}:{where} {message}")
+
     def append(
         self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
     ) -> None:
-        """Add a batch of windows: tokens (n,t,h,w,c) float32 full resolution, embedding (n,c)."""
+        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c).
+
+        Tokens are float32 at full resolution (the store codes them for its layout), or, for
+        the float16 layouts, float16 already coded at the stored resolution (as the extraction
+        does on the accelerator: half the bytes to move, no rounding on the host). A window
+        the layout cannot store refuses the whole batch, naming the window.
+        """
         self._check_live()
-        tokens = np.asarray(tokens, dtype=np.float32)
+        tokens = np.asarray(tokens)
+        if tokens.dtype != np.float16:
+            tokens = tokens.astype(np.float32, copy=False)
         embedding = np.asarray(embedding, dtype=np.float32)
         n = tokens.shape[0] if tokens.ndim == 5 else -1
         if n <= 0 or embedding.shape != (n, tokens.shape[-1]):
-            raise StoreError(
-                f"video {self.record.path}: expected tokens (n,t,h,w,c) with n > 0 and "
-                f"embedding (n,c); got {tokens.shape} and {embedding.shape}"
+            raise self._error(
+                "expected tokens (n,t,h,w,c) with n > 0 and embedding (n,c); "
+                f"got {tokens.shape} and {embedding.shape}"
             )
-        window = self.appended
-        for name, values in (("tokens", tokens), ("embedding", embedding)):
-            if np.isfinite(values.max()) and np.isfinite(values.min()):  # cheap common case
-                continue
-            bad = ~np.isfinite(values).reshape(n, -1).all(axis=1)
-            if bad.any():
-                raise StoreError(
-                    f"video {self.record.path}: {name} of window {int(np.argmax(bad))} "
-                    f"of this batch (store window {window + int(np.argmax(bad))}) "
-                    "is not finite"
-                )
         layout = self.store.layout
-        try:
-            stored_shape = list(stored_token_shape(tokens.shape[1:], layout.pool))
-        except ValueError as e:
-            raise StoreError(f"video {self.record.path}: {e}") from None
+        if tokens.dtype == np.float16:
+            if layout.dtype == "int8":
+                raise self._error("the int8 layout takes float32 tokens, got float16")
+            stored_shape = list(tokens.shape[1:])
+        else:
+            try:
+                stored_shape = list(stored_token_shape(tokens.shape[1:], layout.pool))
+            except ValueError as e:
+                raise self._error(str(e)) from None
         shape = self.store.state["token_shape"]
         if shape is not None and stored_shape != shape:
-            raise StoreError(
-                f"video {self.record.path}: stored token shape "
-                f"{tuple(stored_shape)} differs from this part's {tuple(shape)}"
+            raise self._error(
+                f"stored token shape {tuple(stored_shape)} differs from this part's {tuple(shape)}"
             )
         batch = {
             "embedding": embedding,
@@ -543,54 +591,56 @@ class VideoWriter:
             batch[name] = values
         try:
             if shape is None:
-                try:
-                    first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
-                except ValueError as e:
-                    raise StoreError(f"video {self.record.path}: {e}") from None
+                if tokens.dtype == np.float16:
+                    first = {"tokens": tokens[:1]}
+                else:
+                    try:
+                        first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
+                    except ValueError as e:
+                        raise self._error(str(e), 0) from None
                 self.store._create_arrays(first, tokens.shape[-1])
-            full_shards = self._encode(tokens)
+            encoded = self._encode(tokens)
+            if not np.isfinite(embedding).all():
+                bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
+                raise self._error("not finite", bad, "embedding")
+            full_shards = self._add_to_shards(encoded)
             if self._per_window is None:
                 per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
                 self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             chunks = self._per_window.take(whole_files=True)
-            self._submit(full_shards + ([chunks] if chunks else []))
+            self._submit(Writes(full_shards, [chunks] if chunks else []))
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
 
-    def _encode(self, tokens: np.ndarray) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """Encode a batch into the shard buffers; returns the shards it filled. A value the
-        layout cannot store leaves the buffers as they were (the batch is refused whole)."""
-        layout, per_shard = self.store.layout, self.store.state["windows_per_shard"]
-        kept = (self._shard, self._shard.fill if self._shard else 0)
-        full, i = [], 0
-        try:
-            while i < len(tokens):
-                if self._shard is None:
-                    arrays = self.store._token_arrays()
-                    self._shard = _ShardBuffer(arrays, self.appended + i, per_shard)
-                shard = self._shard
-                k = min(len(tokens) - i, shard.capacity - shard.fill)
-                into = {name: v[shard.fill : shard.fill + k] for name, v in shard.values.items()}
-                encode_tokens(tokens[i : i + k], layout.dtype, layout.pool, out=into)
-                shard.fill += k
-                i += k
-                if shard.fill == shard.capacity:
-                    full.append(shard.take())
-                    self._shard = None
-        except ValueError as e:
-            self._shard = kept[0]
-            if kept[0] is not None:
-                kept[0].fill = kept[1]
-            raise StoreError(f"video {self.record.path}: {e}") from None
+    def _encode(self, tokens: np.ndarray) -> list[dict[str, shards.Chunk]]:
+        """Code and compress each window of a batch in the store's thread pool."""
+        jobs = [self.store._encode_pool.submit(self.store._encode_window, w) for w in tokens]
+        wait(jobs)
+        for i, job in enumerate(jobs):
+            if isinstance(job.exception(), ValueError):
+                raise self._error(str(job.exception()), i)
+        return [job.result() for job in jobs]
+
+    def _add_to_shards(self, windows: list[dict[str, shards.Chunk]]) -> list:
+        """Append encoded windows to the shard being filled; returns the shards they filled."""
+        store, per_shard = self.store, self.store.state["windows_per_shard"]
+        if not store._filling:
+            store._filling = {name: [] for name in windows[0]}
+        full = []
+        for i, chunks in enumerate(windows):
+            for name, chunk in chunks.items():
+                store._filling[name].append(chunk)
+            if len(store._filling["tokens"]) == per_shard:
+                full.append(((self.appended + i) // per_shard, store._filling))
+                store._filling = {name: [] for name in chunks}
         return full
 
-    def _submit(self, writes: list[tuple[int, dict[str, np.ndarray]]]) -> None:
-        """Hand whole files to the writer thread, which compresses and writes them while the
-        caller encodes the next batch."""
-        if writes:
+    def _submit(self, writes: Writes) -> None:
+        """Hand files to the writer thread, which writes them while the caller goes on."""
+        if writes.shards or writes.per_window:
             self._wait()  # at most one write in flight: bounded memory, errors surface in order
             self._inflight = self.store._io.submit(self.store._write, writes)
 
@@ -603,20 +653,21 @@ class VideoWriter:
         """Make the video visible: data made durable first, then the part's record replaced."""
         self._check_live()
         if self.appended == self.first:
-            raise StoreError(
-                f"video {self.record.path}: no windows appended; record a failure instead"
-            )
+            raise self._error("no windows appended; record a failure instead")
+        store, per_shard = self.store, self.store.state["windows_per_shard"]
         try:
-            tail = [self._shard.take()] if self._shard is not None and self._shard.fill else []
-            self._shard = None
+            filling = {name: list(chunks) for name, chunks in store._filling.items()}
+            tail = Writes([], [])
+            if self.appended % per_shard:  # the shard being filled, so far
+                tail.shards.append((self.appended // per_shard, filling))
             if self._per_window is not None and (chunks := self._per_window.take(False)):
-                tail.append(chunks)
+                tail.per_window.append(chunks)
             self._submit(tail)
             self._wait()
-            for arr in self.store._arrays.values():
+            for arr in store._arrays.values():
                 if arr.shape[0] != self.appended:  # a discarded video had written further
                     arr.resize((self.appended,) + arr.shape[1:])
-            self.store._make_durable(self.first, self.appended)
+            store._make_durable(self.first, self.appended)
             row = dataclasses.asdict(self.record)
             if n_frames is not None:
                 row["n_frames"] = int(n_frames)
@@ -628,12 +679,11 @@ class VideoWriter:
                 first_window=self.first,
                 n_windows=self.appended - self.first,
             )
-            state = self.store.state
-            self.store._publish(
-                {**state, "n_windows": self.appended, "videos": [*state["videos"], row]}
-            )
+            state = store.state
+            store._publish({**state, "n_windows": self.appended, "videos": [*state["videos"], row]})
+            store._committed_chunks = filling
         except OSError as e:
-            raise _writable_error(self.store.root, e) from None
+            raise _writable_error(store.root, e) from None
         finally:
             self._done = True
 
