@@ -3,7 +3,8 @@
 One jit-compiled function per run: the batch axis is sharded over a 1-D `data` mesh of all
 local devices, parameters are replicated, and every call has the same shape (a short last batch
 is padded), so nothing recompiles between batches. Frames travel to the device as uint8 (4x less
-host-to-device traffic than float32) and are scaled to the pixel range there.
+host-to-device traffic than float32) and are scaled to the pixel range there; tokens can be coded
+for the store's layout there too (`extract.coding`), so they travel back as float16.
 """
 
 from __future__ import annotations
@@ -13,20 +14,27 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ethoprism.extract.coding import code_tokens
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
 class EncodedBatch(NamedTuple):
-    tokens: np.ndarray  # (n, T, h, w, D) float32
+    tokens: np.ndarray  # (n, T, h, w, D) float32, or float16 coded for a store layout
     embedding: np.ndarray  # (n, D) float32
 
 
 class ShardedEncoder:
-    """Runs `encoder` on uint8 windows (n, T, S, S, 3), n <= batch_size, over all local devices."""
+    """Runs `encoder` on uint8 windows (n, T, S, S, 3), n <= batch_size, over all local devices.
 
-    def __init__(self, encoder, batch_size: int, pixel_range=(0.0, 1.0), devices=None):
+    `store_layout` (a store layout's token dtype and pooling, e.g. ("float16-round7", 1)) has the
+    tokens coded for that layout on the device; None returns them as float32.
+    """
+
+    def __init__(self, encoder, batch_size: int, pixel_range=(0.0, 1.0), devices=None,
+                 store_layout: tuple[str, int] | None = None):
         self.encoder = encoder
+        self.store_layout = store_layout
         devices = list(devices if devices is not None else jax.local_devices())
         # Every device gets the same number of windows; round the batch up rather than fail.
         self.batch_size = -(-batch_size // len(devices)) * len(devices)
@@ -40,7 +48,8 @@ class ShardedEncoder:
         def forward(params, pixels):
             frames = pixels.astype(jnp.float32) * scale + lo
             out = encoder.apply(params, frames)
-            return out.tokens, out.embedding
+            tokens = out.tokens if store_layout is None else code_tokens(out.tokens, *store_layout)
+            return tokens, out.embedding
 
         self._forward = jax.jit(
             forward,

@@ -13,8 +13,9 @@ from ethoprism.extract.video import probe_video
 from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
 
-# Stored bytes / raw bytes, measured on VideoPrism-B activations with zstd (DESIGN.md).
-COMPRESSION = {"float16-round7": 0.78, "float16": 0.93, "int8": 0.87}
+# Stored bytes / raw bytes on VideoPrism-B activations: float16-round7 in blosc lz4 + bitshuffle
+# (its 3 zero mantissa bits), the others in zstd (DESIGN.md; `ethoprism bench store`).
+COMPRESSION = {"float16-round7": 0.815, "float16": 0.93, "int8": 0.87}
 BYTES_PER_VALUE = {"float16-round7": 2, "float16": 2, "int8": 1}
 
 
@@ -51,7 +52,8 @@ def bytes_per_window(cfg: RunConfig) -> float:
 def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     """Encoder windows/s at the run's model, batch and dtype (after compiling)."""
     encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
-    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range)
+    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range,
+                             store_layout=(cfg.layout.dtype, cfg.layout.pool))
     size, length = cfg.prep.frame_size, cfg.prep.window_length
     pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, length, size, size, 3), np.uint8)
     sharded(pixels)  # compile

@@ -176,7 +176,10 @@ def extract_local(
     t_start = time.perf_counter()
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
-        sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range)
+        sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range,
+                                 store_layout=(cfg.layout.dtype, cfg.layout.pool))
+    elif sharded.store_layout != (cfg.layout.dtype, cfg.layout.pool):
+        raise ValueError(f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}")
     encoder = sharded.encoder
     results: list[VideoResult] = []
     summary = ExtractSummary(store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices)

@@ -49,10 +49,13 @@ def _check_float16_range(x: np.ndarray) -> None:
 # zeroed low float16 bits make zstd effective (DESIGN.md: 4.9 vs 5.9 MB per window, relative
 # error 1.7e-3). Done in bit arithmetic, 2x faster than casting to bfloat16 then float16:
 # x * 2**-112 moves float16's exponent range onto the bottom of float32's (bias 127 -> 15), so
-# that value's bfloat16 bits are the float16 bits shifted right by 3, sign apart. Subnormals
-# come out right too, on bfloat16's subnormal grid: multiples of 2**-21 below 2**-14.
+# that value's bfloat16 bits are the float16 bits shifted right by 3, sign apart. Below 2**-14
+# the grid is bfloat16's subnormal one, multiples of 2**-21; there the product is a float32
+# subnormal, already rounded once, so those few values are rounded again from x itself
+# (`extract.coding` does the same on the accelerator, bit for bit).
 _REBIAS = np.float32(2.0**-112)
 _MAX_REBIASED = 0x0F7F  # |bits| of 65504 * 2**-112 as bfloat16
+_MIN_NORMAL_REBIASED = 0x0080  # |bits| of 2**-14 * 2**-112 as bfloat16
 _BLOCK = 1 << 16  # elements per pass: temporaries stay in the CPU cache
 
 
@@ -72,6 +75,12 @@ def _float16_round7(x: np.ndarray) -> np.ndarray:
         np.left_shift(bits, 3, out=out[i : i + k])
         np.bitwise_and(bits, 0x8000, out=sign[:k])
         out[i : i + k] |= sign[:k]
+        np.bitwise_and(bits, 0x7FFF, out=sign[:k])
+        tiny = np.flatnonzero(sign[:k] <= _MIN_NORMAL_REBIASED)
+        if tiny.size:
+            v = flat[i + tiny]
+            exact = np.round(np.abs(v) * np.float32(2.0**21)).astype(np.uint16) << 3
+            out[i + tiny] = exact | np.where(np.signbit(v), 0x8000, 0).astype(np.uint16)
     if peak > _MAX_REBIASED:  # NaN and infinity land here too
         _check_finite(flat)
         big = float(np.max(np.abs(flat)))
