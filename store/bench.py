@@ -1,11 +1,12 @@
 """`ethoprism bench store`: bytes per window per layout, write speed vs raw disk, random reads.
 
 Everything is a ratio measured in one run on one disk (machines here are noisy). The write
-figure compares the store (float32 tokens in: rounding, float16 cast, zstd, crc32c, zarr,
-fsync at each video's commit) with writing its resulting bytes raw, with an fsync where the
-store commits a video: it shows how far writing is CPU-bound rather than disk-bound; windows/s
-is what to compare with the encoder's rate, and CPU ms per window (all threads) what the store
-costs the machine whatever else runs on it.
+figure compares the store, fed as the extraction feeds it (float16 layouts: tokens coded on the
+accelerator, so float16 in; int8: float32 in, quantised here), with writing its resulting bytes
+raw, with an fsync where the store commits a video: the store's checks, compression, crc32c,
+files and fsyncs against the disk alone. One more row has the store round float32 tokens itself
+(the API's other input). windows/s is what to compare with the encoder's rate, and CPU ms per
+window (all threads) what the store costs the machine whatever else runs on it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ethoprism.store.codecs import encode_tokens
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
 from ethoprism.store.schema import Layout, StoreError, VideoRecord
@@ -50,6 +52,14 @@ def activation_like(n: int, shape=BASE_TOKEN_SHAPE, seed: int = 0) -> np.ndarray
 PER_VIDEO = 16  # windows per committed video
 
 
+def writer_input(tokens: np.ndarray, layout: Layout, coded: bool) -> np.ndarray:
+    """The tokens as the extraction hands them to the writer (`coded`: float16 layouts coded on
+    the accelerator, bit-identical to `encode_tokens`), or float32 at full resolution."""
+    if coded and layout.dtype != "int8":
+        return encode_tokens(tokens, layout.dtype, layout.pool)["tokens"]
+    return tokens
+
+
 def _write(
     path: Path, layout: Layout, tokens: np.ndarray, windows: int, per_video: int = PER_VIDEO
 ) -> tuple[float, float]:
@@ -59,7 +69,7 @@ def _write(
 
     Each inner chunk is compressed on its own, so repeating windows does not flatter the sizes.
     """
-    emb = tokens.mean(axis=(1, 2, 3))
+    emb = np.random.default_rng(2).normal(size=(len(tokens), tokens.shape[-1])).astype(np.float32)
     batches = {k: (tokens[:k], emb[:k]) for k in range(1, 9)}  # prepared outside the timing
     start, cpu = time.perf_counter(), time.process_time()
     with open_writer(
@@ -113,12 +123,13 @@ def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 
     out = {"windows": windows, "token_shape": list(BASE_TOKEN_SHAPE), "layouts": []}
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-") as tmp:
         tmp = Path(tmp)
-        for layout in LAYOUTS:
+        runs = [(layout, True) for layout in LAYOUTS] + [(Layout(), False)]
+        for layout, coded in runs:
             path = tmp / f"{layout.dtype}-p{layout.pool}.zarr"
             store_s, cpu_s, raw_s = [], [], []  # the default layout is timed `repeats` times
             for _ in range(repeats if layout == Layout() else 1):
                 shutil.rmtree(path, ignore_errors=True)
-                wall, cpu = _write(path, layout, tokens, windows)
+                wall, cpu = _write(path, layout, writer_input(tokens, layout, coded), windows)
                 store_s.append(wall)
                 cpu_s.append(cpu)
                 stored = info(path)["bytes_on_disk"]
@@ -127,6 +138,7 @@ def bench_store(windows: int = 64, directory: str | None = None, repeats: int = 
             out["layouts"].append(
                 {
                     "layout": layout.to_dict(),
+                    "tokens_in": "coded" if coded and layout.dtype != "int8" else "float32",
                     "bytes_per_window": stored / windows,
                     "write_mb_per_s": stored / store_t / 1e6,
                     "raw_write_mb_per_s": stored / raw_t / 1e6,

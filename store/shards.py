@@ -88,7 +88,8 @@ def shard_bytes(chunks: list[Chunk | None], chunks_per_shard: int) -> list[bytes
 
 
 def write_shard(path: Path, chunks: list[Chunk | None], chunks_per_shard: int) -> None:
-    """Write a shard file whole: a temp file renamed over `path` (readers see old or new)."""
+    """Write a shard file whole and durably: a temp file, fsynced (so the disk works while the
+    caller goes on, not at the commit) and renamed over `path` (readers see old or new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     buffers = shard_bytes(chunks, chunks_per_shard)
@@ -103,6 +104,7 @@ def write_shard(path: Path, chunks: list[Chunk | None], chunks_per_shard: int) -
                     written -= len(view.pop(0))
                 if written:
                     view[0] = view[0][written:]
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -363,7 +363,9 @@ class StoreWriter:
         return {name: self._encoders[name](values) for name, values in stored.items()}
 
     def _make_durable(self, start: int, end: int) -> None:
-        """fsync the chunk and shard files holding windows [start, end), then their directories."""
+        """fsync the chunk and shard files holding windows [start, end), then their directories.
+        Token shards were fsynced by the writer thread as it wrote them (`shards.write_shard`),
+        so a commit waits for the disk only for what is left."""
         dirs = set()
         for name, arr in self._arrays.items():
             _fsync_path(self.part_dir / name / "zarr.json")
@@ -371,7 +373,8 @@ class StoreWriter:
             for i in range(start // per_file, (end - 1) // per_file + 1):
                 path = _shard_path(self.part_dir, name, i)
                 if path.exists():
-                    _fsync_path(path)
+                    if name not in self._encoders:
+                        _fsync_path(path)
                     dirs.update(p for p in path.parents if p.is_relative_to(self.part_dir))
         for d in dirs:
             _fsync_path(d, directory=True)
