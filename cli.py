@@ -284,7 +284,8 @@ def store_push(
 
 @bench_app.command("store")
 def bench_store(
-    windows: Annotated[int, typer.Option(help="Windows written per layout (base token shape).")] = 64,
+    windows: Annotated[int, typer.Option(help="Windows written per layout (base token shape), "
+                                              "in videos of 64.")] = 128,
     directory: Annotated[str | None, typer.Option(help="Benchmark on this directory's disk.")] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -6,12 +6,14 @@ on two cores that made the store 5-8x slower than the disk. The format itself is
 `sharding_indexed`): the encoded inner chunks back to back, then an index of (offset, nbytes)
 uint64 pairs, little-endian, C order over the shard's chunk grid, followed by the index's crc32c.
 So the writer compresses each window in a thread pool (blosc and zstd release the GIL), keeps
-the encoded bytes, and writes a shard with one `writev`. zarr reads these shards as its own
+the encoded bytes, and writes a shard in one go (`ShardFiles`). zarr reads these shards as its own
 (tested with plain `zarr.open_array`); only the codec chains named below are written this way.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import uuid
 from collections.abc import Callable
@@ -87,13 +89,67 @@ def shard_bytes(chunks: list[Chunk | None], chunks_per_shard: int) -> list[bytes
     return [*buffers, index_bytes, _crc32c(index_bytes)]
 
 
-def write_shard(path: Path, chunks: list[Chunk | None], chunks_per_shard: int) -> None:
-    """Write a shard file whole and durably: a temp file, fsynced (so the disk works while the
-    caller goes on, not at the commit) and renamed over `path` (readers see old or new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    buffers = shard_bytes(chunks, chunks_per_shard)
-    try:
+class ShardFiles:
+    """Writes shard files whole and durably: a temp file, fsynced, renamed over the target (so
+    readers see the old file or the new one, and the disk works as the caller goes on rather
+    than at the commit).
+
+    Where the filesystem allows it the file is written with O_DIRECT from one page-aligned
+    buffer reused for every shard: copying tokens into the page cache cost the kernel about as
+    much CPU as compressing them (measured here: 1 GB/s buffered, a few percent of one core
+    with O_DIRECT at the disk's speed). A filesystem that refuses O_DIRECT (tmpfs, some FUSE
+    mounts) gets ordinary buffered writes from the first refusal on. Not thread-safe: one
+    writer thread owns it.
+    """
+
+    ALIGN = 4096  # covers the logical block sizes O_DIRECT asks for on common disks
+
+    def __init__(self, direct: bool = True):
+        self.direct = direct and hasattr(os, "O_DIRECT")
+        self._buffer: mmap.mmap | None = None
+
+    def write(self, path: Path, chunks: list[Chunk | None], chunks_per_shard: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        buffers = shard_bytes(chunks, chunks_per_shard)
+        try:
+            if self.direct:
+                try:
+                    self._write_direct(tmp, buffers)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self.direct = False
+            if not self.direct:
+                self._write_buffered(tmp, buffers)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _write_direct(self, tmp: Path, buffers: list[bytes]) -> None:
+        size = sum(len(b) for b in buffers)
+        padded = -(-size // self.ALIGN) * self.ALIGN
+        if self._buffer is None or len(self._buffer) < padded:
+            if self._buffer is not None:
+                self._buffer.close()
+            self._buffer = mmap.mmap(-1, padded)  # anonymous mappings are page-aligned
+        view, offset = memoryview(self._buffer), 0
+        for b in buffers:
+            view[offset : offset + len(b)] = b
+            offset += len(b)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        try:
+            written = 0
+            while written < padded:  # the kernel writes whole blocks, so offsets stay aligned
+                written += os.write(fd, view[written:padded])
+            os.ftruncate(fd, size)  # drop the padding past the shard's index
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            view.release()
+
+    @staticmethod
+    def _write_buffered(tmp: Path, buffers: list[bytes]) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             # writev takes at most IOV_MAX (1024) buffers and may write fewer bytes than asked
@@ -107,9 +163,6 @@ def write_shard(path: Path, chunks: list[Chunk | None], chunks_per_shard: int) -
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_chunks(path: Path, count: int, chunks_per_shard: int) -> list[Chunk]:

@@ -227,6 +227,7 @@ class StoreWriter:
         # while the caller goes on with the next batch.
         self._encode_pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
+        self._shard_files = shards.ShardFiles()  # used by the writer thread only
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         # The token shard being filled, which spans videos: {array: encoded windows so far}, and
         # the committed ones among them (what a discarded video falls back to).
@@ -342,7 +343,7 @@ class StoreWriter:
         for index, data in writes.shards:
             for name, chunks in data.items():
                 path = _shard_path(self.part_dir, name, index)
-                shards.write_shard(path, chunks + [None] * (per_shard - len(chunks)), per_shard)
+                self._shard_files.write(path, chunks + [None] * (per_shard - len(chunks)), per_shard)
         for start, data in writes.per_window:
             for name, values in data.items():
                 end = start + len(values)
@@ -364,7 +365,7 @@ class StoreWriter:
 
     def _make_durable(self, start: int, end: int) -> None:
         """fsync the chunk and shard files holding windows [start, end), then their directories.
-        Token shards were fsynced by the writer thread as it wrote them (`shards.write_shard`),
+        Token shards were fsynced by the writer thread as it wrote them (`shards.ShardFiles`),
         so a commit waits for the disk only for what is left."""
         dirs = set()
         for name, arr in self._arrays.items():

@@ -1,5 +1,7 @@
 """Token shards the writer assembles itself: byte-identical to zarr's, and tokens coded elsewhere."""
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -25,13 +27,16 @@ def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype):
     ).with_config({"write_empty_chunks": True})
     arr[:] = values
     encode = shards.chunk_encoder(arr.metadata.to_dict())
-    for index, window_range in ((0, range(4)), (1, range(4, 6))):
-        ours = tmp_path / f"shard{index}"
-        chunks = [encode(values[i : i + 1]) for i in window_range]
-        shards.write_shard(ours, chunks + [None] * (PER_SHARD - len(chunks)), PER_SHARD)
-        theirs = tmp_path / "zarr.zarr" / "c" / str(index) / "0" / "0" / "0" / "0"
-        assert ours.read_bytes() == theirs.read_bytes()
-        assert shards.read_chunks(ours, len(chunks), PER_SHARD) == chunks
+    for direct in (True, False):  # O_DIRECT from an aligned buffer (padding cut off), buffered
+        files = shards.ShardFiles(direct)
+        for index, window_range in ((0, range(4)), (1, range(4, 6))):
+            ours = tmp_path / f"shard{index}-{direct}"
+            chunks = [encode(values[i : i + 1]) for i in window_range]
+            files.write(ours, chunks + [None] * (PER_SHARD - len(chunks)), PER_SHARD)
+            theirs = tmp_path / "zarr.zarr" / "c" / str(index) / "0" / "0" / "0" / "0"
+            assert ours.read_bytes() == theirs.read_bytes()
+            assert shards.read_chunks(ours, len(chunks), PER_SHARD) == chunks
+        assert files.direct == direct or not hasattr(os, "O_DIRECT")
 
 
 def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
@@ -41,7 +46,7 @@ def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
         .metadata.to_dict()
     )
     path = tmp_path / "shard"
-    shards.write_shard(path, [encode(np.ones((1, 4), np.float16))] + [None] * 3, PER_SHARD)
+    shards.ShardFiles().write(path, [encode(np.ones((1, 4), np.float16))] + [None] * 3, PER_SHARD)
     data = bytearray(path.read_bytes())
     data[20] ^= 1  # inside the first chunk's compressed bytes
     path.write_bytes(bytes(data))
