@@ -135,19 +135,27 @@ def check_float16_tokens(q: np.ndarray, round7: bool) -> None:
     """Tokens already in a float16 layout (coded on the accelerator): finite, and on the
     7-mantissa-bit grid if `round7`. Raises ValueError saying what is wrong.
 
-    Four float16 values at a time as uint64 lanes: an exponent field of all ones (infinity,
-    NaN) plus one carries into its lane's sign bit, which the sign mask has cleared.
+    Four float16 values at a time as uint64 lanes, a cache-sized block at a time: an exponent
+    field of all ones (infinity, NaN) plus one carries into its lane's sign bit, which the
+    mask has cleared; the grid needs every lane's 3 low bits zero.
     """
     bits = np.ascontiguousarray(q).reshape(-1).view(np.uint16)
-    lanes = bits[: bits.size - bits.size % 4].view(np.uint64)
-    tail = np.zeros(4, np.uint16)
-    tail[: bits.size % 4] = bits[bits.size - bits.size % 4 :]
-    lanes = np.concatenate([lanes, tail.view(np.uint64)]) if bits.size % 4 else lanes
-    exponent = np.bitwise_and(lanes, np.uint64(0x7C007C007C007C00))
-    exponent += np.uint64(0x0400040004000400)
-    if np.bitwise_or.reduce(exponent) & np.uint64(0x8000800080008000):
+    if bits.size % 4:
+        bits = np.concatenate([bits, np.zeros(4 - bits.size % 4, np.uint16)])
+    lanes = bits.view(np.uint64)
+    block = np.empty(min(lanes.size, _BLOCK // 2), np.uint64)
+    carries = low_bits = np.uint64(0)
+    for i in range(0, lanes.size, block.size):
+        part = lanes[i : i + block.size]
+        scratch = block[: part.size]
+        np.bitwise_and(part, np.uint64(0x7C007C007C007C00), out=scratch)
+        scratch += np.uint64(0x0400040004000400)
+        carries |= np.bitwise_or.reduce(scratch)
+        if round7:
+            low_bits |= np.bitwise_or.reduce(part)
+    if carries & np.uint64(0x8000800080008000):
         raise ValueError("not finite (NaN or infinity), or beyond the float16 range")
-    if round7 and np.bitwise_or.reduce(lanes) & np.uint64(0x0007000700070007):
+    if low_bits & np.uint64(0x0007000700070007):
         raise ValueError(
             "float16 values not rounded to 7 mantissa bits, as the float16-round7 layout "
             "stores them; pass float32 tokens to have the store round them"
