@@ -305,13 +305,14 @@ def bench_store(
         return
     table = Table(title=f"bench store: {r['windows']} windows of tokens {tuple(r['token_shape'])}",
                   caption="tokens in: coded = float16 coded on the accelerator, as `extract` writes")
-    for col in ("layout", "tokens in", "MB/window", "windows/s", "CPU ms/window", "write MB/s",
-                "raw MB/s", "write vs raw (>= 0.7)"):
+    for col in ("layout", "tokens in", "MB/window", "windows/s", "CPU ms/window",
+                "cores for disk speed", "write MB/s", "raw MB/s", "write vs raw (>= 0.7)"):
         table.add_column(col)
     for x in r["layouts"]:
         table.add_row(f"{x['layout']['dtype']} pool {x['layout']['pool']}", x["tokens_in"],
                       f"{x['bytes_per_window'] / 1e6:.2f}",
                       f"{x['windows_per_s']:.1f}", f"{x['write_cpu_ms_per_window']:.0f}",
+                      f"{x['cores_for_disk_speed']:.1f}",
                       f"{x['write_mb_per_s']:.0f}", f"{x['raw_write_mb_per_s']:.0f}", f"{x['write_vs_raw']:.2f}")
     console.print(table)
     rd = r["reads"]

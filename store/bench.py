@@ -6,7 +6,9 @@ accelerator, so float16 in; int8: float32 in, quantised here), with writing its 
 raw, with an fsync where the store commits a video: the store's checks, compression, crc32c,
 files and fsyncs against the disk alone. One more row has the store round float32 tokens itself
 (the API's other input). windows/s is what to compare with the encoder's rate, and CPU ms per
-window (all threads) what the store costs the machine whatever else runs on it.
+window (all threads) what the store costs the machine whatever else runs on it; "cores for
+disk speed" (store CPU seconds / raw write seconds) how many cores writing at the disk's pace
+takes, which says what to expect on a bigger host than this benchmark's.
 """
 
 from __future__ import annotations
@@ -119,11 +121,12 @@ def _time_reads(fn, batches) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-def bench_store(windows: int = 128, directory: str | None = None, repeats: int = 3) -> dict:
+def bench_store(windows: int = 128, directory: str | None = None, repeats: int = 3,
+                token_shape: tuple[int, int, int, int] = BASE_TOKEN_SHAPE) -> dict:
     """Run the store benchmark in a temporary directory (on the disk of `directory`)."""
     windows = max(windows, BATCH)
-    tokens = activation_like(8)
-    out = {"windows": windows, "token_shape": list(BASE_TOKEN_SHAPE), "layouts": []}
+    tokens = activation_like(8, token_shape)
+    out = {"windows": windows, "token_shape": list(token_shape), "layouts": []}
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-") as tmp:
         tmp = Path(tmp)
         runs = [(layout, True) for layout in LAYOUTS] + [(Layout(), False)]
@@ -148,6 +151,9 @@ def bench_store(windows: int = 128, directory: str | None = None, repeats: int =
                     "write_vs_raw": raw_t / store_t,
                     "windows_per_s": windows / store_t,
                     "write_cpu_ms_per_window": float(np.median(cpu_s)) / windows * 1e3,
+                    # CPU seconds the store spends per second of raw disk writing: the cores a
+                    # host needs for the store to keep pace with the disk
+                    "cores_for_disk_speed": float(np.median(cpu_s)) / raw_t,
                 }
             )
         out["reads"] = _bench_reads(tmp / "float16-round7-p1.zarr", windows)

@@ -101,3 +101,18 @@ def test_coded_tokens_that_the_layout_cannot_hold_are_refused(tmp_path):
         pytest.raises(StoreError, match="int8 layout takes float32 tokens"),
     ):
         w.begin_video(record(0)).append(coded, emb, [0, 2, 4], 1, 4, 0.0)
+
+
+def test_bench_store_runs_and_measures_what_it_says(tmp_path):
+    from ethoprism.store.bench import bench_store
+
+    r = bench_store(windows=40, directory=str(tmp_path), repeats=1, token_shape=(2, 8, 8, 32))
+    rows = {(x["layout"]["dtype"], x["layout"]["pool"], x["tokens_in"]): x for x in r["layouts"]}
+    assert len(rows) == 7
+    full, int8 = rows[("float16-round7", 1, "coded")], rows[("int8", 1, "float32")]
+    assert int8["bytes_per_window"] < full["bytes_per_window"] < 2 * 2 * 8 * 8 * 32 + 1000
+    assert rows[("float16-round7", 2, "coded")]["bytes_per_window"] < full["bytes_per_window"] / 2
+    # the same windows coded on the host or before the store take the same bytes
+    assert rows[("float16-round7", 1, "float32")]["bytes_per_window"] == full["bytes_per_window"]
+    assert all(x["write_vs_raw"] > 0 and x["cores_for_disk_speed"] > 0 for x in rows.values())
+    assert r["reads"]["speedup_vs_oindex"] > 0
