@@ -61,13 +61,23 @@ class AttentionPool(nn.Module):
         wo = self.param("out_kernel", init, (h, dh, d))
         bq, bv = (self.param(k, nn.initializers.zeros, (h, dh)) for k in ("query_bias", "value_bias"))
         bo = self.param("out_bias", nn.initializers.zeros, (d,))
-        q = jnp.einsum("d,dhk->hk", probe[0], wq) + bq
+        # products and sums, not einsums: as dots under vmap, XLA transposes the stacked kernels
+        q = (probe[0][:, None, None] * wq).sum(0) + bq
         # the key bias adds the same logit to every token, so softmax cancels it: not a parameter
-        qk = jnp.einsum("dhk,hk->dh", wk, q) / jnp.sqrt(dh).astype(x.dtype)
-        weights = jax.nn.softmax(jnp.einsum("bnd,dh->bhn", x, qk), axis=-1)
-        pooled = jnp.einsum("bhn,bnd->bhd", weights, x)
+        qk = (wk * q).sum(-1) / jnp.sqrt(dh).astype(x.dtype)
+        # tokens stay (b, n, d) as the GEMMs read them: logits (b, n, h), not (b, h, n), whose
+        # layout made XLA copy a transposed (d, b*n) token tensor every step
+        weights = _softmax_over_tokens(jnp.einsum("bnd,dh->bnh", x, qk))
+        pooled = jnp.einsum("bnh,bnd->bhd", weights, x)
         v = jnp.einsum("bhd,dhk->bhk", pooled, wv) + bv
         return jnp.einsum("bhk,hkd->bd", v, wo) + bo
+
+
+def _softmax_over_tokens(logits):
+    """Softmax over axis 1 of (b, n, h). Not jax.nn.softmax: its custom_jvp moves vmap's heads
+    axis to the front, which costs copies of the (heads, b, n, h) weights in every step."""
+    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=1, keepdims=True)))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 class MlpBlock(nn.Module):
