@@ -13,7 +13,7 @@ depends only on the pool, its subset, its seed and its learning rate, never on t
 trained alone on the same pool it comes out the same (tested). The cost of sharing is reading
 pool windows that some heads ignore; few-shot runs use the union of their subsets as the pool.
 
-Optimiser: AdamW (optax.adamw's arithmetic, written out in `adamw_update`, see there) with
+Optimiser: AdamW (optax scale_by_adam + decoupled weight decay, scaled by the learning rate) with
 cosine decay, the paper's lr 5e-5 and dropout 0.5 by default; softmax cross-entropy, or sigmoid
 cross-entropy for multi-label targets. Early stopping: a head stops stepping after `patience`
 epochs without a lower validation loss and keeps its best parameters.
@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from ethoprism import store
 from ethoprism.probe.heads import HeadConfig, make_head
 
@@ -61,14 +62,9 @@ class HeadSpec:
     learning_rate: float | None = None   # None: TrainConfig.learning_rate
 
 
-class Moments(NamedTuple):          # Adam's first and second moments, shaped like the parameters
-    mu: Any
-    nu: Any
-
-
 class HeadState(NamedTuple):        # one head; stacked on a leading axis for N heads
     params: Any
-    opt_state: Moments
+    opt_state: Any
     step: jax.Array                 # steps this head has taken
     total: jax.Array                # steps it will take if it never stops early
     peak_lr: jax.Array
@@ -142,30 +138,7 @@ def loss_per_example(logits, target, class_weight, multi_label: bool):
     return -(class_weight * target * jax.nn.log_softmax(logits)).sum(-1)
 
 
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8     # optax.adamw's defaults
-
-
-def adamw_update(params, grads, moments: Moments, step, lr, weight_decay: float, take):
-    """One AdamW step (optax.adamw's arithmetic, tested against it) where `take`, else no change.
-
-    `step` counts the steps taken before this one (Adam's bias correction). Written out rather
-    than optax.chain(scale_by_adam(), add_decayed_weights()) because, with the training state
-    donated, XLA copied every moment buffer before optax's update (0.9 GB a step at 16 MAP heads,
-    ~15% of the step) and updates these in place.
-    """
-    t = (step + 1).astype(jnp.float32)
-    tree = jax.tree_util.tree_map
-    keep = lambda new, old: jnp.where(take, new, old)
-    mu = tree(lambda m, g: keep(ADAM_B1 * m + (1 - ADAM_B1) * g, m), moments.mu, grads)
-    nu = tree(lambda v, g: keep(ADAM_B2 * v + (1 - ADAM_B2) * g * g, v), moments.nu, grads)
-
-    def param(p, m, v):
-        m_hat, v_hat = m / (1 - ADAM_B1 ** t), v / (1 - ADAM_B2 ** t)
-        return keep(p - lr * (m_hat / (jnp.sqrt(v_hat) + ADAM_EPS) + weight_decay * p), p)
-    return tree(param, params, mu, nu), Moments(mu, nu)
-
-
-def train_step(model, multi_label, warmup_fraction, weight_decay, state: HeadState, x, target, weight, class_weight):
+def train_step(model, tx, multi_label, warmup_fraction, state: HeadState, x, target, weight, class_weight):
     """One AdamW step of one head on a minibatch; no change if it has no example in it."""
     dropout_key = jax.random.fold_in(state.seed_key, state.step)
 
@@ -175,11 +148,15 @@ def train_step(model, multi_label, warmup_fraction, weight_decay, state: HeadSta
         return (per * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     warmup = jnp.floor(warmup_fraction * state.total)
     lr = create_learning_rate_fn(state.peak_lr, state.total, warmup)(state.step)
     take = weight.sum() > 0
-    params, moments = adamw_update(state.params, grads, state.opt_state, state.step, lr, weight_decay, take)
-    new = state._replace(params=params, opt_state=moments, step=state.step + take.astype(state.step.dtype))
+    keep = lambda new, old: jnp.where(take, new, old)
+    tree = jax.tree_util.tree_map
+    params = tree(lambda p, u: keep(p - lr * u, p), state.params, updates)
+    new = state._replace(params=params, opt_state=tree(keep, opt_state, state.opt_state),
+                         step=state.step + take.astype(state.step.dtype))
     return new, jnp.where(take, loss, jnp.nan)
 
 
@@ -189,17 +166,23 @@ def eval_step(model, multi_label, params, x):
     return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
 
 
+def make_optimizer(weight_decay: float) -> optax.GradientTransformation:
+    """AdamW without its learning rate, which each head applies itself (it differs per head)."""
+    return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay))
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled(head: HeadConfig, multi_label: bool, warmup_fraction: float, weight_decay: float):
-    model = make_head(head)
-    step = functools.partial(train_step, model, multi_label, warmup_fraction, weight_decay)
+    model, tx = make_head(head), make_optimizer(weight_decay)
+    step = functools.partial(train_step, model, tx, multi_label, warmup_fraction)
     # the state is donated: parameters and moments are updated in place instead of in fresh
     # memory, whose page faults cost ~0.2 s a step at 16 MAP heads (0.8 GB)
     many_step = jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0, 0)), donate_argnums=0)
     many_eval = jax.jit(jax.vmap(functools.partial(eval_step, model, multi_label), in_axes=(0, None)))
 
     def init_one(seed_key, example):
-        return model.init({"params": seed_key}, example, train=False)["params"]
+        params = model.init({"params": seed_key}, example, train=False)["params"]
+        return params, tx.init(params)
     return many_step, many_eval, jax.jit(init_one)
 
 
@@ -246,10 +229,9 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
     total = np.array([sum(int(m[b[b >= 0]].any()) for ep in batches for b in ep) for m in mask])
     keys = [jax.random.key(s.seed) for s in specs]
     # one head at a time: compiled once per head shape whatever the number of heads
-    params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(init(k, example) for k in keys))
+    params, opt_state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(init(k, example) for k in keys))
     keys = jnp.stack(keys)
-    moments = Moments(*(jax.tree_util.tree_map(jnp.zeros_like, params) for _ in range(2)))
-    state = HeadState(params, moments, jnp.zeros(n_heads, jnp.int32), jnp.asarray(total, jnp.float32),
+    state = HeadState(params, opt_state, jnp.zeros(n_heads, jnp.int32), jnp.asarray(total, jnp.float32),
                       jnp.asarray([s.learning_rate or cfg.learning_rate for s in specs], jnp.float32), keys)
     best = jax.device_get(state.params)
     best_loss = np.full(n_heads, np.inf)

@@ -5,9 +5,7 @@ import pytest
 from ethoprism.probe.heads import HeadConfig
 from ethoprism.probe.train import (
     HeadSpec,
-    Moments,
     TrainConfig,
-    adamw_update,
     create_learning_rate_fn,
     memory_source,
     predict_many,
@@ -99,30 +97,6 @@ def test_cosine_schedule():
     lr = create_learning_rate_fn(1.0, 10, 2)
     np.testing.assert_allclose([float(lr(s)) for s in (0, 1, 2, 7, 12)],
                                [0.5, 1.0, 1.0, 0.5 * (1 + np.cos(np.pi * 5 / 8)), 0.0], atol=1e-6)
-
-
-def test_adamw_update_equals_optax_adamw_and_skips_without_examples():
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    rng = np.random.default_rng(3)
-    params = {"w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
-    lr, wd = 1e-2, 1e-3
-    tx = optax.adamw(lr, weight_decay=wd)
-    ref_params, ref_state = params, tx.init(params)
-    moments = Moments(*(jax.tree_util.tree_map(jnp.zeros_like, params) for _ in range(2)))
-    for step in range(3):
-        grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-        updates, ref_state = tx.update(grads, ref_state, ref_params)
-        ref_params = optax.apply_updates(ref_params, updates)
-        params, moments = adamw_update(params, grads, moments, jnp.int32(step), lr, wd, jnp.bool_(True))
-        for a, b in zip(leaves(params), leaves(ref_params)):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    # no example in the minibatch: parameters and moments unchanged
-    same, same_moments = adamw_update(params, grads, moments, jnp.int32(3), lr, wd, jnp.bool_(False))
-    for a, b in zip(leaves((same, same_moments)), leaves((params, moments))):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_prefetch_bounds_and_errors():
