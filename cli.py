@@ -653,7 +653,8 @@ def bench_probe(
     n = r["heads"]
     console.print(f"epoch of 1 head: {t['store_1']:.2f} s from the store, {t['memory_1']:.2f} s from memory; "
                   f"{n} heads: {t[f'store_{n}']:.2f} s / {t[f'memory_{n}']:.2f} s", highlight=False)
-    console.print(f"{r['heads']} heads together / 1 head: {r['many_vs_one']:.2f}x (target <= 3)", highlight=False)
+    console.print(f"{r['heads']} heads together / 1 head: {r['many_vs_one']:.2f}x (target <= 3); "
+                  f"first epoch, with setup: {r['many_vs_one_first_epoch']:.2f}x", highlight=False)
     console.print(f"epoch from the store / from memory ({r['heads']} heads): {r['store_vs_memory']:.2f}x "
                   f"(target <= 1.3); with 1 head {r['store_vs_memory_one_head']:.2f}x", highlight=False)
     console.print(f"MAP training: {r['windows_per_s_one_head']:.1f} windows/s for 1 head, "
