@@ -124,3 +124,14 @@ def test_class_balanced_weights_are_inverse_frequency_within_the_head_subset():
     np.testing.assert_allclose(class_weights(spec, TrainConfig()), [1, 1, 1])
     # multi-label: positives weighted by negatives / positives
     np.testing.assert_allclose(class_weights(spec, TrainConfig(balanced=True, multi_label=True)), [4 / 6, 8 / 2, 8 / 2])
+
+
+def test_bench_probe_runs_small(tmp_path):
+    from ethoprism.probe.bench import bench_probe
+
+    r = bench_probe(windows=16, heads=3, batch_size=4, shape=(2, 4, 4, 32), directory=str(tmp_path),
+                    num_classes=3, repeats=1)
+    assert set(r["epoch_seconds"]) == {"store_1", "memory_1", "store_3", "memory_3"}
+    assert all(t > 0 for t in r["epoch_seconds"].values())
+    assert r["many_vs_one"] > 0 and r["many_vs_one_first_epoch"] > 0 and r["store_vs_memory"] > 0
+    assert r["attention_heads"] == 8  # the most attention heads, up to 12, that divide width 32
