@@ -76,7 +76,7 @@ def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, ba
                     decode_workers=decode_workers)
     encoder = load_encoder(model, checkpoint, dtype)
     sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range,
-                             store_layout=(cfg.layout.dtype, cfg.layout.pool))
+                             store_layout=cfg.token_coding)
     size = prep.frame_size
     pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8)
     sharded(pixels)  # compile once, for both measurements

@@ -17,3 +17,9 @@ class RunConfig:
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
+
+    @property
+    def token_coding(self) -> tuple[str, int]:
+        """What the encoder codes tokens for on the device (`extract.coding`): the layout's
+        token dtype and pooling."""
+        return self.layout.dtype, self.layout.pool

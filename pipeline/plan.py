@@ -53,7 +53,7 @@ def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     """Encoder windows/s at the run's model, batch and dtype (after compiling)."""
     encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
     sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range,
-                             store_layout=(cfg.layout.dtype, cfg.layout.pool))
+                             store_layout=cfg.token_coding)
     size, length = cfg.prep.frame_size, cfg.prep.window_length
     pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, length, size, size, 3), np.uint8)
     sharded(pixels)  # compile

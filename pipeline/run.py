@@ -177,8 +177,8 @@ def extract_local(
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range,
-                                 store_layout=(cfg.layout.dtype, cfg.layout.pool))
-    elif sharded.store_layout != (cfg.layout.dtype, cfg.layout.pool):
+                                 store_layout=cfg.token_coding)
+    elif sharded.store_layout != cfg.token_coding:
         raise ValueError(f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}")
     encoder = sharded.encoder
     results: list[VideoResult] = []

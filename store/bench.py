@@ -132,10 +132,11 @@ def bench_store(windows: int = 128, directory: str | None = None, repeats: int =
         runs = [(layout, True) for layout in LAYOUTS] + [(Layout(), False)]
         for layout, coded in runs:
             path = tmp / f"{layout.dtype}-p{layout.pool}.zarr"
+            given = writer_input(tokens, layout, coded)
             store_s, cpu_s, raw_s = [], [], []  # the default layout is timed `repeats` times
             for _ in range(repeats if layout == Layout() else 1):
                 shutil.rmtree(path, ignore_errors=True)
-                wall, cpu = _write(path, layout, writer_input(tokens, layout, coded), windows)
+                wall, cpu = _write(path, layout, given, windows)
                 store_s.append(wall)
                 cpu_s.append(cpu)
                 stored = info(path)["bytes_on_disk"]

@@ -286,7 +286,7 @@ class StoreWriter:
                     )
                     for name in self._encoders
                 }
-            self._filling = {k: list(v) for k, v in self._committed_chunks.items()}
+            self._reset_filling()
 
     # -- arrays -------------------------------------------------------------------------------
 
@@ -314,20 +314,20 @@ class StoreWriter:
         for name in part_arrays(self.layout.dtype):
             if name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
-                chunks, shards = (COORD_CHUNK,), None
+                chunks, shard_shape = (COORD_CHUNK,), None
             elif name == "embedding":
                 shape, dtype = specs[name]
-                chunks, shards = (EMBED_CHUNK, *shape), None
+                chunks, shard_shape = (EMBED_CHUNK, *shape), None
             else:
                 shape, dtype = specs[name]
-                chunks, shards = (1, *shape), (per_shard, *shape)
+                chunks, shard_shape = (1, *shape), (per_shard, *shape)
             zarr.create_array(
                 store,
                 name=f"{PARTS}/{self.part}/{name}",
                 shape=(0, *shape),
                 dtype=dtype,
                 chunks=chunks,
-                shards=shards,
+                shards=shard_shape,
                 fill_value=0,
                 compressors=_compressors(self.layout.dtype, dtype),
                 dimension_names=ARRAY_DIMS[name],
@@ -468,6 +468,11 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 self._video._wait()
             self._video = None
+        self._reset_filling()
+
+    def _reset_filling(self) -> None:
+        """The shard being filled holds the committed windows only (after a restart or a
+        discarded video)."""
         self._filling = {k: list(v) for k, v in self._committed_chunks.items()}
 
     def __enter__(self) -> Self:
