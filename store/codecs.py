@@ -131,35 +131,44 @@ def decode_int8(q: np.ndarray, token_scale: np.ndarray, channel_scale: np.ndarra
 LAYOUT_DTYPES = ("float16-round7", "float16", "int8")
 
 
-def check_float16_tokens(q: np.ndarray, round7: bool) -> None:
-    """Tokens already in a float16 layout (coded on the accelerator): finite, and on the
-    7-mantissa-bit grid if `round7`. Raises ValueError saying what is wrong.
+def check_float16_tokens(q: np.ndarray, round7: bool) -> np.ndarray:
+    """A copy of tokens already in a float16 layout (coded on the accelerator), checked as it is
+    made: finite, and on the 7-mantissa-bit grid if `round7`. Raises ValueError saying what is
+    wrong. (The writer compresses the copy later, when the caller may have reused `q`.)
 
-    Four float16 values at a time as uint64 lanes, a cache-sized block at a time: an exponent
-    field of all ones (infinity, NaN) plus one carries into its lane's sign bit, which the
-    mask has cleared; the grid needs every lane's 3 low bits zero.
+    Four float16 values at a time as uint64 lanes, a cache-sized block at a time, checked in
+    the copy while it is in cache. Each value is masked to its exponent field and (for round7)
+    its 3 lowest bits, then 1 is added to the exponent: an exponent of all ones (infinity, NaN)
+    carries into the sign bit, which the mask cleared, and the low bits stay as they were. One
+    OR over all of them then tells both.
     """
-    bits = np.ascontiguousarray(q).reshape(-1).view(np.uint16)
-    if bits.size % 4:
-        bits = np.concatenate([bits, np.zeros(4 - bits.size % 4, np.uint16)])
-    lanes = bits.view(np.uint64)
-    block = np.empty(min(lanes.size, _BLOCK // 2), np.uint64)
-    carries = low_bits = np.uint64(0)
-    for i in range(0, lanes.size, block.size):
-        part = lanes[i : i + block.size]
-        scratch = block[: part.size]
-        np.bitwise_and(part, np.uint64(0x7C007C007C007C00), out=scratch)
-        scratch += np.uint64(0x0400040004000400)
-        carries |= np.bitwise_or.reduce(scratch)
-        if round7:
-            low_bits |= np.bitwise_or.reduce(part)
-    if carries & np.uint64(0x8000800080008000):
+    source = np.ascontiguousarray(q, np.float16)
+    copy = np.empty_like(source)
+    src, dst = source.reshape(-1).view(np.uint16), copy.reshape(-1).view(np.uint16)
+    whole = src.size - src.size % 4  # the values past it are checked in a zero-padded lane
+    dst[whole:] = src[whole:]
+    leftover = np.zeros(4, np.uint16)
+    leftover[: src.size - whole] = src[whole:]
+    step = 2 * _BLOCK  # uint16 values, a multiple of 4
+    blocks = [(src[i : min(i + step, whole)], dst[i : min(i + step, whole)])
+              for i in range(0, whole, step)]
+    scratch = np.empty(step // 4, np.uint64)
+    mask = np.uint64(0x7C077C077C077C07 if round7 else 0x7C007C007C007C00)
+    found = np.uint64(0)
+    for s, d in [*blocks, (leftover, leftover)]:
+        np.copyto(d, s)
+        masked = scratch[: d.size // 4]
+        np.bitwise_and(d.view(np.uint64), mask, out=masked)
+        masked += np.uint64(0x0400040004000400)
+        found |= np.bitwise_or.reduce(masked)
+    if found & np.uint64(0x8000800080008000):
         raise ValueError("not finite (NaN or infinity), or beyond the float16 range")
-    if low_bits & np.uint64(0x0007000700070007):
+    if found & np.uint64(0x0007000700070007):
         raise ValueError(
             "float16 values not rounded to 7 mantissa bits, as the float16-round7 layout "
             "stores them; pass float32 tokens to have the store round them"
         )
+    return copy
 
 
 def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict:

@@ -5,15 +5,15 @@ loop thread, copies the shard twice while assembling it and writes it through a 
 on two cores that made the store 5-8x slower than the disk. The format itself is short (zarr v3
 `sharding_indexed`): the encoded inner chunks back to back, then an index of (offset, nbytes)
 uint64 pairs, little-endian, C order over the shard's chunk grid, followed by the index's crc32c.
-So the writer compresses each window in a thread pool (blosc and zstd release the GIL), keeps
-the encoded bytes, and writes a shard in one go (`ShardFiles`). zarr reads these shards as its own
-(tested with plain `zarr.open_array`); only the codec chains named below are written this way.
+So the writer compresses each window in a thread pool (blosc and zstd release the GIL) and
+streams the encoded chunks into shard files as they come (`ShardWriter`). zarr reads these shards
+as its own, byte for byte (tested); only the codec chains named below are written this way.
 """
 
 from __future__ import annotations
 
 import errno
-import mmap
+import fcntl
 import os
 import uuid
 from collections.abc import Callable
@@ -74,95 +74,148 @@ def chunk_encoder(metadata: dict) -> Callable[[np.ndarray], Chunk]:
     return encode
 
 
-def shard_bytes(chunks: list[Chunk | None], chunks_per_shard: int) -> list[bytes]:
-    """The buffers of a shard file holding `chunks` (None: a chunk it does not hold)."""
+def shard_index(chunks: list[Chunk], chunks_per_shard: int) -> bytes:
+    """The index (and its crc32c) of a shard file holding `chunks` back to back from offset 0,
+    as its first windows; the shard's other chunks are absent."""
     index = np.full((chunks_per_shard, 2), EMPTY, dtype="<u8")
-    buffers, offset = [], 0
-    for i, chunk in enumerate(chunks):
-        if chunk is None:
-            continue
-        nbytes = sum(len(b) for b in chunk)
-        index[i] = offset, nbytes
-        buffers.extend(chunk)
-        offset += nbytes
+    sizes = np.array([sum(len(b) for b in chunk) for chunk in chunks], dtype="<u8")
+    index[: len(chunks), 0] = np.cumsum(sizes) - sizes
+    index[: len(chunks), 1] = sizes
     index_bytes = index.tobytes()
-    return [*buffers, index_bytes, _crc32c(index_bytes)]
+    return index_bytes + _crc32c(index_bytes)
 
 
-class ShardFiles:
-    """Writes shard files whole and durably: a temp file, fsynced, renamed over the target (so
-    readers see the old file or the new one, and the disk works as the caller goes on rather
-    than at the commit).
+class ShardWriter:
+    """Writes one token array's shard files as its windows' encoded chunks arrive, in order.
 
-    Where the filesystem allows it the file is written with O_DIRECT from one page-aligned
-    buffer reused for every shard: copying tokens into the page cache cost the kernel about as
-    much CPU as compressing them (measured here: 1 GB/s buffered, a few percent of one core
-    with O_DIRECT at the disk's speed). A filesystem that refuses O_DIRECT (tmpfs, some FUSE
-    mounts) gets ordinary buffered writes from the first refusal on. Not thread-safe: one
-    writer thread owns it.
+    The shard being filled is streamed into a temp file while later windows are still being
+    compressed, then fsynced and renamed into place when full, or at a commit (`flush`) holding
+    the windows so far. So the disk works alongside the compressors, a commit waits only for a
+    short tail, and readers see the old file or the new one. The first window after a commit
+    starts a new temp file and rewrites the shard's committed chunks into it from memory.
+    Not thread-safe: the store's writer thread owns it.
+
+    Where the filesystem allows it files are written with O_DIRECT from an aligned buffer:
+    copying tokens into the page cache cost the kernel about as much CPU as compressing them
+    (measured here: 1 GB/s buffered, a few percent of one core with O_DIRECT at the disk's
+    speed). A filesystem that refuses O_DIRECT (tmpfs, some FUSE mounts) gets buffered writes
+    from the first refusal on.
     """
 
     ALIGN = 4096  # covers the logical block sizes O_DIRECT asks for on common disks
+    STAGING = 8 << 20  # bytes per write to the disk
 
-    def __init__(self, direct: bool = True):
+    def __init__(self, path_of: Callable[[int], Path], per_shard: int, n_windows: int,
+                 committed: list[Chunk], direct: bool = True):
+        """`path_of(i)`: the path of shard i; `committed`: the chunks of the committed windows
+        of the partly filled shard (n_windows % per_shard of them), as on disk."""
+        self.path_of, self.per_shard = path_of, per_shard
         self.direct = direct and hasattr(os, "O_DIRECT")
-        self._buffer: mmap.mmap | None = None
+        self._n = n_windows  # windows added so far
+        self._chunks = list(committed)  # chunks of the shard being filled
+        self._committed = (n_windows, list(committed))  # what `discard` goes back to
+        # The temp file of the shard being filled (once it differs from what is on disk)
+        self._fd, self._tmp, self._target = -1, None, Path()
+        self._staged = self._size = 0  # bytes in the staging buffer, in the file so far
+        # numpy copies release the GIL (memoryview copies hold it), so compressing goes on
+        # while chunks are staged; the slice starting at an aligned address is the buffer.
+        raw = np.empty(self.STAGING + self.ALIGN, np.uint8)
+        skip = -raw.ctypes.data % self.ALIGN
+        self._staging = raw[skip : skip + self.STAGING]
 
-    def write(self, path: Path, chunks: list[Chunk | None], chunks_per_shard: int) -> None:
+    def add(self, chunk: Chunk) -> None:
+        """The next window's chunk; a shard it fills is made durable and renamed into place."""
+        if self._fd < 0:  # a new shard, or one whose committed windows are already on disk
+            self._open(self.path_of(self._n // self.per_shard))
+            for earlier in self._chunks:
+                self._write(earlier)
+        self._write(chunk)
+        self._chunks.append(chunk)
+        self._n += 1
+        if len(self._chunks) == self.per_shard:
+            self.flush()
+            self._chunks = []
+
+    def flush(self) -> None:
+        """Make the shard being filled durable and visible as it is (a commit's tail)."""
+        if self._fd < 0:
+            return
+        try:
+            self._write((shard_index(self._chunks, self.per_shard),))
+            self._write_staged(-(-self._staged // self.ALIGN) * self.ALIGN)
+            os.ftruncate(self._fd, self._size)  # drop the padding past the shard's index
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self._tmp, self._target)
+            self._tmp = None
+        finally:
+            self._abort()
+
+    def mark_committed(self) -> None:
+        """The windows added so far are committed: `discard` comes back to here."""
+        self._committed = (self._n, list(self._chunks))
+
+    def discard(self) -> None:
+        """Forget the windows past the last commit (a dropped video). Shards they filled may be
+        on disk, holding windows past the committed ones, which readers never read and the
+        next video rewrites."""
+        self._abort()
+        self._n, chunks = self._committed
+        self._chunks = list(chunks)
+
+    def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        buffers = shard_bytes(chunks, chunks_per_shard)
-        try:
-            if self.direct:
-                try:
-                    self._write_direct(tmp, buffers)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    self.direct = False
-            if not self.direct:
-                self._write_buffered(tmp, buffers)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._target, self._tmp = path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self._staged = self._size = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        if self.direct:
+            try:
+                self._fd = os.open(self._tmp, flags | os.O_DIRECT, 0o644)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self.direct = False
+        self._fd = os.open(self._tmp, flags, 0o644)
 
-    def _write_direct(self, tmp: Path, buffers: list[bytes]) -> None:
-        size = sum(len(b) for b in buffers)
-        padded = -(-size // self.ALIGN) * self.ALIGN
-        if self._buffer is None or len(self._buffer) < padded:
-            if self._buffer is not None:
-                self._buffer.close()
-            self._buffer = mmap.mmap(-1, padded)  # anonymous mappings are page-aligned
-        view, offset = memoryview(self._buffer), 0
-        for b in buffers:
-            view[offset : offset + len(b)] = b
-            offset += len(b)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-        try:
-            written = 0
-            while written < padded:  # the kernel writes whole blocks, so offsets stay aligned
-                written += os.write(fd, view[written:padded])
-            os.ftruncate(fd, size)  # drop the padding past the shard's index
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            view.release()
+    def _write(self, chunk: Chunk) -> None:
+        for piece in chunk:
+            source = np.frombuffer(piece, np.uint8)
+            while source.size:
+                k = min(source.size, self.STAGING - self._staged)
+                self._staging[self._staged : self._staged + k] = source[:k]
+                self._staged += k
+                self._size += k
+                source = source[k:]
+                if self._staged == self.STAGING:
+                    self._write_staged(self.STAGING)
 
-    @staticmethod
-    def _write_buffered(tmp: Path, buffers: list[bytes]) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            # writev takes at most IOV_MAX (1024) buffers and may write fewer bytes than asked
-            view = [memoryview(b) for b in buffers if len(b)]
-            while view:
-                written = os.writev(fd, view[:1024])
-                while written and written >= len(view[0]):
-                    written -= len(view.pop(0))
-                if written:
-                    view[0] = view[0][written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _write_staged(self, nbytes: int) -> None:
+        """Write the first nbytes (whole aligned blocks) of the staging buffer."""
+        view = self._staging[:nbytes]
+        while view.size:
+            try:
+                written = os.write(self._fd, view)
+            except OSError as e:
+                if not self.direct or e.errno != errno.EINVAL:
+                    raise
+                # O_DIRECT refused: buffered writes for this file and every later one
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                self.direct = False
+                continue
+            view = view[written:]  # O_DIRECT writes whole blocks, so offsets stay aligned
+        self._staged = 0
+
+    def _abort(self) -> None:
+        """Close and delete the temp file, if any is left."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
 
 def read_chunks(path: Path, count: int, chunks_per_shard: int) -> list[Chunk]:

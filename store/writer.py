@@ -13,11 +13,13 @@ Why it is safe (SPEC.md has the full protocol):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
@@ -60,6 +62,9 @@ MAX_WINDOWS_PER_SHARD = 64
 EMBED_CHUNK = 1024  # windows per chunk of `embedding`: full reads decode few, large chunks
 COORD_CHUNK = 4096  # windows per chunk of the 1-D per-window arrays
 ENCODE_THREADS = max(2, os.cpu_count() or 1)  # windows coded and compressed at once
+# Windows appended but not yet written (beyond the latest batch): enough to keep the
+# compressors and the disk busy between the caller's batches, about 0.4 GB at the base shape.
+MAX_WINDOWS_IN_FLIGHT = 32
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -223,16 +228,12 @@ class StoreWriter:
         self._arrays: dict[str, zarr.Array] = {}
         self._video: VideoWriter | None = None
         self._seen: dict[str, tuple] = {}  # other parts: (zarr.json identity, complete sha256s)
-        # Windows are coded and compressed in parallel; one background thread writes the files
-        # while the caller goes on with the next batch.
+        # Windows are checked (or coded) and compressed in parallel; one background thread
+        # writes the files as their windows are compressed, while the caller goes on.
         self._encode_pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
-        self._shard_files = shards.ShardFiles()  # used by the writer thread only
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
-        # The token shard being filled, which spans videos: {array: encoded windows so far}, and
-        # the committed ones among them (what a discarded video falls back to).
-        self._filling: dict[str, list[shards.Chunk]] = {}
-        self._committed_chunks: dict[str, list[shards.Chunk]] = {}
+        self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
         self.part_dir.mkdir(parents=True, exist_ok=True)
         # The part directory itself is the lock (released by the kernel if the process dies).
         self._lock_fd = os.open(self.part_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -279,14 +280,13 @@ class StoreWriter:
                 if arr.shape[0] != n:
                     arr.resize((n,) + arr.shape[1:])
             per_shard = self.state["windows_per_shard"]
-            if n % per_shard:  # carry on filling the last shard, committed windows kept as stored
-                self._committed_chunks = {
-                    name: shards.read_chunks(
-                        _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
-                    )
-                    for name in self._encoders
-                }
-            self._reset_filling()
+            # carry on filling the last shard, its committed windows kept as stored
+            self._start_shards({
+                name: shards.read_chunks(
+                    _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
+                ) if n % per_shard else []
+                for name in self._encoders
+            })
 
     # -- arrays -------------------------------------------------------------------------------
 
@@ -335,15 +335,27 @@ class StoreWriter:
             )
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
         self._open_arrays()
+        self._start_shards({name: [] for name in self._encoders})
+
+    def _start_shards(self, committed: dict[str, list[shards.Chunk]]) -> None:
+        n, per_shard = self.state["n_windows"], self.state["windows_per_shard"]
+        self._shards = {
+            name: shards.ShardWriter(
+                functools.partial(_shard_path, self.part_dir, name), per_shard, n, chunks
+            )
+            for name, chunks in committed.items()
+        }
 
     def _write(self, writes: Writes) -> None:
-        """Write token shards ({array: encoded windows}, missing ones None) and per-window
-        values from their first window; whole files but for a commit's tail."""
-        per_shard = self.state["windows_per_shard"]
-        for index, data in writes.shards:
-            for name, chunks in data.items():
-                path = _shard_path(self.part_dir, name, index)
-                self._shard_files.write(path, chunks + [None] * (per_shard - len(chunks)), per_shard)
+        """On the writer thread: stream windows into their token shards as each is compressed
+        (and, at a commit, the partly filled shard), then write the per-window values from
+        their first window; whole files but for a commit's tail."""
+        for window in writes.windows:
+            for name, chunk in window.result().items():
+                self._shards[name].add(chunk)
+        if writes.commit:
+            for shard in self._shards.values():
+                shard.flush()
         for start, data in writes.per_window:
             for name, values in data.items():
                 end = start + len(values)
@@ -352,20 +364,21 @@ class StoreWriter:
                     arr.resize((end,) + arr.shape[1:])
                 arr[start:end] = values
 
-    def _encode_window(self, tokens: np.ndarray) -> dict[str, shards.Chunk]:
-        """One window (t,h,w,c) -> its encoded inner chunk per token array. Float32 tokens at
-        full resolution are coded here; float16 tokens come already coded (by the encoder)."""
+    def _prepare_window(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """One window (t,h,w,c) -> the values stored per token array, in arrays of the store's
+        own. Float32 tokens at full resolution are coded here; float16 tokens come already coded
+        (by the encoder) and are checked."""
         dtype, pool = self.layout.dtype, self.layout.pool
         if tokens.dtype == np.float16:
-            check_float16_tokens(tokens, round7=dtype == "float16-round7")
-            stored = {"tokens": tokens[None]}
-        else:
-            stored = encode_tokens(tokens[None], dtype, pool)
+            return {"tokens": check_float16_tokens(tokens[None], round7=dtype == "float16-round7")}
+        return encode_tokens(tokens[None], dtype, pool)
+
+    def _compress_window(self, stored: dict[str, np.ndarray]) -> dict[str, shards.Chunk]:
         return {name: self._encoders[name](values) for name, values in stored.items()}
 
     def _make_durable(self, start: int, end: int) -> None:
         """fsync the chunk and shard files holding windows [start, end), then their directories.
-        Token shards were fsynced by the writer thread as it wrote them (`shards.ShardFiles`),
+        Token shards were fsynced by the writer thread as it wrote them (`shards.ShardWriter`),
         so a commit waits for the disk only for what is left."""
         dirs = set()
         for name, arr in self._arrays.items():
@@ -463,17 +476,16 @@ class StoreWriter:
             self._lock_fd = None
 
     def _drop_video(self) -> None:
-        """Forget the open uncommitted video, after its in-flight write (errors moot) is done."""
+        """Forget the open uncommitted video, after its in-flight writes (errors moot) are done."""
         if self._video is not None:
             with contextlib.suppress(Exception):
                 self._video._wait()
             self._video = None
-        self._reset_filling()
+            self._on_writer_thread(lambda shard: shard.discard())
 
-    def _reset_filling(self) -> None:
-        """The shard being filled holds the committed windows only (after a restart or a
-        discarded video)."""
-        self._filling = {k: list(v) for k, v in self._committed_chunks.items()}
+    def _on_writer_thread(self, fn: Callable[[shards.ShardWriter], None]) -> None:
+        """fn(each token shard writer), run by the writer thread (which owns them), waited for."""
+        self._io.submit(lambda: [fn(shard) for shard in self._shards.values()]).result()
 
     def __enter__(self) -> Self:
         return self
@@ -486,8 +498,9 @@ class StoreWriter:
 class Writes:
     """What one trip to the writer thread writes."""
 
-    shards: list[tuple[int, dict[str, list[shards.Chunk]]]]  # (shard index, {array: chunks})
+    windows: list[Future]  # each window's {token array: encoded chunk}, in order, as compressed
     per_window: list[tuple[int, dict[str, np.ndarray]]]  # (first window, {array: values})
+    commit: bool = False  # also write the partly filled token shards as they are
 
 
 class _Pending:
@@ -535,7 +548,8 @@ class VideoWriter:
         self.first = store.state["n_windows"]
         self.appended = self.first  # windows [first, appended) are appended, uncommitted
         self._per_window: _Pending | None = None  # made once the part's arrays exist
-        self._inflight: Future | None = None  # the write running in the background
+        # Trips to the writer thread not yet waited for, with their windows: a bounded queue
+        self._inflight: collections.deque[tuple[Future, int]] = collections.deque()
         self._done = False
 
     def _check_live(self) -> None:
@@ -608,70 +622,56 @@ class VideoWriter:
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
                 self.store._create_arrays(first, tokens.shape[-1])
-            encoded = self._encode(tokens)
+            stored = self._prepare(tokens)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
                 raise self._error("not finite", bad, "embedding")
-            full_shards = self._add_to_shards(encoded)
+            # Compressed in the background; the writer thread takes each window when it is.
+            pool = self.store._encode_pool
+            windows = [pool.submit(self.store._compress_window, w) for w in stored]
             if self._per_window is None:
                 per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
                 self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             chunks = self._per_window.take(whole_files=True)
-            self._submit(Writes(full_shards, [chunks] if chunks else []))
+            self._submit(Writes(windows, [chunks] if chunks else []))
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
 
-    def _encode(self, tokens: np.ndarray) -> list[dict[str, shards.Chunk]]:
-        """Code and compress each window of a batch in the store's thread pool."""
-        jobs = [self.store._encode_pool.submit(self.store._encode_window, w) for w in tokens]
+    def _prepare(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Check (or code) each window of a batch in the store's thread pool, into arrays of
+        the store's own; a window the layout cannot store refuses the batch, named."""
+        jobs = [self.store._encode_pool.submit(self.store._prepare_window, w) for w in tokens]
         wait(jobs)
         for i, job in enumerate(jobs):
             if isinstance(job.exception(), ValueError):
                 raise self._error(str(job.exception()), i)
         return [job.result() for job in jobs]
 
-    def _add_to_shards(self, windows: list[dict[str, shards.Chunk]]) -> list:
-        """Append encoded windows to the shard being filled; returns the shards they filled."""
-        store, per_shard = self.store, self.store.state["windows_per_shard"]
-        if not store._filling:
-            store._filling = {name: [] for name in windows[0]}
-        full = []
-        for i, chunks in enumerate(windows):
-            for name, chunk in chunks.items():
-                store._filling[name].append(chunk)
-            if len(store._filling["tokens"]) == per_shard:
-                full.append(((self.appended + i) // per_shard, store._filling))
-                store._filling = {name: [] for name in chunks}
-        return full
-
     def _submit(self, writes: Writes) -> None:
-        """Hand files to the writer thread, which writes them while the caller goes on."""
-        if writes.shards or writes.per_window:
-            self._wait()  # at most one write in flight: bounded memory, errors surface in order
-            self._inflight = self.store._io.submit(self.store._write, writes)
+        """Hand windows and files to the writer thread, which writes them while the caller
+        goes on; waits for the oldest trips while too many windows are not yet written."""
+        windows = len(writes.windows)
+        self._inflight.append((self.store._io.submit(self.store._write, writes), windows))
+        while len(self._inflight) > 1 and sum(n for _, n in self._inflight) > MAX_WINDOWS_IN_FLIGHT:
+            self._inflight.popleft()[0].result()
 
     def _wait(self) -> None:
-        if self._inflight is not None:
-            future, self._inflight = self._inflight, None
-            future.result()
+        """Wait for every trip to the writer thread; the first error is raised."""
+        while self._inflight:
+            self._inflight.popleft()[0].result()
 
     def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
         """Make the video visible: data made durable first, then the part's record replaced."""
         self._check_live()
         if self.appended == self.first:
             raise self._error("no windows appended; record a failure instead")
-        store, per_shard = self.store, self.store.state["windows_per_shard"]
+        store = self.store
         try:
-            filling = {name: list(chunks) for name, chunks in store._filling.items()}
-            tail = Writes([], [])
-            if self.appended % per_shard:  # the shard being filled, so far
-                tail.shards.append((self.appended // per_shard, filling))
-            if self._per_window is not None and (chunks := self._per_window.take(False)):
-                tail.per_window.append(chunks)
-            self._submit(tail)
+            tail = self._per_window.take(False) if self._per_window is not None else None
+            self._submit(Writes([], [tail] if tail else [], commit=True))
             self._wait()
             for arr in store._arrays.values():
                 if arr.shape[0] != self.appended:  # a discarded video had written further
@@ -690,7 +690,7 @@ class VideoWriter:
             )
             state = store.state
             store._publish({**state, "n_windows": self.appended, "videos": [*state["videos"], row]})
-            store._committed_chunks = filling
+            store._on_writer_thread(lambda shard: shard.mark_committed())
         except OSError as e:
             raise _writable_error(store.root, e) from None
         finally:

@@ -15,28 +15,74 @@ from test_store_readwrite import SHAPE, open_w, record
 PER_SHARD = 4
 
 
+class SmallStaging(shards.ShardWriter):
+    STAGING = 2 * shards.ShardWriter.ALIGN  # a chunk spans several writes to the disk
+
+
+def _zarr_shards(tmp_path, layout: str, values: np.ndarray) -> zarr.Array:
+    arr = zarr.create_array(
+        tmp_path / f"zarr{len(values)}.zarr", shape=values.shape, dtype=values.dtype,
+        chunks=(1, *values.shape[1:]), shards=(PER_SHARD, *values.shape[1:]),
+        compressors=_compressors(layout, values.dtype), fill_value=0,
+    ).with_config({"write_empty_chunks": True})
+    arr[:] = values
+    return arr
+
+
+def _shard_file(arr: zarr.Array, index: int):
+    return arr.store.root / "c" / str(index) / "0" / "0" / "0" / "0"
+
+
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
-def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype):
+@pytest.mark.parametrize("writer", [shards.ShardWriter, SmallStaging])
+def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype, writer):
     """zarr writes the same windows through its own sharding codec; the files must be equal,
     a full shard and a shard holding only its first windows (a commit's tail) alike."""
     layout = "float16-round7" if dtype == "float16" else "int8"
     values = encode_tokens(activation_like(6, SHAPE), layout, 1)["tokens"]
-    arr = zarr.create_array(
-        tmp_path / "zarr.zarr", shape=values.shape, dtype=values.dtype, chunks=(1, *SHAPE),
-        shards=(PER_SHARD, *SHAPE), compressors=_compressors(layout, values.dtype), fill_value=0,
-    ).with_config({"write_empty_chunks": True})
-    arr[:] = values
+    arr = _zarr_shards(tmp_path, layout, values)
     encode = shards.chunk_encoder(arr.metadata.to_dict())
+    chunks = [encode(values[i : i + 1]) for i in range(6)]
     for direct in (True, False):  # O_DIRECT from an aligned buffer (padding cut off), buffered
-        files = shards.ShardFiles(direct)
+        ours = writer(lambda i, direct=direct: tmp_path / f"shard{i}-{direct}", PER_SHARD, 0, [], direct)
+        for chunk in chunks:
+            ours.add(chunk)
+        ours.flush()  # a commit: shard 1 holds windows 4 and 5 so far
         for index, window_range in ((0, range(4)), (1, range(4, 6))):
-            ours = tmp_path / f"shard{index}-{direct}"
-            chunks = [encode(values[i : i + 1]) for i in window_range]
-            files.write(ours, chunks + [None] * (PER_SHARD - len(chunks)), PER_SHARD)
-            theirs = tmp_path / "zarr.zarr" / "c" / str(index) / "0" / "0" / "0" / "0"
-            assert ours.read_bytes() == theirs.read_bytes()
-            assert shards.read_chunks(ours, len(chunks), PER_SHARD) == chunks
-        assert files.direct == direct or not hasattr(os, "O_DIRECT")
+            path = tmp_path / f"shard{index}-{direct}"
+            assert path.read_bytes() == _shard_file(arr, index).read_bytes()
+            assert shards.read_chunks(path, len(window_range), PER_SHARD) == [chunks[i] for i in window_range]
+        assert ours.direct == direct or not hasattr(os, "O_DIRECT")
+        assert sorted(p.name for p in tmp_path.glob("*.tmp")) == []
+
+
+def test_windows_after_a_commit_extend_the_shard_and_a_discard_leaves_it_as_committed(tmp_path):
+    values = encode_tokens(activation_like(7, SHAPE), "float16-round7", 1)["tokens"]
+    arr = _zarr_shards(tmp_path, "float16-round7", values)
+    encode = shards.chunk_encoder(arr.metadata.to_dict())
+    chunks = [encode(values[i : i + 1]) for i in range(7)]
+    path = tmp_path / "shard"
+    ours = SmallStaging(lambda i: path.with_suffix(f".{i}"), PER_SHARD, 0, [])
+    for chunk in chunks[:2]:
+        ours.add(chunk)
+    ours.flush()
+    ours.mark_committed()
+    committed = path.with_suffix(".0").read_bytes()
+    ours.add(chunks[2])  # a video that is dropped, unfinished...
+    ours.discard()
+    assert path.with_suffix(".0").read_bytes() == committed
+    assert list(tmp_path.glob("*.tmp")) == []
+    for chunk in chunks[2:]:  # ...and the next, which fills shard 0 and starts shard 1
+        ours.add(chunk)
+    ours.flush()
+    for index in (0, 1):
+        assert path.with_suffix(f".{index}").read_bytes() == _shard_file(arr, index).read_bytes()
+    # A writer resumed after a restart carries on from the committed chunks read back.
+    resumed = shards.ShardWriter(lambda i: path.with_suffix(f".r{i}"), PER_SHARD, 6,
+                                 shards.read_chunks(path.with_suffix(".1"), 2, PER_SHARD))
+    resumed.add(chunks[6])
+    resumed.flush()
+    assert path.with_suffix(".r1").read_bytes() == _shard_file(arr, 1).read_bytes()
 
 
 def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
@@ -46,7 +92,9 @@ def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
         .metadata.to_dict()
     )
     path = tmp_path / "shard"
-    shards.ShardFiles().write(path, [encode(np.ones((1, 4), np.float16))] + [None] * 3, PER_SHARD)
+    writer = shards.ShardWriter(lambda i: path, PER_SHARD, 0, [])
+    writer.add(encode(np.ones((1, 4), np.float16)))
+    writer.flush()
     data = bytearray(path.read_bytes())
     data[20] ^= 1  # inside the first chunk's compressed bytes
     path.write_bytes(bytes(data))
