@@ -142,9 +142,11 @@ class _Writer(threading.Thread):
     def _append(self, index, rows, windows, encoded) -> None:
         vw, n, t0 = self._open[index]
         rows = np.asarray(rows)
+        # consecutive rows (as usual) as a read-only view, which the store need not copy
+        take = slice(rows[0], rows[-1] + 1) if (np.diff(rows) == 1).all() else rows
         vw.append(
-            tokens=encoded.tokens[rows],
-            embedding=encoded.embedding[rows],
+            tokens=encoded.tokens[take],
+            embedding=encoded.embedding[take],
             start_frame=np.array([w.start_frame for w in windows], np.int64),
             frame_step=np.array([w.frame_step for w in windows], np.int64),
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),

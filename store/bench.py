@@ -59,9 +59,12 @@ PER_VIDEO = 64
 
 def writer_input(tokens: np.ndarray, layout: Layout, coded: bool) -> np.ndarray:
     """The tokens as the extraction hands them to the writer (`coded`: float16 layouts coded on
-    the accelerator, bit-identical to `encode_tokens`), or float32 at full resolution."""
+    the accelerator, bit-identical to `encode_tokens`, read-only as numpy views of accelerator
+    results are), or float32 at full resolution."""
     if coded and layout.dtype != "int8":
-        return encode_tokens(tokens, layout.dtype, layout.pool)["tokens"]
+        coded_tokens = encode_tokens(tokens, layout.dtype, layout.pool)["tokens"]
+        coded_tokens.flags.writeable = False
+        return coded_tokens
     return tokens
 
 

@@ -131,22 +131,23 @@ def decode_int8(q: np.ndarray, token_scale: np.ndarray, channel_scale: np.ndarra
 LAYOUT_DTYPES = ("float16-round7", "float16", "int8")
 
 
-def check_float16_tokens(q: np.ndarray, round7: bool) -> np.ndarray:
-    """A copy of tokens already in a float16 layout (coded on the accelerator), checked as it is
-    made: finite, and on the 7-mantissa-bit grid if `round7`. Raises ValueError saying what is
-    wrong. (The writer compresses the copy later, when the caller may have reused `q`.)
+def check_float16_tokens(q: np.ndarray, round7: bool, copy: bool = True) -> np.ndarray:
+    """Tokens already in a float16 layout (coded on the accelerator), checked: finite, and on
+    the 7-mantissa-bit grid if `round7`. Raises ValueError saying what is wrong. Returns a copy
+    made as it checks (`copy`), or `q` itself.
 
-    Four float16 values at a time as uint64 lanes, a cache-sized block at a time, checked in
-    the copy while it is in cache. Each value is masked to its exponent field and (for round7)
-    its 3 lowest bits, then 1 is added to the exponent: an exponent of all ones (infinity, NaN)
-    carries into the sign bit, which the mask cleared, and the low bits stay as they were. One
-    OR over all of them then tells both.
+    Four float16 values at a time as uint64 lanes, a cache-sized block at a time. Each value
+    is masked to its exponent field and (for round7) its 3 lowest bits, then 1 is added to the
+    exponent: an exponent of all ones (infinity, NaN) carries into the sign bit, which the mask
+    cleared, and the low bits stay as they were. One OR over all of them tells both.
     """
     source = np.ascontiguousarray(q, np.float16)
-    copy = np.empty_like(source)
-    src, dst = source.reshape(-1).view(np.uint16), copy.reshape(-1).view(np.uint16)
+    copy = copy and np.may_share_memory(source, q)  # else `source` is a new array already
+    result = np.empty_like(source) if copy else source
+    src, dst = source.reshape(-1).view(np.uint16), result.reshape(-1).view(np.uint16)
     whole = src.size - src.size % 4  # the values past it are checked in a zero-padded lane
-    dst[whole:] = src[whole:]
+    if copy:
+        dst[whole:] = src[whole:]
     leftover = np.zeros(4, np.uint16)
     leftover[: src.size - whole] = src[whole:]
     step = 2 * _BLOCK  # uint16 values, a multiple of 4
@@ -156,7 +157,8 @@ def check_float16_tokens(q: np.ndarray, round7: bool) -> np.ndarray:
     mask = np.uint64(0x7C077C077C077C07 if round7 else 0x7C007C007C007C00)
     found = np.uint64(0)
     for s, d in [*blocks, (leftover, leftover)]:
-        np.copyto(d, s)
+        if copy:
+            np.copyto(d, s)  # then checked from the copy, in cache
         masked = scratch[: d.size // 4]
         np.bitwise_and(d.view(np.uint64), mask, out=masked)
         masked += np.uint64(0x0400040004000400)
@@ -168,7 +170,7 @@ def check_float16_tokens(q: np.ndarray, round7: bool) -> np.ndarray:
             "float16 values not rounded to 7 mantissa bits, as the float16-round7 layout "
             "stores them; pass float32 tokens to have the store round them"
         )
-    return copy
+    return result
 
 
 def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict:

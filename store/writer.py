@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import errno
@@ -23,6 +24,7 @@ import functools
 import json
 import math
 import os
+import platform
 import re
 import secrets
 import socket
@@ -76,6 +78,24 @@ def _compressors(layout: str, dtype: np.dtype) -> list:
         lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2)
         return [lz4, Crc32cCodec()]
     return [ZstdCodec(level=1), Crc32cCodec()]
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Have glibc's malloc keep window-sized buffers for reuse instead of mapping each one anew
+    and unmapping it when freed: every unmap makes the CPUs running the writer's other threads
+    flush their TLBs (an interrupt, costly in a VM), and every new page is faulted in and
+    zeroed. Measured here: 10-19% more windows written per second. The process then keeps
+    the memory of its busiest moment (the windows in flight). Once per process; a no-op
+    where the C library is not glibc.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None and platform.libc_ver()[0] == "glibc":
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest; a base window is 6.3 MB
+        mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -234,6 +254,7 @@ class StoreWriter:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
+        _keep_freed_memory()
         self.part_dir.mkdir(parents=True, exist_ok=True)
         # The part directory itself is the lock (released by the kernel if the process dies).
         self._lock_fd = os.open(self.part_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -365,12 +386,15 @@ class StoreWriter:
                 arr[start:end] = values
 
     def _prepare_window(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """One window (t,h,w,c) -> the values stored per token array, in arrays of the store's
-        own. Float32 tokens at full resolution are coded here; float16 tokens come already coded
-        (by the encoder) and are checked."""
+        """One window (t,h,w,c) -> the values stored per token array, which nobody will change
+        while they wait to be compressed. Float32 tokens at full resolution are coded here;
+        float16 tokens come already coded (by the encoder) and are checked, and copied unless
+        read-only (as numpy views of accelerator results are: the extraction's own).
+        """
         dtype, pool = self.layout.dtype, self.layout.pool
         if tokens.dtype == np.float16:
-            return {"tokens": check_float16_tokens(tokens[None], round7=dtype == "float16-round7")}
+            round7, copy = dtype == "float16-round7", tokens.flags.writeable
+            return {"tokens": check_float16_tokens(tokens[None], round7, copy)}
         return encode_tokens(tokens[None], dtype, pool)
 
     def _compress_window(self, stored: dict[str, np.ndarray]) -> dict[str, shards.Chunk]:
@@ -573,6 +597,11 @@ class VideoWriter:
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
         does on the accelerator: half the bytes to move, no rounding on the host). A window
         the layout cannot store refuses the whole batch, naming the window.
+
+        The batch is checked before this returns and compressed and written in the background.
+        Writable float16 tokens are copied for that; read-only ones (numpy views of accelerator
+        results, as the extraction passes) are not, so their memory must not be changed through
+        another view before the video is committed.
         """
         self._check_live()
         tokens = np.asarray(tokens)

@@ -125,7 +125,8 @@ def test_tokens_coded_before_the_store_give_the_same_store(tmp_path, layout):
     np.testing.assert_array_equal(host, coded.astype(np.float32))
 
 
-def test_coded_tokens_that_the_layout_cannot_hold_are_refused(tmp_path):
+@pytest.mark.parametrize("writeable", [True, False])  # copied while checked; checked in place
+def test_coded_tokens_that_the_layout_cannot_hold_are_refused(tmp_path, writeable):
     x = activation_like(3, SHAPE)
     coded = encode_tokens(x, "float16-round7", 1)["tokens"]
     emb = x.mean(axis=(1, 2, 3))
@@ -133,10 +134,12 @@ def test_coded_tokens_that_the_layout_cannot_hold_are_refused(tmp_path):
         vw = w.begin_video(record(0))
         off_grid = coded.copy()
         off_grid[2, 0, 0, 0, 0] = np.float16(1.0009765625)  # 1 + 2**-10: needs 10 mantissa bits
+        off_grid.flags.writeable = writeable
         with pytest.raises(StoreError, match=r"tokens of window 2 of this batch .*7 mantissa"):
             vw.append(off_grid, emb, [0, 2, 4], 1, 4, 0.0)
         not_finite = coded.copy()
         not_finite[1, 1, 1, 1, 1] = np.inf
+        not_finite.flags.writeable = writeable
         with pytest.raises(StoreError, match=r"tokens of window 1 of this batch .*not finite"):
             vw.append(not_finite, emb, [0, 2, 4], 1, 4, 0.0)
         vw.append(coded, emb, [0, 2, 4], 1, 4, 0.0)  # the refused batches left nothing behind
@@ -149,6 +152,24 @@ def test_coded_tokens_that_the_layout_cannot_hold_are_refused(tmp_path):
         pytest.raises(StoreError, match="int8 layout takes float32 tokens"),
     ):
         w.begin_video(record(0)).append(coded, emb, [0, 2, 4], 1, 4, 0.0)
+
+
+def test_tokens_changed_by_the_caller_after_append_are_stored_as_appended(tmp_path):
+    """append returns before its windows are compressed, so writable tokens must be copied: a
+    caller reusing its buffer for the next batch must not change the stored windows."""
+    x = activation_like(16, SHAPE)
+    coded = encode_tokens(x, "float16-round7", 1)["tokens"]
+    buffer = np.empty_like(coded[:8])
+    with open_w(tmp_path / "s.zarr", part="w", windows_per_shard=PER_SHARD) as w:
+        vw = w.begin_video(record(0))
+        for b in (0, 8):
+            buffer[:] = coded[b : b + 8]
+            starts = 2 * np.arange(b, b + 8)
+            vw.append(buffer, x[b : b + 8].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 10)
+        buffer[:] = np.float16(7.0)
+        vw.commit()
+    stored = store.read_windows(store.open(tmp_path / "s.zarr"), np.arange(16))
+    np.testing.assert_array_equal(stored, coded.astype(np.float32))
 
 
 def test_bench_store_runs_and_measures_what_it_says(tmp_path):
