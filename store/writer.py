@@ -254,6 +254,7 @@ class StoreWriter:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
+        self._write_failed = False  # on the writer thread: a write of the open video failed
         _keep_freed_memory()
         self.part_dir.mkdir(parents=True, exist_ok=True)
         # The part directory itself is the lock (released by the kernel if the process dies).
@@ -370,7 +371,17 @@ class StoreWriter:
     def _write(self, writes: Writes) -> None:
         """On the writer thread: stream windows into their token shards as each is compressed
         (and, at a commit, the partly filled shard), then write the per-window values from
-        their first window; whole files but for a commit's tail."""
+        their first window; whole files but for a commit's tail. After a failure nothing more
+        is written until the video is discarded: later windows would land in the wrong place."""
+        if self._write_failed:
+            raise StoreError("an earlier write of this video failed; it cannot be committed")
+        try:
+            self._write_now(writes)
+        except BaseException:
+            self._write_failed = True
+            raise
+
+    def _write_now(self, writes: Writes) -> None:
         for window in writes.windows:
             for name, chunk in window.result().items():
                 self._shards[name].add(chunk)
@@ -505,11 +516,18 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 self._video._wait()
             self._video = None
-            self._on_writer_thread(lambda shard: shard.discard())
+            self._io.submit(self._discard).result()
 
-    def _on_writer_thread(self, fn: Callable[[shards.ShardWriter], None]) -> None:
-        """fn(each token shard writer), run by the writer thread (which owns them), waited for."""
-        self._io.submit(lambda: [fn(shard) for shard in self._shards.values()]).result()
+    def _discard(self) -> None:
+        """On the writer thread: forget what was written past the last commit."""
+        for shard in self._shards.values():
+            shard.discard()
+        self._write_failed = False
+
+    def _mark_committed(self) -> None:
+        """On the writer thread: what was written so far is committed."""
+        for shard in self._shards.values():
+            shard.mark_committed()
 
     def __enter__(self) -> Self:
         return self
@@ -685,12 +703,20 @@ class VideoWriter:
         windows = len(writes.windows)
         self._inflight.append((self.store._io.submit(self.store._write, writes), windows))
         while len(self._inflight) > 1 and sum(n for _, n in self._inflight) > MAX_WINDOWS_IN_FLIGHT:
-            self._inflight.popleft()[0].result()
+            self._wait_oldest()
 
     def _wait(self) -> None:
         """Wait for every trip to the writer thread; the first error is raised."""
         while self._inflight:
-            self._inflight.popleft()[0].result()
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        future, _ = self._inflight.popleft()
+        try:
+            future.result()
+        except BaseException:
+            self._done = True  # windows were lost: this video can only be failed or replaced
+            raise
 
     def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
         """Make the video visible: data made durable first, then the part's record replaced."""
@@ -719,7 +745,7 @@ class VideoWriter:
             )
             state = store.state
             store._publish({**state, "n_windows": self.appended, "videos": [*state["videos"], row]})
-            store._on_writer_thread(lambda shard: shard.mark_committed())
+            store._io.submit(store._mark_committed).result()
         except OSError as e:
             raise _writable_error(store.root, e) from None
         finally:

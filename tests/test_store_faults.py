@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ethoprism import store
 from ethoprism.cli import app
-from ethoprism.store import StoreError, VideoRecord
+from ethoprism.store import StoreError, VideoRecord, writer
 from typer.testing import CliRunner
 
 ENCODER = {"name": "videoprism-tiny", "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
@@ -140,3 +140,41 @@ def test_full_disk_loses_nothing_committed(tmp_path):
         assert store.validate(path)["videos"] == failed_at + 1
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(tmp_path, monkeypatch):
+    """Windows are compressed and written after append returns; one that fails there must fail
+    its video (never commit it with a window missing) and leave committed and later videos
+    whole."""
+    monkeypatch.setattr(writer, "MAX_WINDOWS_IN_FLIGHT", 0)  # the error surfaces at an append
+    path = tmp_path / "s.zarr"
+    with store.open_writer(
+        path, encoder=ENCODER, preprocessing=PREP, part="w0", windows_per_shard=4
+    ) as w:
+        first = write_video(w, 0, 5)  # ends inside shard 1
+        compress, calls = w._encoders["tokens"], []
+
+        def crashing(values):
+            calls.append(values)
+            if len(calls) == 3:
+                raise RuntimeError("compressor crashed")
+            return compress(values)
+
+        w._encoders["tokens"] = crashing
+        x = np.random.default_rng(1).standard_normal((7, *SHAPE)).astype(np.float32)
+        vw = w.begin_video(VideoRecord("/v/bad.mp4", 1, "f" * 64, 30.0, 16, 1.0, 8, 8, "h264"))
+        with pytest.raises(RuntimeError, match="compressor crashed"):
+            for b in range(0, 7, 2):
+                batch = x[b : b + 2]
+                starts = 2 * np.arange(b, b + len(batch))
+                vw.append(batch, batch.mean(axis=(1, 2, 3)), starts, 1, 4, starts / 15)
+        with pytest.raises(StoreError, match="committed, failed or replaced"):
+            vw.commit()
+        w._encoders["tokens"] = compress
+        w.record_failure(vw.record, "compressor crashed")
+        last = write_video(w, 2, 6)
+    assert store.validate(path)["ok"]
+    ds = store.open(path)
+    for name, x in (("clip0.mp4", first), ("clip2.mp4", last)):
+        assert np.abs(store.select(ds, video=name).tokens.values - x).max() < 0.05
+    assert store.info(path)["videos_failed"] == [{"path": "/v/bad.mp4", "reason": "compressor crashed"}]
