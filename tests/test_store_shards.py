@@ -185,3 +185,4 @@ def test_bench_store_runs_and_measures_what_it_says(tmp_path):
     assert rows[("float16-round7", 1, "float32")]["bytes_per_window"] == full["bytes_per_window"]
     assert all(x["write_vs_raw"] > 0 and x["cores_for_disk_speed"] > 0 for x in rows.values())
     assert r["reads"]["speedup_vs_oindex"] > 0
+    assert r["write_vs_raw"] == full["write_vs_raw"]
