@@ -249,7 +249,9 @@ class StoreWriter:
         self._video: VideoWriter | None = None
         self._seen: dict[str, tuple] = {}  # other parts: (zarr.json identity, complete sha256s)
         # Windows are checked (or coded) and compressed in parallel; one background thread
-        # writes the files as their windows are compressed, while the caller goes on.
+        # writes token shards as their windows are compressed, while the caller goes on.
+        # (A pool of its own for the checks, which `append` waits for, measured slower: more
+        # threads than cores.)
         self._encode_pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
@@ -369,10 +371,9 @@ class StoreWriter:
         }
 
     def _write(self, writes: Writes) -> None:
-        """On the writer thread: stream windows into their token shards as each is compressed
-        (and, at a commit, the partly filled shard), then write the per-window values from
-        their first window; whole files but for a commit's tail. After a failure nothing more
-        is written until the video is discarded: later windows would land in the wrong place."""
+        """On the writer thread: stream windows into their token shards as each is compressed,
+        and at a commit write the partly filled shards. After a failure nothing more is
+        written until the video is discarded: later windows would land in the wrong place."""
         if self._write_failed:
             raise StoreError("an earlier write of this video failed; it cannot be committed")
         try:
@@ -388,13 +389,16 @@ class StoreWriter:
         if writes.commit:
             for shard in self._shards.values():
                 shard.flush()
-        for start, data in writes.per_window:
-            for name, values in data.items():
-                end = start + len(values)
-                arr = self._arrays[name]
-                if arr.shape[0] < end:
-                    arr.resize((end,) + arr.shape[1:])
-                arr[start:end] = values
+
+    def _write_per_window(self, start: int, data: dict[str, np.ndarray]) -> None:
+        """On the caller's thread, while the writer thread streams tokens: per-window values
+        from window `start` on; whole chunks but for a commit's tail."""
+        for name, values in data.items():
+            end = start + len(values)
+            arr = self._arrays[name]
+            if arr.shape[0] < end:
+                arr.resize((end,) + arr.shape[1:])
+            arr[start:end] = values
 
     def _prepare_window(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """One window (t,h,w,c) -> the values stored per token array, which nobody will change
@@ -541,8 +545,7 @@ class Writes:
     """What one trip to the writer thread writes."""
 
     windows: list[Future]  # each window's {token array: encoded chunk}, in order, as compressed
-    per_window: list[tuple[int, dict[str, np.ndarray]]]  # (first window, {array: values})
-    commit: bool = False  # also write the partly filled token shards as they are
+    commit: bool = False  # then write the partly filled token shards as they are
 
 
 class _Pending:
@@ -681,8 +684,9 @@ class VideoWriter:
                 self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
-            chunks = self._per_window.take(whole_files=True)
-            self._submit(Writes(windows, [chunks] if chunks else []))
+            self._submit(Writes(windows))
+            if filled := self._per_window.take(whole_files=True):
+                self.store._write_per_window(*filled)
         except OSError as e:
             self._done = True
             raise _writable_error(self.store.root, e) from None
@@ -725,12 +729,17 @@ class VideoWriter:
             raise self._error("no windows appended; record a failure instead")
         store = self.store
         try:
-            tail = self._per_window.take(False) if self._per_window is not None else None
-            self._submit(Writes([], [tail] if tail else [], commit=True))
-            self._wait()
+            # The rest is done while the last windows are compressed and written: the
+            # per-window values, and arrays sized to the windows committed (tokens: grown; a
+            # discarded video may have left the others longer). Readers look no further than
+            # the commit record, so growing an array early is safe.
+            self._submit(Writes([], commit=True))
+            if self._per_window is not None and (tail := self._per_window.take(False)):
+                store._write_per_window(*tail)
             for arr in store._arrays.values():
-                if arr.shape[0] != self.appended:  # a discarded video had written further
+                if arr.shape[0] != self.appended:
                     arr.resize((self.appended,) + arr.shape[1:])
+            self._wait()
             store._make_durable(self.first, self.appended)
             row = dataclasses.asdict(self.record)
             if n_frames is not None:
