@@ -116,7 +116,7 @@ class ShardWriter:
     """
 
     ALIGN = 4096  # covers the logical block sizes O_DIRECT asks for on common disks
-    STAGING = 8 << 20  # bytes per write to the disk
+    STAGING = 32 << 20  # bytes per write to the disk
 
     def __init__(self, path_of: Callable[[int], Path], per_shard: int, n_windows: int,
                  committed: list[Chunk], direct: bool = True):
