@@ -254,6 +254,7 @@ class StoreWriter:
         # threads than cores.)
         self._encode_pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
+        self._array_pool = ThreadPoolExecutor(len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays")
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
         self._write_failed = False  # on the writer thread: a write of the open video failed
@@ -391,14 +392,19 @@ class StoreWriter:
                 shard.flush()
 
     def _write_per_window(self, start: int, data: dict[str, np.ndarray]) -> None:
-        """On the caller's thread, while the writer thread streams tokens: per-window values
-        from window `start` on; whole chunks but for a commit's tail."""
-        for name, values in data.items():
+        """Per-window values from window `start` on (whole chunks but for a commit's tail),
+        while the writer thread streams tokens; the arrays at once, as zarr spends most of each
+        write waiting on its event loop and the disk."""
+
+        def write(name: str) -> None:
+            values = data[name]
             end = start + len(values)
             arr = self._arrays[name]
             if arr.shape[0] < end:
                 arr.resize((end,) + arr.shape[1:])
             arr[start:end] = values
+
+        list(self._array_pool.map(write, data))
 
     def _prepare_window(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """One window (t,h,w,c) -> the values stored per token array, which nobody will change
@@ -510,6 +516,7 @@ class StoreWriter:
         self._drop_video()
         self._io.shutdown()
         self._encode_pool.shutdown()
+        self._array_pool.shutdown()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
