@@ -148,7 +148,7 @@ def bench_store(windows: int = 128, directory: str | None = None, repeats: int =
             out["layouts"].append(
                 {
                     "layout": layout.to_dict(),
-                    "tokens_in": "coded" if coded and layout.dtype != "int8" else "float32",
+                    "tokens_in": "coded" if given.dtype == np.float16 else "float32",
                     "bytes_per_window": stored / windows,
                     "write_mb_per_s": stored / store_t / 1e6,
                     "raw_write_mb_per_s": stored / raw_t / 1e6,
