@@ -18,7 +18,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(BIN)/ethoprism demo --out $(OUT)
 
+# Lint and format are part of the tests: both run, clean, before pytest.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 bench: setup

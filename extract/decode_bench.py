@@ -1,4 +1,5 @@
-"""Decode throughput of one file: raw decoding vs decoding plus conversion and resizing (a ratio)."""
+"""Decode throughput of one file: raw decoding vs decoding plus conversion and resizing
+(a ratio)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def measure_decode(
     threads: int = 0,
     repeats: int = 2,
 ) -> dict:
-    """Raw decode frames/s (native pixel format, nothing converted) and decode+convert+resize frames/s.
+    """Raw decode frames/s (native pixel format, nothing converted) and decode+convert+resize
+    frames/s.
 
     Both are measured on the same leading frames of `path`, as many as raw decoding gets through
     in about `seconds`, alternating `repeats` times and keeping each one's best (the machines are

@@ -14,9 +14,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ethoprism.extract.coding import code_tokens
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from ethoprism.extract.coding import code_tokens
 
 
 class EncodedBatch(NamedTuple):
@@ -31,8 +32,14 @@ class ShardedEncoder:
     tokens coded for that layout on the device; None returns them as float32.
     """
 
-    def __init__(self, encoder, batch_size: int, pixel_range=(0.0, 1.0), devices=None,
-                 store_layout: tuple[str, int] | None = None):
+    def __init__(
+        self,
+        encoder,
+        batch_size: int,
+        pixel_range=(0.0, 1.0),
+        devices=None,
+        store_layout: tuple[str, int] | None = None,
+    ):
         self.encoder = encoder
         self.store_layout = store_layout
         devices = list(devices if devices is not None else jax.local_devices())

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from ethoprism.errors import EthoprismError
 
 Array = jax.Array
@@ -31,7 +32,9 @@ class EncoderConfig:
 
     name: str
     patch_size: int
-    pos_emb_shape: tuple[int, int, int]  # (frames, rows, cols) the position embeddings were trained at
+    pos_emb_shape: tuple[
+        int, int, int
+    ]  # (frames, rows, cols) the position embeddings were trained at
     model_dim: int
     num_spatial_layers: int
     num_temporal_layers: int
@@ -47,10 +50,36 @@ class EncoderConfig:
 CONFIGS: dict[str, EncoderConfig] = {
     c.name: c
     for c in [
-        EncoderConfig("videoprism-b", 18, (16, 16, 16), 768, 12, 4, 12, 3072, 50.0, 16, 288,
-                      "google/videoprism-base-f16r288", "flax_base_f16r288_repeated.npz"),
-        EncoderConfig("videoprism-l", 18, (8, 16, 16), 1024, 24, 4, 16, 4096, 50.0, 8, 288,
-                      "google/videoprism-large-f8r288", "flax_large_f8r288_repeated.npz"),
+        EncoderConfig(
+            "videoprism-b",
+            18,
+            (16, 16, 16),
+            768,
+            12,
+            4,
+            12,
+            3072,
+            50.0,
+            16,
+            288,
+            "google/videoprism-base-f16r288",
+            "flax_base_f16r288_repeated.npz",
+        ),
+        EncoderConfig(
+            "videoprism-l",
+            18,
+            (8, 16, 16),
+            1024,
+            24,
+            4,
+            16,
+            4096,
+            50.0,
+            8,
+            288,
+            "google/videoprism-large-f8r288",
+            "flax_large_f8r288_repeated.npz",
+        ),
         # The official `videoprism_v1_tiny_test` config that the golden outputs were made with.
         EncoderConfig("videoprism-tiny", 18, (4, 4, 4), 64, 2, 1, 4, 128, 50.0, 4, 72, None, None),
     ]
@@ -74,7 +103,8 @@ def check_dtype(dtype: str) -> str:
 
 @functools.cache
 def native_bfloat16() -> bool:
-    """Whether bf16 matmuls have hardware support: any accelerator, or a CPU with AVX512-BF16 / AMX."""
+    """Whether bf16 matmuls have hardware support: any accelerator, or a CPU with
+    AVX512-BF16 / AMX."""
     if jax.default_backend() != "cpu":
         return True
     try:
@@ -123,7 +153,8 @@ class Dense(nn.Module):
 
 
 class Linear(nn.Module):
-    """The official tree nests each dense layer one level deeper, as `<name>/linear/{kernel,bias}`."""
+    """The official tree nests each dense layer one level deeper, as
+    `<name>/linear/{kernel,bias}`."""
 
     features: int
     dtype: Any = jnp.float32
@@ -134,7 +165,8 @@ class Linear(nn.Module):
 
 
 class HeadProjection(nn.Module):
-    """(..., D) -> (..., heads, head_dim) with weights (D, heads, head_dim) and bias (heads, head_dim)."""
+    """(..., D) -> (..., heads, head_dim) with weights (D, heads, head_dim)
+    and bias (heads, head_dim)."""
 
     num_heads: int
     head_dim: int
@@ -172,7 +204,10 @@ class SelfAttention(nn.Module):
     def __call__(self, x):
         d = x.shape[-1]
         hd = d // self.num_heads
-        q, k, v = (HeadProjection(self.num_heads, hd, self.dtype, name=n)(x) for n in ("query", "key", "value"))
+        q, k, v = (
+            HeadProjection(self.num_heads, hd, self.dtype, name=n)(x)
+            for n in ("query", "key", "value")
+        )
         q = q * hd**-0.5  # after the bias, as the official code does
         # Head-major batched matmuls: XLA:CPU runs 'bnts,bnsh' far faster than 'bnts,bsnh'.
         q, k, v = (a.swapaxes(-2, -3) for a in (q, k, v))
@@ -213,7 +248,8 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x, _):
         x = x + SelfAttention(self.num_heads, self.logit_cap, self.dtype, name="self_attention")(
-            LayerNorm(name="layer_norm")(x))
+            LayerNorm(name="layer_norm")(x)
+        )
         x = x + FeedForward(self.mlp_dim, self.dtype, name="ff_layer")(x)
         return x, None
 
@@ -229,9 +265,15 @@ class Layers(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        layers = nn.scan(TransformerLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=self.num_layers)
-        x, _ = layers(self.num_heads, self.mlp_dim, self.logit_cap, self.dtype, name="x_layers")(x, None)
+        layers = nn.scan(
+            TransformerLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=self.num_layers,
+        )
+        x, _ = layers(self.num_heads, self.mlp_dim, self.logit_cap, self.dtype, name="x_layers")(
+            x, None
+        )
         return x
 
 
@@ -246,8 +288,14 @@ class StackedTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return Layers(self.num_layers, self.num_heads, self.mlp_dim, self.logit_cap, self.dtype,
-                      name="transformers_stack")(x)
+        return Layers(
+            self.num_layers,
+            self.num_heads,
+            self.mlp_dim,
+            self.logit_cap,
+            self.dtype,
+            name="transformers_stack",
+        )(x)
 
 
 def resize_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -272,10 +320,12 @@ class PositionalEmbedding(nn.Module):
     def __call__(self, out_grid: tuple[int, ...], dim: int):
         emb = self.param("emb_var", nn.initializers.lecun_normal(), (int(np.prod(self.grid)), dim))
         emb = emb.reshape(*self.grid, dim)
-        for axis, (n_in, n_out) in enumerate(zip(self.grid, out_grid)):
+        for axis, (n_in, n_out) in enumerate(zip(self.grid, out_grid, strict=False)):
             if n_in != n_out:
                 w = jnp.asarray(resize_weights(n_in, n_out))
-                emb = jnp.moveaxis(jnp.tensordot(w, emb, axes=(1, axis), precision="highest"), 0, axis)
+                emb = jnp.moveaxis(
+                    jnp.tensordot(w, emb, axes=(1, axis), precision="highest"), 0, axis
+                )
         return emb.reshape(-1, dim)
 
 
@@ -283,7 +333,8 @@ class PositionalEmbedding(nn.Module):
 
 
 class FactorizedEncoder(nn.Module):
-    """frames (B, T, H, W, 3) in [0, 1] -> (tokens (B, T, h, w, D), {"spatial_features": same shape})."""
+    """frames (B, T, H, W, 3) in [0, 1] -> (tokens (B, T, h, w, D),
+    {"spatial_features": same shape})."""
 
     config: EncoderConfig
     dtype: str = "float32"  # matmul dtype; LayerNorm, softmax and outputs are always float32
@@ -294,16 +345,26 @@ class FactorizedEncoder(nn.Module):
         b, t, height, width, ch = frames.shape
         p = c.patch_size
         if height % p or width % p or ch != 3:
-            raise EthoprismError(f"frames of shape {frames.shape}: expected (B, T, H, W, 3) with H and W "
-                                 f"multiples of the patch size {p}")
+            raise EthoprismError(
+                f"frames of shape {frames.shape}: expected (B, T, H, W, 3) with H and W "
+                f"multiples of the patch size {p}"
+            )
         m, n = height // p, width // p
-        stack = functools.partial(StackedTransformer, num_heads=c.num_heads, mlp_dim=c.mlp_dim,
-                                  logit_cap=c.atten_logit_cap, dtype=dtype)
+        stack = functools.partial(
+            StackedTransformer,
+            num_heads=c.num_heads,
+            mlp_dim=c.mlp_dim,
+            logit_cap=c.atten_logit_cap,
+            dtype=dtype,
+        )
 
-        # Patch vectors are (row-in-patch, column-in-patch, channel), channel fastest; tokens row-major.
+        # Patch vectors are (row-in-patch, column-in-patch, channel), channel fastest; tokens
+        # row-major.
         x = frames.astype(jnp.float32).reshape(b * t, m, p, n, p, ch).transpose(0, 1, 3, 2, 4, 5)
         x = Linear(c.model_dim, dtype, name="patch_projection")(x.reshape(b * t, m * n, p * p * ch))
-        x = x + PositionalEmbedding(c.pos_emb_shape[1:], name="spatial_pos_emb")((m, n), c.model_dim)
+        x = x + PositionalEmbedding(c.pos_emb_shape[1:], name="spatial_pos_emb")(
+            (m, n), c.model_dim
+        )
         x = stack(c.num_spatial_layers, name="spatial_encoder")(x)
         x = LayerNorm(name="spatial_ln")(x)
         out = {"spatial_features": x.reshape(b, t, m, n, -1)}
@@ -358,9 +419,18 @@ class Encoder:
 
     @property
     def identity(self) -> dict:
-        """What the store records; plain JSON types (lists, not tuples) so it equals itself read back."""
-        return json.loads(json.dumps({"name": self.config.name, "config": dataclasses.asdict(self.config),
-                                      "checkpoint_sha256": self.checkpoint_sha256, "dtype": self.dtype}))
+        """What the store records; plain JSON types (lists, not tuples) so it equals itself read
+        back."""
+        return json.loads(
+            json.dumps(
+                {
+                    "name": self.config.name,
+                    "config": dataclasses.asdict(self.config),
+                    "checkpoint_sha256": self.checkpoint_sha256,
+                    "dtype": self.dtype,
+                }
+            )
+        )
 
 
 def _example_frames(config: EncoderConfig) -> jax.ShapeDtypeStruct:
@@ -374,13 +444,18 @@ def _jitted_init(config: EncoderConfig):
 
 
 def init_params(config: EncoderConfig, seed: int = 0) -> dict:
-    """The official initialisation: lecun_normal kernels and embeddings, zero LayerNorm and biases."""
-    return _jitted_init(config)(jax.random.key(seed), jnp.zeros(_example_frames(config).shape, jnp.float32))
+    """The official initialisation: lecun_normal kernels and embeddings, zero LayerNorm and
+    biases."""
+    return _jitted_init(config)(
+        jax.random.key(seed), jnp.zeros(_example_frames(config).shape, jnp.float32)
+    )
 
 
 def param_shapes(config: EncoderConfig) -> dict:
     """The variable tree's shapes and dtypes, computed without allocating or running anything."""
-    return jax.eval_shape(FactorizedEncoder(config).init, jax.random.key(0), _example_frames(config))
+    return jax.eval_shape(
+        FactorizedEncoder(config).init, jax.random.key(0), _example_frames(config)
+    )
 
 
 def param_count(config: EncoderConfig) -> int:

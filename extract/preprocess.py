@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
 from ethoprism.errors import EthoprismError
 
 RESIZE_MODES = ("squash", "pad", "crop")
@@ -25,7 +26,8 @@ class PreprocessingError(EthoprismError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Everything between a decoded frame and the encoder; written into the store as its identity."""
+    """Everything between a decoded frame and the encoder; written into the store as its
+    identity."""
 
     frame_size: int = 288  # output frames are frame_size x frame_size RGB
     resize: str = "squash"  # "squash" | "pad" (letterbox, black bars) | "crop" (centre)
@@ -72,7 +74,8 @@ class Preprocessing:
         return (self.window_length - 1) * self.frame_step + 1
 
     def to_dict(self) -> dict:
-        """Plain JSON types (pixel_range as a list), so that a dict read back from JSON compares equal."""
+        """Plain JSON types (pixel_range as a list), so that a dict read back from JSON compares
+        equal."""
         d = dataclasses.asdict(self)
         d["pixel_range"] = list(self.pixel_range)
         return d
@@ -83,7 +86,8 @@ class Preprocessing:
         unknown = sorted(set(d) - known)
         if unknown:
             raise PreprocessingError(
-                f"unknown preprocessing field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"unknown preprocessing field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
             )
         return cls(**d)
 

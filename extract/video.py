@@ -1,4 +1,5 @@
-"""Streaming video decoding with PyAV: metadata, content fingerprint, and frames with exact index and time.
+"""Streaming video decoding with PyAV: metadata, content fingerprint, and frames with exact index
+and time.
 
 Conventions (the store and every label file rely on them):
 - A frame's index counts decoded frames in presentation order from 0: what a person stepping
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Generator, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import av
 import numpy as np
+from fsspec import open as fsspec_open
+
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing, Resizer
-from fsspec import open as fsspec_open
 
 _HASH_CHUNK = 1 << 20
 
@@ -106,7 +108,8 @@ def _frame_rate(stream) -> float:
 
 
 def probe_video(path) -> VideoInfo:
-    """Open `path`, read its metadata and hash its bytes (streaming; memory does not grow with size)."""
+    """Open `path`, read its metadata and hash its bytes (streaming; memory does not grow with
+    size)."""
     with _open_video(path) as (container, stream):
         codec = stream.codec_context
         fps = _frame_rate(stream)
@@ -157,7 +160,8 @@ def _configure_threads(stream, threads: int) -> None:
 def _decode(
     path, container, stream
 ) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
-    """Yields (index, time, frame) in presentation order and returns (n_frames, duration) as decoded.
+    """Yields (index, time, frame) in presentation order and returns (n_frames, duration) as
+    decoded.
 
     Raises VideoError on damage (see the module docstring).
     """
@@ -182,10 +186,9 @@ def _decode(
             index += 1
 
     def flush():
-        try:
+        # an FFmpegError here is ignored: already failing; the frames that did come out were yielded
+        with suppress(av.FFmpegError):
             yield from emit(codec.decode(None))
-        except av.FFmpegError:
-            pass  # already failing; the frames that did come out were yielded
 
     try:
         for packet in container.demux(stream):

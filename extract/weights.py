@@ -14,6 +14,8 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.encoder import (
     CONFIGS,
@@ -25,7 +27,6 @@ from ethoprism.extract.encoder import (
     param_count,
     param_shapes,
 )
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 ENV_VAR = "ETHOPRISM_CHECKPOINT"
 RANDOM = "random"
@@ -36,7 +37,9 @@ class CheckpointError(EthoprismError):
     """A checkpoint that cannot be found, read, or does not fit the encoder config."""
 
 
-def load_encoder(name: str, checkpoint: str | os.PathLike | None = None, dtype: str = "float32") -> Encoder:
+def load_encoder(
+    name: str, checkpoint: str | os.PathLike | None = None, dtype: str = "float32"
+) -> Encoder:
     """The encoder `name` with its weights.
 
     checkpoint: a path to an official npz; None -> $ETHOPRISM_CHECKPOINT if set, else the file
@@ -57,16 +60,21 @@ def load_encoder(name: str, checkpoint: str | os.PathLike | None = None, dtype: 
 
 
 def _how_to_get(config: EncoderConfig) -> str:
-    where = (f"download {config.hf_filename} from https://huggingface.co/{config.hf_repo}, then "
-             if config.hf_repo else "")
+    where = (
+        f"download {config.hf_filename} from https://huggingface.co/{config.hf_repo}, then "
+        if config.hf_repo
+        else ""
+    )
     return f"{where}pass checkpoint=PATH (CLI: --checkpoint PATH) or set {ENV_VAR}=PATH"
 
 
 def download(config: EncoderConfig) -> Path:
     """The checkpoint from the Hugging Face cache, downloading it there if needed."""
     if config.hf_repo is None:
-        raise CheckpointError(f"{config.name} has no published weights: pass checkpoint=PATH, "
-                              f"set {ENV_VAR}=PATH, or use checkpoint='random'")
+        raise CheckpointError(
+            f"{config.name} has no published weights: pass checkpoint=PATH, "
+            f"set {ENV_VAR}=PATH, or use checkpoint='random'"
+        )
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -74,8 +82,9 @@ def download(config: EncoderConfig) -> Path:
         return Path(hf_hub_download(config.hf_repo, config.hf_filename))
     except (HfHubHTTPError, OSError) as e:
         raise CheckpointError(
-            f"weights for {config.name} ({config.hf_filename}) are not in the Hugging Face cache and "
-            f"could not be downloaded from {config.hf_repo} ({type(e).__name__}); {_how_to_get(config)}"
+            f"weights for {config.name} ({config.hf_filename}) are not in the Hugging Face cache "
+            f"and could not be downloaded from {config.hf_repo} ({type(e).__name__}); "
+            f"{_how_to_get(config)}"
         ) from None
 
 
@@ -106,10 +115,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if head.startswith(b"\x93NUMPY"):
-        raise CheckpointError(f"checkpoint {path} is a single .npy array, not an npz archive of named arrays")
+        raise CheckpointError(
+            f"checkpoint {path} is a single .npy array, not an npz archive of named arrays"
+        )
     if head[:1] == b"\x80":
-        raise CheckpointError(f"checkpoint {path} is a Python pickle; refusing to unpickle it "
-                              "(expected the official npz of float arrays)")
+        raise CheckpointError(
+            f"checkpoint {path} is a Python pickle; refusing to unpickle it "
+            "(expected the official npz of float arrays)"
+        )
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path} is not an npz archive (no zip structure)")
     arrays = {}
@@ -120,9 +133,13 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                     arrays[key] = npz[key]
                 except ValueError as e:
                     if "allow_pickle" in str(e):  # an object array: a pickle inside the archive
-                        raise CheckpointError(f"checkpoint {path}: key {key} holds pickled objects; "
-                                              "refusing to unpickle it (expected a float array)") from None
-                    raise CheckpointError(f"checkpoint {path}: key {key} is not a readable array: {e}") from None
+                        raise CheckpointError(
+                            f"checkpoint {path}: key {key} holds pickled objects; "
+                            "refusing to unpickle it (expected a float array)"
+                        ) from None
+                    raise CheckpointError(
+                        f"checkpoint {path}: key {key} is not a readable array: {e}"
+                    ) from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise CheckpointError(f"checkpoint {path} is a damaged npz archive: {e}") from None
     return arrays
@@ -135,24 +152,51 @@ def load_checkpoint(path: str | os.PathLike, config: EncoderConfig) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist; {_how_to_get(config)}")
     arrays = _read_npz(path)
     expected = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(param_shapes(config)).items()}
-    problems = [f"missing key {k} (expected shape {s}, found none)" for k, s in expected.items()
-                if k not in arrays]
-    problems += [f"unexpected key {k} with shape {a.shape} (not in {config.name}: expected shape none)"
-                 for k, a in arrays.items() if k not in expected]
-    problems += [f"key {k} has shape {a.shape}, {config.name} expects {expected[k]}"
-                 for k, a in arrays.items() if k in expected and a.shape != expected[k]]
-    problems += [f"key {k} has dtype {a.dtype}, expected a float array"
-                 for k, a in arrays.items() if k in expected and not np.issubdtype(a.dtype, np.floating)]
+    problems = [
+        f"missing key {k} (expected shape {s}, found none)"
+        for k, s in expected.items()
+        if k not in arrays
+    ]
+    problems += [
+        f"unexpected key {k} with shape {a.shape} (not in {config.name}: expected shape none)"
+        for k, a in arrays.items()
+        if k not in expected
+    ]
+    problems += [
+        f"key {k} has shape {a.shape}, {config.name} expects {expected[k]}"
+        for k, a in arrays.items()
+        if k in expected and a.shape != expected[k]
+    ]
+    problems += [
+        f"key {k} has dtype {a.dtype}, expected a float array"
+        for k, a in arrays.items()
+        if k in expected and not np.issubdtype(a.dtype, np.floating)
+    ]
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
         raise CheckpointError(f"checkpoint {path} does not match {config.name}: {shown}")
     # jnp.asarray copies: the official code mutates numpy params in place (spec §7).
-    return unflatten_dict({tuple(k.split("/")): jnp.asarray(a, jnp.float32) for k, a in arrays.items()})
+    return unflatten_dict(
+        {tuple(k.split("/")): jnp.asarray(a, jnp.float32) for k, a in arrays.items()}
+    )
 
 
 def list_models() -> list[dict]:
     """Each encoder config with its size and where its weights are, if they are on this machine."""
-    return [{"name": c.name, "frames": c.num_frames, "image_size": c.image_size, "model_dim": c.model_dim,
-             "spatial_layers": c.num_spatial_layers, "temporal_layers": c.num_temporal_layers,
-             "params": param_count(c), "hf_repo": c.hf_repo, "hf_filename": c.hf_filename,
-             "weights": weights_available(c.name)} for c in CONFIGS.values()]
+    return [
+        {
+            "name": c.name,
+            "frames": c.num_frames,
+            "image_size": c.image_size,
+            "model_dim": c.model_dim,
+            "spatial_layers": c.num_spatial_layers,
+            "temporal_layers": c.num_temporal_layers,
+            "params": param_count(c),
+            "hf_repo": c.hf_repo,
+            "hf_filename": c.hf_filename,
+            "weights": weights_available(c.name),
+        }
+        for c in CONFIGS.values()
+    ]

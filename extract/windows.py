@@ -1,4 +1,5 @@
-"""Fixed-length windows of resized frames, streamed from a video with memory bounded by one window span.
+"""Fixed-length windows of resized frames, streamed from a video with memory bounded by one window
+span.
 
 Window i starts at frame i*S (S = window_stride) and holds frames start + j*K (K = frame_step,
 j = 0..window_length-1). Windows continue while they start inside the video; the last one is
@@ -13,6 +14,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
+
 from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import iter_raw
 
@@ -30,7 +32,8 @@ class Window:
 
 
 def plan_windows(n_frames: int, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """(start_frames, n_valid_frames) of every window of an n_frames video, as iter_windows yields them."""
+    """(start_frames, n_valid_frames) of every window of an n_frames video, as iter_windows yields
+    them."""
     L, S, K = prep.window_length, prep.window_stride, prep.frame_step
     if n_frames <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -64,7 +67,8 @@ class WindowAssembler:
         )
 
     def push(self, index: int, time: float, rgb: np.ndarray | None) -> list[Window]:
-        """Add frame `index` (rgb None when `needs(index)` is false); returns the windows it completes."""
+        """Add frame `index` (rgb None when `needs(index)` is false); returns the windows it
+        completes."""
         if index != self._n_frames:
             raise ValueError(f"frames must arrive in order: expected {self._n_frames}, got {index}")
         self._n_frames += 1

@@ -10,6 +10,7 @@ Ratios are measured in one run on one machine, so machine noise mostly cancels:
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import tempfile
 import threading
@@ -17,6 +18,7 @@ import time
 
 import numpy as np
 import psutil
+
 from ethoprism.extract import load_encoder
 from ethoprism.extract.decode_bench import measure_decode
 from ethoprism.extract.encode import ShardedEncoder
@@ -49,10 +51,8 @@ class PeakRSS:
             except psutil.Error:  # the watched process has exited
                 tree = []
             for p in tree:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             self._stop.wait(self._interval)
 
@@ -63,22 +63,38 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        if self._pid is None:  # this process's own high-water mark, in case it peaked between samples
+        if (
+            self._pid is None
+        ):  # this process's own high-water mark, in case it peaked between samples
             self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, batch_size: int = 4,
-                  checkpoint: str | None = "random", dtype: str = "float32", decode_workers: int = 2) -> dict:
+def bench_extract(
+    video: str,
+    model: str = "videoprism-b",
+    windows: int = 16,
+    batch_size: int = 4,
+    checkpoint: str | None = "random",
+    dtype: str = "float32",
+    decode_workers: int = 2,
+) -> dict:
     info = probe_video(video)
     stride = max(1, (info.n_frames - 16) // max(windows - 1, 1))
     prep = Preprocessing(window_stride=stride)
-    cfg = RunConfig(model=model, checkpoint=checkpoint, dtype=dtype, prep=prep, batch_size=batch_size,
-                    decode_workers=decode_workers)
+    cfg = RunConfig(
+        model=model,
+        checkpoint=checkpoint,
+        dtype=dtype,
+        prep=prep,
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+    )
     encoder = load_encoder(model, checkpoint, dtype)
-    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range,
-                             store_layout=cfg.token_coding)
+    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range, store_layout=cfg.token_coding)
     size = prep.frame_size
-    pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8)
+    pixels = np.random.default_rng(0).integers(
+        0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8
+    )
     sharded(pixels)  # compile once, for both measurements
 
     n = len(plan_windows(info.n_frames, prep)[0])
@@ -101,7 +117,14 @@ def bench_extract(video: str, model: str = "videoprism-b", windows: int = 16, ba
 
     decode = measure_decode(video, prep)
     return {
-        "model": model, "video": video, "windows": summary.windows, "batch_size": sharded.batch_size, "devices": sharded.n_devices,
-        "end_to_end_windows_per_s": e2e, "encoder_only_windows_per_s": encoder_only,
-        "pipeline_efficiency": e2e / encoder_only, "decode": decode, "peak_rss_mb": rss.peak / 2**20,
+        "model": model,
+        "video": video,
+        "windows": summary.windows,
+        "batch_size": sharded.batch_size,
+        "devices": sharded.n_devices,
+        "end_to_end_windows_per_s": e2e,
+        "encoder_only_windows_per_s": encoder_only,
+        "pipeline_efficiency": e2e / encoder_only,
+        "decode": decode,
+        "peak_rss_mb": rss.peak / 2**20,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
@@ -19,7 +20,7 @@ from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.weights import RANDOM, RANDOM_SHA256, file_sha256
 from ethoprism.extract.windows import iter_windows
-from ethoprism.probe import retrieval
+from ethoprism.probe import retrieve as retrieval
 
 BATCH = 8
 
@@ -30,10 +31,14 @@ class ClipQueryError(EthoprismError):
 
 def _refuse_other_weights(identity: dict, wanted: dict, checkpoint) -> None:
     try:
-        store.check_same_identity({"encoder": identity}, {"encoder": wanted}, "the clip's encoder vs the store's")
+        store.check_same_identity(
+            {"encoder": identity}, {"encoder": wanted}, "the clip's encoder vs the store's"
+        )
     except store.StoreIdentityError as e:
-        raise ClipQueryError(f"{e}: the weights ({checkpoint or 'default lookup'}) are not the ones the "
-                             "store was made with; pass the store's checkpoint (--checkpoint)") from None
+        raise ClipQueryError(
+            f"{e}: the weights ({checkpoint or 'default lookup'}) are not the ones the "
+            "store was made with; pass the store's checkpoint (--checkpoint)"
+        ) from None
 
 
 def _encoder_for(store_ds, checkpoint):
@@ -74,14 +79,18 @@ def embed_clip(path, store_ds, checkpoint=None) -> np.ndarray:
 
 
 def clip_query(path, store_ds, checkpoint=None) -> retrieval.Query:
-    """A retrieval query of every window of the clip (its file's sha256 lets the store exclude it)."""
+    """A retrieval query of every window of the clip (its file's sha256 lets the store exclude
+    it)."""
     vectors, windows = _encode(path, store_ds, checkpoint)
     info = probe_video(path)
     name = os.path.basename(os.fspath(path))
     middle = [w.start_time + (w.n_valid_frames - 1) // 2 * w.frame_step / info.fps for w in windows]
     return retrieval.Query(
         vectors=vectors,
-        names=[f"{name}@{w.start_time:.2f}s #{w.start_frame} (clip window {i})" for i, w in enumerate(windows)],
+        names=[
+            f"{name}@{w.start_time:.2f}s #{w.start_frame} (clip window {i})"
+            for i, w in enumerate(windows)
+        ],
         sha256=[info.sha256] * len(windows),
         windows=[None] * len(windows),
         frames=[(os.fspath(path), t) for t in middle],
@@ -89,7 +98,10 @@ def clip_query(path, store_ds, checkpoint=None) -> retrieval.Query:
     )
 
 
-def run_clip_query(clip, store_path, *, checkpoint=None, index_store=None, **search) -> retrieval.QueryResult:
-    """`ethoprism retrieve query STORE --clip FILE`: encode with STORE's encoder, search the index store."""
+def run_clip_query(
+    clip, store_path, *, checkpoint=None, index_store=None, **search
+) -> retrieval.QueryResult:
+    """`ethoprism retrieve query STORE --clip FILE`: encode with STORE's encoder, search the index
+    store."""
     query = clip_query(clip, store.open(store_path), checkpoint)
     return retrieval.run_query(index_store or store_path, query=query, **search)

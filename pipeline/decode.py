@@ -80,7 +80,9 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk):
                 try:
                     pending.append(next(windows))
                 except StopIteration as stop:
-                    n_frames, duration = stop.value  # what decoding found, not what the header claims
+                    n_frames, duration = (
+                        stop.value
+                    )  # what decoding found, not what the header claims
                     break
                 if len(pending) == chunk:
                     out.put(Windows(index, pending))
@@ -150,7 +152,9 @@ class DecodePool:
             except queue.Empty:
                 if not worker.is_alive():
                     code = getattr(worker, "exitcode", None)
-                    return Failed(index, self.paths[index], None, f"decoder worker died (exit code {code})")
+                    return Failed(
+                        index, self.paths[index], None, f"decoder worker died (exit code {code})"
+                    )
                 continue
             assert event.index == index, (event.index, index)
             return event

@@ -14,7 +14,7 @@ from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
-from ethoprism.probe.jobs import evaluate_head, predict_store, train_probe
+from ethoprism.probe.classify.jobs import evaluate_head, predict_store, train_probe
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 VIDEOS = [DATA / "S1_C1_E115_V0342.mp4", DATA / "S2_C2_E394_V0135.mp4"]
@@ -40,16 +40,33 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     choice = choose_encoder()
     # Stride 4 gives the short wolf clip (110 frames) enough windows to learn from.
-    cfg = RunConfig(model=choice.model, checkpoint=choice.checkpoint, prep=Preprocessing(window_stride=4))
+    cfg = RunConfig(
+        model=choice.model, checkpoint=choice.checkpoint, prep=Preprocessing(window_stride=4)
+    )
     store_path = str(out / "features.zarr")
     extraction = run_extract([str(v) for v in VIDEOS], store_path, cfg, reporter=reporter)
     # Two videos with disjoint behaviours cannot be split by video: train on both, and say that
     # the metrics below are measured on the training videos.
     # 146 windows give ~150 steps: too few for the paper's lr 5e-5, so the demo takes 1e-3.
-    training = train_probe(store_path, LABELS, out / "probe", label_column="action", head="map",
-                           test_fraction=0.0, epochs=epochs, learning_rates=(1e-3,))
+    training = train_probe(
+        store_path,
+        LABELS,
+        out / "probe",
+        label_column="action",
+        head="map",
+        test_fraction=0.0,
+        epochs=epochs,
+        learning_rates=(1e-3,),
+    )
     head_dir = training["heads"][0]["dir"]
     ethograms = predict_store(store_path, head_dir, out / "ethograms", labels=LABELS)
     metrics = evaluate_head(store_path, head_dir, LABELS, out / "metrics", videos="all")
-    return {"encoder": choice.__dict__, "store": store_path, "extraction": extraction.to_dict(),
-                "head": head_dir, "classes": training["classes"], "ethograms": ethograms["videos"], "metrics": metrics}
+    return {
+        "encoder": choice.__dict__,
+        "store": store_path,
+        "extraction": extraction.to_dict(),
+        "head": head_dir,
+        "classes": training["classes"],
+        "ethograms": ethograms["videos"],
+        "metrics": metrics,
+    }

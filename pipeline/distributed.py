@@ -31,7 +31,9 @@ def _run_share(paths: list[str], store_path: str, cfg: RunConfig, part: str) -> 
     return extract_local(paths, store_path, cfg, part=part)
 
 
-def extract_distributed(paths: list[str], store_path: str, cfg: RunConfig, scheduler: str) -> ExtractSummary:
+def extract_distributed(
+    paths: list[str], store_path: str, cfg: RunConfig, scheduler: str
+) -> ExtractSummary:
     from dask.distributed import Client
 
     store_path = os.path.abspath(store_path)
@@ -46,7 +48,7 @@ def extract_distributed(paths: list[str], store_path: str, cfg: RunConfig, sched
         shares = deal_by_size(paths, len(workers))
         futures = [
             client.submit(_run_share, share, store_path, cfg, f"dask-{k}", workers=[w], pure=False)
-            for k, (w, share) in enumerate(zip(workers, shares))
+            for k, (w, share) in enumerate(zip(workers, shares, strict=False))
             if share
         ]
         summaries = client.gather(futures)

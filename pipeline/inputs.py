@@ -1,4 +1,5 @@
-"""Which videos a run covers: files, directories (recursive) and glob patterns, in a stable order."""
+"""Which videos a run covers: files, directories (recursive) and glob patterns, in a stable
+order."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def find_videos(inputs: list[str]) -> list[str]:
             found.append(item)
         elif os.path.isdir(item):
             found += sorted(
-                str(p) for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                str(p)
+                for p in Path(item).rglob("*")
+                if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
             )
         elif glob.has_magic(item):
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))

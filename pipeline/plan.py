@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, load_encoder
 from ethoprism.extract.encode import ShardedEncoder
@@ -36,8 +37,12 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "videos": self.videos, "windows": self.windows, "bytes_per_window": self.bytes_per_window,
-            "store_bytes": self.store_bytes, "windows_per_s": self.windows_per_s, "seconds": self.seconds,
+            "videos": self.videos,
+            "windows": self.windows,
+            "bytes_per_window": self.bytes_per_window,
+            "store_bytes": self.store_bytes,
+            "windows_per_s": self.windows_per_s,
+            "seconds": self.seconds,
         }
 
 
@@ -52,10 +57,13 @@ def bytes_per_window(cfg: RunConfig) -> float:
 def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     """Encoder windows/s at the run's model, batch and dtype (after compiling)."""
     encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
-    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range,
-                             store_layout=cfg.token_coding)
+    sharded = ShardedEncoder(
+        encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
+    )
     size, length = cfg.prep.frame_size, cfg.prep.window_length
-    pixels = np.random.default_rng(0).integers(0, 256, (sharded.batch_size, length, size, size, 3), np.uint8)
+    pixels = np.random.default_rng(0).integers(
+        0, 256, (sharded.batch_size, length, size, size, 3), np.uint8
+    )
     sharded(pixels)  # compile
     t0 = time.perf_counter()
     for _ in range(batches):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from ethoprism.pipeline.run import Reporter, VideoResult
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ethoprism.pipeline.run import Reporter, VideoResult
 
 
 class RichReporter(Reporter):
@@ -42,7 +43,9 @@ class RichReporter(Reporter):
         self.failed += result.status == "failed"
         self.progress.update(self.task, advance=1, failed=self.failed)
         if result.status == "failed":
-            self.progress.console.print(f"[red]failed[/] {result.path}: {result.reason}", highlight=False)
+            self.progress.console.print(
+                f"[red]failed[/] {result.path}: {result.reason}", highlight=False
+            )
 
     def stop(self) -> None:
         self.progress.stop()

@@ -1,7 +1,8 @@
 """One host's extraction run: decode -> encode -> write, overlapped through bounded queues.
 
     DecodePool (processes) --windows--> main thread: batches, dispatches to the accelerators
-                                            --(handle, ops)--> writer thread: fetch, quantise, append, commit
+                                            --(handle, ops)--> writer thread: fetch, quantise,
+                                                               append, commit
 
 The main thread only stacks windows and dispatches (JAX runs asynchronously), so the devices
 are fed while the writer thread waits for the previous batch and writes it. Each batch carries
@@ -20,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
@@ -83,7 +85,9 @@ def complete_fingerprints(store_path: str) -> frozenset[str]:
         return frozenset()
     ds = store.open(store_path)
     status = ds["video_status"].values
-    return frozenset(str(s) for s, st in zip(ds["video_sha256"].values, status) if st == "complete")
+    return frozenset(
+        str(s) for s, st in zip(ds["video_sha256"].values, status, strict=False) if st == "complete"
+    )
 
 
 class _Writer(threading.Thread):
@@ -134,7 +138,9 @@ class _Writer(threading.Thread):
             elif op == "fail":
                 _, _, record, reason = ops[i]
                 began = self._open.pop(index, None)
-                self.writer.record_failure(record if record is not None else self.paths[index], reason)
+                self.writer.record_failure(
+                    record if record is not None else self.paths[index], reason
+                )
                 seconds = time.perf_counter() - began[2] if began else 0.0
                 self._done(VideoResult(self.paths[index], "failed", 0, seconds, reason))
             i += 1
@@ -178,28 +184,41 @@ def extract_local(
     t_start = time.perf_counter()
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
-        sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range,
-                                 store_layout=cfg.token_coding)
+        sharded = ShardedEncoder(
+            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
+        )
     elif sharded.store_layout != cfg.token_coding:
-        raise ValueError(f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}")
+        raise ValueError(
+            f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}"
+        )
     encoder = sharded.encoder
     results: list[VideoResult] = []
-    summary = ExtractSummary(store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices)
+    summary = ExtractSummary(
+        store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices
+    )
     reporter.start(len(paths))
 
     # One stable part per host by default, so that a re-run resumes the part a killed run left
     # (the store locks a part: a second writer on this host is told to pick its own name).
     part = part or socket.gethostname()
     with store.open_writer(
-        store_path, encoder=encoder.identity, preprocessing=cfg.prep.to_dict(), layout=cfg.layout, part=part
+        store_path,
+        encoder=encoder.identity,
+        preprocessing=cfg.prep.to_dict(),
+        layout=cfg.layout,
+        part=part,
     ) as writer:
         complete = complete_fingerprints(store_path)
         sink = _Writer(writer, paths, reporter, results)
         sink.start()
         try:
             with DecodePool(
-                paths, cfg.prep, workers=cfg.decode_workers, complete=complete,
-                queue_windows=2 * sharded.batch_size, use_processes=decode_in_processes,
+                paths,
+                cfg.prep,
+                workers=cfg.decode_workers,
+                complete=complete,
+                queue_windows=2 * sharded.batch_size,
+                use_processes=decode_in_processes,
             ) as pool:
                 _feed(pool, sharded, sink)
         finally:
@@ -244,7 +263,9 @@ def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
                 keep_rows = [o for o in kept if o[0] == "rows"]
                 pixels = [pixels[o[2]] for o in keep_rows]
                 renumber = {id(o): k for k, o in enumerate(keep_rows)}
-                kept = [("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept]
+                kept = [
+                    ("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept
+                ]
             ops = kept
             record = store.VideoRecord.of(event.info) if event.info is not None else None
             ops.append(("fail", event.index, record, event.reason))

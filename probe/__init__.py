@@ -1,1 +1,2 @@
-"""Probing the store: labels, heads, training, per-frame prediction, metrics, retrieval."""
+"""Probing the store. Shared modules here (labels, artifacts, metrics, report); one wing per
+task: `classify`, `retrieve`, `localize`. Wings use the shared modules and never each other."""

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ethoprism import store
 from ethoprism.errors import EthoprismError
-from ethoprism.probe.heads import HeadConfig
+from ethoprism.probe.classify.heads import HeadConfig
 
 FORMAT = "ethoprism.probe.head"
 FORMAT_VERSION = 1
@@ -32,12 +33,12 @@ class SavedHead:
     name: str
     config: HeadConfig
     classes: list[str]
-    background: str | None          # excluded from mAP
+    background: str | None  # excluded from mAP
     multi_label: bool
-    params: Any                     # nested dict of numpy arrays, one head (no stacking axis)
-    store_identity: dict            # store.identity of the training store
-    labels: dict                    # path, sha256, column, align
-    training: dict                  # TrainConfig as a dict, seed, learning rate, shots, split
+    params: Any  # nested dict of numpy arrays, one head (no stacking axis)
+    store_identity: dict  # store.identity of the training store
+    labels: dict  # path, sha256, column, align
+    training: dict  # TrainConfig as a dict, seed, learning rate, shots, split
     metrics: dict
 
 
@@ -67,10 +68,19 @@ def save_head(directory: str | os.PathLike, head: SavedHead) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     np.savez(d / "params.npz", **_flatten(head.params))
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": head.name,
-            "head": dataclasses.asdict(head.config), "classes": head.classes, "background": head.background,
-            "multi_label": head.multi_label, "store_identity": head.store_identity, "labels": head.labels,
-            "training": head.training, "metrics": head.metrics}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": head.name,
+        "head": dataclasses.asdict(head.config),
+        "classes": head.classes,
+        "background": head.background,
+        "multi_label": head.multi_label,
+        "store_identity": head.store_identity,
+        "labels": head.labels,
+        "training": head.training,
+        "metrics": head.metrics,
+    }
     (d / "head.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
     return d
 
@@ -90,14 +100,27 @@ def load_head(directory: str | os.PathLike) -> SavedHead:
         with np.load(d / "params.npz", allow_pickle=False) as z:
             params = _unflatten({k: z[k] for k in z.files})
     except FileNotFoundError as e:
-        raise HeadFileError(f"{d}: not a saved head ({os.path.basename(e.filename)} is missing)") from None
+        raise HeadFileError(
+            f"{d}: not a saved head ({os.path.basename(e.filename)} is missing)"
+        ) from None
     except (ValueError, OSError) as e:
         raise HeadFileError(f"{d}: cannot read the saved head: {e}") from None
     if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise HeadFileError(f"{d}/head.json: not an ethoprism head of format version <= {FORMAT_VERSION}")
-    return SavedHead(meta["name"], HeadConfig(**meta["head"]), meta["classes"], meta["background"],
-                     meta["multi_label"], params, meta["store_identity"], meta["labels"], meta["training"],
-                     meta["metrics"])
+        raise HeadFileError(
+            f"{d}/head.json: not an ethoprism head of format version <= {FORMAT_VERSION}"
+        )
+    return SavedHead(
+        meta["name"],
+        HeadConfig(**meta["head"]),
+        meta["classes"],
+        meta["background"],
+        meta["multi_label"],
+        params,
+        meta["store_identity"],
+        meta["labels"],
+        meta["training"],
+        meta["metrics"],
+    )
 
 
 def _relevant(identity: dict) -> dict:
@@ -106,11 +129,17 @@ def _relevant(identity: dict) -> dict:
     The token dtype (rounding / int8) only adds quantisation noise, so a head moves between
     layouts of the same features.
     """
-    return {"encoder": identity.get("encoder"), "preprocessing": identity.get("preprocessing"),
-            "pool": (identity.get("layout") or {}).get("pool")}
+    return {
+        "encoder": identity.get("encoder"),
+        "preprocessing": identity.get("preprocessing"),
+        "pool": (identity.get("layout") or {}).get("pool"),
+    }
 
 
 def check_store(head: SavedHead, ds, where: str = "") -> None:
     """Refuse a store whose tokens are not those the head was trained on."""
-    store.check_same_identity(_relevant(head.store_identity), _relevant(store.identity(ds)),
-                              f"head {head.name!r} was trained on another store{where}")
+    store.check_same_identity(
+        _relevant(head.store_identity),
+        _relevant(store.identity(ds)),
+        f"head {head.name!r} was trained on another store{where}",
+    )

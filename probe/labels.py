@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+
 from ethoprism.errors import EthoprismError
 
 ALIGN_MODES = ("centre", "majority", "any")
@@ -30,12 +31,12 @@ class LabelError(EthoprismError):
 
 @dataclass(frozen=True)
 class Segment:
-    video: str                  # file name, matched against the store's video_name
+    video: str  # file name, matched against the store's video_name
     start: int
-    end: int | None             # inclusive; None for a per-clip row (the whole video)
-    labels: tuple[str, ...]     # empty for background
+    end: int | None  # inclusive; None for a per-clip row (the whole video)
+    labels: tuple[str, ...]  # empty for background
     track: str
-    row: int                    # line number in the file (the header is line 1)
+    row: int  # line number in the file (the header is line 1)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class LabelTable:
     background: str
     per_clip: bool
     segments: tuple[Segment, ...]
-    classes: tuple[str, ...]    # background first, then the behaviours in sorted order
+    classes: tuple[str, ...]  # background first, then the behaviours in sorted order
 
     @property
     def videos(self) -> list[str]:
@@ -61,7 +62,9 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def read_labels(path: str | os.PathLike, column: str = "action", background: str = "none") -> LabelTable:
+def read_labels(
+    path: str | os.PathLike, column: str = "action", background: str = "none"
+) -> LabelTable:
     """Read a per-frame segment table or a per-clip table (see the module docstring)."""
     path = os.fspath(path)
     try:
@@ -76,7 +79,9 @@ def read_labels(path: str | os.PathLike, column: str = "action", background: str
     needed = ["video", column] if per_clip else ["video", "start_frame", "end_frame", column]
     missing = [c for c in needed if c not in header]
     if missing:
-        raise LabelError(f"{path}: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}")
+        raise LabelError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}"
+        )
     segments = []
     for line, r in enumerate(rows, start=2):
         video = os.path.basename((r["video"] or "").strip())
@@ -91,57 +96,71 @@ def read_labels(path: str | os.PathLike, column: str = "action", background: str
             except (TypeError, ValueError):
                 raise LabelError(
                     f"{path} row {line}: video {video!r}: start_frame/end_frame must be integers, "
-                    f"got {r['start_frame']!r}, {r['end_frame']!r}") from None
+                    f"got {r['start_frame']!r}, {r['end_frame']!r}"
+                ) from None
             if start < 0 or end < start:
-                raise LabelError(f"{path} row {line}: video {video!r}: bad frame range {start}..{end}")
+                raise LabelError(
+                    f"{path} row {line}: video {video!r}: bad frame range {start}..{end}"
+                )
         segments.append(Segment(video, start, end, labels, (r.get("track") or "").strip(), line))
     behaviours = sorted({lab for s in segments for lab in s.labels})
-    return LabelTable(path, _sha256(path), column, background, per_clip, tuple(segments),
-                      (background, *behaviours))
+    return LabelTable(
+        path,
+        _sha256(path),
+        column,
+        background,
+        per_clip,
+        tuple(segments),
+        (background, *behaviours),
+    )
 
 
 def frame_targets(table: LabelTable, video: str, n_frames: int, multi_label: bool) -> np.ndarray:
     """(n_frames, C) bool: which classes each frame of `video` carries (background if none)."""
     classes = {c: i for i, c in enumerate(table.classes)}
     out = np.zeros((n_frames, len(classes)), bool)
-    single = np.full(n_frames, -1)     # single-label mode: the class each frame got so far ...
-    owner = np.full(n_frames, -1)      # ... and the row that gave it, for error messages
+    single = np.full(n_frames, -1)  # single-label mode: the class each frame got so far ...
+    owner = np.full(n_frames, -1)  # ... and the row that gave it, for error messages
     by_row = {s.row: s for s in table.segments}
     for s in (s for s in table.segments if s.video == video):
         end = n_frames - 1 if s.end is None else s.end
         if end >= n_frames:
             raise LabelError(
                 f"{table.path} row {s.row}: video {video!r}: end_frame {end} is beyond the video's "
-                f"last frame {n_frames - 1} ({n_frames} frames)")
+                f"last frame {n_frames - 1} ({n_frames} frames)"
+            )
         if not multi_label:
             if len(s.labels) > 1:
                 raise LabelError(
-                    f"{table.path} row {s.row}: video {video!r}: frames {s.start}..{end} carry several "
-                    f"labels {', '.join(s.labels)} in single-label mode (use multi-label)")
+                    f"{table.path} row {s.row}: video {video!r}: frames {s.start}..{end} carry "
+                    f"several labels {', '.join(s.labels)} in single-label mode (use multi-label)"
+                )
             mine = classes[s.labels[0]] if s.labels else 0
-            got = single[s.start:end + 1]
+            got = single[s.start : end + 1]
             clash = np.flatnonzero((got >= 0) & (got != mine))
             if len(clash):
                 f = s.start + int(clash[0])
                 other = by_row[int(owner[f])]
                 raise LabelError(
-                    f"{table.path} rows {other.row} and {s.row}: video {video!r} frame {f} is labelled "
-                    f"both {('/'.join(other.labels) or table.background)!r} and "
+                    f"{table.path} rows {other.row} and {s.row}: video {video!r} frame {f} "
+                    f"is labelled both {('/'.join(other.labels) or table.background)!r} and "
                     f"{('/'.join(s.labels) or table.background)!r} in single-label mode "
-                    "(overlapping segments disagree; use multi-label if frames carry several behaviours)")
+                    "(overlapping segments disagree; use multi-label if frames carry several "
+                    "behaviours)"
+                )
             got[:] = mine
-            owner[s.start:end + 1] = s.row
+            owner[s.start : end + 1] = s.row
         for lab in s.labels:
-            out[s.start:end + 1, classes[lab]] = True
+            out[s.start : end + 1, classes[lab]] = True
     out[:, 0] = ~out[:, 1:].any(1)
     return out
 
 
 @dataclass(frozen=True)
 class WindowLabels:
-    window: np.ndarray          # (n,) int64 indices on the store's `window` axis
-    target: np.ndarray          # (n, C) float32: one-hot (single-label) or multi-hot
-    video: np.ndarray           # (n,) str file names
+    window: np.ndarray  # (n,) int64 indices on the store's `window` axis
+    target: np.ndarray  # (n, C) float32: one-hot (single-label) or multi-hot
+    video: np.ndarray  # (n,) str file names
     classes: tuple[str, ...]
     multi_label: bool
 
@@ -151,12 +170,18 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
     names = [os.path.basename(str(p)) for p in ds["video_path"].values]
     table = {}
     for i, name in enumerate(names):
-        row = {"row": i, "n_frames": int(ds["video_n_frames"].values[i]),
-               "fps": float(ds["video_fps"].values[i]), "status": str(ds["video_status"].values[i]),
-               "reason": str(ds["video_reason"].values[i])}
+        row = {
+            "row": i,
+            "n_frames": int(ds["video_n_frames"].values[i]),
+            "fps": float(ds["video_fps"].values[i]),
+            "status": str(ds["video_status"].values[i]),
+            "reason": str(ds["video_reason"].values[i]),
+        }
         if name in table and table[name]["status"] == "complete" and row["status"] == "complete":
-            raise LabelError(f"the store holds two complete videos named {name!r}; labels match by file "
-                             "name, so rename one of them")
+            raise LabelError(
+                f"the store holds two complete videos named {name!r}; labels match by file "
+                "name, so rename one of them"
+            )
         if name not in table or row["status"] == "complete":
             table[name] = row
     return table
@@ -167,11 +192,15 @@ def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
     videos = store_videos(ds)
     for s in table.segments:
         if s.video not in videos:
-            raise LabelError(f"{table.path} row {s.row}: video {s.video!r} is not in the store "
-                             f"(the store has {', '.join(sorted(videos)) or 'no videos'})")
+            raise LabelError(
+                f"{table.path} row {s.row}: video {s.video!r} is not in the store "
+                f"(the store has {', '.join(sorted(videos)) or 'no videos'})"
+            )
         if videos[s.video]["status"] != "complete":
-            raise LabelError(f"{table.path} row {s.row}: video {s.video!r} failed extraction: "
-                             f"{videos[s.video]['reason']}")
+            raise LabelError(
+                f"{table.path} row {s.row}: video {s.video!r} failed extraction: "
+                f"{videos[s.video]['reason']}"
+            )
     return videos
 
 
@@ -180,7 +209,9 @@ def window_frames(start_frame, frame_step, n_valid: int) -> np.ndarray:
     return start_frame + frame_step * np.arange(n_valid)
 
 
-def align(ds: xr.Dataset, table: LabelTable, *, how: str = "centre", multi_label: bool = False) -> WindowLabels:
+def align(
+    ds: xr.Dataset, table: LabelTable, *, how: str = "centre", multi_label: bool = False
+) -> WindowLabels:
     """Label every window of the labelled videos by the frames it covers.
 
     centre: the window's centre frame, frame (n_valid - 1) // 2 of its valid frames (frame 7 of 16,
@@ -191,10 +222,14 @@ def align(ds: xr.Dataset, table: LabelTable, *, how: str = "centre", multi_label
     if how not in ALIGN_MODES:
         raise LabelError(f"unknown alignment {how!r}; choose one of {', '.join(ALIGN_MODES)}")
     if how == "any" and not multi_label:
-        raise LabelError("alignment 'any' gives a window every label it overlaps; it needs multi-label")
+        raise LabelError(
+            "alignment 'any' gives a window every label it overlaps; it needs multi-label"
+        )
     videos = check_videos(ds, table)
     name = ds["video_name"].values.astype(str)
-    start, step, valid = (ds[k].values.astype(np.int64) for k in ("start_frame", "frame_step", "n_valid_frames"))
+    start, step, valid = (
+        ds[k].values.astype(np.int64) for k in ("start_frame", "frame_step", "n_valid_frames")
+    )
     windows, targets, names = [], [], []
     for video in table.videos:
         frames = frame_targets(table, video, videos[video]["n_frames"], multi_label)
@@ -214,28 +249,39 @@ def align(ds: xr.Dataset, table: LabelTable, *, how: str = "centre", multi_label
     target = np.array(targets, np.float32).reshape(-1, len(table.classes))
     classes, keep = list(table.classes), np.ones(len(table.classes), bool)
     counts = target.sum(0)
-    if counts[0] == 0:      # no background window: background is not a class to learn
+    if counts[0] == 0:  # no background window: background is not a class to learn
         keep[0] = False
     for c in np.flatnonzero(counts[1:] == 0) + 1:
         rows = [s.row for s in table.segments if classes[c] in s.labels]
-        raise LabelError(f"{table.path}: class {classes[c]!r} (rows {', '.join(map(str, rows[:5]))}) has no "
-                         f"window labelled with it under alignment {how!r}; its segments are shorter than "
-                         "what the windows resolve (try alignment 'any' with multi-label, or drop the class)")
-    return WindowLabels(np.array(windows, np.int64), target[:, keep], np.array(names, str),
-                        tuple(c for c, k in zip(classes, keep) if k), multi_label)
+        raise LabelError(
+            f"{table.path}: class {classes[c]!r} (rows {', '.join(map(str, rows[:5]))}) has no "
+            f"window labelled with it under alignment {how!r}; its segments are shorter than "
+            "what the windows resolve (try alignment 'any' with multi-label, or drop the class)"
+        )
+    return WindowLabels(
+        np.array(windows, np.int64),
+        target[:, keep],
+        np.array(names, str),
+        tuple(c for c, k in zip(classes, keep, strict=False) if k),
+        multi_label,
+    )
 
 
-def split_by_video(videos: list[str], test_fraction: float = 0.25, val_fraction: float = 0.0,
-                   seed: int = 0) -> dict[str, str]:
-    """Assign whole videos to train / val / test (neighbouring windows overlap, so never split windows)."""
+def split_by_video(
+    videos: list[str], test_fraction: float = 0.25, val_fraction: float = 0.0, seed: int = 0
+) -> dict[str, str]:
+    """Assign whole videos to train / val / test (neighbouring windows overlap, so never split
+    windows)."""
     videos = sorted(set(videos))
     order = np.random.default_rng(seed).permutation(len(videos))
     n_test = round(test_fraction * len(videos)) if test_fraction else 0
     n_val = round(val_fraction * len(videos)) if val_fraction else 0
     n_test, n_val = max(n_test, test_fraction > 0), max(n_val, val_fraction > 0)
     if n_test + n_val >= len(videos):
-        raise LabelError(f"cannot split {len(videos)} labelled video(s) into train, "
-                         f"{n_val} validation and {n_test} test video(s); label more videos or pass a split file")
+        raise LabelError(
+            f"cannot split {len(videos)} labelled video(s) into train, "
+            f"{n_val} validation and {n_test} test video(s); label more videos or pass a split file"
+        )
     split = {}
     for rank, i in enumerate(order):
         split[videos[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
@@ -243,7 +289,8 @@ def split_by_video(videos: list[str], test_fraction: float = 0.25, val_fraction:
 
 
 def read_split(path: str | os.PathLike, videos: list[str]) -> dict[str, str]:
-    """A split file: CSV `video, split` with split in train / val / test. Unlisted videos are unused."""
+    """A split file: CSV `video, split` with split in train / val / test. Unlisted videos are
+    unused."""
     path = os.fspath(path)
     try:
         with open(path, newline="") as f:
@@ -252,7 +299,10 @@ def read_split(path: str | os.PathLike, videos: list[str]) -> dict[str, str]:
         raise LabelError(f"{path}: cannot read split file: {e.strerror}") from None
     split = {}
     for line, r in enumerate(rows, start=2):
-        video, part = os.path.basename((r.get("video") or "").strip()), (r.get("split") or "").strip()
+        video, part = (
+            os.path.basename((r.get("video") or "").strip()),
+            (r.get("split") or "").strip(),
+        )
         if part not in ("train", "val", "test"):
             raise LabelError(f"{path} row {line}: split must be train, val or test, got {part!r}")
         if video not in videos:
@@ -268,8 +318,10 @@ def check_has_examples(labels: WindowLabels, mask: np.ndarray, what: str) -> Non
     counts = labels.target[mask].sum(0)
     for c in np.flatnonzero(counts == 0):
         where = sorted(set(labels.video[labels.target[:, c] > 0]))
-        raise LabelError(f"class {labels.classes[c]!r} has no example in the {what} "
-                         f"(its windows are in: {', '.join(where)}); change the split")
+        raise LabelError(
+            f"class {labels.classes[c]!r} has no example in the {what} "
+            f"(its windows are in: {', '.join(where)}); change the split"
+        )
 
 
 def sample_shots(labels: WindowLabels, pool: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -279,6 +331,8 @@ def sample_shots(labels: WindowLabels, pool: np.ndarray, k: int, seed: int) -> n
     for c, name in enumerate(labels.classes):
         have = pool[labels.target[pool, c] > 0]
         if len(have) < k:
-            raise LabelError(f"class {name!r} has {len(have)} training window(s), fewer than {k} shots")
+            raise LabelError(
+                f"class {name!r} has {len(have)} training window(s), fewer than {k} shots"
+            )
         chosen.append(rng.choice(have, k, replace=False))
     return np.unique(np.concatenate(chosen))

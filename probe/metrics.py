@@ -49,23 +49,32 @@ def f1_per_class(cm: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Metrics:
     classes: list[str]
-    mAP: float                   # over behaviours of interest present in y_true
-    macro_accuracy: float        # mean per-class recall over classes present in y_true
+    mAP: float  # over behaviours of interest present in y_true
+    macro_accuracy: float  # mean per-class recall over classes present in y_true
     accuracy: float
     average_precision: list[float]  # per class, NaN where undefined (background or absent)
     f1: list[float]
-    confusion: list[list[int]]   # rows true, columns predicted
-    absent: list[str]            # classes with no example in y_true
+    confusion: list[list[int]]  # rows true, columns predicted
+    absent: list[str]  # classes with no example in y_true
     n: int
 
     def to_dict(self) -> dict:
-        nan_to_none = lambda v: None if np.isnan(v) else float(v)  # JSON has no NaN
+        def nan_to_none(v):  # JSON has no NaN
+            return None if np.isnan(v) else float(v)
+
         return {
-            "classes": self.classes, "mAP": nan_to_none(self.mAP),
-            "macro_accuracy": nan_to_none(self.macro_accuracy), "accuracy": nan_to_none(self.accuracy),
-            "average_precision": {c: nan_to_none(v) for c, v in zip(self.classes, self.average_precision)},
-            "f1": dict(zip(self.classes, self.f1)), "confusion": self.confusion,
-            "absent": self.absent, "n": self.n,
+            "classes": self.classes,
+            "mAP": nan_to_none(self.mAP),
+            "macro_accuracy": nan_to_none(self.macro_accuracy),
+            "accuracy": nan_to_none(self.accuracy),
+            "average_precision": {
+                c: nan_to_none(v)
+                for c, v in zip(self.classes, self.average_precision, strict=False)
+            },
+            "f1": dict(zip(self.classes, self.f1, strict=False)),
+            "confusion": self.confusion,
+            "absent": self.absent,
+            "n": self.n,
         }
 
 
@@ -89,8 +98,10 @@ def classification_metrics(
         bg = classes.index(background) if background in classes else 0
         y_single = np.where(onehot.any(1), onehot.argmax(1), bg)
     y_pred = prob.argmax(1)
-    ap = [average_precision(onehot[:, c], prob[:, c]) if classes[c] != background else float("nan")
-          for c in range(n_classes)]
+    ap = [
+        average_precision(onehot[:, c], prob[:, c]) if classes[c] != background else float("nan")
+        for c in range(n_classes)
+    ]
     cm = confusion_matrix(y_single, y_pred, n_classes)
     support = cm.sum(1)
     recall = np.diag(cm)[support > 0] / support[support > 0]
@@ -103,6 +114,6 @@ def classification_metrics(
         average_precision=ap,
         f1=f1_per_class(cm).tolist(),
         confusion=cm.tolist(),
-        absent=[c for c, k in zip(classes, onehot.sum(0)) if k == 0],
+        absent=[c for c, k in zip(classes, onehot.sum(0), strict=False) if k == 0],
         n=n,
     )

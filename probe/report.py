@@ -20,35 +20,64 @@ def _palette(n: int) -> list:
     return [base[i % len(base)] for i in range(n)]
 
 
-def ethogram_png(path: str | os.PathLike, classes: list[str], predicted: np.ndarray,
-                 expert: np.ndarray | None = None, fps: float | None = None, title: str = "",
-                 background: str | None = None) -> Path:
-    """Strips of per-frame class indices (-1: no label / not covered, drawn white; background grey)."""
+def ethogram_png(
+    path: str | os.PathLike,
+    classes: list[str],
+    predicted: np.ndarray,
+    expert: np.ndarray | None = None,
+    fps: float | None = None,
+    title: str = "",
+    background: str | None = None,
+) -> Path:
+    """Strips of per-frame class indices (-1: no label / not covered, drawn white; background
+    grey)."""
     path = Path(path)
     rows = [("expert", expert)] if expert is not None else []
     rows.append(("predicted", predicted))
-    colours = ["white", *(("lightgrey" if c == background else p) for c, p in zip(classes, _palette(len(classes))))]
+    colours = [
+        "white",
+        *(
+            ("lightgrey" if c == background else p)
+            for c, p in zip(classes, _palette(len(classes)), strict=False)
+        ),
+    ]
     cmap = ListedColormap(colours)
     n = len(predicted)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 0.6 * len(rows) + 1.4), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(10, 0.6 * len(rows) + 1.4), squeeze=False, sharex=True
+    )
     extent_end = n / fps if fps else n
-    for ax, (name, strip) in zip(axes[:, 0], rows):
-        ax.imshow(np.asarray(strip)[None] + 1, aspect="auto", cmap=cmap, vmin=0, vmax=len(colours) - 1,
-                  interpolation="nearest", extent=(0, extent_end, 0, 1))
+    for ax, (name, strip) in zip(axes[:, 0], rows, strict=False):
+        ax.imshow(
+            np.asarray(strip)[None] + 1,
+            aspect="auto",
+            cmap=cmap,
+            vmin=0,
+            vmax=len(colours) - 1,
+            interpolation="nearest",
+            extent=(0, extent_end, 0, 1),
+        )
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
     axes[-1, 0].set_xlabel("time (s)" if fps else "frame")
     if title:
         axes[0, 0].set_title(title, fontsize=9)
-    fig.legend(handles=[Patch(color=c, label=k) for c, k in zip(colours[1:], classes)],
-               loc="lower center", ncol=min(len(classes), 6), fontsize=7, frameon=False)
+    fig.legend(
+        handles=[Patch(color=c, label=k) for c, k in zip(colours[1:], classes, strict=False)],
+        loc="lower center",
+        ncol=min(len(classes), 6),
+        fontsize=7,
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0.18, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def confusion_png(path: str | os.PathLike, confusion: np.ndarray, classes: list[str], title: str = "") -> Path:
+def confusion_png(
+    path: str | os.PathLike, confusion: np.ndarray, classes: list[str], title: str = ""
+) -> Path:
     """Row-normalised confusion matrix with the counts written in the cells."""
     path = Path(path)
     cm = np.asarray(confusion)
@@ -62,8 +91,15 @@ def confusion_png(path: str | os.PathLike, confusion: np.ndarray, classes: list[
     ax.set_xlabel("predicted")
     ax.set_ylabel("expert")
     for i, j in np.ndindex(cm.shape):
-        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                color="white" if norm[i, j] > 0.5 else "black")
+        ax.text(
+            j,
+            i,
+            str(cm[i, j]),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if norm[i, j] > 0.5 else "black",
+        )
     fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         ax.set_title(title, fontsize=9)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from ethoprism.store.codecs import encode_tokens
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
@@ -124,8 +125,12 @@ def _time_reads(fn, batches) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-def bench_store(windows: int = 128, directory: str | None = None, repeats: int = 3,
-                token_shape: tuple[int, int, int, int] = BASE_TOKEN_SHAPE) -> dict:
+def bench_store(
+    windows: int = 128,
+    directory: str | None = None,
+    repeats: int = 3,
+    token_shape: tuple[int, int, int, int] = BASE_TOKEN_SHAPE,
+) -> dict:
     """Run the store benchmark in a temporary directory (on the disk of `directory`)."""
     windows = max(windows, BATCH)
     tokens = activation_like(8, token_shape)

@@ -151,8 +151,10 @@ def check_float16_tokens(q: np.ndarray, round7: bool, copy: bool = True) -> np.n
     leftover = np.zeros(4, np.uint16)
     leftover[: src.size - whole] = src[whole:]
     step = 2 * _BLOCK  # uint16 values, a multiple of 4
-    blocks = [(src[i : min(i + step, whole)], dst[i : min(i + step, whole)])
-              for i in range(0, whole, step)]
+    blocks = [
+        (src[i : min(i + step, whole)], dst[i : min(i + step, whole)])
+        for i in range(0, whole, step)
+    ]
     scratch = np.empty(step // 4, np.uint64)
     mask = np.uint64(0x7C077C077C077C07 if round7 else 0x7C007C007C007C00)
     found = np.uint64(0)

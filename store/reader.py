@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+
 from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (

@@ -16,9 +16,10 @@ import os
 from pathlib import Path
 
 import zarr
-from ethoprism.store.schema import IDENTITY_KEYS, PARTS, StoreError, check_same_identity
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from ethoprism.store.schema import IDENTITY_KEYS, PARTS, StoreError, check_same_identity
 
 S3_ENDPOINT_ENV = ("ETHOPRISM_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 S3_CREDENTIAL_OPTIONS = ("anon", "key", "secret", "token", "profile", "session")
@@ -57,20 +58,25 @@ def _aws_credentials_found() -> bool:
     return botocore.session.Session().get_credentials() is not None
 
 
-def zarr_store_for(url: str, storage_options: dict | None = None,
-                   read_only: bool = True) -> zarr.storage.FsspecStore:
+def zarr_store_for(
+    url: str, storage_options: dict | None = None, read_only: bool = True
+) -> zarr.storage.FsspecStore:
     """A zarr v3 store over `url` (read-only by default), for zarr.open_group / xarray.open_zarr."""
     try:
         store = zarr.storage.FsspecStore.from_url(
-            url.rstrip("/"), storage_options=storage_options_for(url, storage_options),
-            read_only=read_only)
+            url.rstrip("/"),
+            storage_options=storage_options_for(url, storage_options),
+            read_only=read_only,
+        )
     except (ImportError, ValueError) as e:
-        raise StoreError(f"cannot open {url}: {e} (protocol {protocol_of(url)!r} needs its fsspec "
-                         "package, e.g. s3fs for s3://, aiohttp for http://)") from None
+        raise StoreError(
+            f"cannot open {url}: {e} (protocol {protocol_of(url)!r} needs its fsspec "
+            "package, e.g. s3fs for s3://, aiohttp for http://)"
+        ) from None
     # Fetch the root document once, so that an unreachable server, a refused credential or a
     # missing bucket is one clear error here, not a library's exception from deep in a read.
     try:
-        sync(store.get("zarr.json", default_buffer_prototype()))   # None (absent) is fine here
+        sync(store.get("zarr.json", default_buffer_prototype()))  # None (absent) is fine here
     except Exception as e:  # noqa: BLE001 - whatever the transport raises, the store is unreadable
         raise StoreError(f"cannot read {url}: {_explain(e, url)}") from None
     return store
@@ -79,8 +85,10 @@ def zarr_store_for(url: str, storage_options: dict | None = None,
 def _explain(e: Exception, url: str) -> str:
     text = f"{type(e).__name__}: {e}"
     if isinstance(e, PermissionError) and protocol_of(url) in ("s3", "s3a"):
-        text += (" (give credentials as storage_options key/secret or AWS_ACCESS_KEY_ID and "
-                 "AWS_SECRET_ACCESS_KEY; without any the bucket is read anonymously)")
+        text += (
+            " (give credentials as storage_options key/secret or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY; without any the bucket is read anonymously)"
+        )
     elif isinstance(e, FileNotFoundError):
         text = f"{url} not found (does the bucket or directory exist?)"
     return text
@@ -96,12 +104,14 @@ def stored_bytes(arr: zarr.Array) -> int:
     grid = [math.ceil(s / c) for s, c in zip(arr.shape, outer, strict=True)]
     prefix = f"{arr.path}/" if arr.path else ""
     encode = arr.metadata.chunk_key_encoding.encode_chunk_key
-    keys = [f"{prefix}zarr.json"] + [prefix + encode(ix) for ix in itertools.product(*map(range, grid))]
+    keys = [f"{prefix}zarr.json"] + [
+        prefix + encode(ix) for ix in itertools.product(*map(range, grid))
+    ]
 
     async def size(key):
         try:
             return await arr.store.getsize(key)
-        except FileNotFoundError:       # a chunk never written (all fill value)
+        except FileNotFoundError:  # a chunk never written (all fill value)
             return 0
 
     async def total():
@@ -143,18 +153,24 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
             _hold_part(held, root, part)
         files = [p for p in root.rglob("*") if p.is_file() and wanted(p.relative_to(root).parts)]
         data = [p for p in files if p.name != "zarr.json"]
-        meta = sorted((p for p in files if p.name == "zarr.json"),
-                      key=lambda p: -len(p.relative_to(root).parts))
+        meta = sorted(
+            (p for p in files if p.name == "zarr.json"),
+            key=lambda p: -len(p.relative_to(root).parts),
+        )
         try:
             if fs.exists(f"{base}/zarr.json"):
                 there = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes", {})
-                check_same_identity({k: there.get(k) for k in IDENTITY_KEYS},
-                                    {k: attrs.get(k) for k in IDENTITY_KEYS},
-                                    f"store at {url} (left) vs {root} (right)")
+                check_same_identity(
+                    {k: there.get(k) for k in IDENTITY_KEYS},
+                    {k: attrs.get(k) for k in IDENTITY_KEYS},
+                    f"store at {url} (left) vs {root} (right)",
+                )
             for batch in (data, meta):
                 if batch:
-                    fs.put([str(p) for p in batch],
-                           [f"{base}/{p.relative_to(root).as_posix()}" for p in batch])
+                    fs.put(
+                        [str(p) for p in batch],
+                        [f"{base}/{p.relative_to(root).as_posix()}" for p in batch],
+                    )
             fs.pipe_file(f"{base}/zarr.json", root_doc)
         except (OSError, NotImplementedError) as e:
             raise StoreError(f"uploading {root} to {url} failed: {_explain(e, url)}") from None
@@ -171,5 +187,7 @@ def _hold_part(held: contextlib.ExitStack, root: Path, part: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise StoreError(f"part {part!r} of {root} is being written; push the store when its "
-                         "writer has finished (or stopped: committed videos are kept)") from None
+        raise StoreError(
+            f"part {part!r} of {root} is being written; push the store when its "
+            "writer has finished (or stopped: committed videos are kept)"
+        ) from None

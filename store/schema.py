@@ -130,7 +130,8 @@ def check_schema(attrs: dict, where: str) -> None:
     """Refuse groups that are not ethoprism stores or are of a newer schema version."""
     if attrs.get("schema") != SCHEMA:
         raise StoreError(
-            f"{where} is not an ethoprism feature store (no schema {SCHEMA!r} in its root attributes)"
+            f"{where} is not an ethoprism feature store "
+            f"(no schema {SCHEMA!r} in its root attributes)"
         )
     version = attrs.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:

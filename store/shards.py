@@ -23,6 +23,7 @@ import blosc
 import google_crc32c
 import numcodecs
 import numpy as np
+
 from ethoprism.store.schema import StoreError
 
 # The same C-Blosc 1.21 as numcodecs (zarr's reader), so the same bytes, but built with AVX2
@@ -49,8 +50,9 @@ def _compressor(codec: dict) -> Callable[[np.ndarray], bytes]:
         cname, clevel, typesize = conf["cname"], conf["clevel"], conf["typesize"]
 
         def compress(values: np.ndarray) -> bytes:
-            return blosc.compress_ptr(values.ctypes.data, values.nbytes // typesize, typesize,
-                                      clevel, shuffle, cname)
+            return blosc.compress_ptr(
+                values.ctypes.data, values.nbytes // typesize, typesize, clevel, shuffle, cname
+            )
 
         return compress
     if name == "zstd":
@@ -118,8 +120,14 @@ class ShardWriter:
     ALIGN = 4096  # covers the logical block sizes O_DIRECT asks for on common disks
     STAGING = 32 << 20  # bytes per write to the disk
 
-    def __init__(self, path_of: Callable[[int], Path], per_shard: int, n_windows: int,
-                 committed: list[Chunk], direct: bool = True):
+    def __init__(
+        self,
+        path_of: Callable[[int], Path],
+        per_shard: int,
+        n_windows: int,
+        committed: list[Chunk],
+        direct: bool = True,
+    ):
         """`path_of(i)`: the path of shard i; `committed`: the chunks of the committed windows
         of the partly filled shard (n_windows % per_shard of them), as on disk."""
         self.path_of, self.per_shard = path_of, per_shard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from ethoprism.store.reader import merge_tables, open_handle, read_pool
 from ethoprism.store.remote import stored_bytes
 from ethoprism.store.schema import WINDOW_COORDS, token_arrays
@@ -47,7 +48,7 @@ def _part_table_problems(part, window_length: int | None) -> list[str]:
     where = f"part {part.name!r}"
     problems, expected = [], 0
     rows = part.state["videos"]
-    for r, row in enumerate(rows):
+    for _r, row in enumerate(rows):
         if row["status"] == "failed":
             if row["n_windows"] != 0:
                 problems.append(

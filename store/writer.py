@@ -36,6 +36,8 @@ from typing import Self
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
 from ethoprism import __version__
 from ethoprism.store import shards
 from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
@@ -57,7 +59,6 @@ from ethoprism.store.schema import (
     part_arrays,
     token_arrays,
 )
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
 MAX_WINDOWS_PER_SHARD = 64
@@ -252,9 +253,13 @@ class StoreWriter:
         # writes token shards as their windows are compressed, while the caller goes on.
         # (A pool of its own for the checks, which `append` waits for, measured slower: more
         # threads than cores.)
-        self._encode_pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode")
+        self._encode_pool = ThreadPoolExecutor(
+            ENCODE_THREADS, thread_name_prefix="ethoprism-store-encode"
+        )
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
-        self._array_pool = ThreadPoolExecutor(len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays")
+        self._array_pool = ThreadPoolExecutor(
+            len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays"
+        )
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
         self._write_failed = False  # on the writer thread: a write of the open video failed
@@ -306,12 +311,16 @@ class StoreWriter:
                     arr.resize((n,) + arr.shape[1:])
             per_shard = self.state["windows_per_shard"]
             # carry on filling the last shard, its committed windows kept as stored
-            self._start_shards({
-                name: shards.read_chunks(
-                    _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
-                ) if n % per_shard else []
-                for name in self._encoders
-            })
+            self._start_shards(
+                {
+                    name: shards.read_chunks(
+                        _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
+                    )
+                    if n % per_shard
+                    else []
+                    for name in self._encoders
+                }
+            )
 
     # -- arrays -------------------------------------------------------------------------------
 
@@ -573,7 +582,8 @@ class _Pending:
         self.n += n
 
     def take(self, whole_files: bool) -> tuple[int, dict[str, np.ndarray]] | None:
-        """(first window, values) to write now: the whole files filled, or all if not whole_files."""
+        """(first window, values) to write now: the whole files filled, or all if not
+        whole_files."""
         end = self.start + self.n
         if whole_files:
             end -= end % self.per_file
@@ -611,8 +621,13 @@ class VideoWriter:
             )
 
     def _error(self, message: str, window: int | None = None, array: str = "tokens") -> StoreError:
-        where = "" if window is None else (
-            f" {array} of window {window} of this batch (store window {self.appended + window}):"
+        where = (
+            ""
+            if window is None
+            else (
+                f" {array} of window {window} of this batch "
+                f"(store window {self.appended + window}):"
+            )
         )
         return StoreError(f"video {self.record.path}:{where} {message}")
 

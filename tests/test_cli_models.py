@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from ethoprism.cli import app
 from typer.testing import CliRunner
+
+from ethoprism.cli import app
 
 
 def test_models_json():
@@ -17,7 +18,12 @@ def test_models_json():
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert set(rows) == {"videoprism-b", "videoprism-l", "videoprism-tiny"}
     base = rows["videoprism-b"]
-    assert (base["frames"], base["image_size"], base["model_dim"], base["params"]) == (16, 288, 768, 114_365_184)
+    assert (base["frames"], base["image_size"], base["model_dim"], base["params"]) == (
+        16,
+        288,
+        768,
+        114_365_184,
+    )
     assert base["hf_repo"] == "google/videoprism-base-f16r288"
     assert rows["videoprism-l"]["frames"] == 8 and rows["videoprism-tiny"]["weights"] is None
 
@@ -26,12 +32,18 @@ def test_models_table_and_bad_bench_dtype():
     runner = CliRunner()
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "videoprism-b" in result.output and "114.4M" in result.output
-    result = runner.invoke(app, ["bench", "encoder", "--model", "videoprism-tiny", "--dtype", "float16"])
-    assert result.exit_code == 1 and "dtype 'float16': expected one of float32, bfloat16" in result.output
+    result = runner.invoke(
+        app, ["bench", "encoder", "--model", "videoprism-tiny", "--dtype", "float16"]
+    )
+    assert (
+        result.exit_code == 1
+        and "dtype 'float16': expected one of float32, bfloat16" in result.output
+    )
 
 
 def test_module_entry_point_reports_cached_weights(tmp_path):
-    """`python -m ethoprism` in a fresh process, offline, with the base checkpoint in the hub cache."""
+    """`python -m ethoprism` in a fresh process, offline, with the base checkpoint in the hub
+    cache."""
     repo = tmp_path / "hub" / "models--google--videoprism-base-f16r288"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("1" * 40)
@@ -40,10 +52,24 @@ def test_module_entry_point_reports_cached_weights(tmp_path):
     cached.write_bytes(b"placeholder")  # availability is a cache lookup; loading validates the file
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    out = subprocess.run([sys.executable, "-m", "ethoprism", "models", "--json"], check=False,
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ethoprism", "models", "--json"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
-    assert rows["videoprism-b"]["weights"] == str(cached) and rows["videoprism-l"]["weights"] is None
-    out = subprocess.run([sys.executable, "-m", "ethoprism", "--help"], check=False, capture_output=True, text=True, timeout=120)
+    assert (
+        rows["videoprism-b"]["weights"] == str(cached) and rows["videoprism-l"]["weights"] is None
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "ethoprism", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "models" in out.stdout and "bench" in out.stdout

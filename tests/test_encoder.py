@@ -10,6 +10,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, Encoder, EncoderOutput, load_encoder
 from ethoprism.extract import encoder as encoder_module
@@ -67,7 +68,9 @@ def test_golden_parity(encoder, case):
     assert tokens.shape == (b, t, h // p, w // p, d)
     # The official output is (B, T*N, D), time-major: (B, T, h, w, D) flattens onto it.
     assert_close(tokens.reshape(b, -1, d), g["embeddings"], f"{case} tokens")
-    assert_close(out["spatial_features"].reshape(b, -1, d), g["spatial_features"], f"{case} spatial")
+    assert_close(
+        out["spatial_features"].reshape(b, -1, d), g["spatial_features"], f"{case} spatial"
+    )
 
 
 def test_call_returns_tokens_and_mean_embedding(encoder):
@@ -104,7 +107,9 @@ def test_bfloat16_emulation_is_the_same_arithmetic(encoder, monkeypatch):
     outputs = {}
     for native in (True, False):
         monkeypatch.setattr(encoder_module, "native_bfloat16", lambda native=native: native)
-        outputs[native] = np.asarray(jax.jit(FactorizedEncoder(TINY, "bfloat16").apply)(encoder.params, x)[0])
+        outputs[native] = np.asarray(
+            jax.jit(FactorizedEncoder(TINY, "bfloat16").apply)(encoder.params, x)[0]
+        )
     np.testing.assert_allclose(outputs[False], outputs[True], atol=1e-4, rtol=0)  # measured 1e-6
     ref = golden("case_b1_t4_r54")["embeddings"].reshape(outputs[True].shape)
     # Both are >100x closer to each other than to float32 (0.022).
@@ -118,7 +123,9 @@ def test_rectangular_frames_and_bad_sizes(encoder):
         encoder(np.zeros((1, 4, 70, 72, 3), np.float32))
 
 
-@pytest.mark.parametrize("n_in,n_out", [(4, 2), (4, 6), (4, 3), (4, 5), (16, 8), (16, 10), (16, 20), (16, 7)])
+@pytest.mark.parametrize(
+    "n_in,n_out", [(4, 2), (4, 6), (4, 3), (4, 5), (16, 8), (16, 10), (16, 20), (16, 7)]
+)
 def test_resize_weights_match_jax_image_resize(n_in, n_out):
     x = np.random.default_rng(n_in * 100 + n_out).standard_normal((n_in, 3)).astype(np.float32)
     ref = jax.image.resize(x, (n_out, 3), "bilinear")  # antialias=True, as the official model
@@ -139,21 +146,33 @@ def test_parameter_counts():
 def test_random_init_is_official_scheme_and_seeded():
     a, b = load_encoder("videoprism-tiny", "random"), load_encoder("videoprism-tiny", "random")
     assert a.checkpoint_sha256 == "random-init-seed-0"
-    np.testing.assert_array_equal(a.params["params"]["spatial_pos_emb"]["emb_var"],
-                                  b.params["params"]["spatial_pos_emb"]["emb_var"])
+    np.testing.assert_array_equal(
+        a.params["params"]["spatial_pos_emb"]["emb_var"],
+        b.params["params"]["spatial_pos_emb"]["emb_var"],
+    )
     p = a.params["params"]
-    assert not np.any(p["spatial_ln"]["scale"]) and not np.any(p["patch_projection"]["linear"]["bias"])
-    kernel = np.asarray(p["patch_projection"]["linear"]["kernel"])  # lecun_normal: std 1/sqrt(fan_in)
+    assert not np.any(p["spatial_ln"]["scale"]) and not np.any(
+        p["patch_projection"]["linear"]["bias"]
+    )
+    kernel = np.asarray(
+        p["patch_projection"]["linear"]["kernel"]
+    )  # lecun_normal: std 1/sqrt(fan_in)
     assert abs(kernel.std() * np.sqrt(972) - 1) < 0.05
-    query = np.asarray(p["spatial_encoder"]["transformers_stack"]["x_layers"]["self_attention"]["query"]["w"])
-    assert abs(query.std() * np.sqrt(64 * 4) - 1) < 0.1  # fan_in = D * heads for (D, heads, head_dim)
+    query = np.asarray(
+        p["spatial_encoder"]["transformers_stack"]["x_layers"]["self_attention"]["query"]["w"]
+    )
+    assert (
+        abs(query.std() * np.sqrt(64 * 4) - 1) < 0.1
+    )  # fan_in = D * heads for (D, heads, head_dim)
 
 
 def test_identity_and_bad_dtype(encoder):
     ident = encoder.identity
     assert ident["name"] == "videoprism-tiny" and ident["dtype"] == "float32"
     assert ident["config"]["pos_emb_shape"] == [4, 4, 4] and len(ident["checkpoint_sha256"]) == 64
-    assert json.loads(json.dumps(ident)) == ident  # unchanged by a round trip through store attributes
+    assert (
+        json.loads(json.dumps(ident)) == ident
+    )  # unchanged by a round trip through store attributes
     with pytest.raises(EthoprismError, match="float16"):
         Encoder(encoder.config, encoder.params, "float16", "x")
 
@@ -172,7 +191,9 @@ def _jaxpr_matmul_flops(jaxpr, repeat=1) -> int:
     return total * repeat
 
 
-@pytest.mark.parametrize("config,shape", [(TINY, (4, 72, 72)), (CONFIGS["videoprism-b"], (16, 288, 288))])
+@pytest.mark.parametrize(
+    "config,shape", [(TINY, (4, 72, 72)), (CONFIGS["videoprism-b"], (16, 288, 288))]
+)
 def test_analytic_flops_equal_the_traced_matmuls(config, shape):
     variables = param_shapes(config)
     frames = jax.ShapeDtypeStruct((1, *shape, 3), jnp.float32)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.errors import EthoprismError
@@ -21,7 +23,6 @@ from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.bench import PeakRSS
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
-from typer.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 VIDEOS = DATA / "videos"
@@ -34,9 +35,21 @@ UNOPENABLE = str(VIDEOS / "centered_pair_small.TRUNCATED_50pct_moov_lost.mp4")
 
 # The tiny encoder at 72 px (4x4 patches) keeps every run here to seconds.
 PREP = Preprocessing(frame_size=72, window_stride=16)
-CFG = RunConfig(model="videoprism-tiny", checkpoint=CHECKPOINT, prep=PREP, batch_size=4, decode_workers=2)
-CLI_ARGS = ["--model", "videoprism-tiny", "--checkpoint", CHECKPOINT, "--frame-size", "72", "--stride", "16",
-            "--batch-size", "4"]
+CFG = RunConfig(
+    model="videoprism-tiny", checkpoint=CHECKPOINT, prep=PREP, batch_size=4, decode_workers=2
+)
+CLI_ARGS = [
+    "--model",
+    "videoprism-tiny",
+    "--checkpoint",
+    CHECKPOINT,
+    "--frame-size",
+    "72",
+    "--stride",
+    "16",
+    "--batch-size",
+    "4",
+]
 
 
 def windows_by_video(path) -> dict[str, dict[int, np.ndarray]]:
@@ -44,7 +57,9 @@ def windows_by_video(path) -> dict[str, dict[int, np.ndarray]]:
     ds = store.open(str(path))
     out: dict[str, dict[int, np.ndarray]] = {}
     tokens = ds["tokens"].values
-    for k, (name, start) in enumerate(zip(ds["video_name"].values, ds["start_frame"].values)):
+    for k, (name, start) in enumerate(
+        zip(ds["video_name"].values, ds["start_frame"].values, strict=False)
+    ):
         out.setdefault(str(name), {})[int(start)] = tokens[k]
     return out
 
@@ -54,8 +69,9 @@ def assert_same_windows(a: dict, b: dict, rtol: float = 0.0, atol: float = 0.0) 
     for name, windows in a.items():
         assert windows.keys() == b[name].keys(), name
         for start, tokens in windows.items():
-            np.testing.assert_allclose(tokens, b[name][start], rtol=rtol, atol=atol,
-                                       err_msg=f"{name} window @{start}")
+            np.testing.assert_allclose(
+                tokens, b[name][start], rtol=rtol, atol=atol, err_msg=f"{name} window @{start}"
+            )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +88,18 @@ def test_failures_are_recorded_and_the_rest_complete(tmp_path):
     not_video.write_text("this is not a video")
     path = tmp_path / "features.zarr"
     result = CliRunner().invoke(
-        app, ["extract", HORSE, FIVE, TRUNCATED, UNOPENABLE, str(not_video), str(path), *CLI_ARGS, "--json"]
+        app,
+        [
+            "extract",
+            HORSE,
+            FIVE,
+            TRUNCATED,
+            UNOPENABLE,
+            str(not_video),
+            str(path),
+            *CLI_ARGS,
+            "--json",
+        ],
     )
     assert result.exit_code == 1, result.output  # some videos failed
     summary = json.loads(result.stdout)
@@ -84,7 +111,10 @@ def test_failures_are_recorded_and_the_rest_complete(tmp_path):
         assert name in status[name]["reason"]  # the reason names the file
 
     ds = store.open(str(path))
-    table = {Path(p).name: s for p, s in zip(ds["video_path"].values, ds["video_status"].values)}
+    table = {
+        Path(p).name: s
+        for p, s in zip(ds["video_path"].values, ds["video_status"].values, strict=False)
+    }
     assert table[Path(TRUNCATED).name] == "failed" and table["horse_288x162.mp4"] == "complete"
 
     # The 5-frame clip is one window, padded, with 5 real frames.
@@ -100,17 +130,23 @@ def test_failures_are_recorded_and_the_rest_complete(tmp_path):
     np.testing.assert_allclose(horse.start_time.values, starts / 24.0, atol=1e-3)
     assert np.isfinite(horse.embedding.values).all()
 
-    # Re-running skips what is complete and tries the failed ones again; the log has a line per video.
+    # Re-running skips what is complete and tries the failed ones again; the log has a line per
+    # video.
     log = tmp_path / "run.jsonl"
     again = CliRunner().invoke(
-        app, ["extract", HORSE, FIVE, TRUNCATED, str(path), *CLI_ARGS, "--json", "--log-json", str(log)]
+        app,
+        ["extract", HORSE, FIVE, TRUNCATED, str(path), *CLI_ARGS, "--json", "--log-json", str(log)],
     )
     assert again.exit_code == 1
     summary = json.loads(again.stdout)
     assert summary["skipped"] == 2 and summary["n_failed"] == 1
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted((Path(x["path"]).name, x["status"]) for x in lines) == sorted(
-        [("horse_288x162.mp4", "skipped"), ("mouse_cage_5frames.mp4", "skipped"), (Path(TRUNCATED).name, "failed")]
+        [
+            ("horse_288x162.mp4", "skipped"),
+            ("mouse_cage_5frames.mp4", "skipped"),
+            (Path(TRUNCATED).name, "failed"),
+        ]
     )
     assert store.open(str(path)).sizes["window"] == ds.sizes["window"]
 
@@ -123,7 +159,9 @@ def test_append_with_other_preprocessing_is_refused(reference_store):
 
 def test_dry_run_writes_nothing(tmp_path):
     path = tmp_path / "features.zarr"
-    result = CliRunner().invoke(app, ["extract", HORSE, FIVE, str(path), *CLI_ARGS, "--dry-run", "--json"])
+    result = CliRunner().invoke(
+        app, ["extract", HORSE, FIVE, str(path), *CLI_ARGS, "--dry-run", "--json"]
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["windows"] == len(plan_windows(308, PREP)[0]) + 1
@@ -133,15 +171,26 @@ def test_dry_run_writes_nothing(tmp_path):
 
 def _extract_in_subprocess(store_path, env_extra=None, videos=(HORSE, WHEEL), extra_args=()):
     env = {**os.environ, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "ethoprism", "extract", *videos, str(store_path), *CLI_ARGS, *extra_args,
-           "--json"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ethoprism",
+        "extract",
+        *videos,
+        str(store_path),
+        *CLI_ARGS,
+        *extra_args,
+        "--json",
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 def test_sigkill_then_resume_is_bit_identical(reference_store, tmp_path):
     path = tmp_path / "features.zarr"
     rng = random.Random(7)
-    for trial in range(2):
+    for _trial in range(2):
         proc = _extract_in_subprocess(path)
         time.sleep(rng.uniform(3.0, 8.0))
         os.killpg(proc.pid, signal.SIGKILL)  # the decode workers die with it
@@ -160,14 +209,18 @@ def test_four_devices_give_the_same_tokens_as_one(reference_store, tmp_path):
     assert json.loads(out)["devices"] == 4
     # One window per device instead of four on one: XLA tiles the float32 sums differently, so
     # the last bits differ and can move a token by one float16-round7 step (2^-7 relative).
-    assert_same_windows(windows_by_video(path), windows_by_video(reference_store), rtol=2**-7, atol=1e-3)
+    assert_same_windows(
+        windows_by_video(path), windows_by_video(reference_store), rtol=2**-7, atol=1e-3
+    )
 
 
 def test_dask_cluster_gives_the_same_windows(reference_store, tmp_path):
     from dask.distributed import LocalCluster
 
     path = tmp_path / "features.zarr"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
         summary = run_extract([HORSE, WHEEL], str(path), CFG, scheduler=cluster.scheduler_address)
     assert summary.count("complete") == 2
     assert sorted(p.name for p in (path / "parts").iterdir() if p.is_dir()) == ["dask-0", "dask-1"]

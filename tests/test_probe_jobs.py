@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ethoprism import store
-from ethoprism.probe import jobs
-from ethoprism.probe.artifacts import load_head
 from test_probe_fixtures import ENCODER, fake_store, write_store
 
+from ethoprism import store
+from ethoprism.probe.artifacts import load_head
+from ethoprism.probe.classify import jobs
+
 CLASSES = ["none", "run", "sit"]
-SEGMENT = 48            # frames per behaviour bout
+SEGMENT = 48  # frames per behaviour bout
 
 
 def bout(video: str, frame: int) -> int:
@@ -21,7 +22,8 @@ def bout(video: str, frame: int) -> int:
 
 
 def planted_tokens(video, start, n_valid, rng):
-    """Appearance signal: the centre frame's class shifts channel (class) of a quarter of the tokens."""
+    """Appearance signal: the centre frame's class shifts channel (class) of a quarter of the
+    tokens."""
     x = rng.normal(size=(4, 2, 2, 8))
     x[:, 0, :, bout(video, start + (n_valid - 1) // 2)] += 3.0
     return x
@@ -45,19 +47,31 @@ def real_store(tmp_path_factory):
 
 def test_train_predict_evaluate(real_store, tmp_path):
     path, labels = real_store
-    summary = jobs.train_probe(path, labels, tmp_path / "run", head="linear", learning_rates=(3e-2,),
-                               epochs=8, batch_size=16, dropout=0.0, test_fraction=0.25, val_fraction=0.125)
+    summary = jobs.train_probe(
+        path,
+        labels,
+        tmp_path / "run",
+        head="linear",
+        learning_rates=(3e-2,),
+        epochs=8,
+        batch_size=16,
+        dropout=0.0,
+        test_fraction=0.25,
+        val_fraction=0.125,
+    )
     assert summary["classes"] == CLASSES
     assert len(summary["test_videos"]) == 2
     test = summary["heads"][0]["test"]
-    assert test["accuracy"] > 0.8 and test["mAP"] > 0.8          # chance is 1/3
+    assert test["accuracy"] > 0.8 and test["mAP"] > 0.8  # chance is 1/3
     head_dir = summary["heads"][0]["dir"]
     saved = load_head(head_dir)
     assert saved.classes == CLASSES and saved.config.kind == "linear"
     assert saved.store_identity == store.identity(store.open(path))
     assert saved.labels["sha256"] and saved.training["split"] == summary["split"]
 
-    pred = jobs.predict_store(path, head_dir, tmp_path / "pred", labels=labels, videos=summary["test_videos"])
+    pred = jobs.predict_store(
+        path, head_dir, tmp_path / "pred", labels=labels, videos=summary["test_videos"]
+    )
     first = pred["videos"][0]
     with open(first["csv"]) as f:
         rows = list(csv.DictReader(f))
@@ -70,14 +84,29 @@ def test_train_predict_evaluate(real_store, tmp_path):
     ev = jobs.evaluate_head(path, head_dir, labels, tmp_path / "eval")
     assert ev["videos"] == summary["test_videos"]
     assert ev["mAP"] == pytest.approx(test["mAP"])
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] == pytest.approx(ev["accuracy"])
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())[
+        "accuracy"
+    ] == pytest.approx(ev["accuracy"])
 
 
 def test_few_shot_heads_report_mean_and_std(real_store, tmp_path):
     path, labels = real_store
-    summary = jobs.train_probe(path, labels, tmp_path / "fs", head="linear", shots=(2, 5), seeds=3,
-                               learning_rates=(3e-2,), epochs=3, batch_size=16, dropout=0.0)
-    assert [h["name"] for h in summary["heads"]][:2] == ["linear_shots2_seed0", "linear_shots2_seed1"]
+    summary = jobs.train_probe(
+        path,
+        labels,
+        tmp_path / "fs",
+        head="linear",
+        shots=(2, 5),
+        seeds=3,
+        learning_rates=(3e-2,),
+        epochs=3,
+        batch_size=16,
+        dropout=0.0,
+    )
+    assert [h["name"] for h in summary["heads"]][:2] == [
+        "linear_shots2_seed0",
+        "linear_shots2_seed1",
+    ]
     assert len(summary["heads"]) == 6
     agg = {a["shots"]: a for a in summary["aggregate"]}
     assert agg[5]["n_seeds"] == 3 and agg[5]["mAP"]["std"] >= 0
@@ -90,7 +119,9 @@ def test_head_refused_on_a_store_with_another_encoder(real_store, tmp_path):
     path, labels = real_store
     summary = jobs.train_probe(path, labels, tmp_path / "r", head="linear", epochs=1, batch_size=16)
     other = fake_store(VIDEOS, encoder={**ENCODER, "checkpoint_sha256": "f" * 64})
-    with pytest.raises(store.StoreIdentityError, match=r"trained on another store.*checkpoint_sha256"):
+    with pytest.raises(
+        store.StoreIdentityError, match=r"trained on another store.*checkpoint_sha256"
+    ):
         jobs.predict_store(other, summary["heads"][0]["dir"], tmp_path / "p")
     # a store of the same features in another token dtype is fine
     same = fake_store(VIDEOS, tokens_fn=planted_tokens)
@@ -108,8 +139,18 @@ def test_multi_label_training(real_store, tmp_path):
         extra.append(f"{v},{s},{min(int(s) + SEGMENT // 2, int(e))},2,tail")
     multi = tmp_path / "multi.csv"
     multi.write_text("\n".join(rows + extra) + "\n")
-    summary = jobs.train_probe(path, multi, tmp_path / "m", head="linear", multi_label=True, align="any",
-                               learning_rates=(3e-2,), epochs=4, batch_size=16, dropout=0.0)
+    summary = jobs.train_probe(
+        path,
+        multi,
+        tmp_path / "m",
+        head="linear",
+        multi_label=True,
+        align="any",
+        learning_rates=(3e-2,),
+        epochs=4,
+        batch_size=16,
+        dropout=0.0,
+    )
     assert summary["classes"] == ["none", "run", "sit", "tail"]
     test = summary["heads"][0]["test"]
     assert test["average_precision"]["run"] > 0.8 and test["average_precision"]["sit"] > 0.8

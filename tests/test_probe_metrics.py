@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from ethoprism.probe.metrics import average_precision, classification_metrics
 from sklearn import metrics as skm
+
+from ethoprism.probe.metrics import average_precision, classification_metrics
 
 CLASSES = ["none", "walk", "graze", "run"]
 
@@ -18,7 +19,8 @@ def _check_against_sklearn(y, prob, classes=CLASSES, background="none"):
     recall = skm.recall_score(y, pred, labels=present, average=None, zero_division=0)
     assert m.macro_accuracy == pytest.approx(recall.mean())
     np.testing.assert_allclose(
-        m.f1, skm.f1_score(y, pred, labels=labels, average=None, zero_division=0))
+        m.f1, skm.f1_score(y, pred, labels=labels, average=None, zero_division=0)
+    )
     np.testing.assert_array_equal(m.confusion, skm.confusion_matrix(y, pred, labels=labels))
     onehot = np.eye(len(classes))[y]
     expected_ap = []
@@ -51,9 +53,9 @@ def test_tied_scores_equal_sklearn():
 
 def test_class_never_predicted_and_class_absent():
     rng = np.random.default_rng(3)
-    y = rng.choice([0, 1, 3], 100)            # "graze" absent from the test set
+    y = rng.choice([0, 1, 3], 100)  # "graze" absent from the test set
     prob = rng.dirichlet(np.ones(4), 100)
-    prob[:, 3] = 0.0                          # "run" never predicted
+    prob[:, 3] = 0.0  # "run" never predicted
     m = _check_against_sklearn(y, prob)
     assert m.absent == ["graze"]
     assert m.f1[3] == 0.0

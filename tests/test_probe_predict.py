@@ -3,9 +3,10 @@
 import csv
 
 import numpy as np
-from ethoprism.probe.predict import frame_labels, frame_probabilities, write_frame_csv
-from ethoprism.probe.report import confusion_png, ethogram_png
 from test_probe_fixtures import window_starts
+
+from ethoprism.probe.classify.predict import frame_labels, frame_probabilities, write_frame_csv
+from ethoprism.probe.report import confusion_png, ethogram_png
 
 
 def test_averaging_with_a_video_end_covered_by_fewer_windows():
@@ -40,7 +41,7 @@ def test_frame_step_counts_the_span_and_an_unreached_last_frame_is_nan():
     start, valid = np.array(wins).T
     prob = np.tile([0.25, 0.75], (len(wins), 1))
     mean, count = frame_probabilities(prob, start, np.full_like(start, 2), valid, 40)
-    assert count[5] == 2 and count[7] == 1 and count[8] == 2   # odd frames between samples count
+    assert count[5] == 2 and count[7] == 1 and count[8] == 2  # odd frames between samples count
     assert count[39] == 0 and np.isnan(mean[39]).all()
     np.testing.assert_allclose(mean[:39], [[0.25, 0.75]] * 39)
     assert frame_labels(mean)[39] == -1
@@ -54,7 +55,9 @@ def test_csv_and_pngs(tmp_path):
     assert rows[0] == ["frame", "time", "label", "p_sit", "p_run"]
     assert rows[2] == ["1", "0.5000", "run", "0.30000", "0.70000"]
     assert rows[3] == ["2", "1.0000", "", "", ""]
-    png = ethogram_png(tmp_path / "v.png", ["sit", "run"], np.array([0, 1, -1]), np.array([0, 0, 1]), fps=2.0)
+    png = ethogram_png(
+        tmp_path / "v.png", ["sit", "run"], np.array([0, 1, -1]), np.array([0, 0, 1]), fps=2.0
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cm = confusion_png(tmp_path / "cm.png", np.array([[3, 1], [0, 2]]), ["sit", "run"])
     assert cm.stat().st_size > 1000

@@ -8,14 +8,25 @@ import hashlib
 
 import numpy as np
 import pytest
-from ethoprism import store
-from ethoprism.probe import retrieval
-from ethoprism.probe.retrieval import RetrievalError
 
-ENCODER = {"name": "videoprism-tiny", "config": {"model_dim": 16}, "checkpoint_sha256": "random-init-seed-0",
-           "dtype": "float32"}
-PREP = {"frame_size": 288, "resize": "squash", "window_length": 16, "window_stride": 8, "frame_step": 1,
-        "pixel_range": [0.0, 1.0]}
+from ethoprism import store
+from ethoprism.probe import retrieve as retrieval
+from ethoprism.probe.retrieve.knn import RetrievalError
+
+ENCODER = {
+    "name": "videoprism-tiny",
+    "config": {"model_dim": 16},
+    "checkpoint_sha256": "random-init-seed-0",
+    "dtype": "float32",
+}
+PREP = {
+    "frame_size": 288,
+    "resize": "squash",
+    "window_length": 16,
+    "window_stride": 8,
+    "frame_step": 1,
+    "pixel_range": [0.0, 1.0],
+}
 FPS = 24.0
 
 
@@ -27,12 +38,26 @@ def write_store(path, videos, *, encoder=ENCODER, prep=PREP):
             n = len(emb)
             n_frames = 8 * n + 8
             record = store.VideoRecord(
-                path=str(video), size_bytes=1000 + n, sha256=hashlib.sha256(str(video).encode()).hexdigest(),
-                fps=FPS, n_frames=n_frames, duration=n_frames / FPS, width=64, height=64, codec="h264")
+                path=str(video),
+                size_bytes=1000 + n,
+                sha256=hashlib.sha256(str(video).encode()).hexdigest(),
+                fps=FPS,
+                n_frames=n_frames,
+                duration=n_frames / FPS,
+                width=64,
+                height=64,
+                codec="h264",
+            )
             vw = w.begin_video(record)
             starts = 8 * np.arange(n)
-            vw.append(emb[:, None, None, None, :], emb, starts, np.ones(n, np.int64),
-                      np.full(n, 16, np.int64), starts / FPS)
+            vw.append(
+                emb[:, None, None, None, :],
+                emb,
+                starts,
+                np.ones(n, np.int64),
+                np.full(n, 16, np.int64),
+                starts / FPS,
+            )
             vw.commit()
     return store.open(str(path))
 
@@ -48,7 +73,9 @@ def brute_force(queries, index, k, allowed=None):
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     rng = np.random.default_rng(0)
-    videos = {f"/videos/v{i}.mp4": rng.normal(size=(n, 16)) for i, n in enumerate([70, 45, 110, 30])}
+    videos = {
+        f"/videos/v{i}.mp4": rng.normal(size=(n, 16)) for i, n in enumerate([70, 45, 110, 30])
+    }
     ds = write_store(tmp_path_factory.mktemp("s") / "a.zarr", videos)
     return ds, np.concatenate(list(videos.values())).astype(np.float32)
 
@@ -62,7 +89,9 @@ def test_blocked_search_equals_brute_force_across_blocks(archive):
         np.testing.assert_array_equal(found.windows, ref_ids)
         np.testing.assert_allclose(found.distances, ref_d, rtol=1e-5, atol=1e-5)
     # an in-memory array gives the same answer as the store
-    np.testing.assert_array_equal(retrieval.exact_search(queries, emb, 7, block_rows=50).windows, ref_ids)
+    np.testing.assert_array_equal(
+        retrieval.exact_search(queries, emb, 7, block_rows=50).windows, ref_ids
+    )
 
 
 def test_many_queries_take_the_threshold_path_and_stay_exact():
@@ -84,7 +113,11 @@ def test_exclusion_and_selection_equal_masked_brute_force(archive):
     found = retrieval.search(ds, query, 6, exclude_same_video=True, videos=spans, block_rows=40)
     video = ds["video"].values
     centre = ds["start_time"].values + 15 / 2 / FPS
-    selected = (((video == 0) & (centre >= 0.5) & (centre <= 2)) | (video == 2) | ((video == 3) & (centre <= 1.2)))
+    selected = (
+        ((video == 0) & (centre >= 0.5) & (centre <= 2))
+        | (video == 2)
+        | ((video == 3) & (centre <= 1.2))
+    )
     allowed = selected[None, :] & (video[None, :] != video[windows][:, None])
     ref_ids, ref_d = brute_force(emb[windows], emb, 6, allowed)
     np.testing.assert_array_equal(found.windows, ref_ids)
@@ -119,7 +152,10 @@ def test_moment_picks_the_covering_window_with_the_nearest_centre(archive):
 def test_query_and_index_from_stores_of_the_same_identity(archive, tmp_path):
     ds, emb = archive
     rng = np.random.default_rng(4)
-    other = write_store(tmp_path / "q.zarr", {"/videos/v1.mp4": emb[70:115], "/videos/new.mp4": rng.normal(size=(5, 16))})
+    other = write_store(
+        tmp_path / "q.zarr",
+        {"/videos/v1.mp4": emb[70:115], "/videos/new.mp4": rng.normal(size=(5, 16))},
+    )
     query = retrieval.query_moments(other, ["new.mp4#10", "v1.mp4#10"])
     found = retrieval.search(ds, query, 3, exclude_same_video=True)
     # v1.mp4 has the same content fingerprint in both stores, so it is excluded from its own query
@@ -130,8 +166,11 @@ def test_query_and_index_from_stores_of_the_same_identity(archive, tmp_path):
     assert [r["rank"] for r in rows] == [1, 2, 3, 1, 2, 3]
     assert rows[0]["start_frame"] == ds["start_frame"].values[rows[0]["window"]]
 
-    foreign = write_store(tmp_path / "f.zarr", {"/videos/x.mp4": emb[:4]},
-                          encoder={**ENCODER, "checkpoint_sha256": "f" * 64})
+    foreign = write_store(
+        tmp_path / "f.zarr",
+        {"/videos/x.mp4": emb[:4]},
+        encoder={**ENCODER, "checkpoint_sha256": "f" * 64},
+    )
     with pytest.raises(store.StoreIdentityError, match="checkpoint_sha256"):
         retrieval.search(ds, retrieval.query_windows(foreign, [0]), 3)
 
@@ -141,9 +180,20 @@ def test_distributed_search_equals_local(archive):
 
     ds, _ = archive
     query = retrieval.query_windows(ds, [3, 90, 200])
-    local = retrieval.search(ds, query, 5, exclude_same_video=True, videos=["v0.mp4", "v2.mp4", "v3.mp4"])
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        remote = retrieval.search(ds, query, 5, exclude_same_video=True, videos=["v0.mp4", "v2.mp4", "v3.mp4"],
-                                  scheduler=cluster.scheduler_address, block_rows=32)
+    local = retrieval.search(
+        ds, query, 5, exclude_same_video=True, videos=["v0.mp4", "v2.mp4", "v3.mp4"]
+    )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        remote = retrieval.search(
+            ds,
+            query,
+            5,
+            exclude_same_video=True,
+            videos=["v0.mp4", "v2.mp4", "v3.mp4"],
+            scheduler=cluster.scheduler_address,
+            block_rows=32,
+        )
     np.testing.assert_array_equal(remote.windows, local.windows)
     np.testing.assert_allclose(remote.distances, local.distances, rtol=1e-6)

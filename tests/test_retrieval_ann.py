@@ -1,17 +1,22 @@
-"""Approximate index: recall against exact search, saved beside the store, stale and foreign refused."""
+"""Approximate index: recall against exact search, saved beside the store, stale and foreign
+refused."""
 
 import shutil
 
 import numpy as np
 import pytest
-from ethoprism.probe import ann, retrieval
-from ethoprism.probe.ann import AnnError
 from test_retrieval import ENCODER, write_store
+
+from ethoprism.probe import retrieve as retrieval
+from ethoprism.probe.retrieve import ann
+from ethoprism.probe.retrieve.ann import AnnError
 
 
 def clustered(n, dim, n_clusters, rng):
     centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
-    return (centres[rng.integers(0, n_clusters, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+    return (centres[rng.integers(0, n_clusters, n)] + 0.5 * rng.normal(size=(n, dim))).astype(
+        np.float32
+    )
 
 
 def test_ivf_recall_at_10_on_100k_clustered_embeddings():
@@ -48,7 +53,9 @@ def test_build_saves_beside_the_store_and_searches_with_exclusion(small_store):
     assert info.n_windows == 1200 and info.recall_at_10 >= 0.95 and 1 <= info.nprobe <= 16
     index = ann.load_index(path, ds)
     query = retrieval.query_windows(ds, [5, 700])
-    found = retrieval.search(ds, query, 10, exclude_same_video=True, videos=["v0.mp4", "v1.mp4"], ann=index)
+    found = retrieval.search(
+        ds, query, 10, exclude_same_video=True, videos=["v0.mp4", "v1.mp4"], ann=index
+    )
     video = ds["video"].values
     assert (video[found.windows[0]] == 1).all()  # v0's query: only v1 is left
     assert (video[found.windows[1]] == 0).all()
@@ -62,7 +69,9 @@ def test_stale_index_is_refused(small_store, tmp_path):
     shutil.copytree(path, copy)
     shutil.copytree(path.parent / "s.zarr.ann", tmp_path / "s.zarr.ann")
     ann.load_index(copy)  # the copy is the same store
-    write_store(copy, {"/videos/late.mp4": clustered(50, 16, 2, np.random.default_rng(2))})  # appends
+    write_store(
+        copy, {"/videos/late.mp4": clustered(50, 16, 2, np.random.default_rng(2))}
+    )  # appends
     with pytest.raises(AnnError, match=r"stale: built for 1200 windows, the store now holds 1250"):
         ann.load_index(copy)
 
@@ -70,9 +79,15 @@ def test_stale_index_is_refused(small_store, tmp_path):
 def test_foreign_index_is_refused(small_store, tmp_path):
     path, _, _ = small_store
     other = tmp_path / "o.zarr"
-    write_store(other, {"/videos/v0.mp4": np.zeros((3, 16))}, encoder={**ENCODER, "checkpoint_sha256": "e" * 64})
+    write_store(
+        other,
+        {"/videos/v0.mp4": np.zeros((3, 16))},
+        encoder={**ENCODER, "checkpoint_sha256": "e" * 64},
+    )
     shutil.copytree(path.parent / "s.zarr.ann", tmp_path / "o.zarr.ann")
     with pytest.raises(AnnError, match=r"encoder.checkpoint_sha256.*another store \(foreign\)"):
         ann.load_index(other)
     with pytest.raises(AnnError, match="no approximate index"):
-        ann.load_index(tmp_path / "n.zarr", write_store(tmp_path / "n.zarr", {"/v/a.mp4": np.ones((2, 16))}))
+        ann.load_index(
+            tmp_path / "n.zarr", write_store(tmp_path / "n.zarr", {"/v/a.mp4": np.ones((2, 16))})
+        )

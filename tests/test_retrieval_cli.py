@@ -1,19 +1,21 @@
-"""`ethoprism retrieve ...` end to end, and queries by a new clip through the store's own encoder."""
+"""`ethoprism retrieve ...` end to end, and queries by a new clip through the store's own
+encoder."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_retrieval import write_store
+from typer.testing import CliRunner
+
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.pipeline.clip_query import ClipQueryError, clip_query, embed_clip
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
-from ethoprism.probe import retrieval
-from test_retrieval import write_store
-from typer.testing import CliRunner
+from ethoprism.probe import retrieve as retrieval
 
 DATA = Path(__file__).parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
@@ -31,8 +33,24 @@ def archive(tmp_path_factory):
 
 
 def test_query_by_moment_prints_the_nearest_windows_as_json(archive):
-    out = runner.invoke(app, ["retrieve", "query", str(archive), "--moment", "v1.mp4#100", "-k", "4",
-                              "--exclude-same-video", "--videos", "v0.mp4", "--videos", "v1.mp4@0-3", "--json"])
+    out = runner.invoke(
+        app,
+        [
+            "retrieve",
+            "query",
+            str(archive),
+            "--moment",
+            "v1.mp4#100",
+            "-k",
+            "4",
+            "--exclude-same-video",
+            "--videos",
+            "v0.mp4",
+            "--videos",
+            "v1.mp4@0-3",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
     ds = store.open(str(archive))
@@ -47,7 +65,9 @@ def test_query_by_moment_prints_the_nearest_windows_as_json(archive):
 
 def test_bad_moment_is_one_red_line(archive):
     out = runner.invoke(app, ["retrieve", "query", str(archive), "--moment", "v9.mp4@1"])
-    assert out.exit_code == 1 and "no video 'v9.mp4'" in out.output and "Traceback" not in out.output
+    assert (
+        out.exit_code == 1 and "no video 'v9.mp4'" in out.output and "Traceback" not in out.output
+    )
 
 
 def test_build_index_then_approximate_query(archive):
@@ -56,10 +76,24 @@ def test_build_index_then_approximate_query(archive):
     assert json.loads(out.stdout)["n_windows"] == 180
     exact = runner.invoke(app, ["retrieve", "query", str(archive), "--window", "7", "--json"])
     sheet = archive.parent / "sheet.png"
-    approx = runner.invoke(app, ["retrieve", "query", str(archive), "--window", "7", "--approx", "--json",
-                                 "--sheet", str(sheet)])
+    approx = runner.invoke(
+        app,
+        [
+            "retrieve",
+            "query",
+            str(archive),
+            "--window",
+            "7",
+            "--approx",
+            "--json",
+            "--sheet",
+            str(sheet),
+        ],
+    )
     assert approx.exit_code == 0, approx.output
-    assert sheet.stat().st_size > 1000  # drawn with placeholders: the test store's videos do not exist
+    assert (
+        sheet.stat().st_size > 1000
+    )  # drawn with placeholders: the test store's videos do not exist
     ids = [r["window"] for r in json.loads(approx.stdout)]
     assert ids[0] == 7 and len(set(ids) & {r["window"] for r in json.loads(exact.stdout)}) >= 8
 
@@ -67,13 +101,33 @@ def test_build_index_then_approximate_query(archive):
 def test_eval_prints_mean_hit_and_random_baseline(tmp_path):
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(2, 8)) * 5
-    videos = {f"/videos/{n}.mp4": np.stack([centres[i // 5] + rng.normal(size=8) * 0.1 for i in range(10)])
-              for n in "abcd"}
+    videos = {
+        f"/videos/{n}.mp4": np.stack(
+            [centres[i // 5] + rng.normal(size=8) * 0.1 for i in range(10)]
+        )
+        for n in "abcd"
+    }
     write_store(tmp_path / "s.zarr", videos)
-    (tmp_path / "labels.csv").write_text("video,start_frame,end_frame,action\n"
-                                         + "".join(f"{n}.mp4,0,46,walk\n{n}.mp4,47,87,eat\n" for n in "abcd"))
-    out = runner.invoke(app, ["retrieve", "eval", str(tmp_path / "s.zarr"), str(tmp_path / "labels.csv"),
-                              "--test-fraction", "0.25", "-k", "1", "-k", "5", "--json"])
+    (tmp_path / "labels.csv").write_text(
+        "video,start_frame,end_frame,action\n"
+        + "".join(f"{n}.mp4,0,46,walk\n{n}.mp4,47,87,eat\n" for n in "abcd")
+    )
+    out = runner.invoke(
+        app,
+        [
+            "retrieve",
+            "eval",
+            str(tmp_path / "s.zarr"),
+            str(tmp_path / "labels.csv"),
+            "--test-fraction",
+            "0.25",
+            "-k",
+            "1",
+            "-k",
+            "5",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     r = json.loads(out.stdout)
     assert r["mean_hit"] == {"1": 1.0, "5": 1.0} and r["n_index"] == 30 and r["n_queries"] == 10
@@ -83,8 +137,13 @@ def test_eval_prints_mean_hit_and_random_baseline(tmp_path):
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "x.zarr"
-    cfg = RunConfig(model="videoprism-tiny", checkpoint=CHECKPOINT, prep=Preprocessing(frame_size=72, window_stride=16),
-                    batch_size=4, decode_workers=1)
+    cfg = RunConfig(
+        model="videoprism-tiny",
+        checkpoint=CHECKPOINT,
+        prep=Preprocessing(frame_size=72, window_stride=16),
+        batch_size=4,
+        decode_workers=1,
+    )
     run_extract([FIVE], str(path), cfg)
     return path
 
@@ -99,12 +158,16 @@ def test_clip_is_encoded_like_the_store_and_finds_itself(extracted):
 
 def test_clip_query_refuses_other_weights(extracted):
     ds = store.open(str(extracted))
-    with pytest.raises(ClipQueryError, match=r"encoder.checkpoint_sha256 .*not the ones the store was made with"):
+    with pytest.raises(
+        ClipQueryError, match=r"encoder.checkpoint_sha256 .*not the ones the store was made with"
+    ):
         embed_clip(FIVE, ds, checkpoint="random")
     # a store whose identity names other weights refuses the encoder once it is loaded, too
     enc = ds.attrs["encoder"]
     other = ds.assign_attrs(encoder={**enc, "config": {**enc["config"], "mlp_dim": 999}})
     with pytest.raises(ClipQueryError, match=r"encoder.config.mlp_dim \(128 vs 999\)"):
         embed_clip(FIVE, other, checkpoint=CHECKPOINT)
-    out = runner.invoke(app, ["retrieve", "query", str(extracted), "--clip", FIVE, "--checkpoint", "random"])
+    out = runner.invoke(
+        app, ["retrieve", "query", str(extracted), "--clip", FIVE, "--checkpoint", "random"]
+    )
     assert out.exit_code == 1 and "checkpoint_sha256" in out.output

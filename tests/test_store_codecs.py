@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import (
     decode_tokens,

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ethoprism import store
 from ethoprism.store import Layout, VideoRecord
 from ethoprism.store.codecs import decode_tokens, encode_tokens

@@ -1,4 +1,5 @@
-"""Bad stores and bad places: corrupted or missing chunks, read-only mounts, a full disk; the CLI."""
+"""Bad stores and bad places: corrupted or missing chunks, read-only mounts, a full disk; the
+CLI."""
 
 import json
 import subprocess
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.store import StoreError, VideoRecord, writer
-from typer.testing import CliRunner
 
 ENCODER = {"name": "videoprism-tiny", "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
 PREP = {"frame_size": 16, "window_length": 4, "window_stride": 2}
@@ -142,7 +144,9 @@ def test_full_disk_loses_nothing_committed(tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(tmp_path, monkeypatch):
+def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(
+    tmp_path, monkeypatch
+):
     """Windows are compressed and written after append returns; one that fails there must fail
     its video (never commit it with a window missing) and leave committed and later videos
     whole."""
@@ -177,4 +181,6 @@ def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(t
     ds = store.open(path)
     for name, x in (("clip0.mp4", first), ("clip2.mp4", last)):
         assert np.abs(store.select(ds, video=name).tokens.values - x).max() < 0.05
-    assert store.info(path)["videos_failed"] == [{"path": "/v/bad.mp4", "reason": "compressor crashed"}]
+    assert store.info(path)["videos_failed"] == [
+        {"path": "/v/bad.mp4", "reason": "compressor crashed"}
+    ]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+
 from ethoprism import store
 from ethoprism.store import Layout, StoreError, StoreIdentityError, VideoRecord
 from ethoprism.store.bench import activation_like
@@ -352,7 +353,13 @@ def test_a_refused_batch_leaves_the_video_as_it_was(tmp_path):
     with open_w(path, part="w", windows_per_shard=3) as w:
         vw = w.begin_video(record(0))
         vw.append(x[:2], x[:2].mean(axis=(1, 2, 3)), [0, 2], 1, 4, [0.0, 0.2])
-        with pytest.raises(StoreError, match=r"clip0.mp4: tokens of window 2 of this batch \(store window 4\): token magnitude 70000 exceeds"):
+        with pytest.raises(
+            StoreError,
+            match=(
+                r"clip0.mp4: tokens of window 2 of this batch \(store window 4\): "
+                r"token magnitude 70000 exceeds"
+            ),
+        ):
             vw.append(bad, bad.mean(axis=(1, 2, 3)), [4, 6, 8], 1, 4, [0.4, 0.6, 0.8])
         starts = 2 * np.arange(2, 7)
         vw.append(x[2:], x[2:].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 10)

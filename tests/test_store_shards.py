@@ -1,16 +1,18 @@
-"""Token shards the writer assembles itself: byte-identical to zarr's, and tokens coded elsewhere."""
+"""Token shards the writer assembles itself: byte-identical to zarr's, and tokens coded
+elsewhere."""
 
 import os
 
 import numpy as np
 import pytest
 import zarr
+from test_store_readwrite import SHAPE, open_w, record
+
 from ethoprism import store
 from ethoprism.store import Layout, StoreError, shards
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import encode_tokens
 from ethoprism.store.writer import _compressors
-from test_store_readwrite import SHAPE, open_w, record
 
 PER_SHARD = 4
 
@@ -21,9 +23,13 @@ class SmallStaging(shards.ShardWriter):
 
 def _zarr_shards(tmp_path, layout: str, values: np.ndarray) -> zarr.Array:
     arr = zarr.create_array(
-        tmp_path / f"zarr{len(values)}.zarr", shape=values.shape, dtype=values.dtype,
-        chunks=(1, *values.shape[1:]), shards=(PER_SHARD, *values.shape[1:]),
-        compressors=_compressors(layout, values.dtype), fill_value=0,
+        tmp_path / f"zarr{len(values)}.zarr",
+        shape=values.shape,
+        dtype=values.dtype,
+        chunks=(1, *values.shape[1:]),
+        shards=(PER_SHARD, *values.shape[1:]),
+        compressors=_compressors(layout, values.dtype),
+        fill_value=0,
     ).with_config({"write_empty_chunks": True})
     arr[:] = values
     return arr
@@ -44,14 +50,18 @@ def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype, writer):
     encode = shards.chunk_encoder(arr.metadata.to_dict())
     chunks = [encode(values[i : i + 1]) for i in range(6)]
     for direct in (True, False):  # O_DIRECT from an aligned buffer (padding cut off), buffered
-        ours = writer(lambda i, direct=direct: tmp_path / f"shard{i}-{direct}", PER_SHARD, 0, [], direct)
+        ours = writer(
+            lambda i, direct=direct: tmp_path / f"shard{i}-{direct}", PER_SHARD, 0, [], direct
+        )
         for chunk in chunks:
             ours.add(chunk)
         ours.flush()  # a commit: shard 1 holds windows 4 and 5 so far
         for index, window_range in ((0, range(4)), (1, range(4, 6))):
             path = tmp_path / f"shard{index}-{direct}"
             assert path.read_bytes() == _shard_file(arr, index).read_bytes()
-            assert shards.read_chunks(path, len(window_range), PER_SHARD) == [chunks[i] for i in window_range]
+            assert shards.read_chunks(path, len(window_range), PER_SHARD) == [
+                chunks[i] for i in window_range
+            ]
         assert ours.direct == direct or not hasattr(os, "O_DIRECT")
         assert sorted(p.name for p in tmp_path.glob("*.tmp")) == []
 
@@ -78,8 +88,12 @@ def test_windows_after_a_commit_extend_the_shard_and_a_discard_leaves_it_as_comm
     for index in (0, 1):
         assert path.with_suffix(f".{index}").read_bytes() == _shard_file(arr, index).read_bytes()
     # A writer resumed after a restart carries on from the committed chunks read back.
-    resumed = shards.ShardWriter(lambda i: path.with_suffix(f".r{i}"), PER_SHARD, 6,
-                                 shards.read_chunks(path.with_suffix(".1"), 2, PER_SHARD))
+    resumed = shards.ShardWriter(
+        lambda i: path.with_suffix(f".r{i}"),
+        PER_SHARD,
+        6,
+        shards.read_chunks(path.with_suffix(".1"), 2, PER_SHARD),
+    )
     resumed.add(chunks[6])
     resumed.flush()
     assert path.with_suffix(".r1").read_bytes() == _shard_file(arr, 1).read_bytes()
@@ -87,9 +101,14 @@ def test_windows_after_a_commit_extend_the_shard_and_a_discard_leaves_it_as_comm
 
 def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
     encode = shards.chunk_encoder(
-        zarr.create_array(tmp_path / "a.zarr", shape=(0, 4), dtype="float16", chunks=(1, 4),
-                          shards=(PER_SHARD, 4), compressors=_compressors("float16-round7", np.dtype("float16")))
-        .metadata.to_dict()
+        zarr.create_array(
+            tmp_path / "a.zarr",
+            shape=(0, 4),
+            dtype="float16",
+            chunks=(1, 4),
+            shards=(PER_SHARD, 4),
+            compressors=_compressors("float16-round7", np.dtype("float16")),
+        ).metadata.to_dict()
     )
     path = tmp_path / "shard"
     writer = shards.ShardWriter(lambda i: path, PER_SHARD, 0, [])
@@ -111,13 +130,15 @@ def test_tokens_coded_before_the_store_give_the_same_store(tmp_path, layout):
     x = activation_like(7, SHAPE)
     coded = encode_tokens(x, layout.dtype, layout.pool)["tokens"]
     for name, tokens in (("host", x), ("device", coded)):
-        with open_w(tmp_path / f"{name}.zarr", part="w", layout=layout,
-                    windows_per_shard=PER_SHARD) as w:
+        with open_w(
+            tmp_path / f"{name}.zarr", part="w", layout=layout, windows_per_shard=PER_SHARD
+        ) as w:
             vw = w.begin_video(record(0))
             for b in range(0, 7, 3):
                 starts = 2 * np.arange(b, min(b + 3, 7))
-                vw.append(tokens[b : b + 3], x[b : b + 3].mean(axis=(1, 2, 3)), starts, 1, 4,
-                          starts / 10)
+                vw.append(
+                    tokens[b : b + 3], x[b : b + 3].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 10
+                )
             vw.commit()
     host = store.read_windows(store.open(tmp_path / "host.zarr"), np.arange(7))
     device = store.read_windows(store.open(tmp_path / "device.zarr"), np.arange(7))

@@ -1,4 +1,5 @@
-"""Loading official npz checkpoints: from a path, $ETHOPRISM_CHECKPOINT, the HF cache; every refusal."""
+"""Loading official npz checkpoints: from a path, $ETHOPRISM_CHECKPOINT, the HF cache; every
+refusal."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS
 from ethoprism.extract.weights import load_checkpoint, load_encoder, weights_available
@@ -48,7 +50,9 @@ class Touch:
 def test_load_from_path_records_sha256(arrays):
     enc = load_encoder("videoprism-tiny", checkpoint=CHECKPOINT)
     assert enc.checkpoint_sha256 == hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest()
-    got = enc.params["params"]["spatial_encoder"]["transformers_stack"]["x_layers"]["self_attention"]["query"]["w"]
+    got = enc.params["params"]["spatial_encoder"]["transformers_stack"]["x_layers"][
+        "self_attention"
+    ]["query"]["w"]
     np.testing.assert_array_equal(got, arrays[QUERY])
 
 
@@ -70,7 +74,10 @@ def test_missing_path_says_how_to_get_weights(tmp_path):
 
 def test_missing_key(tmp_path, arrays):
     path = write_npz(tmp_path / "m.npz", {k: v for k, v in arrays.items() if k != QUERY})
-    with pytest.raises(EthoprismError, match=rf"missing key {QUERY} \(expected shape \(2, 64, 4, 16\), found none\)"):
+    with pytest.raises(
+        EthoprismError,
+        match=rf"missing key {QUERY} \(expected shape \(2, 64, 4, 16\), found none\)",
+    ):
         load_checkpoint(path, TINY)
 
 
@@ -82,12 +89,17 @@ def test_extra_key(tmp_path, arrays):
 
 def test_wrong_shape(tmp_path, arrays):
     path = write_npz(tmp_path / "s.npz", {**arrays, QUERY: arrays[QUERY][:1]})
-    with pytest.raises(EthoprismError, match=rf"key {QUERY} has shape \(1, 64, 4, 16\), videoprism-tiny expects \(2, 64, 4, 16\)"):
+    with pytest.raises(
+        EthoprismError,
+        match=rf"key {QUERY} has shape \(1, 64, 4, 16\), videoprism-tiny expects \(2, 64, 4, 16\)",
+    ):
         load_checkpoint(path, TINY)
 
 
 def test_tiny_checkpoint_refused_for_base_config():
-    with pytest.raises(EthoprismError, match=r"does not match videoprism-b: key .* has shape .*expects"):
+    with pytest.raises(
+        EthoprismError, match=r"does not match videoprism-b: key .* has shape .*expects"
+    ):
         load_checkpoint(CHECKPOINT, BASE)
 
 
@@ -122,7 +134,9 @@ def test_not_an_npz(tmp_path, kind):
         path.write_bytes(CHECKPOINT.read_bytes()[: CHECKPOINT.stat().st_size // 2])
     else:
         path.write_bytes(b"")
-    with pytest.raises(EthoprismError, match=f"checkpoint {path} is (not an npz|a single .npy|a damaged npz)"):
+    with pytest.raises(
+        EthoprismError, match=f"checkpoint {path} is (not an npz|a single .npy|a damaged npz)"
+    ):
         load_checkpoint(path, TINY)
 
 
@@ -130,18 +144,24 @@ def test_damaged_member(tmp_path, arrays):
     path = write_npz(tmp_path / "d.npz", arrays)
     with zipfile.ZipFile(path, "a") as z:
         z.writestr("params/junk.npy", b"\x93NUMPY not really")
-    with pytest.raises(EthoprismError, match=f"checkpoint {path}: key params/junk is not a readable array"):
+    with pytest.raises(
+        EthoprismError, match=f"checkpoint {path}: key params/junk is not a readable array"
+    ):
         load_checkpoint(path, TINY)
 
 
 def test_no_published_weights_for_tiny(monkeypatch):
     monkeypatch.delenv("ETHOPRISM_CHECKPOINT", raising=False)
-    with pytest.raises(EthoprismError, match="videoprism-tiny has no published weights.*checkpoint='random'"):
+    with pytest.raises(
+        EthoprismError, match="videoprism-tiny has no published weights.*checkpoint='random'"
+    ):
         load_encoder("videoprism-tiny")
 
 
 def test_unknown_model():
-    with pytest.raises(EthoprismError, match="unknown encoder 'videoprism-xl'; known: videoprism-b"):
+    with pytest.raises(
+        EthoprismError, match="unknown encoder 'videoprism-xl'; known: videoprism-b"
+    ):
         load_encoder("videoprism-xl")
 
 
@@ -150,7 +170,14 @@ def _offline(tmp_path, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("ETHOPRISM_CHECKPOINT", None)
     env.pop("HF_HUB_CACHE", None)
-    return subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_offline_without_cache_then_with_cached_file(tmp_path):
@@ -167,11 +194,17 @@ except EthoprismError as e:
     assert out.returncode == 0, out.stderr
     assert "available: None" in out.stdout
     error = out.stdout.split("error:", 1)[1]
-    for needle in ("flax_base_f16r288_repeated.npz", "https://huggingface.co/google/videoprism-base-f16r288",
-                   "checkpoint=PATH", "--checkpoint PATH", "ETHOPRISM_CHECKPOINT=PATH"):
+    for needle in (
+        "flax_base_f16r288_repeated.npz",
+        "https://huggingface.co/google/videoprism-base-f16r288",
+        "checkpoint=PATH",
+        "--checkpoint PATH",
+        "ETHOPRISM_CHECKPOINT=PATH",
+    ):
         assert needle in error, needle
 
-    # The same file placed in the hub cache layout is found offline (and checked against the config).
+    # The same file placed in the hub cache layout is found offline (and checked against the
+    # config).
     snapshot = tmp_path / "hf" / "hub" / "models--google--videoprism-base-f16r288"
     (snapshot / "refs").mkdir(parents=True)
     (snapshot / "refs" / "main").write_text("0" * 40)

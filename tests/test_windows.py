@@ -11,10 +11,11 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from test_video import FIVE, HORSE, TRUNCATED, WHEEL, encode_clip, ffprobe_times
+
 from ethoprism.extract.preprocess import Preprocessing, resize
 from ethoprism.extract.video import VideoError
 from ethoprism.extract.windows import WindowAssembler, iter_windows, plan_windows
-from test_video import FIVE, HORSE, TRUNCATED, WHEEL, encode_clip, ffprobe_times
 
 
 def brute_force_plan(n_frames, prep):
@@ -81,7 +82,7 @@ def test_assembler_streams_the_plan(n_frames):
         windows += assembler.finish()
         starts, valid = plan_windows(n_frames, prep)
         assert [w.start_frame for w in windows] == list(starts)
-        for w, n_valid in zip(windows, valid):
+        for w, n_valid in zip(windows, valid, strict=False):
             real = w.start_frame + np.arange(n_valid) * step
             expected = np.concatenate(
                 [real, np.full(length - n_valid, real[-1])]

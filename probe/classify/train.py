@@ -32,49 +32,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
 from ethoprism import store
-from ethoprism.probe.heads import HeadConfig, make_head
+from ethoprism.probe.classify.heads import HeadConfig, make_head
 
-Source = Callable[[np.ndarray], np.ndarray]   # window indices -> stacked inputs (numpy)
-
+Source = Callable[[np.ndarray], np.ndarray]  # window indices -> stacked inputs (numpy)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    learning_rate: float = 5e-5     # the paper's; a head may override it
+    learning_rate: float = 5e-5  # the paper's; a head may override it
     weight_decay: float = 1e-4
     epochs: int = 30
     batch_size: int = 32
-    warmup_fraction: float = 0.0    # of each head's steps, linear from 0
-    balanced: bool = False          # class-balanced loss (inverse class frequency in the head's subset)
-    multi_label: bool = False       # sigmoid instead of softmax cross-entropy
-    patience: int = 5               # epochs without a better validation loss before a head stops; 0: never
-    data_seed: int = 0              # minibatch order
-    prefetch: int = 2               # minibatches read ahead
+    warmup_fraction: float = 0.0  # of each head's steps, linear from 0
+    balanced: bool = False  # class-balanced loss (inverse class frequency in the head's subset)
+    multi_label: bool = False  # sigmoid instead of softmax cross-entropy
+    patience: int = 5  # epochs without a better validation loss before a head stops; 0: never
+    data_seed: int = 0  # minibatch order
+    prefetch: int = 2  # minibatches read ahead
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
     name: str
-    seed: int                       # parameter init and dropout
-    mask: np.ndarray                # (n_pool,) bool: the head's training windows within the pool
-    target: np.ndarray              # (n_pool, C) float32
-    learning_rate: float | None = None   # None: TrainConfig.learning_rate
+    seed: int  # parameter init and dropout
+    mask: np.ndarray  # (n_pool,) bool: the head's training windows within the pool
+    target: np.ndarray  # (n_pool, C) float32
+    learning_rate: float | None = None  # None: TrainConfig.learning_rate
 
 
-class HeadState(NamedTuple):        # one head; stacked on a leading axis for N heads
+class HeadState(NamedTuple):  # one head; stacked on a leading axis for N heads
     params: Any
     opt_state: Any
-    step: jax.Array                 # steps this head has taken
-    total: jax.Array                # steps it will take if it never stops early
+    step: jax.Array  # steps this head has taken
+    total: jax.Array  # steps it will take if it never stops early
     peak_lr: jax.Array
     seed_key: jax.Array
 
 
 @dataclasses.dataclass
 class TrainResult:
-    params: Any                     # stacked best parameters (numpy), leading axis = heads
-    history: list[list[dict]]       # per head, per epoch: train_loss, val_loss
+    params: Any  # stacked best parameters (numpy), leading axis = heads
+    history: list[list[dict]]  # per head, per epoch: train_loss, val_loss
     best_epoch: list[int]
     epochs_run: int
 
@@ -123,10 +123,14 @@ def prefetch(source: Source, batches: list[np.ndarray], depth: int) -> Iterator[
 
 def create_learning_rate_fn(peak_lr, total_steps, warmup_steps):
     """Linear warmup then cosine decay to 0; traceable, so every head can have its own numbers."""
+
     def lr(step):
         warm = peak_lr * (step + 1) / jnp.maximum(warmup_steps, 1)
-        done = jnp.clip((step - warmup_steps) / jnp.maximum(total_steps - warmup_steps, 1), 0.0, 1.0)
+        done = jnp.clip(
+            (step - warmup_steps) / jnp.maximum(total_steps - warmup_steps, 1), 0.0, 1.0
+        )
         return jnp.where(step < warmup_steps, warm, 0.5 * peak_lr * (1 + jnp.cos(jnp.pi * done)))
+
     return lr
 
 
@@ -138,7 +142,9 @@ def loss_per_example(logits, target, class_weight, multi_label: bool):
     return -(class_weight * target * jax.nn.log_softmax(logits)).sum(-1)
 
 
-def train_step(model, tx, multi_label, warmup_fraction, state: HeadState, x, target, weight, class_weight):
+def train_step(
+    model, tx, multi_label, warmup_fraction, state: HeadState, x, target, weight, class_weight
+):
     """One AdamW step of one head on a minibatch; no change if it has no example in it."""
     dropout_key = jax.random.fold_in(state.seed_key, state.step)
 
@@ -152,11 +158,17 @@ def train_step(model, tx, multi_label, warmup_fraction, state: HeadState, x, tar
     warmup = jnp.floor(warmup_fraction * state.total)
     lr = create_learning_rate_fn(state.peak_lr, state.total, warmup)(state.step)
     take = weight.sum() > 0
-    keep = lambda new, old: jnp.where(take, new, old)
+
+    def keep(new, old):
+        return jnp.where(take, new, old)
+
     tree = jax.tree_util.tree_map
     params = tree(lambda p, u: keep(p - lr * u, p), state.params, updates)
-    new = state._replace(params=params, opt_state=tree(keep, opt_state, state.opt_state),
-                         step=state.step + take.astype(state.step.dtype))
+    new = state._replace(
+        params=params,
+        opt_state=tree(keep, opt_state, state.opt_state),
+        step=state.step + take.astype(state.step.dtype),
+    )
     return new, jnp.where(take, loss, jnp.nan)
 
 
@@ -178,11 +190,14 @@ def _compiled(head: HeadConfig, multi_label: bool, warmup_fraction: float, weigh
     # the state is donated: parameters and moments are updated in place instead of in fresh
     # memory, whose page faults cost ~0.2 s a step at 16 MAP heads (0.8 GB)
     many_step = jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0, 0)), donate_argnums=0)
-    many_eval = jax.jit(jax.vmap(functools.partial(eval_step, model, multi_label), in_axes=(0, None)))
+    many_eval = jax.jit(
+        jax.vmap(functools.partial(eval_step, model, multi_label), in_axes=(0, None))
+    )
 
     def init_one(seed_key, example):
         params = model.init({"params": seed_key}, example, train=False)["params"]
         return params, tx.init(params)
+
     return many_step, many_eval, jax.jit(init_one)
 
 
@@ -205,9 +220,15 @@ def class_weights(spec: HeadSpec, cfg: TrainConfig) -> np.ndarray:
     return (len(t) / (n_classes * np.maximum(pos, 1))).astype(np.float32)
 
 
-def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: HeadConfig,
-                cfg: TrainConfig = TrainConfig(), val: tuple[Source, np.ndarray, np.ndarray] | None = None,
-                progress: Callable[[dict], None] | None = None) -> TrainResult:
+def train_heads(
+    source: Source,
+    pool: np.ndarray,
+    specs: list[HeadSpec],
+    head: HeadConfig,
+    cfg: TrainConfig = TrainConfig(),
+    val: tuple[Source, np.ndarray, np.ndarray] | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Train len(specs) heads together on windows `pool` (indices for `source`).
 
     val: (source, window indices, targets (n, C)) for early stopping, shared by all heads.
@@ -216,23 +237,38 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
     """
     pool = np.asarray(pool, np.int64)
     n_heads = len(specs)
-    many_step, many_eval, init = _compiled(head, cfg.multi_label, cfg.warmup_fraction, cfg.weight_decay)
+    many_step, many_eval, init = _compiled(
+        head, cfg.multi_label, cfg.warmup_fraction, cfg.weight_decay
+    )
     example = jnp.asarray(source(pool[:1]))
+
     # batches go to the device in the prefetch thread: for a (16, 4096, 768) float32 batch that
     # copy took ~0.3 s of the training thread per step
-    on_device = lambda idx: jax.device_put(source(idx))
-    batches = [epoch_batches(len(pool), cfg.batch_size, cfg.data_seed, e) for e in range(cfg.epochs)]
-    mask = np.stack([s.mask for s in specs]).astype(np.float32)           # (N, n_pool)
-    target = np.stack([s.target for s in specs]).astype(np.float32)       # (N, n_pool, C)
+    def on_device(idx):
+        return jax.device_put(source(idx))
+
+    batches = [
+        epoch_batches(len(pool), cfg.batch_size, cfg.data_seed, e) for e in range(cfg.epochs)
+    ]
+    mask = np.stack([s.mask for s in specs]).astype(np.float32)  # (N, n_pool)
+    target = np.stack([s.target for s in specs]).astype(np.float32)  # (N, n_pool, C)
     cw = jnp.asarray(np.stack([class_weights(s, cfg) for s in specs]))
     # each head's schedule spans exactly the steps in which it has examples
     total = np.array([sum(int(m[b[b >= 0]].any()) for ep in batches for b in ep) for m in mask])
     keys = [jax.random.key(s.seed) for s in specs]
     # one head at a time: compiled once per head shape whatever the number of heads
-    params, opt_state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(init(k, example) for k in keys))
+    params, opt_state = jax.tree_util.tree_map(
+        lambda *a: jnp.stack(a), *(init(k, example) for k in keys)
+    )
     keys = jnp.stack(keys)
-    state = HeadState(params, opt_state, jnp.zeros(n_heads, jnp.int32), jnp.asarray(total, jnp.float32),
-                      jnp.asarray([s.learning_rate or cfg.learning_rate for s in specs], jnp.float32), keys)
+    state = HeadState(
+        params,
+        opt_state,
+        jnp.zeros(n_heads, jnp.int32),
+        jnp.asarray(total, jnp.float32),
+        jnp.asarray([s.learning_rate or cfg.learning_rate for s in specs], jnp.float32),
+        keys,
+    )
     best = jax.device_get(state.params)
     best_loss = np.full(n_heads, np.inf)
     best_epoch, stale = [0] * n_heads, np.zeros(n_heads, int)
@@ -243,33 +279,50 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
     for epoch in range(cfg.epochs):
         losses = []
         reads = [pool[np.maximum(b, 0)] for b in batches[epoch]]
-        for i, (b, x) in enumerate(zip(batches[epoch], prefetch(on_device, reads, cfg.prefetch))):
+        for i, (b, x) in enumerate(
+            zip(batches[epoch], prefetch(on_device, reads, cfg.prefetch), strict=False)
+        ):
             valid = b >= 0
             w = np.where(valid, mask[:, np.maximum(b, 0)], 0.0) * active[:, None]
-            state, loss = many_step(state, x, jnp.asarray(target[:, np.maximum(b, 0)]),
-                                    jnp.asarray(w, jnp.float32), cw)
-            losses.append(loss)     # left on the device: no wait for the step unless someone watches
+            state, loss = many_step(
+                state, x, jnp.asarray(target[:, np.maximum(b, 0)]), jnp.asarray(w, jnp.float32), cw
+            )
+            losses.append(loss)  # left on the device: no wait for the step unless someone watches
             if progress:
-                progress({"epoch": epoch, "step": i + 1, "steps": steps, "loss": _nanmean(np.asarray(loss))})
+                progress(
+                    {
+                        "epoch": epoch,
+                        "step": i + 1,
+                        "steps": steps,
+                        "loss": _nanmean(np.asarray(loss)),
+                    }
+                )
         epochs_run = epoch + 1
         train_loss = _nanmean(np.stack([np.asarray(v) for v in losses]), axis=0)
         if val is None:
             val_loss = np.full(n_heads, np.nan)
             best_epoch = [epoch] * n_heads
         else:
-            probs = predict_many(many_eval, state.params, val[0], val[1], cfg.batch_size, cfg.prefetch)
+            probs = predict_many(
+                many_eval, state.params, val[0], val[1], cfg.batch_size, cfg.prefetch
+            )
             val_loss = np.array([_val_loss(p, val[2], cfg.multi_label) for p in probs])
             improved = (val_loss < best_loss) & active
             # no name kept for the fetched parameters: numpy views of the state stop its donation
-            best = jax.tree_util.tree_map(lambda c, b, m=improved: np.where(m.reshape((-1,) + (1,) * (c.ndim - 1)), c, b),
-                                          jax.device_get(state.params), best)
+            best = jax.tree_util.tree_map(
+                lambda c, b, m=improved: np.where(m.reshape((-1,) + (1,) * (c.ndim - 1)), c, b),
+                jax.device_get(state.params),
+                best,
+            )
             for h in np.flatnonzero(improved):
                 best_loss[h], best_epoch[h] = val_loss[h], epoch
             stale = np.where(improved, 0, stale + 1)
             if cfg.patience:
                 active &= stale < cfg.patience
         for h in range(n_heads):
-            history[h].append({"epoch": epoch, "train_loss": _num(train_loss[h]), "val_loss": _num(val_loss[h])})
+            history[h].append(
+                {"epoch": epoch, "train_loss": _num(train_loss[h]), "val_loss": _num(val_loss[h])}
+            )
         if progress:
             progress({"epoch": epoch, "val_loss": [_num(v) for v in val_loss]})
         if not active.any():
@@ -282,7 +335,9 @@ def train_heads(source: Source, pool: np.ndarray, specs: list[HeadSpec], head: H
 def _nanmean(a: np.ndarray, axis=None):
     """Mean over the finite entries (NaN marks a head that took no step); NaN if there are none."""
     finite = np.isfinite(a)
-    return np.where(finite, a, 0).sum(axis) / np.maximum(finite.sum(axis), 1) + np.where(finite.any(axis), 0, np.nan)
+    return np.where(finite, a, 0).sum(axis) / np.maximum(finite.sum(axis), 1) + np.where(
+        finite.any(axis), 0, np.nan
+    )
 
 
 def _num(v) -> float | None:
@@ -296,18 +351,19 @@ def _val_loss(prob: np.ndarray, target: np.ndarray, multi_label: bool) -> float:
     return float(-(target * np.log(p)).sum(1).mean())
 
 
-def predict_many(many_eval, params, source: Source, windows: np.ndarray, batch_size: int,
-                 depth: int = 2) -> np.ndarray:
+def predict_many(
+    many_eval, params, source: Source, windows: np.ndarray, batch_size: int, depth: int = 2
+) -> np.ndarray:
     """(N, n, C) probabilities of N stacked heads on `windows`, each batch read once."""
     windows = np.asarray(windows, np.int64)
     if not len(windows):
         raise ValueError("no windows to predict")
-    chunks = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+    chunks = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     out = []
-    for c, x in zip(chunks, prefetch(source, chunks, depth)):
-        if len(c) < batch_size:     # pad to the compiled batch shape
+    for c, x in zip(chunks, prefetch(source, chunks, depth), strict=False):
+        if len(c) < batch_size:  # pad to the compiled batch shape
             x = np.concatenate([x, np.repeat(x[-1:], batch_size - len(c), 0)])
-        out.append(np.asarray(many_eval(params, jnp.asarray(x)))[:, :len(c)])
+        out.append(np.asarray(many_eval(params, jnp.asarray(x)))[:, : len(c)])
     return np.concatenate(out, axis=1)
 
 

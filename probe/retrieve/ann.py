@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
+
 from ethoprism import store
-from ethoprism.probe.retrieval import Neighbours, RetrievalError, TopK, read_blocks
+from ethoprism.probe.retrieve.knn import Neighbours, RetrievalError, TopK, read_blocks
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
@@ -50,8 +51,10 @@ def index_dir(store_path) -> str:
     """Where the index of a local store lives: beside it, `<store>.ann`."""
     path = os.fspath(store_path).removeprefix("file://").rstrip("/")
     if "://" in path:
-        raise AnnError(f"{store_path}: an approximate index is built beside a local store, not a URL "
-                       "(copy the store locally, or search it exactly)")
+        raise AnnError(
+            f"{store_path}: an approximate index is built beside a local store, not a URL "
+            "(copy the store locally, or search it exactly)"
+        )
     return path + ".ann"
 
 
@@ -63,7 +66,7 @@ def default_nlist(n: int) -> int:
 def videos_fingerprint(ds) -> str:
     """sha256 over the content fingerprints of the store's videos, in window order."""
     h = hashlib.sha256()
-    for sha, n in zip(ds["video_sha256"].values, ds["video_n_windows"].values):
+    for sha, n in zip(ds["video_sha256"].values, ds["video_n_windows"].values, strict=False):
         h.update(f"{sha}:{int(n)};".encode())
     return h.hexdigest()
 
@@ -74,7 +77,9 @@ def videos_fingerprint(ds) -> str:
 def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
     """The sorted rows the coarse quantiser is trained on: 40 per list, at random."""
     if n < nlist:
-        raise AnnError(f"cannot build {nlist} lists from {n} windows; use --nlist {max(1, n // 40)} or fewer")
+        raise AnnError(
+            f"cannot build {nlist} lists from {n} windows; use --nlist {max(1, n // 40)} or fewer"
+        )
     return np.sort(np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False))
 
 
@@ -86,7 +91,9 @@ def read_rows(ds, rows) -> np.ndarray:
         return np.ascontiguousarray(store.read_windows(ds, rows, var="embedding"), np.float32)
     wanted = np.zeros(n, bool)
     wanted[rows] = True
-    return np.concatenate([block[wanted[i0:i0 + len(block)]] for i0, block in read_blocks(ds, mask=wanted)])
+    return np.concatenate(
+        [block[wanted[i0 : i0 + len(block)]] for i0, block in read_blocks(ds, mask=wanted)]
+    )
 
 
 def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss.IndexIVFFlat:
@@ -110,12 +117,21 @@ def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each query's true k neighbours that were found (both (q, k); -1 ignored)."""
-    hits = [len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, int((t >= 0).sum())) for f, t in zip(found, truth)]
+    hits = [
+        len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, int((t >= 0).sum()))
+        for f, t in zip(found, truth, strict=False)
+    ]
     return float(np.mean(hits)) if hits else 0.0
 
 
-def tune_nprobe(index, queries, truth, k: int = 10, target: float = TARGET_RECALL,
-                exclude: np.ndarray | None = None) -> tuple[int, float]:
+def tune_nprobe(
+    index,
+    queries,
+    truth,
+    k: int = 10,
+    target: float = TARGET_RECALL,
+    exclude: np.ndarray | None = None,
+) -> tuple[int, float]:
     """The smallest power-of-two nprobe whose recall@k reaches `target` (or nlist), and its recall.
 
     exclude: (q,) an id each query must not return (its own row, when queries come from the index).
@@ -125,7 +141,7 @@ def tune_nprobe(index, queries, truth, k: int = 10, target: float = TARGET_RECAL
         index.nprobe = nprobe
         _, ids = index.search(queries, k + (exclude is not None))
         if exclude is not None:
-            ids = np.stack([row[row != own][:k] for row, own in zip(ids, exclude)])
+            ids = np.stack([row[row != own][:k] for row, own in zip(ids, exclude, strict=False)])
         recall = recall_at_k(ids, truth)
         if recall >= target or nprobe >= index.nlist:
             return nprobe, recall
@@ -140,11 +156,15 @@ class AnnIndex:
     index: faiss.IndexIVFFlat
     info: AnnInfo
 
-    def search(self, queries, k=10, *, mask=None, index_groups=None, query_groups=None) -> Neighbours:
+    def search(
+        self, queries, k=10, *, mask=None, index_groups=None, query_groups=None
+    ) -> Neighbours:
         """Like `retrieval.exact_search`, approximately: mask / groups become FAISS ID selectors."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         if queries.shape[1] != self.info.dim:
-            raise AnnError(f"queries have {queries.shape[1]} dimensions, the index has {self.info.dim}")
+            raise AnnError(
+                f"queries have {queries.shape[1]} dimensions, the index has {self.info.dim}"
+            )
         d2 = np.full((len(queries), k), np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         if query_groups is None:
@@ -152,13 +172,16 @@ class AnnIndex:
         # one selector per distinct excluded group (queries from one video share it)
         for group in np.unique(query_groups):
             rows = np.flatnonzero(query_groups == group)
-            allowed = np.ones(self.info.n_windows, bool) if mask is None else np.asarray(mask, bool).copy()
+            allowed = (
+                np.ones(self.info.n_windows, bool)
+                if mask is None
+                else np.asarray(mask, bool).copy()
+            )
             if group >= 0:
                 allowed &= np.asarray(index_groups) != group
             d2[rows], ids[rows] = self._search_allowed(queries[rows], k, allowed)
         d2[ids < 0] = np.inf
         return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0)).astype(np.float32))
-
 
     def _search_allowed(self, queries, k, allowed):
         """Search only the allowed ids. A selection empties most lists, so nprobe grows with its
@@ -166,8 +189,11 @@ class AnnIndex:
         n_allowed = int(allowed.sum())
         bitmap = np.packbits(allowed, bitorder="little")
         # the selector and its bitmap must stay referenced while FAISS reads them
-        selector = None if n_allowed == len(allowed) else \
-            faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        selector = (
+            None
+            if n_allowed == len(allowed)
+            else faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        )
         nlist = self.info.nlist
         nprobe = min(nlist, math.ceil(self.info.nprobe * len(allowed) / max(1, n_allowed)))
         while True:
@@ -178,9 +204,16 @@ class AnnIndex:
             nprobe = min(nlist, 2 * nprobe)
 
 
-def build_index(store_path, *, nlist: int | None = None, recall_queries: int = RECALL_QUERIES,
-                target_recall: float = TARGET_RECALL, seed: int = 0) -> AnnInfo:
-    """Build the IVF-Flat index of a local store, measure its recall@10, save it as `<store>.ann/`."""
+def build_index(
+    store_path,
+    *,
+    nlist: int | None = None,
+    recall_queries: int = RECALL_QUERIES,
+    target_recall: float = TARGET_RECALL,
+    seed: int = 0,
+) -> AnnInfo:
+    """Build the IVF-Flat index of a local store, measure its recall@10, save it as
+    `<store>.ann/`."""
     t0 = time.perf_counter()
     out = index_dir(store_path)
     ds = store.open(os.fspath(store_path))
@@ -194,12 +227,27 @@ def build_index(store_path, *, nlist: int | None = None, recall_queries: int = R
     # exact neighbours of the sampled windows (each excluding itself, as a held-out query would),
     # found in the same pass over the store that fills the index
     exact = TopK(queries, 10, query_groups=probe_rows)
-    index = build_ivf(ds, read_rows(ds, training_rows(n, nlist, seed)), nlist, seed=seed,
-                      on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))))
+    index = build_ivf(
+        ds,
+        read_rows(ds, training_rows(n, nlist, seed)),
+        nlist,
+        seed=seed,
+        on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))),
+    )
     truth = exact.result().windows
     nprobe, recall = tune_nprobe(index, queries, truth, 10, target_recall, exclude=probe_rows)
-    info = AnnInfo("IVFFlat", nlist, nprobe, n, dim, recall, len(probe_rows), videos_fingerprint(ds),
-                   store.identity(ds), round(time.perf_counter() - t0, 3))
+    info = AnnInfo(
+        "IVFFlat",
+        nlist,
+        nprobe,
+        n,
+        dim,
+        recall,
+        len(probe_rows),
+        videos_fingerprint(ds),
+        store.identity(ds),
+        round(time.perf_counter() - t0, 3),
+    )
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -212,24 +260,33 @@ def build_index(store_path, *, nlist: int | None = None, recall_queries: int = R
 
 
 def load_index(store_path, ds=None) -> AnnIndex:
-    """The saved index of a store, refused if it belongs to another store or an older state of it."""
+    """The saved index of a store, refused if it belongs to another store or an older state of
+    it."""
     where = index_dir(store_path)
     ds = store.open(os.fspath(store_path)) if ds is None else ds
     try:
         with open(os.path.join(where, META_FILE)) as f:
             meta = json.load(f)
     except FileNotFoundError:
-        raise AnnError(f"no approximate index at {where}; build it with "
-                       f"`ethoprism retrieve build-index {store_path}`") from None
+        raise AnnError(
+            f"no approximate index at {where}; build it with "
+            f"`ethoprism retrieve build-index {store_path}`"
+        ) from None
     info = AnnInfo(**meta)
     try:
-        store.check_same_identity(info.identity, store.identity(ds), f"approximate index {where} vs store")
+        store.check_same_identity(
+            info.identity, store.identity(ds), f"approximate index {where} vs store"
+        )
     except store.StoreIdentityError as e:
-        raise AnnError(f"{e}: the index was built from another store (foreign); rebuild it with "
-                       f"`ethoprism retrieve build-index {store_path}`") from None
+        raise AnnError(
+            f"{e}: the index was built from another store (foreign); rebuild it with "
+            f"`ethoprism retrieve build-index {store_path}`"
+        ) from None
     n = ds.sizes["window"]
     if info.n_windows != n or info.videos_fingerprint != videos_fingerprint(ds):
-        raise AnnError(f"approximate index {where} is stale: built for {info.n_windows} windows, the store "
-                       f"now holds {n}{'' if info.n_windows != n else ' from different videos'}; rebuild it "
-                       f"with `ethoprism retrieve build-index {store_path}`")
+        raise AnnError(
+            f"approximate index {where} is stale: built for {info.n_windows} windows, the store "
+            f"now holds {n}{'' if info.n_windows != n else ' from different videos'}; rebuild it "
+            f"with `ethoprism retrieve build-index {store_path}`"
+        )
     return AnnIndex(faiss.read_index(os.path.join(where, INDEX_FILE)), info)

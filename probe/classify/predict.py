@@ -19,12 +19,20 @@ import numpy as np
 import xarray as xr
 
 
-def frame_probabilities(prob: np.ndarray, start_frame: np.ndarray, frame_step: np.ndarray,
-                        n_valid: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n_frames, C) mean probability over covering windows (NaN if none), and (n_frames,) counts."""
+def frame_probabilities(
+    prob: np.ndarray,
+    start_frame: np.ndarray,
+    frame_step: np.ndarray,
+    n_valid: np.ndarray,
+    n_frames: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n_frames, C) mean probability over covering windows (NaN if none), and (n_frames,)
+    counts."""
     prob = np.asarray(prob, np.float64)
     first = np.asarray(start_frame, np.int64)
-    last = np.minimum(first + (np.asarray(n_valid, np.int64) - 1) * np.asarray(frame_step, np.int64), n_frames - 1)
+    last = np.minimum(
+        first + (np.asarray(n_valid, np.int64) - 1) * np.asarray(frame_step, np.int64), n_frames - 1
+    )
     total = np.zeros((n_frames + 1, prob.shape[1]))
     count = np.zeros(n_frames + 1, np.int64)
     # difference arrays: +p at a window's first frame, -p one past its last, then a running sum
@@ -42,11 +50,18 @@ def video_windows(ds: xr.Dataset, video_name: str) -> np.ndarray:
     return np.flatnonzero(ds["video_name"].values.astype(str) == video_name)
 
 
-def video_frame_probabilities(ds: xr.Dataset, windows: np.ndarray, prob: np.ndarray,
-                              n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """frame_probabilities for one video's windows (positions on `window`) and their probabilities."""
-    return frame_probabilities(prob, ds["start_frame"].values[windows], ds["frame_step"].values[windows],
-                               ds["n_valid_frames"].values[windows], n_frames)
+def video_frame_probabilities(
+    ds: xr.Dataset, windows: np.ndarray, prob: np.ndarray, n_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """frame_probabilities for one video's windows (positions on `window`) and their
+    probabilities."""
+    return frame_probabilities(
+        prob,
+        ds["start_frame"].values[windows],
+        ds["frame_step"].values[windows],
+        ds["n_valid_frames"].values[windows],
+        n_frames,
+    )
 
 
 def frame_labels(frame_prob: np.ndarray) -> np.ndarray:
@@ -55,14 +70,22 @@ def frame_labels(frame_prob: np.ndarray) -> np.ndarray:
     return np.where(covered, np.nan_to_num(frame_prob, nan=-1.0).argmax(1), -1)
 
 
-def write_frame_csv(path: str | os.PathLike, frame_prob: np.ndarray, classes: list[str], fps: float) -> Path:
+def write_frame_csv(
+    path: str | os.PathLike, frame_prob: np.ndarray, classes: list[str], fps: float
+) -> Path:
     """CSV: frame, time (frame / fps, seconds), label, one probability column per class."""
     path = Path(path)
     labels = frame_labels(frame_prob)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["frame", "time", "label", *[f"p_{c}" for c in classes]])
-        for i, (lab, p) in enumerate(zip(labels, frame_prob)):
-            w.writerow([i, f"{i / fps:.4f}", classes[lab] if lab >= 0 else "",
-                        *("" if np.isnan(v) else f"{v:.5f}" for v in p)])
+        for i, (lab, p) in enumerate(zip(labels, frame_prob, strict=False)):
+            w.writerow(
+                [
+                    i,
+                    f"{i / fps:.4f}",
+                    classes[lab] if lab >= 0 else "",
+                    *("" if np.isnan(v) else f"{v:.5f}" for v in p),
+                ]
+            )
     return path

@@ -26,11 +26,13 @@ HEAD_KINDS = ("map", "fmap", "linear", "mlp")
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    kind: str = "map"               # map | fmap | linear | mlp
+    kind: str = "map"  # map | fmap | linear | mlp
     num_classes: int = 2
-    num_heads: int = 12             # attention heads (map, fmap); must divide the token width
-    mlp_dim: int | None = None      # map/fmap MLP block width (4x token width); mlp probe hidden width (= width)
-    dropout: float = 0.5            # the paper's rate, before the classifier
+    num_heads: int = 12  # attention heads (map, fmap); must divide the token width
+    mlp_dim: int | None = (
+        None  # map/fmap MLP block width (4x token width); mlp probe hidden width (= width)
+    )
+    dropout: float = 0.5  # the paper's rate, before the classifier
 
     def for_width(self, width: int) -> HeadConfig:
         """The largest number of attention heads, up to num_heads, that divides the token width."""
@@ -59,7 +61,9 @@ class AttentionPool(nn.Module):
         wk = self.param("key_kernel", init, (d, h, dh))
         wv = self.param("value_kernel", init, (d, h, dh))
         wo = self.param("out_kernel", init, (h, dh, d))
-        bq, bv = (self.param(k, nn.initializers.zeros, (h, dh)) for k in ("query_bias", "value_bias"))
+        bq, bv = (
+            self.param(k, nn.initializers.zeros, (h, dh)) for k in ("query_bias", "value_bias")
+        )
         bo = self.param("out_bias", nn.initializers.zeros, (d,))
         # products and sums, not einsums: as dots under vmap, XLA transposes the stacked kernels
         q = (probe[0][:, None, None] * wq).sum(0) + bq
@@ -81,7 +85,7 @@ def _softmax_over_tokens(logits):
 
 
 class MlpBlock(nn.Module):
-    mlp_dim: int | None = None      # 4x width
+    mlp_dim: int | None = None  # 4x width
 
     @nn.compact
     def __call__(self, x):
@@ -142,7 +146,7 @@ class LinearProbe(nn.Module):
 
 class MLPProbe(nn.Module):
     num_classes: int
-    mlp_dim: int | None = None      # hidden width (= input width)
+    mlp_dim: int | None = None  # hidden width (= input width)
     dropout: float = 0.5
 
     @nn.compact

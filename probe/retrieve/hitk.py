@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
 from ethoprism import store
 from ethoprism.probe import labels as label_io
-from ethoprism.probe.retrieval import RetrievalError, exact_search
+from ethoprism.probe.retrieve.knn import RetrievalError, exact_search
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -27,7 +28,9 @@ def _classes(query_labels, background):
     return [int(c) for c in np.unique(query_labels) if c >= 0 and c != background]
 
 
-def class_hits(query_labels, neighbour_labels, ks=DEFAULT_KS, background=None) -> dict[int, dict[int, float]]:
+def class_hits(
+    query_labels, neighbour_labels, ks=DEFAULT_KS, background=None
+) -> dict[int, dict[int, float]]:
     """{K: {class: fraction of that class's queries with the class among their K nearest}}.
 
     query_labels (q,) int; neighbour_labels (q, >= max K) int, nearest first (-1 = no neighbour).
@@ -36,23 +39,32 @@ def class_hits(query_labels, neighbour_labels, ks=DEFAULT_KS, background=None) -
     query_labels = np.asarray(query_labels)
     neighbour_labels = np.asarray(neighbour_labels)
     if neighbour_labels.shape[1] < max(ks):
-        raise RetrievalError(f"Hit@{max(ks)} needs {max(ks)} neighbours per query, got {neighbour_labels.shape[1]}")
+        raise RetrievalError(
+            f"Hit@{max(ks)} needs {max(ks)} neighbours per query, got {neighbour_labels.shape[1]}"
+        )
     same = neighbour_labels == query_labels[:, None]
     out = {}
     for k in ks:
         hit = same[:, :k].any(1)
-        out[k] = {c: float(hit[query_labels == c].mean()) for c in _classes(query_labels, background)}
+        out[k] = {
+            c: float(hit[query_labels == c].mean()) for c in _classes(query_labels, background)
+        }
     return out
 
 
-def mean_hit_at_k(query_labels, neighbour_labels, ks=DEFAULT_KS, background=None) -> dict[int, float]:
+def mean_hit_at_k(
+    query_labels, neighbour_labels, ks=DEFAULT_KS, background=None
+) -> dict[int, float]:
     """{K: Hit@K averaged over the query classes (background excluded)}."""
-    return {k: float(np.mean(list(v.values()))) if v else float("nan")
-            for k, v in class_hits(query_labels, neighbour_labels, ks, background).items()}
+    return {
+        k: float(np.mean(list(v.values()))) if v else float("nan")
+        for k, v in class_hits(query_labels, neighbour_labels, ks, background).items()
+    }
 
 
 def random_hit_at_k(query_labels, index_labels, ks=DEFAULT_KS, background=None) -> dict[int, float]:
-    """Closed-form mean Hit@K of random retrieval: mean over query classes of 1 - C(N-n_c,K)/C(N,K)."""
+    """Closed-form mean Hit@K of random retrieval: mean over query classes of
+    1 - C(N-n_c,K)/C(N,K)."""
     index_labels = np.asarray(index_labels)
     index_labels = index_labels[index_labels >= 0]
     n = len(index_labels)
@@ -96,9 +108,20 @@ class HitReport:
         return dataclasses.asdict(self)
 
 
-def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, ks=DEFAULT_KS,
-             background: int | None = 0, fraction: float = 1.0, runs: int = 1, seed: int = 0,
-             scheduler=None) -> HitReport:
+def evaluate(
+    query_vectors,
+    query_labels,
+    index,
+    index_labels,
+    *,
+    class_names,
+    ks=DEFAULT_KS,
+    background: int | None = 0,
+    fraction: float = 1.0,
+    runs: int = 1,
+    seed: int = 0,
+    scheduler=None,
+) -> HitReport:
     """mean Hit@K of the queries against the index rows that carry a label.
 
     query_vectors (q, D); query_labels (q,) int, -1 for unlabelled; index: dataset or (n, D)
@@ -109,7 +132,9 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
     if not ks or ks[0] < 1:
         raise RetrievalError(f"K must be positive integers, got {ks}")
     if not 0 < fraction <= 1 or runs < 1:
-        raise RetrievalError(f"query fraction must be in (0, 1] and runs >= 1, got {fraction}, {runs}")
+        raise RetrievalError(
+            f"query fraction must be in (0, 1] and runs >= 1, got {fraction}, {runs}"
+        )
     query_labels, index_labels = np.asarray(query_labels), np.asarray(index_labels)
     scored = query_labels >= 0
     if background is not None:
@@ -119,14 +144,17 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
     if not len(scored):
         raise RetrievalError("no labelled non-background query windows to evaluate")
     if in_index.sum() < max(ks):
-        raise RetrievalError(f"the index holds {int(in_index.sum())} labelled windows, fewer than K = {max(ks)}")
+        raise RetrievalError(
+            f"the index holds {int(in_index.sum())} labelled windows, fewer than K = {max(ks)}"
+        )
     per_run = len(scored) if fraction == 1 else max(1, round(fraction * len(scored)))
     rng = np.random.default_rng(seed)
     samples = [np.sort(rng.choice(scored, per_run, replace=False)) for _ in range(runs)]
     # each query is searched once, however many runs draw it
     needed = np.unique(np.concatenate(samples))
-    found = exact_search(np.asarray(query_vectors)[needed], index, max(ks), mask=in_index,
-                         scheduler=scheduler).windows
+    found = exact_search(
+        np.asarray(query_vectors)[needed], index, max(ks), mask=in_index, scheduler=scheduler
+    ).windows
     neighbour_labels = np.where(found >= 0, index_labels[np.maximum(found, 0)], -1)
     row_of = {q: i for i, q in enumerate(needed)}
     results = []
@@ -135,17 +163,23 @@ def evaluate(query_vectors, query_labels, index, index_labels, *, class_names, k
         results.append(class_hits(query_labels[sample], neighbour_labels[rows], ks, background))
     classes = sorted({c for r in results for c in r[ks[0]]})
     means = np.array([[np.mean(list(r[k].values())) for k in ks] for r in results])
-    per_class = {class_names[c]: {k: float(np.mean([r[k][c] for r in results if c in r[k]])) for k in ks}
-                 for c in classes}
+    per_class = {
+        class_names[c]: {k: float(np.mean([r[k][c] for r in results if c in r[k]])) for k in ks}
+        for c in classes
+    }
     return HitReport(
-        ks=ks, classes=tuple(class_names[c] for c in classes),
-        mean_hit={k: float(m) for k, m in zip(ks, means.mean(0))},
-        std_hit={k: float(s) for k, s in zip(ks, means.std(0))},
+        ks=ks,
+        classes=tuple(class_names[c] for c in classes),
+        mean_hit={k: float(m) for k, m in zip(ks, means.mean(0), strict=False)},
+        std_hit={k: float(s) for k, s in zip(ks, means.std(0), strict=False)},
         per_class=per_class,
         index_count={class_names[c]: int((index_labels == c).sum()) for c in classes},
         random=random_hit_at_k(query_labels[scored], index_labels, ks, background),
-        n_queries=len(scored), n_queries_per_run=per_run, n_index=int(in_index.sum()),
-        runs=runs, fraction=fraction,
+        n_queries=len(scored),
+        n_queries_per_run=per_run,
+        n_index=int(in_index.sum()),
+        runs=runs,
+        fraction=fraction,
     )
 
 
@@ -157,8 +191,11 @@ def table_for_store(ds, table):
     (alignment refuses a class without windows)."""
     mine = {os.path.basename(str(p)) for p in ds["video_path"].values}
     segments = tuple(s for s in table.segments if s.video in mine)
-    return dataclasses.replace(table, segments=segments,
-                               classes=(table.background, *sorted({lab for s in segments for lab in s.labels})))
+    return dataclasses.replace(
+        table,
+        segments=segments,
+        classes=(table.background, *sorted({lab for s in segments for lab in s.labels})),
+    )
 
 
 def window_classes(ds, table, classes: tuple[str, ...], how: str = "centre") -> np.ndarray:
@@ -173,11 +210,22 @@ def window_classes(ds, table, classes: tuple[str, ...], how: str = "centre") -> 
     return out
 
 
-def evaluate_stores(query_store: str, labels: str, *, index_store: str | None = None,
-                    split: str | None = None, test_fraction: float = 0.25, column: str = "action",
-                    background: str = "none", align: str = "centre", ks=DEFAULT_KS,
-                    fraction: float = 1.0, runs: int = 1, seed: int = 0,
-                    scheduler: str | None = None) -> HitReport:
+def evaluate_stores(
+    query_store: str,
+    labels: str,
+    *,
+    index_store: str | None = None,
+    split: str | None = None,
+    test_fraction: float = 0.25,
+    column: str = "action",
+    background: str = "none",
+    align: str = "centre",
+    ks=DEFAULT_KS,
+    fraction: float = 1.0,
+    runs: int = 1,
+    seed: int = 0,
+    scheduler: str | None = None,
+) -> HitReport:
     """`ethoprism retrieve eval`: labelled test windows as queries, labelled train windows as index.
 
     With `index_store`, the query store is the test set and the index store the train set (the
@@ -188,18 +236,34 @@ def evaluate_stores(query_store: str, labels: str, *, index_store: str | None = 
     qds = store.open(query_store)
     ids = store.open(index_store) if index_store else qds
     if index_store:
-        store.check_same_identity(store.identity(qds), store.identity(ids), "query store vs index store")
+        store.check_same_identity(
+            store.identity(qds), store.identity(ids), "query store vs index store"
+        )
     q_lab = window_classes(qds, table, table.classes, align)
     i_lab = q_lab if ids is qds else window_classes(ids, table, table.classes, align)
     if ids is qds:
         labelled = sorted({s.video for s in table.segments})
-        parts = label_io.read_split(split, labelled) if split else \
-            label_io.split_by_video(labelled, test_fraction=test_fraction, seed=seed)
+        parts = (
+            label_io.read_split(split, labelled)
+            if split
+            else label_io.split_by_video(labelled, test_fraction=test_fraction, seed=seed)
+        )
         names = np.asarray(qds["video_name"].values).astype(str)
         test = np.isin(names, [v for v, p in parts.items() if p == "test"])
         train = np.isin(names, [v for v, p in parts.items() if p == "train"])
         q_lab, i_lab = np.where(test, q_lab, -1), np.where(train, i_lab, -1)
     queries = np.flatnonzero(q_lab >= 0)
     vectors = store.read_windows(qds, queries, var="embedding")
-    return evaluate(vectors, q_lab[queries], ids, i_lab, class_names=table.classes, ks=ks,
-                    background=0, fraction=fraction, runs=runs, seed=seed, scheduler=scheduler)
+    return evaluate(
+        vectors,
+        q_lab[queries],
+        ids,
+        i_lab,
+        class_names=table.classes,
+        ks=ks,
+        background=0,
+        fraction=fraction,
+        runs=runs,
+        seed=seed,
+        scheduler=scheduler,
+    )

@@ -11,15 +11,16 @@ import time
 
 import faiss
 import numpy as np
-from ethoprism.probe import ann
-from ethoprism.probe.retrieval import exact_search
+
+from ethoprism.probe.retrieve import ann
+from ethoprism.probe.retrieve.knn import exact_search
 
 
 def clustered_embeddings(n: int, dim: int, n_clusters: int, rng, block: int = 65536) -> np.ndarray:
     centres = rng.standard_normal((n_clusters, dim), dtype=np.float32)
     out = np.empty((n, dim), np.float32)
     for i0 in range(0, n, block):
-        rows = out[i0:i0 + block]
+        rows = out[i0 : i0 + block]
         rng.standard_normal(rows.shape, dtype=np.float32, out=rows)
         rows *= 0.5
         rows += centres[rng.integers(0, n_clusters, len(rows))]
@@ -32,8 +33,14 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def bench_retrieve(n: int = 1_000_000, dim: int = 768, queries: int = 500, k: int = 10,
-                   clusters: int = 1000, seed: int = 0) -> dict:
+def bench_retrieve(
+    n: int = 1_000_000,
+    dim: int = 768,
+    queries: int = 500,
+    k: int = 10,
+    clusters: int = 1000,
+    seed: int = 0,
+) -> dict:
     rng = np.random.default_rng(seed)
     data = clustered_embeddings(n + queries, dim, clusters, rng)
     index_rows, q = data[:n], data[n:]
@@ -47,18 +54,29 @@ def bench_retrieve(n: int = 1_000_000, dim: int = 768, queries: int = 500, k: in
     flat.reset()  # frees its copy of the embeddings before the IVF index makes another
 
     nlist = ann.default_nlist(n)
-    ivf, t_build = _timed(lambda: ann.build_ivf(index_rows, index_rows[ann.training_rows(n, nlist, seed)], nlist))
+    ivf, t_build = _timed(
+        lambda: ann.build_ivf(index_rows, index_rows[ann.training_rows(n, nlist, seed)], nlist)
+    )
     tune = min(100, queries)
     nprobe, _ = ann.tune_nprobe(ivf, q[:tune], ours.windows[:tune], k)
     ivf.nprobe = nprobe
     (_, ivf_ids), t_ivf = _timed(lambda: ivf.search(q, k))
     return {
-        "n": n, "dim": dim, "queries": queries, "k": k, "threads": faiss.omp_get_max_threads(),
-        "exact_s": t_exact, "faiss_flat_s": t_flat,
-        "exact_queries_per_s": queries / t_exact, "faiss_flat_queries_per_s": queries / t_flat,
+        "n": n,
+        "dim": dim,
+        "queries": queries,
+        "k": k,
+        "threads": faiss.omp_get_max_threads(),
+        "exact_s": t_exact,
+        "faiss_flat_s": t_flat,
+        "exact_queries_per_s": queries / t_exact,
+        "faiss_flat_queries_per_s": queries / t_flat,
         "exact_vs_faiss_flat": t_flat / t_exact,
         "same_ids_as_faiss": float((flat_ids == ours.windows).mean()),
-        "ivf_nlist": nlist, "ivf_nprobe": nprobe, "ivf_build_s": t_build, "ivf_s": t_ivf,
+        "ivf_nlist": nlist,
+        "ivf_nprobe": nprobe,
+        "ivf_build_s": t_build,
+        "ivf_s": t_ivf,
         "ivf_speedup_vs_exact": t_exact / t_ivf,
         "ivf_recall_at_10": ann.recall_at_k(ivf_ids, ours.windows),
     }

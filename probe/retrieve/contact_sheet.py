@@ -17,9 +17,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
 from ethoprism.probe import labels as label_io
-from ethoprism.probe.hitk import table_for_store
-from ethoprism.probe.retrieval import Neighbours, Query, QueryResult, middle_frame
+from ethoprism.probe.retrieve.hitk import table_for_store
+from ethoprism.probe.retrieve.knn import Neighbours
+from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
 
@@ -29,7 +31,8 @@ class FrameUnavailable(Exception):
 
 
 def read_frame(path: str, seconds: float, height: int = TILE_HEIGHT) -> np.ndarray:
-    """The RGB frame shown at `seconds` (pts time), scaled to `height`: seek, then decode forward."""
+    """The RGB frame shown at `seconds` (pts time), scaled to `height`: seek, then decode
+    forward."""
     if not os.path.exists(path):
         raise FrameUnavailable(f"missing file:\n{os.path.basename(path)}")
     try:
@@ -47,7 +50,9 @@ def read_frame(path: str, seconds: float, height: int = TILE_HEIGHT) -> np.ndarr
             width = max(2, round(shown.width * height / shown.height / 2) * 2)
             return shown.to_ndarray(format="rgb24", width=width, height=height)
     except (av.error.FFmpegError, IndexError) as e:
-        raise FrameUnavailable(f"unreadable:\n{os.path.basename(path)}\n({type(e).__name__})") from None
+        raise FrameUnavailable(
+            f"unreadable:\n{os.path.basename(path)}\n({type(e).__name__})"
+        ) from None
 
 
 def _tile(ax, path, seconds, title, colour="black"):
@@ -57,11 +62,28 @@ def _tile(ax, path, seconds, title, colour="black"):
         ax.imshow(read_frame(path, seconds))
     except FrameUnavailable as why:
         ax.imshow(np.full((TILE_HEIGHT, TILE_HEIGHT * 16 // 9, 3), 200, np.uint8))
-        ax.text(0.5, 0.5, str(why), ha="center", va="center", fontsize=7, transform=ax.transAxes, wrap=True)
+        ax.text(
+            0.5,
+            0.5,
+            str(why),
+            ha="center",
+            va="center",
+            fontsize=7,
+            transform=ax.transAxes,
+            wrap=True,
+        )
 
 
-def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_results: int = 3,
-                  query_labels: list[str | None] | None = None, index_labels=None) -> str:
+def contact_sheet(
+    out_path,
+    index_ds,
+    query: Query,
+    found: Neighbours,
+    *,
+    n_results: int = 3,
+    query_labels: list[str | None] | None = None,
+    index_labels=None,
+) -> str:
     """Write the PNG and return its path.
 
     query_labels: a label per query (or None); index_labels: (n_windows,) labels of the index
@@ -73,7 +95,12 @@ def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_resu
     for qi in range(rows):
         q_label = query_labels[qi] if query_labels else None
         path, seconds = query.frames[qi]
-        _tile(axes[qi, 0], path, seconds, "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else ""))
+        _tile(
+            axes[qi, 0],
+            path,
+            seconds,
+            "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else ""),
+        )
         for r in range(n_results):
             w = int(found.windows[qi, r])
             ax = axes[qi, r + 1]
@@ -82,7 +109,9 @@ def contact_sheet(out_path, index_ds, query: Query, found: Neighbours, *, n_resu
                 continue
             path, seconds = middle_frame(index_ds, w)
             label = None if index_labels is None else index_labels[w]
-            title = f"#{r + 1} d={found.distances[qi, r]:.3g}\n{os.path.basename(path)}@{seconds:.2f}s"
+            title = (
+                f"#{r + 1} d={found.distances[qi, r]:.3g}\n{os.path.basename(path)}@{seconds:.2f}s"
+            )
             colour = "black"
             if label:
                 title += f"\n[{label}]"
@@ -101,13 +130,20 @@ def window_captions(ds, table) -> np.ndarray:
     table = table_for_store(ds, table)
     if table.segments:
         aligned = label_io.align(ds, table, multi_label=True)
-        for w, target in zip(aligned.window, aligned.target):
-            out[w] = "/".join(c for c, on in zip(aligned.classes, target) if on)
+        for w, target in zip(aligned.window, aligned.target, strict=False):
+            out[w] = "/".join(c for c, on in zip(aligned.classes, target, strict=False) if on)
     return out
 
 
-def sheet_for(result: QueryResult, out_path, *, n_results: int = 3, labels: str | None = None,
-              column: str = "action", background: str = "none") -> str:
+def sheet_for(
+    result: QueryResult,
+    out_path,
+    *,
+    n_results: int = 3,
+    labels: str | None = None,
+    column: str = "action",
+    background: str = "none",
+) -> str:
     """The contact sheet of a query result, captioned from a label file when one is given."""
     query_labels = index_labels = None
     if labels:
@@ -116,5 +152,12 @@ def sheet_for(result: QueryResult, out_path, *, n_results: int = 3, labels: str 
         if result.query_ds is not None:
             captions = window_captions(result.query_ds, table)
             query_labels = [captions[w] or None for w in result.query.windows]
-    return contact_sheet(out_path, result.index, result.query, result.found, n_results=n_results,
-                         query_labels=query_labels, index_labels=index_labels)
+    return contact_sheet(
+        out_path,
+        result.index,
+        result.query,
+        result.found,
+        n_results=n_results,
+        query_labels=query_labels,
+        index_labels=index_labels,
+    )

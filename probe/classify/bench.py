@@ -19,21 +19,43 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from ethoprism import store
-from ethoprism.probe.heads import HeadConfig
-from ethoprism.probe.train import HeadSpec, TrainConfig, memory_source, store_source, train_heads
+from ethoprism.probe.classify.heads import HeadConfig
+from ethoprism.probe.classify.train import (
+    HeadSpec,
+    TrainConfig,
+    memory_source,
+    store_source,
+    train_heads,
+)
 
 
-def _write_synthetic_store(path: Path, windows: int, shape: tuple[int, int, int, int], seed: int = 0) -> None:
+def _write_synthetic_store(
+    path: Path, windows: int, shape: tuple[int, int, int, int], seed: int = 0
+) -> None:
     rng = np.random.default_rng(seed)
-    encoder = {"name": "synthetic", "config": {"token_shape": list(shape)}, "checkpoint_sha256": "none",
-               "dtype": "float32"}
-    prep = {"frame_size": 288, "resize": "squash", "window_length": shape[0], "window_stride": 8,
-            "frame_step": 1, "pixel_range": [0.0, 1.0]}
+    encoder = {
+        "name": "synthetic",
+        "config": {"token_shape": list(shape)},
+        "checkpoint_sha256": "none",
+        "dtype": "float32",
+    }
+    prep = {
+        "frame_size": 288,
+        "resize": "squash",
+        "window_length": shape[0],
+        "window_stride": 8,
+        "frame_step": 1,
+        "pixel_range": [0.0, 1.0],
+    }
     with store.open_writer(path, encoder=encoder, preprocessing=prep) as w:
         n_frames = 8 * (windows - 1) + shape[0]
-        video = w.begin_video(store.VideoRecord("synthetic.mp4", 0, "0" * 64, 24.0, n_frames, n_frames / 24,
-                                                288, 288, "none"))
+        video = w.begin_video(
+            store.VideoRecord(
+                "synthetic.mp4", 0, "0" * 64, 24.0, n_frames, n_frames / 24, 288, 288, "none"
+            )
+        )
         for start in range(0, windows, 8):
             n = min(8, windows - start)
             tokens = rng.normal(size=(n, *shape)).astype(np.float32)
@@ -42,21 +64,40 @@ def _write_synthetic_store(path: Path, windows: int, shape: tuple[int, int, int,
         video.commit()
 
 
-def _epoch_seconds(source, n_windows: int, n_heads: int, head: HeadConfig, cfg: TrainConfig) -> tuple[float, float]:
+def _epoch_seconds(
+    source, n_windows: int, n_heads: int, head: HeadConfig, cfg: TrainConfig
+) -> tuple[float, float]:
     """Seconds of (setup + first epoch, second epoch) of training `n_heads` heads for two epochs."""
     rng = np.random.default_rng(0)
-    target = np.eye(head.num_classes, dtype=np.float32)[rng.integers(0, head.num_classes, n_windows)]
-    specs = [HeadSpec(f"h{i}", i, np.ones(n_windows, bool), target, 5e-5 * (1 + i)) for i in range(n_heads)]
+    target = np.eye(head.num_classes, dtype=np.float32)[
+        rng.integers(0, head.num_classes, n_windows)
+    ]
+    specs = [
+        HeadSpec(f"h{i}", i, np.ones(n_windows, bool), target, 5e-5 * (1 + i))
+        for i in range(n_heads)
+    ]
     epoch_ends = []
     t = time.perf_counter()
-    train_heads(source, np.arange(n_windows), specs, head, dataclasses.replace(cfg, epochs=2),
-                progress=lambda event: "val_loss" in event and epoch_ends.append(time.perf_counter()))
+    train_heads(
+        source,
+        np.arange(n_windows),
+        specs,
+        head,
+        dataclasses.replace(cfg, epochs=2),
+        progress=lambda event: "val_loss" in event and epoch_ends.append(time.perf_counter()),
+    )
     return epoch_ends[0] - t, epoch_ends[1] - epoch_ends[0]
 
 
-def bench_probe(windows: int = 64, heads: int = 16, batch_size: int = 16,
-                shape: tuple[int, int, int, int] = (16, 16, 16, 768), directory: str | None = None,
-                num_classes: int = 8, repeats: int = 2) -> dict:
+def bench_probe(
+    windows: int = 64,
+    heads: int = 16,
+    batch_size: int = 16,
+    shape: tuple[int, int, int, int] = (16, 16, 16, 768),
+    directory: str | None = None,
+    num_classes: int = 8,
+    repeats: int = 2,
+) -> dict:
     """Time one training epoch of 1 and `heads` MAP heads, from the store and from memory."""
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-probe-") as tmp:
         path = Path(tmp) / "features.zarr"
@@ -68,14 +109,17 @@ def bench_probe(windows: int = 64, heads: int = 16, batch_size: int = 16,
         in_memory = memory_source(store.read_windows(ds, np.arange(windows), "tokens"))
         times, first = {}, {}
         for n in (1, heads):
-            _epoch_seconds(in_memory, batch_size, n, head, cfg)      # compile (one batch an epoch)
-            for _ in range(repeats):    # interleaved, best of each: the machine is shared and noisy
+            _epoch_seconds(in_memory, batch_size, n, head, cfg)  # compile (one batch an epoch)
+            for _ in range(repeats):  # interleaved, best of each: the machine is shared and noisy
                 for name, src in (("memory", in_memory), ("store", from_store)):
                     t_first, t = _epoch_seconds(src, windows, n, head, cfg)
                     times[(name, n)] = min(t, times.get((name, n), np.inf))
                     first[(name, n)] = min(t_first, first.get((name, n), np.inf))
     return {
-        "windows": windows, "heads": heads, "batch_size": batch_size, "token_shape": list(shape),
+        "windows": windows,
+        "heads": heads,
+        "batch_size": batch_size,
+        "token_shape": list(shape),
         "attention_heads": head.num_heads,
         "epoch_seconds": {f"{src}_{n}": t for (src, n), t in times.items()},
         "first_epoch_seconds": {f"{src}_{n}": t for (src, n), t in first.items()},

@@ -1,0 +1,2 @@
+"""Localization: box annotations, a simple feature pyramid and a detection head on per-frame
+token maps, COCO evaluation."""

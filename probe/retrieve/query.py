@@ -1,0 +1,194 @@
+"""Whole queries: resolve moments or windows to vectors, search a store exactly or through its
+saved approximate index, and tabulate the neighbours."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from ethoprism import store
+from ethoprism.probe.retrieve.ann import load_index
+from ethoprism.probe.retrieve.knn import Neighbours, RetrievalError, exact_search, read_slice
+from ethoprism.probe.retrieve.select import (
+    parse_moment,
+    parse_span,
+    selection_mask,
+    video_groups,
+    window_at,
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    vectors: np.ndarray  # (q, D) float32 embeddings
+    names: list[str]  # what each query is, for tables and contact sheets
+    sha256: list[str | None]  # the query's source video, for excluding it from the results
+    windows: list[int | None]  # window index in the query store, when it comes from one
+    frames: list[
+        tuple[str, float]
+    ]  # (video file, seconds) of each query's middle frame, to show it
+    identity: dict | None = None  # the store identity the vectors were made with
+
+
+def query_windows(ds, windows) -> Query:
+    n = ds.sizes["window"]
+    windows = [int(w) for w in windows]
+    bad = [w for w in windows if not 0 <= w < n]
+    if bad:
+        raise RetrievalError(f"window {bad[0]} is outside the store (windows 0..{n - 1})")
+    vectors = (
+        np.stack([read_slice(ds["embedding"].data, w, w + 1)[0] for w in windows])
+        if windows
+        else np.zeros((0, ds.sizes["c"]), np.float32)
+    )
+    rows = ds["video"].values[windows]
+    return Query(
+        vectors=vectors,
+        names=[_describe(ds, w) for w in windows],
+        sha256=[str(ds["video_sha256"].values[r]) for r in rows],
+        windows=windows,
+        frames=[middle_frame(ds, w) for w in windows],
+        identity=store.identity(ds),
+    )
+
+
+def middle_frame(ds, w) -> tuple[str, float]:
+    """(video path, seconds) of window w's middle valid frame, (n_valid - 1) // 2."""
+    v = int(ds["video"].values[w])
+    offset = (int(ds["n_valid_frames"].values[w]) - 1) // 2 * int(ds["frame_step"].values[w])
+    return str(ds["video_path"].values[v]), float(ds["start_time"].values[w]) + offset / float(
+        ds["video_fps"].values[v]
+    )
+
+
+def query_moments(ds, moments: list[str]) -> Query:
+    return query_windows(ds, [window_at(ds, parse_moment(m)) for m in moments])
+
+
+def _describe(ds, w):
+    name = os.path.basename(str(ds["video_path"].values[ds["video"].values[w]]))
+    return (
+        f"{name}@{float(ds['start_time'].values[w]):.2f}s "
+        f"#{int(ds['start_frame'].values[w])} (window {w})"
+    )
+
+
+def results_table(ds, query: Query, found: Neighbours) -> list[dict]:
+    """One row per (query, rank): video, start time, start frame, window, distance."""
+    rows = []
+    for qi, (ids, dist) in enumerate(zip(found.windows, found.distances, strict=False)):
+        for rank, (w, d) in enumerate(zip(ids, dist, strict=False), start=1):
+            if w < 0:
+                continue
+            v = int(ds["video"].values[w])
+            rows.append(
+                {
+                    "query": query.names[qi],
+                    "rank": rank,
+                    "window": int(w),
+                    "video": os.path.basename(str(ds["video_path"].values[v])),
+                    "video_path": str(ds["video_path"].values[v]),
+                    "start_time": float(ds["start_time"].values[w]),
+                    "start_frame": int(ds["start_frame"].values[w]),
+                    "distance": float(d),
+                }
+            )
+    return rows
+
+
+def search(
+    index_ds,
+    query: Query,
+    k=10,
+    *,
+    exclude_same_video=False,
+    videos: list[str] | None = None,
+    scheduler=None,
+    ann=None,
+    block_rows=None,
+) -> Neighbours:
+    """Search `index_ds` for the query's vectors; `ann` is an `ann.AnnIndex` to search
+    approximately."""
+    if query.identity is not None:
+        store.check_same_identity(
+            query.identity, store.identity(index_ds), "query store vs index store"
+        )
+    mask = selection_mask(index_ds, [parse_span(v) for v in videos]) if videos else None
+    groups = video_groups(query.sha256, index_ds) if exclude_same_video else (None, None)
+    if ann is not None:
+        return ann.search(
+            query.vectors, k, mask=mask, index_groups=groups[1], query_groups=groups[0]
+        )
+    return exact_search(
+        query.vectors,
+        index_ds,
+        k,
+        mask=mask,
+        index_groups=groups[1],
+        query_groups=groups[0],
+        scheduler=scheduler,
+        block_rows=block_rows,
+    )
+
+
+@dataclass
+class QueryResult:
+    index: xr.Dataset  # the searched store
+    query: Query
+    found: Neighbours
+    query_ds: xr.Dataset | None = None  # the store the query windows come from (None for a clip)
+
+    def table(self) -> list[dict]:
+        return results_table(self.index, self.query, self.found)
+
+
+def run_query(
+    index_store: str,
+    *,
+    query: Query | None = None,
+    query_store: str | None = None,
+    moments=(),
+    windows=(),
+    k: int = 10,
+    exclude_same_video: bool = False,
+    videos: list[str] | None = None,
+    scheduler: str | None = None,
+    approx: bool = False,
+    storage_options: dict | None = None,
+) -> QueryResult:
+    """`ethoprism retrieve query`: resolve moments / windows in `query_store` (default: the index
+    store), or take a ready `query`, and search `index_store` exactly or with its saved ANN
+    index."""
+    if approx and scheduler:
+        raise RetrievalError(
+            "--approx searches the saved index in this process; --scheduler is for exact search"
+        )
+    index_ds = store.open(index_store, storage_options)
+    qds = None
+    if query is None:
+        qds = (
+            index_ds
+            if query_store in (None, index_store)
+            else store.open(query_store, storage_options)
+        )
+        query = query_windows(
+            qds, [window_at(qds, parse_moment(m)) for m in moments] + list(windows)
+        )
+    if not len(query.vectors):
+        raise RetrievalError("nothing to search for: give --moment, --window or --clip")
+    index = None
+    if approx:
+        index = load_index(index_store, index_ds)
+    found = search(
+        index_ds,
+        query,
+        k,
+        exclude_same_video=exclude_same_video,
+        videos=videos,
+        scheduler=scheduler,
+        ann=index,
+    )
+    return QueryResult(index_ds, query, found, qds)
