@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -718,6 +719,13 @@ probe_app = typer.Typer(
     help="Train heads on a store, predict per-frame ethograms, evaluate.", no_args_is_help=True
 )
 app.add_typer(probe_app, name="probe")
+
+
+class EvalVideos(StrEnum):
+    test = "test"
+    all = "all"
+
+
 HeadDirArg = Annotated[
     str, typer.Argument(help="A saved head directory (from `probe train`: OUT/heads/NAME).")
 ]
@@ -744,12 +752,14 @@ def _training_progress():
         TimeRemainingColumn(),
         console=err_console,
     )
-    task = bar.add_task("train", total=None, epoch=0, loss="-")
+    # hidden until the first step: before it there is no epoch, step count or loss to show
+    task = bar.add_task("train", total=None, epoch=0, loss="-", visible=False)
 
     def update(event: dict) -> None:
         if "step" in event:
             bar.update(
                 task,
+                visible=True,
                 total=event["steps"],
                 completed=event["step"],
                 epoch=event["epoch"] + 1,
@@ -801,8 +811,12 @@ def probe_train(
         int, typer.Option(help="Seeds per setting (few-shot samples and initialisation).")
     ] = 1,
     lr: Annotated[
-        str, typer.Option(help="Learning rate(s), comma-separated; one head per value.")
-    ] = "5e-5",
+        str | None,
+        typer.Option(
+            help="Learning rate(s), comma-separated; one head per value. Default: try 5e-5, "
+            "3e-4, 1e-3 and 3e-3 in the same pass and keep the lowest validation loss."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs (cosine decay over them).")] = 30,
     batch_size: Annotated[
         int, typer.Option(help="Windows per minibatch, read once for all heads.")
@@ -818,8 +832,12 @@ def probe_train(
         float, typer.Option(help="Share of labelled videos held out for testing.")
     ] = 0.25,
     val_fraction: Annotated[
-        float, typer.Option(help="Share of labelled videos for early stopping.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            help="Share of labelled videos (or windows, split by time) for validation: early "
+            "stopping and the learning rate choice. Default 0.2 without --lr, else 0."
+        ),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Split file: CSV video,split (train|val|test).")
     ] = None,
@@ -828,8 +846,11 @@ def probe_train(
 ) -> None:
     """Train heads on the store's tokens: one per few-shot size x seed x learning rate, in one pass.
 
-    Videos are split whole into train / val / test; test metrics are per frame (window
-    probabilities averaged over the windows covering each frame), mAP without the background.
+    Videos are split whole into train / val / test; when that leaves a class without training
+    windows, videos are kept in training per class, and with too few videos each class's last
+    windows in time are held out (frames shared with held-out windows never trained on). Test
+    metrics are per frame (window probabilities averaged over the windows covering each frame),
+    mAP without the background, and always on held-out frames.
     """
     from ethoprism.probe.classify.jobs import train_probe
 
@@ -847,7 +868,7 @@ def probe_train(
                 multi_label=multi_label,
                 shots=_numbers(shots, int, "--shots"),
                 seeds=seeds,
-                learning_rates=_numbers(lr, float, "--lr"),
+                learning_rates=_numbers(lr, float, "--lr") if lr is not None else None,
                 epochs=epochs,
                 batch_size=batch_size,
                 dropout=dropout,
@@ -864,11 +885,35 @@ def probe_train(
     if as_json:
         print_json(summary)
         return
+    n = summary["n_windows"]
+    console.print(
+        f"split {summary['split_how']}: {n['train']} training, {n['val']} validation, "
+        f"{n['test']} test windows ({n['gap']} left out beside held-out ones)",
+        highlight=False,
+    )
+    for h in summary["heads"]:
+        choice = h["learning_rate_choice"]
+        if choice:
+            tried = ", ".join(
+                f"{lr} ({'-' if v is None else f'{v:.4f}'})"
+                for lr, v in choice["candidates"].items()
+            )
+            console.print(
+                f"{h['name']}: learning rate {choice['chosen']:g}, {choice['by']} among {tried}",
+                highlight=False,
+            )
+    test_videos = ", ".join(summary["test_videos"]) or "none"
     table = Table(
         title=f"{len(summary['heads'])} head(s), classes {', '.join(summary['classes'])}; "
-        f"test videos: {', '.join(summary['test_videos']) or 'none'}"
+        f"metrics on {summary['metrics_on']}: {test_videos}"
     )
-    for col in ("head", "mAP", "macro acc", "accuracy", "saved in"):
+    for col in (
+        "head",
+        "mAP (held-out)",
+        "macro acc (held-out)",
+        "accuracy (held-out)",
+        "saved in",
+    ):
         table.add_column(col)
 
     def fmt(v):
@@ -933,16 +978,20 @@ def probe_eval(
         str, typer.Option("--out", help="Output directory: metrics.json and confusion.png.")
     ],
     videos: Annotated[
-        str, typer.Option(help="test: the head's held-out videos; all: every labelled video.")
-    ] = "test",
+        EvalVideos,
+        typer.Option(
+            help="test: the head's held-out videos and frames (its training videos, labelled "
+            "so, when it has none); all: every labelled video."
+        ),
+    ] = EvalVideos.test,
     as_json: JsonOpt = False,
 ) -> None:
     """mAP (behaviours of interest, no background), macro accuracy, accuracy, per-class F1,
-    confusion matrix."""
+    confusion matrix; each says whether it is held-out or training (not held out)."""
     from ethoprism.probe.classify.jobs import evaluate_head
 
     try:
-        r = evaluate_head(store, head, labels, out, videos=videos)
+        r = evaluate_head(store, head, labels, out, videos=videos.value)
     except EthoprismError as e:
         raise fail(e) from None
     if as_json:
@@ -952,8 +1001,13 @@ def probe_eval(
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
 
+    if r["weights"]:
+        err_console.print(f"[bold yellow]{r['weights']}[/]", highlight=False)
+    if r["note"]:
+        err_console.print(f"[yellow]{r['note']}[/]", highlight=False)
     console.print(
-        f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips): mAP {fmt(r['mAP'])}, "
+        f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips), "
+        f"{r['evaluated_on']}: mAP {fmt(r['mAP'])}, "
         f"macro accuracy {fmt(r['macro_accuracy'])}, accuracy {fmt(r['accuracy'])}",
         highlight=False,
     )

@@ -39,6 +39,13 @@ from ethoprism.probe.classify.train import (
 )
 from ethoprism.probe.metrics import classification_metrics
 from ethoprism.probe.report import confusion_png, ethogram_png
+from ethoprism.probe.split import choose_split
+from ethoprism.store.provenance import weights_warning
+
+# what a metric was measured on, written beside every metric (text, JSON, figures)
+HELD_OUT = "held-out (test)"
+TRAINING = "training (not held out)"
+EVAL_VIDEOS = ("test", "all")
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -70,6 +77,16 @@ def _truth(
     return np.stack([t[:, idx[c]] if c in idx else np.zeros(n_frames, bool) for c in classes], 1)
 
 
+def frame_mask(ranges: list[list[int]] | None, n_frames: int) -> np.ndarray | None:
+    """(n_frames,) bool of inclusive [first, last] frame ranges; None (every frame) for None."""
+    if ranges is None:
+        return None
+    mask = np.zeros(n_frames, bool)
+    for a, b in ranges:
+        mask[a : b + 1] = True
+    return mask
+
+
 def _eval_units(
     ds,
     table: L.LabelTable,
@@ -78,12 +95,16 @@ def _eval_units(
     video: str,
     prob: np.ndarray,
     n_frames: int,
+    frames: np.ndarray | None = None,
 ):
-    """(y_true, prob) of one video's evaluated units: covered frames, or the clip."""
+    """(y_true, prob) of one video's evaluated units: covered frames (only `frames` if given),
+    or the clip."""
     frame_prob, count = video_frame_probabilities(ds, video_windows(ds, video), prob, n_frames)
     truth = _truth(table, video, n_frames, multi_label, classes)
     # leave out frames whose only class the head does not know (e.g. background it never saw)
     known = truth.any(1) & (count > 0)
+    if frames is not None:
+        known &= frames
     y, p = truth[known], frame_prob[known]
     if table.per_clip:
         y, p = y[:1], p.mean(0, keepdims=True)
@@ -91,9 +112,10 @@ def _eval_units(
 
 
 def _evaluate(
-    ds, table, classes, background, multi_label, videos, probs_by_video, store_rows
+    ds, table, classes, background, multi_label, videos, probs_by_video, store_rows, frames=None
 ) -> list:
-    """Metrics for each of N stacked heads over the given videos."""
+    """Metrics for each of N stacked heads over the given videos (`frames`: {video: mask} to
+    evaluate only some frames of a video)."""
     n_heads = next(iter(probs_by_video.values())).shape[0]
     results = []
     for h in range(n_heads):
@@ -107,6 +129,7 @@ def _evaluate(
                     v,
                     probs_by_video[v][h],
                     store_rows[v]["n_frames"],
+                    (frames or {}).get(v),
                 )
                 for v in videos
             ),
@@ -142,6 +165,37 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+LR_SWEEP = (5e-5, 3e-4, 1e-3, 3e-3)  # the paper's 5e-5 and larger steps for small label sets
+SWEEP_VAL_FRACTION = 0.2  # held out to choose the learning rate when none is given
+
+
+def _heads_dir(out: Path) -> Path:
+    return out if out.name == "heads" else out / "heads"
+
+
+def _choose_learning_rates(plan: list, result, specs) -> tuple[list[int], dict[int, dict]]:
+    """Per (shots, seed), the head with the lowest validation loss among the learning rates.
+
+    Returns the kept head positions and, for each, {"chosen", "by", "candidates"}.
+    """
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (_name, k, seed, _lr, _subset) in enumerate(plan):
+        groups[(k, seed)].append(i)
+    kept, choice = [], {}
+    for members in groups.values():
+        loss = {
+            i: result.history[i][result.best_epoch[i]]["val_loss"] for i in members
+        }  # val loss of the parameters each head keeps
+        best = min(members, key=lambda i: np.inf if loss[i] is None else loss[i])
+        kept.append(best)
+        choice[best] = {
+            "chosen": plan[best][3],
+            "by": "lowest validation loss",
+            "candidates": {f"{plan[i][3]:g}": loss[i] for i in members},
+        }
+    return sorted(kept), choice
+
+
 def train_probe(
     store_source_: str | xr.Dataset,
     labels: str | os.PathLike,
@@ -154,7 +208,7 @@ def train_probe(
     multi_label: bool = False,
     shots: tuple[int, ...] = (),
     seeds: int = 1,
-    learning_rates: tuple[float, ...] = (5e-5,),
+    learning_rates: tuple[float, ...] | None = None,
     epochs: int = 30,
     batch_size: int = 32,
     dropout: float = 0.5,
@@ -162,7 +216,7 @@ def train_probe(
     balanced: bool = False,
     patience: int = 5,
     test_fraction: float = 0.25,
-    val_fraction: float = 0.0,
+    val_fraction: float | None = None,
     split: str | os.PathLike | None = None,
     split_seed: int = 0,
     storage_options: dict | None = None,
@@ -170,44 +224,58 @@ def train_probe(
 ) -> dict:
     """Train heads (shots x seeds x learning rates) in one pass, test them per frame, save them.
 
+    learning_rates None: each head is trained with every rate of LR_SWEEP (extra heads in the
+    same pass) and the one with the lowest validation loss is kept; validation windows are then
+    held out (val_fraction None: SWEEP_VAL_FRACTION, else 0). The split is `probe.split`'s.
     Writes out/heads/<name>/{params.npz, head.json} and out/summary.json; returns the summary.
     """
     if head not in HEAD_KINDS:
         raise EthoprismError(f"unknown head {head!r}; choose one of {', '.join(HEAD_KINDS)}")
+    sweep = learning_rates is None
+    lrs = LR_SWEEP if sweep else tuple(learning_rates)
+    if val_fraction is None:
+        val_fraction = SWEEP_VAL_FRACTION if sweep and not split else 0.0
     ds = _open(store_source_, storage_options)
     table = L.read_labels(labels, label_column, background)
     wl = L.align(ds, table, how=align, multi_label=multi_label)
-    videos = sorted(set(wl.video))
-    parts = (
-        L.read_split(split, videos)
-        if split
-        else L.split_by_video(videos, test_fraction, val_fraction, split_seed)
+    chosen_split = choose_split(
+        ds,
+        wl,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=split_seed,
+        split_file=split,
     )
-    part = np.array([parts.get(v, "unused") for v in wl.video])
+    part = chosen_split.part
     train_pos = np.flatnonzero(part == "train")
-    L.check_has_examples(wl, part == "train", "training set")
+    val_pos = np.flatnonzero(part == "val")
+    if sweep and not len(val_pos) and len(lrs) > 1:
+        raise EthoprismError(
+            "choosing the learning rate needs validation windows: pass --val-fraction > 0, "
+            "a --split file with val videos, or a fixed --lr"
+        )
     cfg = TrainConfig(
-        learning_rate=learning_rates[0],
+        learning_rate=lrs[0],
         weight_decay=weight_decay,
         epochs=epochs,
         batch_size=batch_size,
         balanced=balanced,
         multi_label=multi_label,
-        patience=patience if "val" in parts.values() else 0,
+        patience=patience if len(val_pos) else 0,
     )
     # heads: one per (shots, seed, learning rate); their pool is the union of their subsets
     plan = []
     for k in shots or (None,):
         for seed in range(seeds):
             subset = train_pos if k is None else L.sample_shots(wl, train_pos, k, seed)
-            for lr in learning_rates:
+            for lr in lrs:
                 name = "_".join(
                     x
                     for x in (
                         head,
                         f"shots{k}" if k else "",
                         f"seed{seed}",
-                        f"lr{lr:g}" if len(learning_rates) > 1 else "",
+                        f"lr{lr:g}" if len(lrs) > 1 and not sweep else "",
                     )
                     if x
                 )
@@ -221,39 +289,62 @@ def train_probe(
         ds.sizes["c"]
     )
     src = store_source(ds, head_cfg.input_var)
-    val_pos = np.flatnonzero(part == "val")
     val = (src, wl.window[val_pos], wl.target[val_pos]) if len(val_pos) else None
     result = train_heads(src, wl.window[pool], specs, head_cfg, cfg, val=val, progress=progress)
+    kept, lr_choice = (
+        _choose_learning_rates(plan, result, specs) if sweep else (list(range(len(plan))), {})
+    )
+    kept_params = jax.tree_util.tree_map(lambda a: np.asarray(a)[kept], result.params)
 
-    test_videos = sorted(v for v, p in parts.items() if p == "test")
+    test_frames = {
+        v: frame_mask(chosen_split.test_frames.get(v), L.store_videos(ds)[v]["n_frames"])
+        for v in chosen_split.test_frames
+    }
+    test_videos = sorted(
+        {v for v, p in chosen_split.videos.items() if p == "test"} | set(test_frames)
+    )
     store_rows = L.store_videos(ds)
-    tests = [None] * len(specs)
+    tests = [None] * len(kept)
     if test_videos:
-        probs = _per_video_probs(ds, result.params, head_cfg, multi_label, test_videos, batch_size)
+        probs = _per_video_probs(ds, kept_params, head_cfg, multi_label, test_videos, batch_size)
         tests = [
-            m.to_dict()
+            {**m.to_dict(), "evaluated_on": HELD_OUT}
             for m in _evaluate(
-                ds, table, list(wl.classes), background, multi_label, test_videos, probs, store_rows
+                ds,
+                table,
+                list(wl.classes),
+                background,
+                multi_label,
+                test_videos,
+                probs,
+                store_rows,
+                test_frames,
             )
         ]
     out = Path(out)
+    heads_dir = _heads_dir(out)
     rows = []
-    for i, ((name, k, seed, lr, subset), _spec) in enumerate(zip(plan, specs, strict=False)):
-        params = jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), result.params)
+    for j, i in enumerate(kept):
+        name, k, seed, lr, subset = plan[i]
+        params = jax.tree_util.tree_map(lambda a, j=j: np.asarray(a[j]), kept_params)
         training = {
             **dataclasses.asdict(cfg),
             "learning_rate": lr,
+            "learning_rate_choice": lr_choice.get(i),
             "seed": seed,
             "shots": k,
             "n_train_windows": len(subset),
-            "split": parts,
+            "n_val_windows": len(val_pos),
+            "split": chosen_split.videos,
+            "split_how": chosen_split.how,
+            "test_frames": chosen_split.test_frames,
             "align": align,
             "best_epoch": result.best_epoch[i],
             "epochs_run": result.epochs_run,
             "history": result.history[i],
         }
         save_head(
-            out / "heads" / name,
+            heads_dir / name,
             SavedHead(
                 name,
                 head_cfg,
@@ -269,7 +360,7 @@ def train_probe(
                     "align": align,
                 },
                 training,
-                {"test": tests[i]},
+                {"test": tests[j]},
             ),
         )
         rows.append(
@@ -278,9 +369,10 @@ def train_probe(
                 "shots": k,
                 "seed": seed,
                 "learning_rate": lr,
-                "dir": str(out / "heads" / name),
+                "learning_rate_choice": lr_choice.get(i),
+                "dir": str(heads_dir / name),
                 "best_epoch": result.best_epoch[i],
-                "test": tests[i],
+                "test": tests[j],
             }
         )
     summary = {
@@ -289,11 +381,16 @@ def train_probe(
         "label_column": label_column,
         "classes": list(wl.classes),
         "head": head,
-        "split": parts,
+        "split": chosen_split.videos,
+        "split_how": chosen_split.how,
+        "test_frames": chosen_split.test_frames,
+        "n_windows": {p: int((part == p).sum()) for p in ("train", "val", "test", "gap")},
         "test_videos": test_videos,
+        "metrics_on": HELD_OUT if test_videos else "none (no test windows held out)",
         "heads": rows,
         "aggregate": _aggregate(rows),
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -350,11 +447,40 @@ def predict_store(
             frame_labels(frame_prob),
             expert,
             fps,
-            title=f"{v}: {head.name}",
+            title=figure_title(head, f"ethogram of {v}", _video_role(head, v)),
             background=head.background,
         )
         written.append({"video": v, "csv": str(csv_path), "png": str(png), "frames": n_frames})
     return {"head": head.name, "videos": written}
+
+
+def _held_out(head: SavedHead, videos: list[str]) -> tuple[list[str], dict[str, list]]:
+    """The head's held-out videos among `videos` (test videos, videos it never saw, videos split
+    by time) and, for videos split by time, their test frame ranges."""
+    split = head.training.get("split") or {}
+    frames = head.training.get("test_frames") or {}
+    if not split:  # no record of what the head trained on: nothing counts as held out
+        return [], {}
+    held = [v for v in videos if split.get(v) == "test" or v not in split or v in frames]
+    return held, {v: frames[v] for v in held if v in frames}
+
+
+def _video_role(head: SavedHead, video: str) -> str:
+    """What a video was to the head, for a figure of its predictions."""
+    held, frames = _held_out(head, [video])
+    if video in frames:
+        return "test frames held out, the rest training"
+    return HELD_OUT if held else TRAINING
+
+
+def figure_title(head: SavedHead, what: str, evaluated_on: str | None = None) -> str:
+    """A figure title in the user's words: label column and classes, head kind, what was scored,
+    and the random-weights mark when the store's weights are not a real checkpoint."""
+    parts = [f"{head.labels.get('column', 'label')} ({head.config.kind} head): {what}"]
+    if evaluated_on:
+        parts.append(evaluated_on)
+    warning = weights_warning(head.store_identity)
+    return " — ".join(parts) + (f"\n{warning.upper()}" if warning else "")
 
 
 def evaluate_head(
@@ -367,22 +493,29 @@ def evaluate_head(
     batch_size: int = 32,
     storage_options: dict | None = None,
 ) -> dict:
-    """Metrics of a saved head against labels, on its test videos ("test") or every labelled video
-    ("all").
+    """Metrics of a saved head against labels, on its held-out videos and frames ("test") or
+    every labelled video ("all").
 
+    With "test" and nothing held out among the labelled videos, the training videos are scored
+    and the result says so: every metric carries `evaluated_on`, HELD_OUT or TRAINING.
     Writes out/metrics.json and out/confusion.png; returns the metrics.
     """
+    if videos not in EVAL_VIDEOS:
+        raise EthoprismError(f"videos {videos!r}: choose one of {', '.join(EVAL_VIDEOS)}")
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
     table = L.read_labels(labels, head.labels["column"], head.background or "none")
-    L.check_videos(ds, table)
-    split = head.training.get("split") or {}
-    chosen = (
-        sorted(v for v in table.videos if split.get(v) == "test")
-        if videos == "test"
-        else table.videos
-    )
-    if not chosen:
-        chosen = table.videos  # the head kept no test videos that these labels cover
+    rows = L.check_videos(ds, table)
+    held, test_frames = _held_out(head, table.videos)
+    note = None
+    if videos == "test" and held:
+        chosen, evaluated_on = held, HELD_OUT
+        frames = {v: frame_mask(r, rows[v]["n_frames"]) for v, r in test_frames.items()}
+    else:
+        chosen, frames = table.videos, None
+        whole = set(held) - set(test_frames)
+        evaluated_on = HELD_OUT if set(chosen) <= whole else TRAINING
+        if videos == "test":
+            note = "no test videos or frames held out among these labels: scored on training videos"
     probs = _per_video_probs(ds, stacked, head.config, head.multi_label, chosen, batch_size)
     metrics = _evaluate(
         ds,
@@ -392,12 +525,25 @@ def evaluate_head(
         head.multi_label,
         chosen,
         probs,
-        L.store_videos(ds),
+        rows,
+        frames,
     )[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"head": head.name, "videos": chosen, **metrics.to_dict()}
+    result = {
+        "head": head.name,
+        "videos": chosen,
+        "evaluated_on": evaluated_on,
+        "note": note,
+        "weights": weights_warning(head.store_identity),
+        **metrics.to_dict(),
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    confusion_png(out / "confusion.png", np.array(metrics.confusion), head.classes, title=head.name)
+    confusion_png(
+        out / "confusion.png",
+        np.array(metrics.confusion),
+        head.classes,
+        title=figure_title(head, "confusion matrix", evaluated_on),
+    )
     result["confusion_png"] = str(out / "confusion.png")
     return result
