@@ -89,27 +89,29 @@ def _by_time(
 ) -> np.ndarray:
     part = np.full(len(wl.window), "train", dtype=object)
     primary = wl.target.argmax(1)  # a multi-label window goes with its first class
+    small = np.zeros(len(part), bool)  # windows of classes too small to split: never left out
     for c in range(wl.target.shape[1]):
         mine = np.flatnonzero(primary == c)  # already in video, then time, order
         m = len(mine)
-        if m < MIN_WINDOWS_TO_SPLIT:
-            continue
         n_test = max(round(test_fraction * m), test_fraction > 0)
         n_val = max(round(val_fraction * m), val_fraction > 0)
-        if n_test + n_val > m - 2:  # keep a couple of training windows
+        if m < MIN_WINDOWS_TO_SPLIT or n_test + n_val > m - 2:  # keep a few training windows
+            small[mine] = True
             continue
         part[mine[m - n_test :]] = "test"
         part[mine[m - n_test - n_val : m - n_test]] = "val"
     start, end = _frame_spans(ds, wl.window)
-    # leave out of the lower part any window sharing a frame with a more held-out one
-    rank = {"train": 0, "val": 1, "test": 2}
-    level = np.array([rank[p] for p in part])
+    # a window sharing a frame with a window of another part goes to the gap: the held-out one
+    # beside a small class's window, else the less held-out one (train < val < test)
+    level = np.array([{"train": 0, "val": 1, "test": 2}[p] for p in part])
     gap = np.zeros(len(part), bool)
     for v in np.unique(wl.video):
         idx = np.flatnonzero(wl.video == v)
         overlap = (start[idx, None] <= end[None, idx]) & (start[None, idx] <= end[idx, None])
-        higher = level[None, idx] > level[idx, None]
-        gap[idx] = (overlap & higher).any(1)
+        other = level[None, idx] != level[idx, None]
+        beside_small = (overlap & other & small[None, idx]).any(1) & ~small[idx]
+        lower = (overlap & (level[None, idx] > level[idx, None]) & ~beside_small[None, :]).any(1)
+        gap[idx] = beside_small | (lower & ~small[idx])
     part[gap] = "gap"
     return part
 

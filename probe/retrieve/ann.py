@@ -115,13 +115,40 @@ def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss
     return index
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each query's true k neighbours that were found (both (q, k); -1 ignored)."""
-    hits = [
-        len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, int((t >= 0).sum()))
-        for f, t in zip(found, truth, strict=False)
-    ]
+TIE_RTOL = 1e-6  # distances closer than this (relative) are ties: either window is a right answer
+
+
+def recall_at_k(
+    found: np.ndarray,
+    truth: np.ndarray,
+    found_dist: np.ndarray | None = None,
+    truth_dist: np.ndarray | None = None,
+) -> float:
+    """Mean fraction of each query's true k neighbours that were found (both (q, k); -1 ignored).
+
+    With the exact distances of the found windows and of the true ones, a found window tied with
+    the true k-th (within TIE_RTOL) counts as found: which of tied windows comes back is arbitrary.
+    """
+    hits = []
+    for i, (f, t) in enumerate(zip(found, truth, strict=False)):
+        n_true = max(1, int((t >= 0).sum()))
+        if found_dist is None or truth_dist is None:
+            hits.append(len(set(f[f >= 0]) & set(t[t >= 0])) / n_true)
+            continue
+        kth = truth_dist[i][t >= 0].max(initial=0.0)
+        ok = (f >= 0) & (found_dist[i] <= kth * (1 + TIE_RTOL) + 1e-12)
+        hits.append(min(int(ok.sum()), n_true) / n_true)
     return float(np.mean(hits)) if hits else 0.0
+
+
+def exact_distances(queries: np.ndarray, ids: np.ndarray, vectors) -> np.ndarray:
+    """(q, k) float64 L2 distances of queries to windows `ids` (inf where -1); vectors(sorted
+    unique ids) -> their embeddings."""
+    wanted = np.unique(ids[ids >= 0])
+    rows = vectors(wanted).astype(np.float64) if len(wanted) else np.zeros((0, queries.shape[1]))
+    at = np.searchsorted(wanted, np.maximum(ids, 0))
+    diff = queries.astype(np.float64)[:, None, :] - rows[np.minimum(at, len(wanted) - 1)]
+    return np.where(ids >= 0, np.sqrt((diff**2).sum(-1)), np.inf)
 
 
 def tune_nprobe(
@@ -131,10 +158,13 @@ def tune_nprobe(
     k: int = 10,
     target: float = TARGET_RECALL,
     exclude: np.ndarray | None = None,
+    truth_dist: np.ndarray | None = None,
+    vectors=None,
 ) -> tuple[int, float]:
     """The smallest power-of-two nprobe whose recall@k reaches `target` (or nlist), and its recall.
 
     exclude: (q,) an id each query must not return (its own row, when queries come from the index).
+    truth_dist and vectors (ids -> embeddings): count ties with the true k-th as found.
     """
     nprobe = 1
     while True:
@@ -142,7 +172,12 @@ def tune_nprobe(
         _, ids = index.search(queries, k + (exclude is not None))
         if exclude is not None:
             ids = np.stack([row[row != own][:k] for row, own in zip(ids, exclude, strict=False)])
-        recall = recall_at_k(ids, truth)
+        found_dist = (
+            exact_distances(queries, ids, vectors)
+            if vectors is not None and truth_dist is not None
+            else None
+        )
+        recall = recall_at_k(ids, truth, found_dist, truth_dist)
         if recall >= target or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, index.nlist)
@@ -234,8 +269,17 @@ def build_index(
         seed=seed,
         on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))),
     )
-    truth = exact.result().windows
-    nprobe, recall = tune_nprobe(index, queries, truth, 10, target_recall, exclude=probe_rows)
+    truth = exact.result()
+    nprobe, recall = tune_nprobe(
+        index,
+        queries,
+        truth.windows,
+        10,
+        target_recall,
+        exclude=probe_rows,
+        truth_dist=truth.distances,
+        vectors=lambda ids: read_rows(ds, ids),
+    )
     info = AnnInfo(
         "IVFFlat",
         nlist,

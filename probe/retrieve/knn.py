@@ -1,8 +1,10 @@
 """Exact L2 nearest neighbours over a store's window embeddings, read one block at a time.
 
 Distances are ||q||^2 - 2 q.x + ||x||^2 from one matrix product per index block, so the index
-never has to fit in memory; each block's candidates are re-scored as ||q - x||^2 before they are
-merged into a running top-k, so the reported distances carry no cancellation error. The same
+never has to fit in memory; that float32 form only picks candidates, with a slack that covers its
+rounding error, and each candidate is re-scored as ||q - x||^2 in float64 before it is merged into
+a running top-k (ties broken by window index). So the ids agree with a float64 brute force except
+between windows whose distances differ by less than float32 inputs can resolve. The same
 block function runs in this process or, given a scheduler address, as one task per block on a
 Dask distributed cluster.
 """
@@ -30,7 +32,7 @@ class RetrievalError(EthoprismError):
 @dataclass(frozen=True)
 class Neighbours:
     windows: np.ndarray  # (q, k) int64 window indices in the index; -1 where fewer than k exist
-    distances: np.ndarray  # (q, k) float32 L2 distances (not squared), ascending; inf where -1
+    distances: np.ndarray  # (q, k) float64 L2 distances (not squared), ascending; inf where -1
 
 
 # ---------------------------------------------------------------------------- the search kernel
@@ -45,7 +47,7 @@ def _augment(block):
 
 
 def _empty(q, k):
-    return np.full((q, k), np.inf, np.float32), np.full((q, k), -1, np.int64)
+    return np.full((q, k), np.inf, np.float64), np.full((q, k), -1, np.int64)
 
 
 def merge(state, rows, d2, ids, k):
@@ -89,28 +91,23 @@ def update(state, queries, xa, row_ids, k, row_groups=None, query_groups=None):
             sub[query_groups[:, None] == row_groups[shared][None, :]] = np.inf
             scores[:, shared] = sub
     kth = state[0][:, -1]
-    rows = None
-    if np.isfinite(kth).all():
-        # slack covers the float32 rounding of the expanded form; extra candidates are re-scored
-        limit = kth - qn + 1e-4 * (kth + 3 * qn)
-        hits = scores < limit[:, None]
-        if np.count_nonzero(hits) <= 8 * k * q:
-            rows, cols = np.nonzero(hits)
-    if rows is None:
+    if not np.isfinite(kth).all():
+        # until a query holds k results: the k-th best score of this block bounds its candidates
         kk = min(k, len(xa))
-        cols = np.argpartition(scores, kk - 1, axis=1)[:, :kk]
-        rows = np.repeat(np.arange(q), kk)
-        cols = cols.ravel()
-        finite = np.isfinite(scores[rows, cols])
-        rows, cols = rows[finite], cols[finite]
-    diff = queries[rows] - xa[cols, :-1]
+        block_kth = np.partition(scores, kk - 1, axis=1)[:, kk - 1] + qn
+        kth = np.where(np.isfinite(kth), np.minimum(kth, block_kth), block_kth)
+    # the slack covers the float32 rounding of the expanded form (relative to the norms, not to
+    # the distance); every candidate within it is re-scored exactly
+    limit = kth - qn + 1e-4 * (np.abs(kth) + 3 * qn)
+    rows, cols = np.nonzero((scores <= limit[:, None]) & np.isfinite(scores))
+    diff = queries[rows].astype(np.float64) - xa[cols, :-1].astype(np.float64)
     d2 = np.einsum("ij,ij->i", diff, diff)
     return merge(state, rows, d2, np.asarray(row_ids, np.int64)[cols], k)
 
 
 def _finish(state):
     d2, ids = state
-    return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0.0)).astype(np.float32))
+    return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0.0)))
 
 
 def _embedding(index):
