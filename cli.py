@@ -482,6 +482,13 @@ def retrieve_query(
     exclude_same_video: Annotated[
         bool, typer.Option(help="Skip windows of the query's own video.")
     ] = False,
+    include_overlapping: Annotated[
+        bool,
+        typer.Option(
+            help="Let a query window find itself and the windows sharing frames with it "
+            "(left out by default: they are near copies of it)."
+        ),
+    ] = False,
     videos: Annotated[
         list[str] | None,
         typer.Option(help="Only search these: VIDEO or VIDEO@START-END seconds (repeatable)."),
@@ -525,6 +532,7 @@ def retrieve_query(
                 query_store=store,
                 moments=moment or [],
                 windows=window or [],
+                include_overlapping=include_overlapping,
                 **search,
             )
         if sheet:
@@ -1210,10 +1218,16 @@ def demo(
             ("classes", ", ".join(result["classes"])),
             *[("ethogram", f"{e['csv']}  {e['png']}") for e in result["ethograms"]],
             (
-                "metrics (training videos)",
+                "learning rate",
+                f"{result['learning_rate']['chosen']:g} ({result['learning_rate']['by']})",
+            ),
+            ("split", result["split"]),
+            (
+                f"metrics ({m['evaluated_on']})",
                 (
                     f"mAP {m['mAP']:.3f}, accuracy {m['accuracy']:.3f}, "
                     f"macro accuracy {m['macro_accuracy']:.3f}"
+                    + (f"  [{m['weights']}]" if m["weights"] else "")
                 ),
             ),
             ("confusion matrix", m["confusion_png"]),

@@ -1,7 +1,8 @@
 """Contact sheets of retrieval results (like Figs. 4-5 of Sun et al. 2024).
 
 One row per query: its middle frame, then the middle frames of its nearest windows, each
-titled with video, time, distance and, when known, the behaviour label (green when it matches
+titled with video, window start time and frame (the numbers of the results table), distance
+and, when known, the behaviour label (green when it matches
 the query's, red when not). The store holds no pixels: frames are read from the original video
 files named in the store's video table, one frame per tile, by seeking. A file that is missing
 or unreadable becomes a grey tile naming it.
@@ -21,7 +22,9 @@ import numpy as np
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.hitk import table_for_store
 from ethoprism.probe.retrieve.knn import Neighbours
-from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame
+from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame, window_start
+from ethoprism.store import identity
+from ethoprism.store.provenance import weights_warning
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
 
@@ -108,9 +111,11 @@ def contact_sheet(
                 ax.set_axis_off()
                 continue
             path, seconds = middle_frame(index_ds, w)
+            start, frame = window_start(index_ds, w)  # the table's numbers, not the tile's time
             label = None if index_labels is None else index_labels[w]
             title = (
-                f"#{r + 1} d={found.distances[qi, r]:.3g}\n{os.path.basename(path)}@{seconds:.2f}s"
+                f"#{r + 1} d={found.distances[qi, r]:.3g}\n"
+                f"{os.path.basename(path)}@{start:.3f}s #{frame}"
             )
             colour = "black"
             if label:
@@ -118,6 +123,13 @@ def contact_sheet(
                 if q_label:
                     colour = "green" if set(label.split("/")) & set(q_label.split("/")) else "red"
             _tile(ax, path, seconds, title, colour)
+    warning = weights_warning(identity(index_ds))
+    fig.suptitle(
+        ((warning.upper() + "\n") if warning else "")
+        + "tiles: each window's middle frame; captions: its start time and frame, as in the table",
+        fontsize=8,
+        color="red" if warning else "black",
+    )
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
