@@ -67,11 +67,16 @@ def main(
 
 
 def _print_summary(summary) -> None:
+    from ethoprism.store.provenance import checkpoint_label
+
     rate = summary.windows / summary.seconds if summary.seconds else 0.0
     print_figures(
         f"extracted into {summary.store}",
         [
-            ("model", f"{summary.model} (checkpoint sha256 {summary.checkpoint_sha256[:12]})"),
+            (
+                "model",
+                f"{summary.model} (checkpoint {checkpoint_label(summary.checkpoint_sha256)})",
+            ),
             ("devices", str(summary.devices)),
             (
                 "videos",
@@ -285,6 +290,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
     """Identity, videos complete and failed, windows, bytes on disk and per window, layout."""
     from ethoprism.store import info
+    from ethoprism.store.provenance import checkpoint_label
 
     try:
         r = info(store)
@@ -302,7 +308,7 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
     encoder = r["encoder"] or {}
     table.add_row(
         "encoder",
-        f"{encoder.get('name')} checkpoint sha256 {str(encoder.get('checkpoint_sha256'))[:12]} "
+        f"{encoder.get('name')} checkpoint {checkpoint_label(encoder.get('checkpoint_sha256'))} "
         f"dtype {encoder.get('dtype')}",
     )
     table.add_row("preprocessing", json.dumps(r["preprocessing"]))
@@ -664,7 +670,19 @@ def retrieve_eval(
         raise fail(e) from None
     if as_json:
         print_json(r.to_dict())
-        return
+    else:
+        _print_hits(r)
+    if r.absent:
+        raise fail(
+            EthoprismError(
+                f"class(es) {', '.join(r.absent)} have no window in the index, so their Hit@K is "
+                "0 by construction and the mean is not a measurement; use a split whose index "
+                "holds every queried class (--split, --test-fraction or --index-store)"
+            )
+        )
+
+
+def _print_hits(r) -> None:
     table = Table(
         "",
         *[f"Hit@{k}" for k in r.ks],
@@ -1155,8 +1173,9 @@ def bench_encoder(
             highlight=False,
         )
     console.print(
-        f"median: {r['windows_per_s']:.4f} windows/s, {r['gflops']:.1f} GFLOP/s = "
-        f"{r['ratio']:.0%} of the measured matmul peak {r['peak_gflops']:.1f} GFLOP/s "
+        f"median round ({r['median_round']}): {r['windows_per_s']:.4f} windows/s, "
+        f"{r['gflops']:.1f} GFLOP/s = {r['ratio']:.0%} of the measured matmul peak "
+        f"{r['peak_gflops']:.1f} GFLOP/s "
         f"(best round {r['best_ratio']:.0%}; target >= 60%); per CPU second {r['cpu_ratio']:.0%}",
         highlight=False,
     )

@@ -77,6 +77,14 @@ def _tile(ax, path, seconds, title, colour="black"):
         )
 
 
+def caption(index_ds, w: int, rank: int, distance: float) -> str:
+    """A result tile's title: rank, distance, and the window's start time and frame, the numbers
+    of the results table (the tile itself shows the window's middle frame)."""
+    start, frame = window_start(index_ds, w)
+    name = os.path.basename(middle_frame(index_ds, w)[0])
+    return f"#{rank} d={distance:.3g}\n{name}@{start:.3f}s #{frame}"
+
+
 def contact_sheet(
     out_path,
     index_ds,
@@ -111,12 +119,8 @@ def contact_sheet(
                 ax.set_axis_off()
                 continue
             path, seconds = middle_frame(index_ds, w)
-            start, frame = window_start(index_ds, w)  # the table's numbers, not the tile's time
             label = None if index_labels is None else index_labels[w]
-            title = (
-                f"#{r + 1} d={found.distances[qi, r]:.3g}\n"
-                f"{os.path.basename(path)}@{start:.3f}s #{frame}"
-            )
+            title = caption(index_ds, w, r + 1, found.distances[qi, r])
             colour = "black"
             if label:
                 title += f"\n[{label}]"

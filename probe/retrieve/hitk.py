@@ -103,6 +103,7 @@ class HitReport:
     n_index: int
     runs: int
     fraction: float
+    absent: tuple[str, ...] = ()  # scored classes with no index window: Hit@K 0 by construction
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,6 +148,14 @@ def evaluate(
         raise RetrievalError(
             f"the index holds {int(in_index.sum())} labelled windows, fewer than K = {max(ks)}"
         )
+    query_classes = _classes(query_labels[scored], background)
+    absent = [c for c in query_classes if not (index_labels == c).any()]
+    if len(absent) == len(query_classes):
+        raise RetrievalError(
+            f"no query class has a window in the index ({', '.join(class_names[c] for c in absent)}"
+            "): every Hit@K would be 0; use a split (--split, --test-fraction or --index-store) "
+            "whose index holds the classes queried"
+        )
     per_run = len(scored) if fraction == 1 else max(1, round(fraction * len(scored)))
     rng = np.random.default_rng(seed)
     samples = [np.sort(rng.choice(scored, per_run, replace=False)) for _ in range(runs)]
@@ -180,6 +189,7 @@ def evaluate(
         n_index=int(in_index.sum()),
         runs=runs,
         fraction=fraction,
+        absent=tuple(class_names[c] for c in absent),
     )
 
 
