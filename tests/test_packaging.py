@@ -13,7 +13,7 @@ def test_every_package_and_the_data_are_listed():
     found = {
         ".".join(("ethoprism", *p.parent.relative_to(ROOT).parts))
         for p in ROOT.rglob("__init__.py")
-        if not {"tests", ".venv"} & set(p.relative_to(ROOT).parts)
+        if not {"tests", ".venv", "build"} & set(p.relative_to(ROOT).parts)
     }
     assert found | {"ethoprism.data"} == listed
     assert {"ethoprism.probe.classify", "ethoprism.probe.retrieve"} <= listed
