@@ -17,6 +17,7 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.codecs import decode_tokens
+from ethoprism.store.damage import damaged
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -336,7 +337,10 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     def one(run):
         arrays, got = parts[part_of[run[0]]].arrays, rows[run]
         lo, hi = int(got[0]), int(got[-1]) + 1
-        return {name: arrays[name][lo:hi][got - lo] for name in names}
+        try:
+            return {name: arrays[name][lo:hi][got - lo] for name in names}
+        except Exception as e:  # noqa: BLE001  checksum, codec or shard index: all mean damage
+            raise damaged(ds, indices[order][run], var, e) from None
 
     got = list(read_pool().map(one, runs))
     stacked = {}

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ethoprism.errors import EthoprismError
+from ethoprism.store.damage import first_damaged
 
 BLOCK_BYTES = (
     64 * 2**20
@@ -149,8 +150,13 @@ def read_blocks(index, block_rows=None, mask=None):
     spans = list(_blocks(emb.shape[0], _block_rows(emb.shape[1], block_rows), mask))
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(read_slice, emb, *spans[0]) if spans else None
-        for j, (i0, _) in enumerate(spans):
-            block = pending.result()
+        for j, (i0, i1) in enumerate(spans):
+            try:
+                block = pending.result()
+            except Exception as e:
+                if isinstance(index, xr.Dataset) and "part" in index.coords:
+                    raise first_damaged(index, "embedding", i0, i1, e) from None
+                raise
             if j + 1 < len(spans):
                 pending = pool.submit(read_slice, emb, *spans[j + 1])
             yield i0, block

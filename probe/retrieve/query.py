@@ -11,7 +11,7 @@ import xarray as xr
 
 from ethoprism import store
 from ethoprism.probe.retrieve.ann import load_index
-from ethoprism.probe.retrieve.knn import Neighbours, RetrievalError, exact_search, read_slice
+from ethoprism.probe.retrieve.knn import Neighbours, RetrievalError, exact_search
 from ethoprism.probe.retrieve.select import (
     parse_moment,
     parse_span,
@@ -40,7 +40,7 @@ def query_windows(ds, windows) -> Query:
     if bad:
         raise RetrievalError(f"window {bad[0]} is outside the store (windows 0..{n - 1})")
     vectors = (
-        np.stack([read_slice(ds["embedding"].data, w, w + 1)[0] for w in windows])
+        np.asarray(store.read_windows(ds, windows, var="embedding"), np.float32)
         if windows
         else np.zeros((0, ds.sizes["c"]), np.float32)
     )
