@@ -911,6 +911,8 @@ def probe_train(
     if as_json:
         print_json(summary)
         return
+    if summary["weights"]:
+        err_console.print(f"[bold yellow]{summary['weights']}[/]", highlight=False)
     n = summary["n_windows"]
     console.print(
         f"split {summary['split_how']}: {n['train']} training, {n['val']} validation, "

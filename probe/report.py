@@ -81,6 +81,14 @@ def confusion_png(
     """Row-normalised confusion matrix (colour, labelled on the colour bar) with the counts
     written in the cells."""
     path = Path(path)
+    fig = confusion_figure(confusion, classes, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str], title: str = ""):
+    """The figure of `confusion_png` (the caller closes it)."""
     cm = np.asarray(confusion)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
@@ -106,6 +114,4 @@ def confusion_png(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

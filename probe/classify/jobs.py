@@ -387,6 +387,7 @@ def train_probe(
         "n_windows": {p: int((part == p).sum()) for p in ("train", "val", "test", "gap")},
         "test_videos": test_videos,
         "metrics_on": HELD_OUT if test_videos else "none (no test windows held out)",
+        "weights": weights_warning(store.identity(ds)),
         "heads": rows,
         "aggregate": _aggregate(rows),
     }
