@@ -683,6 +683,8 @@ def retrieve_eval(
 
 
 def _print_hits(r) -> None:
+    if r.weights:
+        err_console.print(f"[bold yellow]{r.weights}[/]", highlight=False)
     table = Table(
         "",
         *[f"Hit@{k}" for k in r.ks],

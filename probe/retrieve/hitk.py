@@ -20,6 +20,7 @@ import numpy as np
 from ethoprism import store
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.knn import RetrievalError, exact_search
+from ethoprism.store.provenance import weights_warning
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -104,6 +105,7 @@ class HitReport:
     runs: int
     fraction: float
     absent: tuple[str, ...] = ()  # scored classes with no index window: Hit@K 0 by construction
+    weights: str | None = None  # the random-weights mark of the stores searched, if any
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -264,7 +266,7 @@ def evaluate_stores(
         q_lab, i_lab = np.where(test, q_lab, -1), np.where(train, i_lab, -1)
     queries = np.flatnonzero(q_lab >= 0)
     vectors = store.read_windows(qds, queries, var="embedding")
-    return evaluate(
+    report = evaluate(
         vectors,
         q_lab[queries],
         ids,
@@ -277,3 +279,4 @@ def evaluate_stores(
         seed=seed,
         scheduler=scheduler,
     )
+    return dataclasses.replace(report, weights=weights_warning(store.identity(ids)))
