@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from ethoprism import store
 from ethoprism.cli import app
+from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 from ethoprism.probe import labels as L
-from ethoprism.probe.classify import jobs
+from ethoprism.probe.classify import jobs, scoring
 from ethoprism.probe.split import choose_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_defaults_learn_and_training_scores_say_so(mammalps, tmp_path):
     text = " ".join(r.output.split())
     assert "training (not held out)" in text and "random weights" not in text
     m = jobs.evaluate_head(mammalps, head["dir"], LABELS, tmp_path / "ev")
-    assert m["evaluated_on"] == jobs.TRAINING and "training" in m["note"]
+    assert m["evaluated_on"] == scoring.TRAINING and "training" in m["note"]
     # the single-class baseline: predicting the commonest class for every frame
     truth = np.asarray(m["confusion"]).sum(1)
     baseline = truth.max() / truth.sum()
@@ -79,7 +80,7 @@ def test_split_of_two_single_behaviour_videos_is_by_time_and_leak_free(mammalps)
             assert not (near & (split.part == "train")).any(), (held, i)
     # test frames are exactly the frames of test windows
     for v, ranges in split.test_frames.items():
-        mask = jobs.frame_mask(ranges, 500)
+        mask = scoring.frame_mask(ranges, 500)
         for i in np.flatnonzero((split.part == "test") & (wl.video == v)):
             assert mask[start[i] : end[i] + 1].all()
 
@@ -118,5 +119,5 @@ def test_eval_videos_option_rejects_invalid_values(tmp_path):
     )
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "'bogus' is not one of 'test', 'all'" in " ".join(r.output.replace("│", " ").split())
-    with pytest.raises(jobs.EthoprismError, match="choose one of test, all"):
+    with pytest.raises(EthoprismError, match="choose one of test, all"):
         jobs.evaluate_head("s.zarr", "head", "labels.csv", tmp_path, videos="bogus")

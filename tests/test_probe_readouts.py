@@ -10,7 +10,8 @@ from test_probe_jobs import real_store  # noqa: F401  (the module-scoped store f
 from typer.testing import CliRunner
 
 from ethoprism.cli import app
-from ethoprism.probe.classify import jobs
+from ethoprism.probe.artifacts import load_head
+from ethoprism.probe.classify import jobs, scoring
 from ethoprism.probe.report import confusion_figure
 from ethoprism.store.provenance import NOT_A_RESULT, checkpoint_label
 
@@ -27,11 +28,11 @@ def test_titles_marks_and_paths(real_store, tmp_path):  # noqa: F811
     assert Path(head["dir"]) == out / "linear_seed0" and (out / "linear_seed0/head.json").exists()
     assert summary["weights"] == NOT_A_RESULT  # the fixture's encoder has random weights
     m = jobs.evaluate_head(path, head["dir"], labels, tmp_path / "ev")
-    assert m["evaluated_on"] == jobs.TRAINING and m["weights"] == NOT_A_RESULT
+    assert m["evaluated_on"] == scoring.TRAINING and m["weights"] == NOT_A_RESULT
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["evaluated_on"] == "training (not held out)"
-    loaded = jobs.load_head(head["dir"])
-    title = jobs.figure_title(loaded, "confusion matrix", m["evaluated_on"])
+    loaded = load_head(head["dir"])
+    title = scoring.figure_title(loaded, "confusion matrix", m["evaluated_on"])
     assert "action" in title and "linear_seed0" not in title
     assert "training (not held out)" in title and NOT_A_RESULT.upper() in title
     fig = confusion_figure(np.array(m["confusion"]), m["classes"], title)

@@ -29,6 +29,17 @@ from ethoprism.probe.classify.predict import (
     video_windows,
     write_frame_csv,
 )
+from ethoprism.probe.classify.scoring import (
+    EVAL_VIDEOS,
+    HELD_OUT,
+    TRAINING,
+    evaluate_heads,
+    expert_frames,
+    figure_title,
+    frame_mask,
+    held_out,
+    video_role,
+)
 from ethoprism.probe.classify.train import (
     HeadSpec,
     TrainConfig,
@@ -37,15 +48,9 @@ from ethoprism.probe.classify.train import (
     store_source,
     train_heads,
 )
-from ethoprism.probe.metrics import classification_metrics
 from ethoprism.probe.report import confusion_png, ethogram_png
 from ethoprism.probe.split import choose_split
 from ethoprism.store.provenance import weights_warning
-
-# what a metric was measured on, written beside every metric (text, JSON, figures)
-HELD_OUT = "held-out (test)"
-TRAINING = "training (not held out)"
-EVAL_VIDEOS = ("test", "all")
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -66,84 +71,6 @@ def _per_video_probs(
         out[v] = prob[:, at : at + len(w)]
         at += len(w)
     return out
-
-
-def _truth(
-    table: L.LabelTable, video: str, n_frames: int, multi_label: bool, classes: list[str]
-) -> np.ndarray:
-    """(n_frames, len(classes)) bool expert labels in the head's class order."""
-    t = L.frame_targets(table, video, n_frames, multi_label)
-    idx = {c: i for i, c in enumerate(table.classes)}
-    return np.stack([t[:, idx[c]] if c in idx else np.zeros(n_frames, bool) for c in classes], 1)
-
-
-def frame_mask(ranges: list[list[int]] | None, n_frames: int) -> np.ndarray | None:
-    """(n_frames,) bool of inclusive [first, last] frame ranges; None (every frame) for None."""
-    if ranges is None:
-        return None
-    mask = np.zeros(n_frames, bool)
-    for a, b in ranges:
-        mask[a : b + 1] = True
-    return mask
-
-
-def _eval_units(
-    ds,
-    table: L.LabelTable,
-    classes: list[str],
-    multi_label: bool,
-    video: str,
-    prob: np.ndarray,
-    n_frames: int,
-    frames: np.ndarray | None = None,
-):
-    """(y_true, prob) of one video's evaluated units: covered frames (only `frames` if given),
-    or the clip."""
-    frame_prob, count = video_frame_probabilities(ds, video_windows(ds, video), prob, n_frames)
-    truth = _truth(table, video, n_frames, multi_label, classes)
-    # leave out frames whose only class the head does not know (e.g. background it never saw)
-    known = truth.any(1) & (count > 0)
-    if frames is not None:
-        known &= frames
-    y, p = truth[known], frame_prob[known]
-    if table.per_clip:
-        y, p = y[:1], p.mean(0, keepdims=True)
-    return (y if multi_label else y.argmax(1)), p
-
-
-def _evaluate(
-    ds, table, classes, background, multi_label, videos, probs_by_video, store_rows, frames=None
-) -> list:
-    """Metrics for each of N stacked heads over the given videos (`frames`: {video: mask} to
-    evaluate only some frames of a video)."""
-    n_heads = next(iter(probs_by_video.values())).shape[0]
-    results = []
-    for h in range(n_heads):
-        ys, ps = zip(
-            *(
-                _eval_units(
-                    ds,
-                    table,
-                    classes,
-                    multi_label,
-                    v,
-                    probs_by_video[v][h],
-                    store_rows[v]["n_frames"],
-                    (frames or {}).get(v),
-                )
-                for v in videos
-            ),
-            strict=False,
-        )
-        results.append(
-            classification_metrics(
-                np.concatenate(ys),
-                np.concatenate(ps),
-                classes,
-                background=background if background in classes else None,
-            )
-        )
-    return results
 
 
 def _aggregate(rows: list[dict]) -> list[dict]:
@@ -173,7 +100,7 @@ def _heads_dir(out: Path) -> Path:
     return out if out.name == "heads" else out / "heads"
 
 
-def _choose_learning_rates(plan: list, result, specs) -> tuple[list[int], dict[int, dict]]:
+def _choose_learning_rates(plan: list, result) -> tuple[list[int], dict[int, dict]]:
     """Per (shots, seed), the head with the lowest validation loss among the learning rates.
 
     Returns the kept head positions and, for each, {"chosen", "by", "candidates"}.
@@ -292,7 +219,7 @@ def train_probe(
     val = (src, wl.window[val_pos], wl.target[val_pos]) if len(val_pos) else None
     result = train_heads(src, wl.window[pool], specs, head_cfg, cfg, val=val, progress=progress)
     kept, lr_choice = (
-        _choose_learning_rates(plan, result, specs) if sweep else (list(range(len(plan))), {})
+        _choose_learning_rates(plan, result) if sweep else (list(range(len(plan))), {})
     )
     kept_params = jax.tree_util.tree_map(lambda a: np.asarray(a)[kept], result.params)
 
@@ -309,7 +236,7 @@ def train_probe(
         probs = _per_video_probs(ds, kept_params, head_cfg, multi_label, test_videos, batch_size)
         tests = [
             {**m.to_dict(), "evaluated_on": HELD_OUT}
-            for m in _evaluate(
+            for m in evaluate_heads(
                 ds,
                 table,
                 list(wl.classes),
@@ -440,7 +367,7 @@ def predict_store(
         csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, fps)
         expert = None
         if table is not None and v in table.videos:
-            truth = _truth(table, v, n_frames, head.multi_label, head.classes)
+            truth = expert_frames(table, v, n_frames, head.multi_label, head.classes)
             expert = np.where(truth.any(1), truth.argmax(1), -1)
         png = ethogram_png(
             out / f"{stem}.png",
@@ -448,40 +375,11 @@ def predict_store(
             frame_labels(frame_prob),
             expert,
             fps,
-            title=figure_title(head, f"ethogram of {v}", _video_role(head, v)),
+            title=figure_title(head, f"ethogram of {v}", video_role(head, v)),
             background=head.background,
         )
         written.append({"video": v, "csv": str(csv_path), "png": str(png), "frames": n_frames})
     return {"head": head.name, "videos": written}
-
-
-def _held_out(head: SavedHead, videos: list[str]) -> tuple[list[str], dict[str, list]]:
-    """The head's held-out videos among `videos` (test videos, videos it never saw, videos split
-    by time) and, for videos split by time, their test frame ranges."""
-    split = head.training.get("split") or {}
-    frames = head.training.get("test_frames") or {}
-    if not split:  # no record of what the head trained on: nothing counts as held out
-        return [], {}
-    held = [v for v in videos if split.get(v) == "test" or v not in split or v in frames]
-    return held, {v: frames[v] for v in held if v in frames}
-
-
-def _video_role(head: SavedHead, video: str) -> str:
-    """What a video was to the head, for a figure of its predictions."""
-    held, frames = _held_out(head, [video])
-    if video in frames:
-        return "test frames held out, the rest training"
-    return HELD_OUT if held else TRAINING
-
-
-def figure_title(head: SavedHead, what: str, evaluated_on: str | None = None) -> str:
-    """A figure title in the user's words: label column and classes, head kind, what was scored,
-    and the random-weights mark when the store's weights are not a real checkpoint."""
-    parts = [f"{head.labels.get('column', 'label')} ({head.config.kind} head): {what}"]
-    if evaluated_on:
-        parts.append(evaluated_on)
-    warning = weights_warning(head.store_identity)
-    return " — ".join(parts) + (f"\n{warning.upper()}" if warning else "")
 
 
 def evaluate_head(
@@ -506,7 +404,7 @@ def evaluate_head(
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
     table = L.read_labels(labels, head.labels["column"], head.background or "none")
     rows = L.check_videos(ds, table)
-    held, test_frames = _held_out(head, table.videos)
+    held, test_frames = held_out(head, table.videos)
     note = None
     if videos == "test" and held:
         chosen, evaluated_on = held, HELD_OUT
@@ -518,7 +416,7 @@ def evaluate_head(
         if videos == "test":
             note = "no test videos or frames held out among these labels: scored on training videos"
     probs = _per_video_probs(ds, stacked, head.config, head.multi_label, chosen, batch_size)
-    metrics = _evaluate(
+    metrics = evaluate_heads(
         ds,
         table,
         head.classes,
