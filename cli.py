@@ -549,6 +549,12 @@ def retrieve_query(
     if as_json:
         print_json(rows)
         return
+    from ethoprism.store import identity
+    from ethoprism.store.provenance import weights_warning
+
+    warning = weights_warning(identity(result.index))
+    if warning:
+        err_console.print(f"[bold yellow]{warning}[/]", highlight=False)
     table = Table(
         "query",
         "rank",
