@@ -24,6 +24,7 @@ BLOCK_BYTES = (
     64 * 2**20
 )  # index rows read per block; the (queries, block) distance matrix follows it
 QUERY_BATCH = 4096  # queries per pass, bounding the distance matrix
+MAX_CANDIDATES = 32  # x k per query: re-scored candidates per block at most
 
 
 class RetrievalError(EthoprismError):
@@ -68,19 +69,26 @@ def merge(state, rows, d2, ids, k):
     return out
 
 
-def update(state, queries, xa, row_ids, k, row_groups=None, query_groups=None):
+def update(
+    state, queries, xa, row_ids, k, row_groups=None, query_groups=None, block=None, centre=0
+):
     """The running top-k `state` of `queries` after one augmented index block `xa`.
 
+    xa augments the block's rows minus `centre` (distances do not change, and the float32
+    expanded form loses far less to cancellation around the data than around the origin);
+    `block` holds the rows themselves for exact re-scoring (default: xa's rows, centre 0).
     A query never gets a row of its own group (row_groups / query_groups: same-video exclusion).
-    Once every query holds k results, only rows closer than its current k-th can enter, which
-    one comparison finds; until then each query takes the block's k best.
+    Every row whose float32 score is within the rounding slack of the query's k-th distance (the
+    block's k-th best until the query holds k results) is re-scored exactly in float64.
     """
     q, dim = queries.shape
     if q == 0 or len(xa) == 0:
         return state
-    qn = np.einsum("ij,ij->i", queries, queries)
+    block = xa[:, :-1] if block is None else block
+    centred = queries - np.asarray(centre, np.float32)
+    qn = np.einsum("ij,ij->i", centred, centred)
     qa = np.empty((q, dim + 1), np.float32)
-    qa[:, :-1] = queries
+    qa[:, :-1] = centred
     qa[:, :-1] *= -2.0
     qa[:, -1] = 1.0
     # ||q||^2 is constant per query, so candidates are chosen on ||x||^2 - 2 q.x
@@ -100,8 +108,17 @@ def update(state, queries, xa, row_ids, k, row_groups=None, query_groups=None):
     # the slack covers the float32 rounding of the expanded form (relative to the norms, not to
     # the distance); every candidate within it is re-scored exactly
     limit = kth - qn + 1e-4 * (np.abs(kth) + 3 * qn)
-    rows, cols = np.nonzero((scores <= limit[:, None]) & np.isfinite(scores))
-    diff = queries[rows].astype(np.float64) - xa[cols, :-1].astype(np.float64)
+    hits = (scores <= limit[:, None]) & np.isfinite(scores)
+    if np.count_nonzero(hits) > MAX_CANDIDATES * k * q:
+        # a slack wider than the data (rows far from the centre): keep memory bounded with each
+        # query's MAX_CANDIDATES * k best float32 scores
+        kk = min(MAX_CANDIDATES * k, len(xa))
+        best = np.argpartition(scores, kk - 1, axis=1)[:, :kk]
+        keep = np.zeros_like(hits)
+        np.put_along_axis(keep, best, True, axis=1)
+        hits &= keep
+    rows, cols = np.nonzero(hits)
+    diff = queries[rows].astype(np.float64) - block[cols].astype(np.float64)
     d2 = np.einsum("ij,ij->i", diff, diff)
     return merge(state, rows, d2, np.asarray(row_ids, np.int64)[cols], k)
 
@@ -168,7 +185,9 @@ def _search_block(queries, block, i0, k, mask=None, row_groups=None, query_group
     if mask is not None:
         block, ids = block[mask], ids[mask]
         row_groups = None if row_groups is None else row_groups[mask]
-    xa = _augment(np.asarray(block, np.float32))
+    block = np.asarray(block, np.float32)
+    centre = block.mean(0, dtype=np.float64).astype(np.float32) if len(block) else 0
+    xa = _augment(block - centre)
     state = _empty(len(queries), k) if state is None else state
     out = []
     for a in range(0, len(queries), QUERY_BATCH):
@@ -182,6 +201,8 @@ def _search_block(queries, block, i0, k, mask=None, row_groups=None, query_group
                 k,
                 row_groups,
                 None if query_groups is None else query_groups[a:b],
+                block,
+                centre,
             )
         )
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
