@@ -104,16 +104,39 @@ def _by_time(
     # a window sharing a frame with a window of another part goes to the gap: the held-out one
     # beside a small class's window, else the less held-out one (train < val < test)
     level = np.array([{"train": 0, "val": 1, "test": 2}[p] for p in part])
-    gap = np.zeros(len(part), bool)
-    for v in np.unique(wl.video):
-        idx = np.flatnonzero(wl.video == v)
-        overlap = (start[idx, None] <= end[None, idx]) & (start[None, idx] <= end[idx, None])
-        other = level[None, idx] != level[idx, None]
-        beside_small = (overlap & other & small[None, idx]).any(1) & ~small[idx]
-        lower = (overlap & (level[None, idx] > level[idx, None]) & ~beside_small[None, :]).any(1)
-        gap[idx] = beside_small | (lower & ~small[idx])
-    part[gap] = "gap"
+    neighbours = _overlapping(wl.video, start, end)
+    beside_small = np.array(
+        [
+            not small[i] and bool((small[nb] & (level[nb] != level[i])).any())
+            for i, nb in enumerate(neighbours)
+        ],
+        bool,
+    )
+    lower = np.array(
+        [
+            bool(((level[nb] > level[i]) & ~beside_small[nb]).any())
+            for i, nb in enumerate(neighbours)
+        ],
+        bool,
+    )
+    part[beside_small | (lower & ~small)] = "gap"
     return part
+
+
+def _overlapping(video: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
+    """Per window, the windows of the same video sharing a frame with it (itself included),
+    found among neighbours in start order: memory linear in the number of windows."""
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(video)
+    for v in np.unique(video):
+        idx = np.flatnonzero(video == v)
+        idx = idx[np.argsort(start[idx], kind="stable")]
+        s, e = start[idx], end[idx]
+        lo = np.searchsorted(s, s - (e - s).max(), "left")
+        hi = np.searchsorted(s, e, "right")
+        for j, i in enumerate(idx):
+            nb = idx[lo[j] : hi[j]]
+            out[i] = nb[end[nb] >= start[i]]
+    return out
 
 
 def _test_frames(ds, wl: L.WindowLabels, part: np.ndarray) -> dict[str, list[list[int]]]:
