@@ -10,7 +10,8 @@ held-out one. Three ways, tried in order until every class keeps a training wind
    `test_fraction` for test, the `val_fraction` before them for validation. Windows that share a
    frame with a window of a held-out part are left out of training ("gap"), and validation
    windows that share a frame with a test window are left out too. A class with fewer than
-   `MIN_WINDOWS_TO_SPLIT` windows stays in training whole.
+   `MIN_WINDOWS_TO_SPLIT` windows (or too few to hold any out and keep two) stays in training
+   whole, and the held-out windows sharing frames with its windows go to the gap instead.
 A split file (CSV video,split) is used as given. If a class still has no training window, the
 error names the options that fix it.
 
