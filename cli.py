@@ -1256,7 +1256,7 @@ def demo(
                 (
                     f"mAP {m['mAP']:.3f}, accuracy {m['accuracy']:.3f}, "
                     f"macro accuracy {m['macro_accuracy']:.3f}"
-                    + (f"  [{m['weights']}]" if m["weights"] else "")
+                    + (f" — {m['weights'].upper()}" if m["weights"] else "")
                 ),
             ),
             ("confusion matrix", m["confusion_png"]),
