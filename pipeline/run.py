@@ -28,6 +28,7 @@ from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
+from ethoprism.store.stream import keep_freed_memory
 
 
 @dataclass
@@ -201,6 +202,8 @@ def extract_local(
     # One stable part per host by default, so that a re-run resumes the part a killed run left
     # (the store locks a part: a second writer on this host is told to pick its own name).
     part = part or socket.gethostname()
+    # This process exists to write windows: its allocator may keep their buffers (opt-in).
+    keep_freed_memory()
     with store.open_writer(
         store_path,
         encoder=encoder.identity,

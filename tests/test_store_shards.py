@@ -12,7 +12,7 @@ from ethoprism import store
 from ethoprism.store import Layout, StoreError, shards
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import encode_tokens
-from ethoprism.store.writer import _compressors
+from ethoprism.store.stream import _compressors
 
 PER_SHARD = 4
 
