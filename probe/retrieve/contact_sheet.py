@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ethoprism.probe import defaults
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.hitk import table_for_store
 from ethoprism.probe.retrieve.knn import Neighbours
@@ -141,8 +142,8 @@ def sheet_for(
     *,
     n_results: int = 3,
     labels: str | None = None,
-    column: str = "action",
-    background: str = "none",
+    column: str = defaults.LABEL_COLUMN,
+    background: str = defaults.BACKGROUND,
 ) -> str:
     """The contact sheet of a query result, captioned from a label file when one is given."""
     query_labels = index_labels = None
