@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 from ethoprism.store.schema import (
@@ -224,7 +225,7 @@ class PartRecord:
         write_json_atomic(self.dir / "zarr.json", group_doc({PART_ATTR: state}))
         self.state = state
 
-    def make_durable(self, arrays: dict, sharded: set[str] | dict, start: int, end: int) -> None:
+    def make_durable(self, arrays: dict, sharded: Collection[str], start: int, end: int) -> None:
         """fsync the chunk and shard files holding windows [start, end), then their directories.
         Token shards (the arrays in `sharded`) were fsynced by the writer thread as it wrote them
         (`shards.ShardWriter`), so a commit waits for the disk only for what is left."""

@@ -6,8 +6,8 @@ Why it is safe (SPEC.md has the full protocol):
 - Every file is written to a temporary file and renamed into place (zarr's LocalStore does so
   for metadata and per-window arrays; `shards` for token shards), so a SIGKILL leaves each file
   either old or new, never torn.
-- What is committed is decided by one document, the part group's `zarr.json`, which this module
-  writes (fsync, rename, fsync the directory) only after the video's data files are durable.
+- What is committed is decided by one document, the part group's `zarr.json`, which is written
+  (fsync, rename, fsync the directory: durable.py) only after the video's data files are durable.
   Readers read windows [0, n_windows) and the video table from it and ignore anything past it.
 """
 
@@ -75,6 +75,14 @@ class StoreWriter:
     def is_complete(self, sha256: str) -> bool:
         """True if a video with this content is committed in any part of the store."""
         return self.record.is_complete(sha256)
+
+    def create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
+        """The part's arrays, for windows like `encoded` (its first window's stored arrays)."""
+        self.record.state = self.stream.create_arrays(encoded, channels, self.record.state)
+
+    def make_durable(self, start: int, end: int) -> None:
+        """The files holding windows [start, end) on disk (token shards are already)."""
+        self.record.make_durable(self.stream.arrays, self.stream.encoders, start, end)
 
     def begin_video(self, record: VideoRecord) -> VideoWriter:
         """Start writing a video; any previous uncommitted video of this writer is discarded."""
@@ -232,10 +240,7 @@ class VideoWriter:
                         first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
-                stream = self.store.stream
-                self.store.record.state = stream.create_arrays(
-                    first, tokens.shape[-1], self.store.state
-                )
+                self.store.create_arrays(first, tokens.shape[-1])
             stored = self._prepare(tokens)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
@@ -305,8 +310,7 @@ class VideoWriter:
                 store.stream.write_per_window(*tail)
             store.stream.resize(self.appended)
             self._wait()
-            stream = store.stream
-            store.record.make_durable(stream.arrays, stream.encoders, self.first, self.appended)
+            store.make_durable(self.first, self.appended)
             row = dataclasses.asdict(self.record)
             if n_frames is not None:
                 row["n_frames"] = int(n_frames)
