@@ -90,7 +90,7 @@ def bench_extract(
         decode_workers=decode_workers,
     )
     encoder = load_encoder(model, checkpoint, dtype)
-    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range, store_layout=cfg.token_coding)
+    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range, store_layout=cfg.layout)
     size = prep.frame_size
     pixels = np.random.default_rng(0).integers(
         0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.store import Layout
+from ethoprism.store.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -17,9 +17,3 @@ class RunConfig:
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
-
-    @property
-    def token_coding(self) -> tuple[str, int]:
-        """What the encoder codes tokens for on the device (`extract.coding`): the layout's
-        token dtype and pooling."""
-        return self.layout.dtype, self.layout.pool

@@ -185,9 +185,9 @@ def extract_local(
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
-            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
+            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout
         )
-    elif sharded.store_layout != cfg.token_coding:
+    elif sharded.store_layout != cfg.layout:
         raise ValueError(
             f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}"
         )

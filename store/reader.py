@@ -16,7 +16,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -28,7 +27,7 @@ from ethoprism.store.schema import (
     StoreError,
     check_schema,
     content_key,
-    token_arrays,
+    part_arrays,
 )
 
 READ_THREADS = 16
@@ -96,7 +95,7 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     attrs = dict(root.attrs)
     check_schema(attrs, source)
     layout = Layout.from_dict(attrs["layout"])
-    names = token_arrays(layout.dtype) + ("embedding",) + WINDOW_COORDS
+    names = part_arrays(layout)
     parts = []
     for name in attrs.get("parts", []):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
@@ -200,14 +199,14 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         for name in WINDOW_COORDS:
             coords[name].append(arrays[name][start:stop])
         coords["video"][-1] = row_of[p][coords["video"][-1]]
-        for name in token_arrays(handle.layout.dtype) + ("embedding",):
+        for name in handle.layout.arrays + ("embedding",):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
         part_window.append(np.arange(start, stop, dtype=np.int64))
 
     if runs:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
-        tokens = decode_tokens(stored, handle.layout.dtype)
+        tokens = handle.layout.decode(stored)
         embedding = stored["embedding"]
     else:
         t, h, w, c = _empty_token_shape(handle)
@@ -322,7 +321,7 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     if handle is None or var not in ("tokens", "embedding") or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)
     parts = [handle.parts[[p.name for p in handle.parts].index(name)] for name in ds.attrs["parts"]]
-    names = token_arrays(handle.layout.dtype) if var == "tokens" else ("embedding",)
+    names = handle.layout.arrays if var == "tokens" else ("embedding",)
     if not len(indices):
         return np.zeros((0,) + ds[var].shape[1:], dtype=np.float32)
     part_of = ds.part.values[indices]
@@ -346,4 +345,4 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
         stacked[name][order] = sorted_values
     if var == "embedding":
         return stacked["embedding"]
-    return decode_tokens(stacked, handle.layout.dtype)
+    return handle.layout.decode(stacked)

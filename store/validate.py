@@ -6,7 +6,7 @@ import numpy as np
 
 from ethoprism.store.reader import merge_tables, open_handle, read_pool
 from ethoprism.store.remote import stored_bytes
-from ethoprism.store.schema import WINDOW_COORDS, token_arrays
+from ethoprism.store.schema import WINDOW_COORDS
 
 
 def _values_problem(name: str, values: np.ndarray) -> str | None:
@@ -106,7 +106,7 @@ def validate(path_or_url, storage_options: dict | None = None) -> dict:
     """
     handle = open_handle(path_or_url, storage_options)
     window_length = (handle.attrs.get("preprocessing") or {}).get("window_length")
-    names = token_arrays(handle.layout.dtype) + ("embedding",)
+    names = handle.layout.arrays + ("embedding",)
     problems = []
     for part in handle.parts:
         problems += _part_table_problems(part, window_length)

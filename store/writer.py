@@ -22,7 +22,6 @@ import errno
 import fcntl
 import functools
 import json
-import math
 import os
 import platform
 import re
@@ -40,7 +39,6 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ethoprism import __version__
 from ethoprism.store import shards
-from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -57,7 +55,6 @@ from ethoprism.store.schema import (
     content_key,
     jsonable,
     part_arrays,
-    token_arrays,
 )
 
 SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
@@ -71,14 +68,14 @@ MAX_WINDOWS_IN_FLIGHT = 32
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _compressors(layout: str, dtype: np.dtype) -> list:
-    """float16-round7 tokens: lz4 over bit planes (bitshuffle) finds their 3 zero mantissa bits
-    (5.1 MB per base window; zstd 4.9) at 3x zstd's speed and decompresses 2-3x faster. The
-    other layouts and the small arrays: zstd, which finds more in them than lz4 does."""
-    if layout == "float16-round7" and dtype == np.float16:
-        lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2)
-        return [lz4, Crc32cCodec()]
-    return [ZstdCodec(level=1), Crc32cCodec()]
+_CODECS = {"blosc": BloscCodec, "zstd": ZstdCodec}
+
+
+def _compressors(layout: Layout, name: str) -> list:
+    """zarr's codecs for stored array `name`: the layout's compressor (SPEC.md says why each),
+    then crc32c."""
+    codec = layout.compressor(name)
+    return [_CODECS[codec["name"]](**codec["configuration"]), Crc32cCodec()]
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
@@ -228,9 +225,8 @@ def _register_part(root: Path, name: str) -> None:
             write_json_atomic(root / "zarr.json", doc)
 
 
-def _windows_per_shard(token_shape, dtype: str) -> int:
-    itemsize = 1 if dtype == "int8" else 2
-    window_bytes = itemsize * math.prod(token_shape)
+def _windows_per_shard(token_shape, layout: Layout) -> int:
+    window_bytes = layout.window_bytes(token_shape)
     return int(min(MAX_WINDOWS_PER_SHARD, max(1, SHARD_TARGET_BYTES // window_bytes)))
 
 
@@ -332,20 +328,20 @@ class StoreWriter:
             name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+").with_config(
                 {"write_empty_chunks": True}
             )
-            for name in part_arrays(self.layout.dtype)
+            for name in part_arrays(self.layout)
         }
         self._encoders = {
             name: shards.chunk_encoder(self._arrays[name].metadata.to_dict())
-            for name in token_arrays(self.layout.dtype)
+            for name in self.layout.arrays
         }
 
     def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
         token_shape = list(encoded["tokens"].shape[1:])
-        per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout.dtype)
+        per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout)
         store = zarr.storage.LocalStore(self.root)
         specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
-        for name in part_arrays(self.layout.dtype):
+        for name in part_arrays(self.layout):
             if name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shard_shape = (COORD_CHUNK,), None
@@ -363,7 +359,7 @@ class StoreWriter:
                 chunks=chunks,
                 shards=shard_shape,
                 fill_value=0,
-                compressors=_compressors(self.layout.dtype, dtype),
+                compressors=_compressors(self.layout, name),
                 dimension_names=ARRAY_DIMS[name],
                 overwrite=True,
             )
@@ -421,11 +417,9 @@ class StoreWriter:
         float16 tokens come already coded (by the encoder) and are checked, and copied unless
         read-only (as numpy views of accelerator results are: the extraction's own).
         """
-        dtype, pool = self.layout.dtype, self.layout.pool
         if tokens.dtype == np.float16:
-            round7, copy = dtype == "float16-round7", tokens.flags.writeable
-            return {"tokens": check_float16_tokens(tokens[None], round7, copy)}
-        return encode_tokens(tokens[None], dtype, pool)
+            return self.layout.check_coded(tokens[None], copy=tokens.flags.writeable)
+        return self.layout.encode(tokens[None])
 
     def _compress_window(self, stored: dict[str, np.ndarray]) -> dict[str, shards.Chunk]:
         return {name: self._encoders[name](values) for name, values in stored.items()}
@@ -659,12 +653,12 @@ class VideoWriter:
             )
         layout = self.store.layout
         if tokens.dtype == np.float16:
-            if layout.dtype == "int8":
-                raise self._error("the int8 layout takes float32 tokens, got float16")
+            if not layout.coded_on_device:
+                raise self._error(f"the {layout.dtype} layout takes float32 tokens, got float16")
             stored_shape = list(tokens.shape[1:])
         else:
             try:
-                stored_shape = list(stored_token_shape(tokens.shape[1:], layout.pool))
+                stored_shape = list(layout.stored_shape(tokens.shape[1:]))
             except ValueError as e:
                 raise self._error(str(e)) from None
         shape = self.store.state["token_shape"]
@@ -690,7 +684,7 @@ class VideoWriter:
                     first = {"tokens": tokens[:1]}
                 else:
                     try:
-                        first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
+                        first = layout.encode(tokens[:1])
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
                 self.store._create_arrays(first, tokens.shape[-1])
