@@ -22,6 +22,9 @@ WINDOW_COORD_DTYPES = {
     "n_valid_frames": "int64",
     "start_time": "float64",
 }
+# Each window frame's presentation time, (window, frame) seconds: written by extraction since
+# this array was added; a part without it reads with nominal times (store.geometry).
+FRAME_TIME = "frame_time"
 IDENTITY_KEYS = ("encoder", "preprocessing", "layout")
 
 
@@ -115,6 +118,7 @@ ARRAY_DIMS = {
     **TOKEN_ARRAY_DIMS,  # each layout's (store.layout)
     "embedding": ("window", "c"),
     **{name: ("window",) for name in WINDOW_COORDS},
+    FRAME_TIME: ("window", "frame"),
 }
 
 

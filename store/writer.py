@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import socket
 import uuid
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from ethoprism import __version__
 from ethoprism.store import shards
 from ethoprism.store.schema import (
     ARRAY_DIMS,
+    FRAME_TIME,
     PART_ATTR,
     PARTS,
     SCHEMA,
@@ -254,7 +256,7 @@ class StoreWriter:
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._array_pool = ThreadPoolExecutor(
-            len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays"
+            len(PER_WINDOW_ARRAYS) + 1, thread_name_prefix="ethoprism-store-arrays"
         )
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
@@ -329,20 +331,34 @@ class StoreWriter:
                 {"write_empty_chunks": True}
             )
             for name in part_arrays(self.layout)
+            + ((FRAME_TIME,) if (self.part_dir / FRAME_TIME).is_dir() else ())
         }
         self._encoders = {
             name: shards.chunk_encoder(self._arrays[name].metadata.to_dict())
             for name in self.layout.arrays
         }
 
-    def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
+    def _per_window_arrays(self) -> tuple[str, ...]:
+        """Embedding, coordinates and, in parts that have it, frame_time."""
+        return PER_WINDOW_ARRAYS + ((FRAME_TIME,) if FRAME_TIME in self._arrays else ())
+
+    def _create_arrays(
+        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None
+    ) -> None:
+        """The part's arrays, for tokens like `encoded`; frame_time too if `frames` (its
+        frames per window) is given."""
         token_shape = list(encoded["tokens"].shape[1:])
         per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout)
         store = zarr.storage.LocalStore(self.root)
         specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
-        for name in part_arrays(self.layout):
-            if name in WINDOW_COORDS:
+        if not frames:  # left by an earlier first batch that did give frame_time
+            shutil.rmtree(self.part_dir / FRAME_TIME, ignore_errors=True)
+        for name in part_arrays(self.layout) + ((FRAME_TIME,) if frames else ()):
+            if name == FRAME_TIME:
+                shape, dtype = (frames,), np.dtype("float64")
+                chunks, shard_shape = (COORD_CHUNK, frames), None
+            elif name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shard_shape = (COORD_CHUNK,), None
             elif name == "embedding":
@@ -626,9 +642,18 @@ class VideoWriter:
         return StoreError(f"video {self.record.path}:{where} {message}")
 
     def append(
-        self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
+        self,
+        tokens,
+        embedding,
+        start_frame,
+        frame_step,
+        n_valid_frames,
+        start_time,
+        frame_time=None,
     ) -> None:
-        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c).
+        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c); frame_time (n, frames)
+        the presentation time of each window frame (padding repeats the last valid frame's),
+        given with every batch of a part or with none.
 
         Tokens are float32 at full resolution (the store codes them for its layout), or, for
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
@@ -678,6 +703,13 @@ class VideoWriter:
         ):
             values = np.broadcast_to(np.asarray(values, dtype=WINDOW_COORD_DTYPES[name]), (n,))
             batch[name] = values
+        if frame_time is not None:
+            batch[FRAME_TIME] = np.asarray(frame_time, np.float64)
+            if batch[FRAME_TIME].ndim != 2 or len(batch[FRAME_TIME]) != n:
+                raise self._error(f"expected frame_time (n, frames), got {np.shape(frame_time)}")
+            if not np.isfinite(batch[FRAME_TIME]).all():
+                bad = int(np.argmax(~np.isfinite(batch[FRAME_TIME]).all(axis=1)))
+                raise self._error("not finite", bad, FRAME_TIME)
         try:
             if shape is None:
                 if tokens.dtype == np.float16:
@@ -687,7 +719,18 @@ class VideoWriter:
                         first = layout.encode(tokens[:1])
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
-                self.store._create_arrays(first, tokens.shape[-1])
+                frames = batch[FRAME_TIME].shape[1] if frame_time is not None else None
+                self.store._create_arrays(first, tokens.shape[-1], frames)
+            has = FRAME_TIME in self.store._arrays
+            if has and frame_time is None:
+                raise self._error("this part stores frame_time; give it with every batch")
+            if has and batch[FRAME_TIME].shape[1] != self.store._arrays[FRAME_TIME].shape[1]:
+                raise self._error(
+                    f"frame_time has {batch[FRAME_TIME].shape[1]} frames per window, this "
+                    f"part {self.store._arrays[FRAME_TIME].shape[1]}"
+                )
+            if not has:  # given to a part written before frame_time: read with nominal times
+                batch.pop(FRAME_TIME, None)
             stored = self._prepare(tokens)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
@@ -696,8 +739,9 @@ class VideoWriter:
             pool = self.store._encode_pool
             windows = [pool.submit(self.store._compress_window, w) for w in stored]
             if self._per_window is None:
-                per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
-                self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
+                names = self.store._per_window_arrays()
+                per_file = min(self.store._arrays[name].chunks[0] for name in names)
+                self._per_window = _Pending(names, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             self._submit(Writes(windows))
