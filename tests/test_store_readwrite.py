@@ -98,7 +98,7 @@ def test_dataset_names_and_selection(tmp_path):
         write_video(w, 1, 4, fps=25.0)
         w.record_failure(record(2), "truncated at frame 17")
     ds = store.open(path)
-    assert set(ds.dims) == {"window", "t", "h", "w", "c", "videos"}
+    assert set(ds.dims) == {"window", "t", "h", "w", "c", "videos", "frame"}
     assert list(ds.video_name.values) == ["clip0.mp4"] * 6 + ["clip1.mp4"] * 4
     assert list(ds.video_status.values) == ["complete", "complete", "failed"]
     assert list(ds.video_first_window.values) == [0, 6, -1]
