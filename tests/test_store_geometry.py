@@ -52,9 +52,7 @@ def videos(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("geometry")
     odd = write_video(tmp / "odd.mp4", [i * 33333 for i in range(N_FRAMES)], Fraction(1, 10**6))
     gaps = np.random.default_rng(1).choice([20_000, 33_000, 90_000], N_FRAMES - 1)
-    variable = write_video(
-        tmp / "variable.mp4", [0, *np.cumsum(gaps).tolist()], Fraction(1, 10**6)
-    )
+    variable = write_video(tmp / "variable.mp4", [0, *np.cumsum(gaps).tolist()], Fraction(1, 10**6))
     return {"odd": odd, "variable": variable}
 
 
@@ -75,6 +73,7 @@ def decoded_times(path) -> np.ndarray:
     return np.array([t for _, t, _ in gen])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["odd", "variable"])
 def test_every_read_side_time_is_the_decoded_pts(videos, extracted, name):
     pts = decoded_times(videos[name])

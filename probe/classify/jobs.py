@@ -300,7 +300,7 @@ def train_probe(
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
-    head = load_head(head_dir)
+    head = load_head(head_dir, HeadConfig)
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
