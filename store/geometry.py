@@ -80,17 +80,25 @@ def windows(ds, index=None, times: bool = True) -> Windows:
     index = np.arange(ds.sizes["window"]) if index is None else np.asarray(index, np.int64)
 
     def take(name):
-        return np.asarray(ds[name].values[index])
+        return np.asarray(ds[name].values[index]).astype(np.int64)
 
-    return Windows(
-        video=take("video").astype(np.int64),
-        start_frame=take("start_frame").astype(np.int64),
-        frame_step=take("frame_step").astype(np.int64),
-        n_valid=take("n_valid_frames").astype(np.int64),
-        frame_time=np.asarray(ds["frame_time"].isel(window=index).values, np.float64)
-        if times
-        else np.zeros((len(index), 0)),
+    video, start, step, valid = (
+        take(k) for k in ("video", "start_frame", "frame_step", "n_valid_frames")
     )
+    if not times:
+        frame_time = np.zeros((len(index), 0))
+    elif "frame_time" in ds.variables:
+        frame_time = np.asarray(ds["frame_time"].isel(window=index).values, np.float64)
+    else:  # a dataset not from `store.open` (an older store opened with plain xarray)
+        frames = (ds.attrs.get("preprocessing") or {}).get("window_length")
+        frame_time = nominal_frame_time(
+            ds["start_time"].values[index],
+            step,
+            valid,
+            ds["video_fps"].values[video],
+            int(frames or (valid.max() if len(valid) else 1)),
+        )
+    return Windows(video, start, step, valid, frame_time)
 
 
 def of_extracted(extracted) -> Windows:
