@@ -111,11 +111,9 @@ def test_every_read_side_time_is_the_decoded_pts(videos, extracted, name):
     assert [t for _, t in clip.frames] == middles.tolist()
 
 
-def test_a_store_without_frame_time_reads_with_nominal_times(tmp_path):
+def _write(path, frame_time=None, start_time=(0.0, 0.08, 0.16)):
     prep = {"frame_size": 16, "window_length": 4, "window_stride": 2}
-    with store.open_writer(
-        tmp_path / "old.zarr", encoder={"name": "x"}, preprocessing=prep, part="w"
-    ) as w:
+    with store.open_writer(path, encoder={"name": "x"}, preprocessing=prep, part="w") as w:
         video = w.begin_video(
             store.VideoRecord("v.mp4", 1, "ab" * 32, 25.0, 9, 0.36, 16, 16, "h264")
         )
@@ -125,9 +123,24 @@ def test_a_store_without_frame_time_reads_with_nominal_times(tmp_path):
             start_frame=[0, 2, 4],
             frame_step=1,
             n_valid_frames=[4, 4, 3],
-            start_time=[0.0, 0.08, 0.16],
+            start_time=start_time,
+            frame_time=frame_time,
         )
         video.commit(n_frames=7, duration=0.28)
+
+
+def test_frame_time_round_trips_and_is_validated(tmp_path):
+    times = np.array([[0.0, 0.01, 0.05, 0.09], [0.05, 0.09, 0.2, 0.21], [0.2, 0.21, 0.3, 0.3]])
+    _write(tmp_path / "s.zarr", times, start_time=times[:, 0])
+    np.testing.assert_array_equal(store.open(tmp_path / "s.zarr")["frame_time"].values, times)
+    assert store.validate(tmp_path / "s.zarr")["ok"]
+    _write(tmp_path / "bad.zarr", times[:, ::-1], start_time=times[:, 0])
+    problems = " ".join(store.validate(tmp_path / "bad.zarr")["problems"])
+    assert "frame_time decreases" in problems and "is not start_time" in problems
+
+
+def test_a_store_without_frame_time_reads_with_nominal_times(tmp_path):
+    _write(tmp_path / "old.zarr")
     ds = store.open(tmp_path / "old.zarr")
     want = np.array([0.0, 0.08, 0.16])[:, None] + np.minimum(np.arange(4), [[3], [3], [2]]) / 25
     np.testing.assert_allclose(ds["frame_time"].values, want)
