@@ -10,6 +10,7 @@ import pytest
 
 from ethoprism import store
 from ethoprism.store import Layout, VideoRecord
+from ethoprism.store.writer import open_writer  # imported before forking, as the store was
 
 ENCODER = {"name": "videoprism-tiny", "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
 PREP = {"frame_size": 16, "window_length": 4, "window_stride": 2}
@@ -28,7 +29,7 @@ def video_data(i):
 
 def write_videos(path, part, videos, layout):
     """The child's work: write each video not yet complete, in batches of 2, committing each."""
-    with store.open_writer(
+    with open_writer(
         path, encoder=ENCODER, preprocessing=PREP, layout=layout, part=part, windows_per_shard=4
     ) as w:
         for i in videos:
