@@ -153,6 +153,10 @@ def extract(
     checkpoint: CheckpointOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     stride: Annotated[int, typer.Option(help="Frames between consecutive window starts.")] = 8,
+    window_length: Annotated[
+        int | None,
+        typer.Option(help="Frames per window. Default: the encoder's (videoprism-l: 8)."),
+    ] = None,
     frame_step: Annotated[
         int, typer.Option(help="Frame step K inside a window: frames start + j*K.")
     ] = 1,
@@ -160,8 +164,9 @@ def extract(
         Resize, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")
     ] = Resize.squash,
     frame_size: Annotated[
-        int, typer.Option(help="Side of the square frames the encoder sees.")
-    ] = 288,
+        int | None,
+        typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
+    ] = None,
     layout: Annotated[
         TokenLayout, typer.Option(help="Token storage: float16-round7, float16 or int8.")
     ] = TokenLayout.float16_round7,
@@ -193,7 +198,7 @@ def extract(
     A video that cannot be decoded is recorded as failed and the run goes on; the exit status
     is 1 when any video failed.
     """
-    from ethoprism.extract.preprocess import Preprocessing
+    from ethoprism.extract.encoder import default_preprocessing
     from ethoprism.pipeline import extract as pipeline_extract
     from ethoprism.pipeline.config import RunConfig
     from ethoprism.pipeline.inputs import find_videos
@@ -205,7 +210,9 @@ def extract(
         model=model,
         checkpoint=checkpoint,
         dtype=dtype.value,
-        prep=Preprocessing(
+        prep=default_preprocessing(
+            model,
+            window_length=window_length,
             frame_size=frame_size,
             resize=resize.value,
             window_stride=stride,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import math
 import os
 import platform
+import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -22,17 +22,16 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ethoprism.store import shards
-from ethoprism.store.codecs import check_float16_tokens, encode_tokens
 from ethoprism.store.durable import shard_path
 from ethoprism.store.schema import (
     ARRAY_DIMS,
+    FRAME_TIME,
     PARTS,
     WINDOW_COORD_DTYPES,
     WINDOW_COORDS,
     Layout,
     StoreError,
     part_arrays,
-    token_arrays,
 )
 
 SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
@@ -42,14 +41,14 @@ COORD_CHUNK = 4096  # windows per chunk of the 1-D per-window arrays
 ENCODE_THREADS = max(2, os.cpu_count() or 1)  # windows coded and compressed at once
 
 
-def _compressors(layout: str, dtype: np.dtype) -> list:
-    """float16-round7 tokens: lz4 over bit planes (bitshuffle) finds their 3 zero mantissa bits
-    (5.1 MB per base window; zstd 4.9) at 3x zstd's speed and decompresses 2-3x faster. The
-    other layouts and the small arrays: zstd, which finds more in them than lz4 does."""
-    if layout == "float16-round7" and dtype == np.float16:
-        lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2)
-        return [lz4, Crc32cCodec()]
-    return [ZstdCodec(level=1), Crc32cCodec()]
+_CODECS = {"blosc": BloscCodec, "zstd": ZstdCodec}
+
+
+def _compressors(layout: Layout, name: str) -> list:
+    """zarr's codecs for stored array `name`: the layout's compressor (SPEC.md says why each),
+    then crc32c."""
+    codec = layout.compressor(name)
+    return [_CODECS[codec["name"]](**codec["configuration"]), Crc32cCodec()]
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
@@ -71,9 +70,8 @@ def keep_freed_memory() -> None:
         mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
-def windows_per_shard(token_shape, dtype: str) -> int:
-    itemsize = 1 if dtype == "int8" else 2
-    window_bytes = itemsize * math.prod(token_shape)
+def windows_per_shard(token_shape, layout: Layout) -> int:
+    window_bytes = layout.window_bytes(token_shape)
     return int(min(MAX_WINDOWS_PER_SHARD, max(1, SHARD_TARGET_BYTES // window_bytes)))
 
 
@@ -139,7 +137,7 @@ class WindowStream:
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._array_pool = ThreadPoolExecutor(
-            len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays"
+            len(PER_WINDOW_ARRAYS) + 1, thread_name_prefix="ethoprism-store-arrays"
         )
         self.encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
@@ -177,23 +175,36 @@ class WindowStream:
             name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+").with_config(
                 {"write_empty_chunks": True}
             )
-            for name in part_arrays(self.layout.dtype)
+            for name in part_arrays(self.layout)
+            + ((FRAME_TIME,) if (self.part_dir / FRAME_TIME).is_dir() else ())
         }
         self.encoders = {
             name: shards.chunk_encoder(self.arrays[name].metadata.to_dict())
-            for name in token_arrays(self.layout.dtype)
+            for name in self.layout.arrays
         }
 
-    def create_arrays(self, encoded: dict[str, np.ndarray], channels: int, state: dict) -> dict:
-        """Create the part's arrays for windows like `encoded`; returns `state` with the token
-        shape and windows per shard set."""
+    def per_window_arrays(self) -> tuple[str, ...]:
+        """Embedding, coordinates and, in parts that have it, frame_time."""
+        return PER_WINDOW_ARRAYS + ((FRAME_TIME,) if FRAME_TIME in self.arrays else ())
+
+    def create_arrays(
+        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None, state: dict
+    ) -> dict:
+        """Create the part's arrays for tokens like `encoded`, frame_time too if `frames` (its
+        frames per window) is given; returns `state` with the token shape and windows per
+        shard set."""
         token_shape = list(encoded["tokens"].shape[1:])
-        per_shard = self._per_shard or windows_per_shard(token_shape, self.layout.dtype)
+        per_shard = self._per_shard or windows_per_shard(token_shape, self.layout)
         store = zarr.storage.LocalStore(self.root)
         specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
-        for name in part_arrays(self.layout.dtype):
-            if name in WINDOW_COORDS:
+        if not frames:  # left by an earlier first batch that did give frame_time
+            shutil.rmtree(self.part_dir / FRAME_TIME, ignore_errors=True)
+        for name in part_arrays(self.layout) + ((FRAME_TIME,) if frames else ()):
+            if name == FRAME_TIME:
+                shape, dtype = (frames,), np.dtype("float64")
+                chunks, shard_shape = (COORD_CHUNK, frames), None
+            elif name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shard_shape = (COORD_CHUNK,), None
             elif name == "embedding":
@@ -210,7 +221,7 @@ class WindowStream:
                 chunks=chunks,
                 shards=shard_shape,
                 fill_value=0,
-                compressors=_compressors(self.layout.dtype, dtype),
+                compressors=_compressors(self.layout, name),
                 dimension_names=ARRAY_DIMS[name],
                 overwrite=True,
             )
@@ -234,7 +245,7 @@ class WindowStream:
                 arr.resize((n,) + arr.shape[1:])
 
     def per_window_chunk(self) -> int:
-        return min(self.arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
+        return min(self.arrays[name].chunks[0] for name in self.per_window_arrays())
 
     # -- windows ------------------------------------------------------------------------------
 
@@ -293,11 +304,9 @@ class WindowStream:
         float16 tokens come already coded (by the encoder) and are checked, and copied unless
         read-only (as numpy views of accelerator results are: the extraction's own).
         """
-        dtype, pool = self.layout.dtype, self.layout.pool
         if tokens.dtype == np.float16:
-            round7, copy = dtype == "float16-round7", tokens.flags.writeable
-            return {"tokens": check_float16_tokens(tokens[None], round7, copy)}
-        return encode_tokens(tokens[None], dtype, pool)
+            return self.layout.check_coded(tokens[None], copy=tokens.flags.writeable)
+        return self.layout.encode(tokens[None])
 
     def _compress_window(self, stored: dict[str, np.ndarray]) -> dict[str, shards.Chunk]:
         return {name: self.encoders[name](values) for name, values in stored.items()}

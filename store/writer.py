@@ -25,7 +25,6 @@ from typing import Self
 import numpy as np
 
 from ethoprism import __version__
-from ethoprism.store.codecs import encode_tokens, stored_token_shape
 from ethoprism.store.durable import (
     PartRecord,
     default_part_name,
@@ -33,13 +32,14 @@ from ethoprism.store.durable import (
     writable_error,
 )
 from ethoprism.store.schema import (
+    FRAME_TIME,
     WINDOW_COORD_DTYPES,
     Layout,
     StoreError,
     VideoRecord,
     content_key,
 )
-from ethoprism.store.stream import PER_WINDOW_ARRAYS, Pending, WindowStream, Writes
+from ethoprism.store.stream import Pending, WindowStream, Writes
 
 # Windows appended but not yet written (beyond the latest batch): enough to keep the
 # compressors and the disk busy between the caller's batches, about 0.4 GB at the base shape.
@@ -76,9 +76,12 @@ class StoreWriter:
         """True if a video with this content is committed in any part of the store."""
         return self.record.is_complete(sha256)
 
-    def create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
-        """The part's arrays, for windows like `encoded` (its first window's stored arrays)."""
-        self.record.state = self.stream.create_arrays(encoded, channels, self.record.state)
+    def create_arrays(
+        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None
+    ) -> None:
+        """The part's arrays, for windows like `encoded` (its first window's stored arrays);
+        frame_time too if `frames` (its frames per window) is given."""
+        self.record.state = self.stream.create_arrays(encoded, channels, frames, self.record.state)
 
     def make_durable(self, start: int, end: int) -> None:
         """The files holding windows [start, end) on disk (token shards are already)."""
@@ -179,9 +182,18 @@ class VideoWriter:
         return StoreError(f"video {self.record.path}:{where} {message}")
 
     def append(
-        self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
+        self,
+        tokens,
+        embedding,
+        start_frame,
+        frame_step,
+        n_valid_frames,
+        start_time,
+        frame_time=None,
     ) -> None:
-        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c).
+        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c); frame_time (n, frames)
+        the presentation time of each window frame (padding repeats the last valid frame's),
+        given with every batch of a part or with none.
 
         Tokens are float32 at full resolution (the store codes them for its layout), or, for
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
@@ -206,12 +218,12 @@ class VideoWriter:
             )
         layout = self.store.layout
         if tokens.dtype == np.float16:
-            if layout.dtype == "int8":
-                raise self._error("the int8 layout takes float32 tokens, got float16")
+            if not layout.coded_on_device:
+                raise self._error(f"the {layout.dtype} layout takes float32 tokens, got float16")
             stored_shape = list(tokens.shape[1:])
         else:
             try:
-                stored_shape = list(stored_token_shape(tokens.shape[1:], layout.pool))
+                stored_shape = list(layout.stored_shape(tokens.shape[1:]))
             except ValueError as e:
                 raise self._error(str(e)) from None
         shape = self.store.state["token_shape"]
@@ -231,16 +243,35 @@ class VideoWriter:
         ):
             values = np.broadcast_to(np.asarray(values, dtype=WINDOW_COORD_DTYPES[name]), (n,))
             batch[name] = values
+        if frame_time is not None:
+            batch[FRAME_TIME] = np.asarray(frame_time, np.float64)
+            if batch[FRAME_TIME].ndim != 2 or len(batch[FRAME_TIME]) != n:
+                raise self._error(f"expected frame_time (n, frames), got {np.shape(frame_time)}")
+            if not np.isfinite(batch[FRAME_TIME]).all():
+                bad = int(np.argmax(~np.isfinite(batch[FRAME_TIME]).all(axis=1)))
+                raise self._error("not finite", bad, FRAME_TIME)
         try:
             if shape is None:
                 if tokens.dtype == np.float16:
                     first = {"tokens": tokens[:1]}
                 else:
                     try:
-                        first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
+                        first = layout.encode(tokens[:1])
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
-                self.store.create_arrays(first, tokens.shape[-1])
+                frames = batch[FRAME_TIME].shape[1] if frame_time is not None else None
+                self.store.create_arrays(first, tokens.shape[-1], frames)
+            arrays = self.store.stream.arrays
+            has = FRAME_TIME in arrays
+            if has and frame_time is None:
+                raise self._error("this part stores frame_time; give it with every batch")
+            if has and batch[FRAME_TIME].shape[1] != arrays[FRAME_TIME].shape[1]:
+                raise self._error(
+                    f"frame_time has {batch[FRAME_TIME].shape[1]} frames per window, this "
+                    f"part {arrays[FRAME_TIME].shape[1]}"
+                )
+            if not has:  # given to a part written before frame_time: read with nominal times
+                batch.pop(FRAME_TIME, None)
             stored = self._prepare(tokens)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
@@ -248,8 +279,9 @@ class VideoWriter:
             # Compressed in the background; the writer thread takes each window when it is.
             windows = self.store.stream.compress(stored)
             if self._per_window is None:
+                names = self.store.stream.per_window_arrays()
                 per_file = self.store.stream.per_window_chunk()
-                self._per_window = Pending(PER_WINDOW_ARRAYS, self.first, per_file)
+                self._per_window = Pending(names, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             self._submit(Writes(windows))

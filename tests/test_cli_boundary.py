@@ -14,7 +14,7 @@ from ethoprism.extract.preprocess import RESIZE_MODES
 from ethoprism.probe import defaults
 from ethoprism.probe.classify.heads import HEAD_KINDS
 from ethoprism.probe.labels import ALIGN_MODES
-from ethoprism.store.codecs import LAYOUT_DTYPES
+from ethoprism.store.layout import LAYOUT_DTYPES
 
 
 def run(*args: str):

@@ -16,7 +16,7 @@ from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.windows import iter_windows
 from ethoprism.pipeline.config import RunConfig
-from ethoprism.pipeline.plan import COMPRESSION, bytes_per_window, measure_rate, plan_run
+from ethoprism.pipeline.plan import bytes_per_window, measure_rate, plan_run
 from ethoprism.store import Layout
 
 DATA = Path(__file__).parent / "data"
@@ -52,18 +52,17 @@ def test_plan_counts_the_windows_decoding_gives_and_names_unreadable_videos(tmp_
 @pytest.mark.parametrize("layout", [Layout("float16-round7"), Layout("int8"), Layout("float16", 2)])
 def test_bytes_per_window_follows_the_tokens_the_encoder_gives(layout):
     """The estimate is the stored token bytes of a real window of the tiny encoder, coded for
-    the layout (times the layout's measured compression), plus its embedding and coordinates."""
+    the layout (as the layout expects them compressed), plus its embedding and coordinates."""
     cfg = RunConfig(
         model="videoprism-tiny", checkpoint=CHECKPOINT, prep=PREP, batch_size=1, layout=layout
     )
     encoder = load_encoder(cfg.model, cfg.checkpoint)
-    sharded = ShardedEncoder(encoder, 1, PREP.pixel_range, store_layout=cfg.token_coding)
+    sharded = ShardedEncoder(encoder, 1, PREP.pixel_range, store_layout=cfg.layout)
     window = next(iter_windows(HORSE, PREP)).pixels[None]
     out = sharded(window)
     t, h, w, c = out.tokens.shape[1:]
     h, w = (h, w) if out.tokens.dtype == np.float16 else (h // layout.pool, w // layout.pool)
-    itemsize = 1 if layout.dtype == "int8" else 2
-    tokens = t * h * w * c * itemsize * COMPRESSION[layout.dtype]
+    tokens = layout.stored_window_bytes((t, h, w, c))
     assert bytes_per_window(cfg) == pytest.approx(tokens + 4 * c + 40)
 
 
