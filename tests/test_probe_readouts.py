@@ -4,7 +4,6 @@ random-weights mark, a labelled colour bar, no doubled folders, no empty progres
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from test_probe_jobs import real_store  # noqa: F401  (the module-scoped store fixture)
 from typer.testing import CliRunner
@@ -36,11 +35,8 @@ def test_titles_marks_and_paths(real_store, tmp_path):  # noqa: F811
     assert "action" in title and "linear_seed0" not in title
     assert "training (not held out)" in title and NOT_A_RESULT.upper() in title
     fig = confusion_figure(np.array(m["confusion"]), m["classes"], title)
-    try:
-        assert "fraction of the expert row" in fig.axes[1].get_ylabel()  # the colour bar
-        assert fig.axes[0].get_title() == title
-    finally:
-        plt.close(fig)
+    assert "fraction of the expert row" in fig.axes[1].get_ylabel()  # the colour bar
+    assert fig.axes[0].get_title() == title
 
 
 def test_no_empty_progress_line_before_an_error(real_store, tmp_path):  # noqa: F811

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
+from ethoprism.probe import defaults
 from ethoprism.probe import labels as L
 from ethoprism.probe.artifacts import SavedHead, check_store, load_head, save_head
 from ethoprism.probe.classify.heads import HEAD_KINDS, HeadConfig
@@ -50,6 +51,7 @@ from ethoprism.probe.classify.train import (
 )
 from ethoprism.probe.report import confusion_png, ethogram_png
 from ethoprism.probe.split import choose_split
+from ethoprism.store import geometry
 from ethoprism.store.provenance import weights_warning
 
 
@@ -128,8 +130,8 @@ def train_probe(
     labels: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    label_column: str = "action",
-    background: str = "none",
+    label_column: str = defaults.LABEL_COLUMN,
+    background: str = defaults.BACKGROUND,
     head: str = "map",
     align: str = "centre",
     multi_label: bool = False,
@@ -324,7 +326,7 @@ def train_probe(
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
-    head = load_head(head_dir)
+    head = load_head(head_dir, HeadConfig)
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
@@ -352,7 +354,9 @@ def predict_store(
         if v not in rows:
             raise EthoprismError(f"video {v!r} is not a complete video of the store")
     table = (
-        L.read_labels(labels, head.labels["column"], head.background or "none") if labels else None
+        L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
+        if labels
+        else None
     )
     if table is not None:
         L.check_videos(ds, table)
@@ -364,7 +368,8 @@ def predict_store(
         n_frames, fps = rows[v]["n_frames"], rows[v]["fps"]
         frame_prob, _ = video_frame_probabilities(ds, video_windows(ds, v), probs[v][0], n_frames)
         stem = Path(v).stem
-        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, fps)
+        times = geometry.video_frame_times(ds, rows[v]["row"])
+        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, times)
         expert = None
         if table is not None and v in table.videos:
             truth = expert_frames(table, v, n_frames, head.multi_label, head.classes)
@@ -402,7 +407,7 @@ def evaluate_head(
     if videos not in EVAL_VIDEOS:
         raise EthoprismError(f"videos {videos!r}: choose one of {', '.join(EVAL_VIDEOS)}")
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
-    table = L.read_labels(labels, head.labels["column"], head.background or "none")
+    table = L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
     rows = L.check_videos(ds, table)
     held, test_frames = held_out(head, table.videos)
     note = None
