@@ -120,7 +120,8 @@ def video_role(head: SavedHead, video: str) -> str:
 def figure_title(head: SavedHead, what: str, evaluated_on: str | None = None) -> str:
     """A figure title in the user's words: label column and classes, head kind, what was scored,
     and the random-weights mark when the store's weights are not a real checkpoint."""
-    parts = [f"{head.labels.get('column', 'label')} ({head.config.kind} head): {what}"]
+    config = head.config if isinstance(head.config, dict) else vars(head.config)
+    parts = [f"{head.labels.get('column', 'label')} ({config.get('kind', '?')} head): {what}"]
     if evaluated_on:
         parts.append(evaluated_on)
     warning = weights_warning(head.store_identity)
