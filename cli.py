@@ -270,6 +270,88 @@ def bench_extract(
     )
 
 
+@bench_app.command("host")
+def bench_host(
+    model: Annotated[str, typer.Option(help="Encoder config (sets the token shape).")] = (
+        "videoprism-b"
+    ),
+    frames: Annotated[int, typer.Option(help="Frames decoded per clip and repeat.")] = 96,
+    windows: Annotated[int, typer.Option(help="Windows through the store's stages.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Decode runs per clip (the best counts).")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="Decoder threads per video (0: FFmpeg chooses), as extract uses.")
+    ] = 0,
+    accelerator_rate: Annotated[
+        float,
+        typer.Option(
+            help="Encoder windows/s per accelerator, used where JAX sees no accelerator "
+            "(450: VideoPrism-B bf16 on an H100-class device)."
+        ),
+    ] = 450.0,
+    directory: Annotated[
+        str | None, typer.Option(help="Temporary clips and shards on this directory's disk.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Host CPU milliseconds per window, stage by stage, and the cores one accelerator needs.
+
+    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264
+    and 720p MJPEG clips: decode, colour conversion + resize, batching, token check,
+    compression, checksum, disk write; totals at stride 8 and 16. Targets: decode + convert +
+    resize <= 1.25x decode alone; everything after decoding <= 5 ms per window. The NVDEC
+    column is an estimate: demuxing replaces decoding and conversion.
+    """
+    from ethoprism.pipeline.host_bench import STAGES
+    from ethoprism.pipeline.host_bench import bench_host as run_bench
+
+    try:
+        r = run_bench(
+            model=model,
+            frames=frames,
+            windows=windows,
+            repeats=repeats,
+            threads=threads,
+            rate=accelerator_rate,
+            directory=directory,
+        )
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    rate = r["accelerator"]["windows_per_s"]
+    for stride in r["strides"]:
+        table = Table(
+            title=f"bench host: CPU ms per window at stride {stride}, {model}",
+            caption=f"accelerator: {rate:.0f} windows/s ({r['accelerator']['source']})",
+        )
+        for col in ("source", *STAGES, "total", "cores/100 w/s", "cores/accel", "NVDEC est."):
+            table.add_column(col)
+        for label, clip in r["clips"].items():
+            x = clip["strides"][stride]
+            table.add_row(
+                label,
+                *(f"{x['stages_ms'][k]:.1f}" for k in STAGES),
+                f"{x['total_ms']:.1f}",
+                f"{x['cores_per_100_windows_per_s']:.1f}",
+                f"{x['cores_per_accelerator']:.1f}",
+                f"{x['nvdec_cores_per_accelerator']:.1f}",
+            )
+        console.print(table)
+    rows = [
+        (
+            f"{label}: decode+convert / decode",
+            f"{clip['decode_convert_vs_decode']:.2f}  (target <= 1.25; "
+            f"decode {clip['decode_ms_per_frame']:.2f} ms/frame)",
+        )
+        for label, clip in r["clips"].items()
+    ]
+    after = r["strides"][next(iter(r["strides"]))]["after_decode_ms"]
+    rows.append(("after decoding", f"{after:.1f} ms/window  (target <= 5)"))
+    rows.append(("store writer, whole", f"{r['store']['writer_ms_per_window']:.1f} ms/window"))
+    print_figures("bench host: targets", rows)
+
+
 # --- store ------------------------------------------------------------------------------------
 
 store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)

@@ -171,7 +171,8 @@ def store_stage_ms(tokens_shape, layout: Layout, windows: int, directory=None) -
         if given.dtype == np.float16:
             round7 = layout.dtype == "float16-round7"
             stages["token_check"] = _cpu_ms_per(
-                windows, lambda: [check_float16_tokens(given[i][None], round7, False) for i in order]
+                windows,
+                lambda: [check_float16_tokens(given[i][None], round7, False) for i in order],
             )
         else:
             stages["token_check"] = _cpu_ms_per(
@@ -278,12 +279,13 @@ def bench_host(
         after = {"batching": batch, **store["stages"]}
         after_ms = sum(after.values())
         out["strides"][str(stride)] = {"batching_ms": batch, "after_decode_ms": after_ms}
-        for label, clip in per_clip.items():
+        for clip in per_clip.values():
             stages = {
                 "decode": stride * clip["decode_ms_per_frame"],
                 "convert_resize": converted * clip["convert_ms_per_frame"],
                 **after,
             }
+            stages = {k: stages[k] for k in STAGES}
             total = sum(stages.values())
             nvdec = stride * clip["demux_ms_per_frame"] + after_ms
             clip.setdefault("strides", {})[str(stride)] = {
