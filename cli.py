@@ -118,6 +118,13 @@ def extract(
     frame_size: Annotated[
         int, typer.Option(help="Side of the square frames the encoder sees.")
     ] = 288,
+    interpolation: Annotated[
+        str,
+        typer.Option(
+            help="Resize filter: area (default), bilinear (stores made before area was the "
+            "default) or bicubic; part of the store's identity."
+        ),
+    ] = "area",
     layout: Annotated[
         str, typer.Option(help="Token storage: float16-round7, float16 or int8.")
     ] = "float16-round7",
@@ -168,7 +175,11 @@ def extract(
             checkpoint=checkpoint,
             dtype=dtype,
             prep=Preprocessing(
-                frame_size=frame_size, resize=resize, window_stride=stride, frame_step=frame_step
+                frame_size=frame_size,
+                resize=resize,
+                window_stride=stride,
+                frame_step=frame_step,
+                interpolation=interpolation,
             ),
             layout=Layout(dtype=layout, pool=pool),
             batch_size=batch_size,

@@ -157,6 +157,9 @@ class _Writer(threading.Thread):
             frame_step=np.array([w.frame_step for w in windows], np.int64),
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
+            # checked on the device; a window that failed there is checked again here, so
+            # the store refuses it by name as it would any other
+            checked=encoded.checked is not None and bool(encoded.checked[take].all()),
         )
         self._open[index] = (vw, n + len(rows), t0)
         self.reporter.windows_done(len(rows))

@@ -632,7 +632,14 @@ class VideoWriter:
         return StoreError(f"video {self.record.path}:{where} {message}")
 
     def append(
-        self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
+        self,
+        tokens,
+        embedding,
+        start_frame,
+        frame_step,
+        n_valid_frames,
+        start_time,
+        checked: bool = False,
     ) -> None:
         """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c).
 
@@ -645,6 +652,10 @@ class VideoWriter:
         Writable float16 tokens are copied for that; read-only ones (numpy views of accelerator
         results, as the extraction passes) are not, so their memory must not be changed through
         another view before the video is committed.
+
+        `checked`: float16 tokens that were coded and found finite where they were made (the
+        extraction checks on the accelerator), so the host does not read them a second time to
+        check them. Never set it for tokens from anywhere else.
         """
         self._check_live()
         tokens = np.asarray(tokens)
@@ -694,7 +705,7 @@ class VideoWriter:
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
                 self.store._create_arrays(first, tokens.shape[-1])
-            stored = self._prepare(tokens)
+            stored = self._prepare(tokens, checked and tokens.dtype == np.float16)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
                 raise self._error("not finite", bad, "embedding")
@@ -713,9 +724,12 @@ class VideoWriter:
             self._done = True
             raise _writable_error(self.store.root, e) from None
 
-    def _prepare(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+    def _prepare(self, tokens: np.ndarray, checked: bool = False) -> list[dict[str, np.ndarray]]:
         """Check (or code) each window of a batch in the store's thread pool, into arrays of
         the store's own; a window the layout cannot store refuses the batch, named."""
+        if checked:
+            own = tokens.copy() if tokens.flags.writeable else tokens
+            return [{"tokens": own[i : i + 1]} for i in range(len(own))]
         jobs = [self.store._encode_pool.submit(self.store._prepare_window, w) for w in tokens]
         wait(jobs)
         for i, job in enumerate(jobs):
