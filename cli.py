@@ -138,6 +138,13 @@ def extract(
     decode_workers: Annotated[
         int, typer.Option(help="Decoding processes running ahead of the encoder.")
     ] = 2,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="auto (the GPU's NVDEC where a CUDA device and PyNvVideoCodec are present and "
+            "the store allows its frames), cpu (FFmpeg) or nvdec."
+        ),
+    ] = "auto",
     scheduler: Annotated[
         str | None,
         typer.Option(
@@ -184,6 +191,7 @@ def extract(
             layout=Layout(dtype=layout, pool=pool),
             batch_size=batch_size,
             decode_workers=decode_workers,
+            decoder=decoder,
         )
         if dry_run:
             plan = plan_run(find_videos(archive), cfg)

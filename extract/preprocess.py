@@ -17,7 +17,8 @@ from av.video.reformatter import VideoReformatter
 from ethoprism.errors import EthoprismError
 
 RESIZE_MODES = ("squash", "pad", "crop")
-INTERPOLATIONS = ("bilinear", "area", "bicubic")
+# libswscale filters, and the hardware decoder's frames (`extract.decoders`), resized on the device
+INTERPOLATIONS = ("area", "bilinear", "bicubic", "nvdec-linear")
 
 
 class PreprocessingError(EthoprismError):
@@ -125,6 +126,11 @@ class Resizer:
     """
 
     def __init__(self, prep: Preprocessing):
+        if prep.interpolation == "nvdec-linear":
+            raise PreprocessingError(
+                "interpolation 'nvdec-linear' frames are made by the hardware decoder "
+                "(--decoder nvdec), not on the CPU"
+            )
         self.prep = prep
         self._interpolation = prep.interpolation.upper()
         self._scaler = VideoReformatter()  # one context per step: each keeps its configuration

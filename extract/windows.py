@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ethoprism.extract.preprocess import Preprocessing, Resizer
-from ethoprism.extract.video import iter_raw
+from ethoprism.extract.decoders import open_backend
+from ethoprism.extract.preprocess import Preprocessing
 
 
 @dataclass
@@ -106,7 +106,7 @@ class WindowAssembler:
 
 
 def iter_windows(
-    path, prep: Preprocessing, threads: int = 0
+    path, prep: Preprocessing, threads: int = 0, decoder: str = "cpu"
 ) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones).
 
@@ -114,10 +114,11 @@ def iter_windows(
     can differ from what the container's header claims. Streaming: memory is one window span of
     resized frames plus the decoder's own buffers. A damaged video raises VideoError after
     yielding the windows before the damage; callers must then discard the video's windows.
+    `decoder`: the backend, "cpu" or "nvdec" (`extract.decoders`).
     """
     assembler = WindowAssembler(prep)
-    resize = Resizer(prep)
-    decoded = iter_raw(path, threads)
+    decode, resize = open_backend(decoder, prep, threads)
+    decoded = decode(path)
     while True:
         try:
             index, time, frame = next(decoded)

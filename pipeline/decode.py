@@ -64,7 +64,7 @@ class Failed:
     reason: str
 
 
-def _decode_videos(jobs, out, prep, complete, threads, chunk):
+def _decode_videos(jobs, out, prep, complete, threads, chunk, decoder="cpu"):
     """Worker body: decode each (index, path) job into messages on `out`."""
     for index, path in jobs:
         info = None
@@ -75,7 +75,7 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk):
                 continue
             out.put(Start(index, info))
             pending = []
-            windows = iter_windows(path, prep, threads=threads)
+            windows = iter_windows(path, prep, threads=threads, decoder=decoder)
             while True:
                 try:
                     pending.append(next(windows))
@@ -114,10 +114,13 @@ class DecodePool:
         queue_windows: int = 16,
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
+        decoder: str = "cpu",
     ):
         self.paths = paths
         self.n_workers = max(1, min(workers, len(paths)))
         use_processes = (not _in_daemon()) if use_processes is None else use_processes
+        # The hardware decoder resizes on the accelerator: it runs where the JAX client is.
+        use_processes = use_processes and decoder == "cpu"
         chunk = 4
         maxsize = max(2, queue_windows // chunk)
         if use_processes:
@@ -130,7 +133,7 @@ class DecodePool:
         self._workers = []
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
-            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk)
+            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, decoder)
             w = make(target=_decode_videos, args=args, daemon=True)
             w.start()
             self._workers.append(w)

@@ -26,7 +26,7 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
-from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.config import RunConfig, resolve_decoder
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
 
 
@@ -185,6 +185,7 @@ def extract_local(
     """
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
+    cfg = resolve_decoder(cfg, store_path)
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
@@ -222,6 +223,7 @@ def extract_local(
                 complete=complete,
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
+                decoder=cfg.decoder,
             ) as pool:
                 _feed(pool, sharded, sink)
         finally:
