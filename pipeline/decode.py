@@ -13,8 +13,10 @@ daemonic process, such as a Dask worker, which may not have children; then they 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import VideoInfo, probe_video
 from ethoprism.extract.windows import Window, iter_windows
+
+THROTTLE_ENV = "ETHOPRISM_TEST_DECODE_DELAY_S"  # test-only: slows every decoder down
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Failed:
 
 def _decode_videos(jobs, out, prep, complete, threads, chunk, decoder="cpu"):
     """Worker body: decode each (index, path) job into messages on `out`."""
+    # Tests starve the encoder on purpose with it: seconds slept per window decoded.
+    delay = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     for index, path in jobs:
         info = None
         try:
@@ -79,6 +85,8 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk, decoder="cpu"):
             while True:
                 try:
                     pending.append(next(windows))
+                    if delay:
+                        time.sleep(delay)
                 except StopIteration as stop:
                     n_frames, duration = (
                         stop.value

@@ -1,0 +1,68 @@
+"""The progress display warns when decoding cannot keep the accelerator fed."""
+
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from ethoprism.extract import load_encoder
+from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.decode import THROTTLE_ENV
+from ethoprism.pipeline.progress import RichReporter
+from ethoprism.pipeline.run import STARVED_SHARE, extract_local
+
+DATA = Path(__file__).parent / "data"
+HORSE = str(DATA / "videos" / "horse_288x162.mp4")
+CFG = RunConfig(
+    model="videoprism-tiny",
+    checkpoint=str(DATA / "golden" / "checkpoint.npz"),
+    prep=Preprocessing(frame_size=72, window_stride=16),
+    batch_size=2,
+    decode_workers=1,
+)
+
+
+class Shares(RichReporter):
+    def __init__(self, console):
+        super().__init__(console=console)
+        self.shares = []
+
+    def input_wait(self, share: float) -> None:
+        self.shares.append(share)
+        super().input_wait(share)
+
+
+def test_throttled_decoding_warns_that_the_accelerator_is_starved(tmp_path, monkeypatch):
+    monkeypatch.setenv(THROTTLE_ENV, "0.15")  # seconds per window: far slower than the encoder
+    encoder = load_encoder(CFG.model, CFG.checkpoint)
+    sharded = ShardedEncoder(encoder, CFG.batch_size, store_layout=CFG.token_coding)
+    sharded(np.zeros((2, 16, 72, 72, 3), np.uint8))  # compiled before: decoding sets the pace
+    out = StringIO()
+    reporter = Shares(Console(file=out, width=200, force_terminal=False))
+    try:
+        summary = extract_local(
+            [HORSE],
+            str(tmp_path / "s.zarr"),
+            CFG,
+            reporter=reporter,
+            decode_in_processes=False,
+            sharded=sharded,
+        )
+    finally:
+        reporter.stop()
+    assert summary.windows == 20
+    assert reporter.shares and reporter.shares[-1] > STARVED_SHARE
+    assert "the accelerator is starved by the host" in out.getvalue()
+    assert out.getvalue().count("warning:") == 1  # once per run, not once per batch
+
+
+def test_a_share_below_the_line_shows_no_warning():
+    out = StringIO()
+    reporter = RichReporter(Console(file=out, width=200), starved_share=1.0)
+    reporter.start(1)
+    reporter.input_wait(0.5)
+    reporter.stop()
+    assert "starved" not in out.getvalue()
