@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -194,7 +195,7 @@ def extract(
             decoder=decoder,
         )
         if dry_run:
-            plan = plan_run(find_videos(archive), cfg)
+            plan = plan_run(find_videos(archive), cfg, store_path=store)
             if as_json:
                 print_json(plan.to_dict())
                 return
@@ -211,6 +212,13 @@ def extract(
                 f"encoder {plan.windows_per_s:.2f} windows/s "
                 f"here, so about {plan.seconds / 3600:.2f} h"
             )
+            if plan.cores_needed is not None:
+                console.print(
+                    f"host: about {plan.host_ms_per_window:.1f} ms of CPU per window "
+                    f"({plan.decoder} decoding), so feeding {plan.devices} device(s) at "
+                    f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
+                    f"cores; this host has {os.cpu_count()}"
+                )
             return
         reporter = None if as_json else RichReporter(console=err_console)
         if log_json:

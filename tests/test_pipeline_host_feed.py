@@ -1,11 +1,16 @@
-"""The progress display warns when decoding cannot keep the accelerator fed."""
+"""Feeding the accelerator: the progress display warns when decoding cannot keep it fed, and
+the dry run says how many cores would."""
 
+import json
 from io import StringIO
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from ethoprism.cli import app
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
@@ -66,3 +71,20 @@ def test_a_share_below_the_line_shows_no_warning():
     reporter.input_wait(0.5)
     reporter.stop()
     assert "starved" not in out.getvalue()
+
+
+def test_dry_run_states_the_cores_the_run_needs(tmp_path):
+    args = ["extract", HORSE, str(tmp_path / "s.zarr"), "--model", "videoprism-tiny"]
+    args += ["--checkpoint", CFG.checkpoint, "--frame-size", "72", "--dry-run"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["decoder"] == "cpu" and plan["devices"] >= 1
+    assert plan["host_ms_per_window"] > 0
+    assert plan["cores_needed"] == pytest.approx(
+        plan["host_ms_per_window"] * plan["windows_per_s"] / 1e3
+    )
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert "cores; this host has" in text.stdout
+    assert not (tmp_path / "s.zarr").exists()
