@@ -10,7 +10,7 @@ window span, frames between windows belong to no window, by design.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,11 +48,13 @@ class WindowAssembler:
     """Turns a stream of frames (in index order) into windows, keeping only one window span of them.
 
     `buffer` is a ring of window_span frames (frame f in slot f % span): its size depends on the
-    preprocessing, never on the video's length.
+    preprocessing, never on the video's length. `alloc()`, when given, returns the array each
+    window's pixels are written into (shared memory, say), instead of a new one.
     """
 
-    def __init__(self, prep: Preprocessing):
+    def __init__(self, prep: Preprocessing, alloc: Callable[[], np.ndarray] | None = None):
         self.prep = prep
+        self._alloc = alloc
         span, size = prep.window_span, prep.frame_size
         self.buffer = np.zeros((span, size, size, 3), np.uint8)
         self._times = np.zeros(span, np.float64)
@@ -99,14 +101,23 @@ class WindowAssembler:
             n_valid_frames=int(n_valid),
             start_time=float(self._times[start % len(self.buffer)]),
             frame_indices=indices,
-            pixels=self.buffer[indices % len(self.buffer)],  # fancy indexing copies
+            pixels=np.take(
+                self.buffer,
+                indices % len(self.buffer),
+                axis=0,
+                out=None if self._alloc is None else self._alloc(),
+            ),
         )
         self._next_start += self.prep.window_stride
         return window
 
 
 def iter_windows(
-    path, prep: Preprocessing, threads: int = 0, decoder: str = "cpu"
+    path,
+    prep: Preprocessing,
+    threads: int = 0,
+    decoder: str = "cpu",
+    alloc: Callable[[], np.ndarray] | None = None,
 ) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones).
 
@@ -114,9 +125,9 @@ def iter_windows(
     can differ from what the container's header claims. Streaming: memory is one window span of
     resized frames plus the decoder's own buffers. A damaged video raises VideoError after
     yielding the windows before the damage; callers must then discard the video's windows.
-    `decoder`: the backend, "cpu" or "nvdec" (`extract.decoders`).
+    `decoder`: the backend, "cpu" or "nvdec" (`extract.decoders`); `alloc`: see WindowAssembler.
     """
-    assembler = WindowAssembler(prep)
+    assembler = WindowAssembler(prep, alloc)
     decode, resize = open_backend(decoder, prep, threads)
     decoded = decode(path)
     while True:
