@@ -35,7 +35,7 @@ from ethoprism.extract.encoder import get_config
 from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import demux_times, probe_video
 from ethoprism.extract.windows import WindowAssembler
-from ethoprism.pipeline.decode import Windows
+from ethoprism.pipeline.decode import Windows, WindowSlots
 from ethoprism.store import Layout
 from ethoprism.store.bench import activation_like, writer_input
 from ethoprism.store.codecs import check_float16_tokens, encode_tokens
@@ -116,26 +116,46 @@ def _cpu_ms_per(n: int, fn) -> float:
     return (time.process_time() - cpu) / n * 1e3
 
 
-def batching_ms(prep: Preprocessing, windows: int, batch_size: int) -> float:
-    """CPU ms per window of the path from resized frames to an encoder batch: ring buffer in,
-    window out (a copy), pickled through the decode pool's queue in chunks of 4, stacked."""
+def batching_ms(
+    prep: Preprocessing, windows: int, batch_size: int, shared_memory: bool = True
+) -> float:
+    """CPU ms per window of the path from resized frames to an encoder batch, as the decode
+    pool runs it: frames into the ring buffer, each window out of it into a shared-memory slot,
+    its number through a queue, copied out and stacked into batches (both processes' work).
+    `shared_memory=False`: the path before slots, windows pickled through the queue."""
+    from multiprocessing import get_context
+
     rng = np.random.default_rng(0)
     size = prep.frame_size
     frames = rng.integers(0, 256, (4, size, size, 3), np.uint8)
     n_frames = (windows - 1) * prep.window_stride + prep.window_span
+    shape = (prep.window_length, size, size, 3)
+    slots = WindowSlots(get_context("spawn"), windows, shape) if shared_memory else None
 
     def run():
-        assembler, made = WindowAssembler(prep), []
+        assembler, made = WindowAssembler(prep, slots.take if slots else None), []
         for i in range(n_frames):
             need = assembler.needs(i)
             made += assembler.push(i, i / 30, frames[i % 4] if need else None)
         received = []
         for k in range(0, len(made), 4):
-            received += pickle.loads(pickle.dumps(Windows(0, made[k : k + 4]), protocol=5)).windows
-        for k in range(0, len(received), batch_size):
-            np.stack([w.pixels for w in received[k : k + batch_size]])
+            chunk = made[k : k + 4]
+            if slots is None:
+                received += pickle.loads(pickle.dumps(Windows(0, chunk), protocol=5)).windows
+                continue
+            numbers = [slots.slot_of(w.pixels) for w in chunk]
+            for n in pickle.loads(pickle.dumps(numbers)):
+                received.append(slots.array[n].copy())
+                slots.release(n)
+        pixels = [w if slots else w.pixels for w in received]
+        for k in range(0, len(pixels), batch_size):
+            np.stack(pixels[k : k + batch_size])
 
-    return _cpu_ms_per(windows, run)
+    try:
+        return _cpu_ms_per(windows, run)
+    finally:
+        if slots is not None:
+            slots.close()
 
 
 def token_shape(model: str, prep: Preprocessing, layout: Layout) -> tuple[int, int, int, int]:
@@ -286,9 +306,14 @@ def bench_host(
         start = sprep.window_span  # steady state: frames a new window brings
         converted = sum(assembler.needs(i) for i in range(start, start + stride))
         batch = batching_ms(sprep, min(windows, 16), batch_size)
+        pickled = batching_ms(sprep, min(windows, 16), batch_size, shared_memory=False)
         after = {"batching": batch, **store["stages"]}
         after_ms = sum(after.values())
-        out["strides"][str(stride)] = {"batching_ms": batch, "after_decode_ms": after_ms}
+        out["strides"][str(stride)] = {
+            "batching_ms": batch,
+            "batching_pickled_ms": pickled,
+            "after_decode_ms": after_ms,
+        }
         for clip in per_clip.values():
             stages = {
                 "decode": stride * clip["decode_ms_per_frame"],
