@@ -13,6 +13,7 @@ import pytest
 from ethoprism import store
 from ethoprism.extract.coding import tokens_finite
 from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.windows import iter_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.run import extract_local
 from ethoprism.store import Layout, VideoRecord, open_writer
@@ -87,3 +88,17 @@ def test_unchecked_tokens_are_still_checked(tmp_path):
     tokens[1, 0, 0, 0, 3] = np.inf
     with pytest.raises(StoreError, match="window 1 .*not finite"):
         _write(tmp_path / "bad.zarr", tokens, checked=False)
+
+
+def test_windows_written_into_given_buffers_equal_new_ones():
+    """The decode pool's workers write windows into shared-memory slots: same pixels."""
+    prep = Preprocessing(frame_size=24, window_stride=8)
+    slots = np.zeros((64, 16, 24, 24, 3), np.uint8)
+    taken = iter(range(64))
+    plain = list(iter_windows(HORSE, prep))
+    given = list(iter_windows(HORSE, prep, alloc=lambda: slots[next(taken)]))
+    assert len(plain) == len(given) == 38
+    for a, b in zip(plain, given, strict=True):
+        assert b.pixels.base is slots or b.pixels.base is slots.base
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.frame_indices, b.frame_indices)
