@@ -162,16 +162,17 @@ def batching_ms(
             slots.close()
 
 
-def token_shape(model: str, prep: Preprocessing, layout: Layout) -> tuple[int, int, int, int]:
-    """(t, h, w, c) of one window's stored tokens."""
+def token_shape(model: str, prep: Preprocessing) -> tuple[int, int, int, int]:
+    """(t, h, w, c) of one window's tokens out of the encoder (a layout may pool them)."""
     config = get_config(model)
-    grid = prep.frame_size // config.patch_size // layout.pool
+    grid = prep.frame_size // config.patch_size
     return prep.window_length, grid, grid, config.model_dim
 
 
 def store_stage_ms(tokens_shape, layout: Layout, windows: int, directory=None) -> dict:
-    """CPU ms per window of the store's stages on `windows` windows coded as the accelerator
-    codes them: each stage alone, and the whole writer (which runs them on its threads).
+    """CPU ms per window of the store's stages on `windows` windows of `tokens_shape` (as the
+    encoder makes them) coded for `layout` as the accelerator codes them: each stage alone, and
+    the whole writer (which runs them on its threads).
 
     float16 tokens are checked on the accelerator by the extraction (`coding.tokens_finite`),
     so their host check costs nothing; what it would cost is `host_token_check_ms`."""
@@ -276,7 +277,7 @@ def bench_host(
     """Run the host benchmark; `clips` ({label: path}) replaces the standard four sources."""
     prep = prep or Preprocessing()
     layout = layout or Layout()
-    shape = token_shape(model, prep, layout)
+    shape = token_shape(model, prep)
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-clips-") as tmp:
         sources = clips if clips is not None else make_clips(Path(tmp), frames)
         per_clip = {}

@@ -106,7 +106,7 @@ def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, fram
     costs = {
         kind: host_bench.frame_costs(path, prep, frames, 0, 1) for kind, path in sample.items()
     }
-    shape = host_bench.token_shape(cfg.model, cfg.prep, cfg.layout)
+    shape = host_bench.token_shape(cfg.model, cfg.prep)
     after = sum(host_bench.store_stage_ms(shape, cfg.layout, 8)["stages"].values())
     after += host_bench.batching_ms(cfg.prep, 8, cfg.batch_size)
     total = windows = 0

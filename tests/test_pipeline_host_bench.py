@@ -8,7 +8,6 @@ import pytest
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import demux_times, iter_frames, probe_video
 from ethoprism.pipeline.host_bench import STAGES, bench_host, cores, make_clips, token_shape
-from ethoprism.store import Layout
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
 HORSE = VIDEOS / "horse_288x162.mp4"
@@ -42,9 +41,7 @@ def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
         clips={"horse": HORSE, "cage": CAGE},
         directory=tmp_path,
     )
-    assert (
-        r["token_shape"] == list(token_shape("videoprism-tiny", prep, Layout())) == [16, 4, 4, 64]
-    )
+    assert r["token_shape"] == list(token_shape("videoprism-tiny", prep)) == [16, 4, 4, 64]
     assert r["accelerator"]["windows_per_s"] == 100.0  # no accelerator here: the stated rate
     assert set(r["strides"]) == {"8", "16"}
     for clip in r["clips"].values():
