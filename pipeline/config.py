@@ -13,7 +13,7 @@ from ethoprism.extract.decoders import (
     preprocessing_for,
 )
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.store import Layout
+from ethoprism.store.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -21,17 +21,17 @@ class RunConfig:
     model: str = "videoprism-b"
     checkpoint: str | None = None  # a path, "random", or None for the default lookup
     dtype: str = "float32"  # "bfloat16": matmuls in bf16 (store identity records it)
-    prep: Preprocessing = field(default_factory=Preprocessing)
+    prep: Preprocessing | None = None  # None: the encoder's window length and frame size
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
     decoder: str = "auto"  # "auto" | "cpu" | "nvdec" (`extract.decoders`); runs use a resolved one
 
-    @property
-    def token_coding(self) -> tuple[str, int]:
-        """What the encoder codes tokens for on the device (`extract.coding`): the layout's
-        token dtype and pooling."""
-        return self.layout.dtype, self.layout.pool
+    def __post_init__(self):
+        if self.prep is None:
+            from ethoprism.extract.encoder import default_preprocessing  # jax: not for workers
+
+            object.__setattr__(self, "prep", default_preprocessing(self.model))
 
 
 def resolve_decoder(

@@ -38,7 +38,6 @@ from ethoprism.extract.windows import WindowAssembler
 from ethoprism.pipeline.decode import Windows, WindowSlots
 from ethoprism.store import Layout
 from ethoprism.store.bench import activation_like, writer_input
-from ethoprism.store.codecs import check_float16_tokens, encode_tokens
 from ethoprism.store.schema import VideoRecord
 from ethoprism.store.shards import ShardWriter, chunk_encoder
 from ethoprism.store.writer import open_writer
@@ -198,19 +197,17 @@ def store_stage_ms(tokens_shape, layout: Layout, windows: int, directory=None) -
         # the stages one by one, one window at a time as the writer's threads run them
         stages = {}
         if coded:
-            round7 = layout.dtype == "float16-round7"
             host_check = _cpu_ms_per(
-                windows,
-                lambda: [check_float16_tokens(given[i][None], round7, False) for i in order],
+                windows, lambda: [layout.check_coded(given[i][None], copy=False) for i in order]
             )
             stages["token_check"] = 0.0
         else:
             stages["token_check"] = host_check = _cpu_ms_per(
                 windows,
-                lambda: [encode_tokens(given[i][None], layout.dtype, layout.pool) for i in order],
+                lambda: [layout.encode(given[i][None]) for i in order],
             )
         stored = [
-            encode_tokens(g[None], layout.dtype, layout.pool)["tokens"][0]
+            layout.encode(g[None])["tokens"][0]
             if g.dtype != np.float16
             else np.ascontiguousarray(g)
             for g in given

@@ -43,7 +43,7 @@ class Shares(RichReporter):
 def test_throttled_decoding_warns_that_the_accelerator_is_starved(tmp_path, monkeypatch):
     monkeypatch.setenv(THROTTLE_ENV, "0.15")  # seconds per window: far slower than the encoder
     encoder = load_encoder(CFG.model, CFG.checkpoint)
-    sharded = ShardedEncoder(encoder, CFG.batch_size, store_layout=CFG.token_coding)
+    sharded = ShardedEncoder(encoder, CFG.batch_size, store_layout=CFG.layout)
     sharded(np.zeros((2, 16, 72, 72, 3), np.uint8))  # compiled before: decoding sets the pace
     out = StringIO()
     reporter = Shares(Console(file=out, width=200, force_terminal=False))
