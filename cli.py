@@ -357,10 +357,12 @@ def bench_host(
     for stride in r["strides"]:
         table = Table(
             title=f"bench host: CPU ms per window at stride {stride}, {model}",
-            caption=f"accelerator: {rate:.0f} windows/s ({r['accelerator']['source']})",
+            caption=f"cores: to feed one accelerator at {rate:.0f} windows/s "
+            f"({r['accelerator']['source']}); NVDEC: estimated",
         )
-        for col in ("source", *STAGES, "total", "cores/100 w/s", "cores/accel", "NVDEC est."):
-            table.add_column(col)
+        short = ("decode", "conv", "batch", "check", "compr", "crc", "write")  # STAGES, narrow
+        for col in ("source", *short, "total", "cores/100w/s", "cores", "NVDEC cores"):
+            table.add_column(col, no_wrap=col == "source")
         for label, clip in r["clips"].items():
             x = clip["strides"][stride]
             table.add_row(
