@@ -29,6 +29,7 @@ def test_demux_times_equal_decoded_frame_times():
     np.testing.assert_array_equal(demux_times(HORSE), decoded)
 
 
+@pytest.mark.slow
 def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
     prep = Preprocessing(frame_size=72)
     r = bench_host(

@@ -31,6 +31,7 @@ BEFORE_TOKENS = "071d7292a12b2ee5c0489cdc1be468d9781cd6593995e7510935460f57dfac9
 BEFORE_EMBEDDING = "60774739f28593e3de65f004774e529fc20814057bbdf812605811d4a8d95d07"
 
 
+@pytest.mark.slow
 def test_store_after_the_cuts_holds_the_tokens_of_a_store_before_them(tmp_path):
     prep = Preprocessing(frame_size=72, window_stride=16, interpolation="bilinear")
     cfg = RunConfig(

@@ -40,6 +40,7 @@ class Shares(RichReporter):
         super().input_wait(share)
 
 
+@pytest.mark.slow
 def test_throttled_decoding_warns_that_the_accelerator_is_starved(tmp_path, monkeypatch):
     monkeypatch.setenv(THROTTLE_ENV, "0.15")  # seconds per window: far slower than the encoder
     encoder = load_encoder(CFG.model, CFG.checkpoint)
@@ -73,6 +74,7 @@ def test_a_share_below_the_line_shows_no_warning():
     assert "starved" not in out.getvalue()
 
 
+@pytest.mark.slow
 def test_dry_run_states_the_cores_the_run_needs(tmp_path):
     args = ["extract", HORSE, str(tmp_path / "s.zarr"), "--model", "videoprism-tiny"]
     args += ["--checkpoint", CFG.checkpoint, "--frame-size", "72", "--dry-run"]
