@@ -474,6 +474,20 @@ def retrieve_query(
             "preprocessing; each of its windows is a query."
         ),
     ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A text prompt (repeatable): windows ranked by cosine similarity of their "
+            "text-aligned embedding (stores of a videoprism-lvt model)."
+        ),
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help="How --text is wrapped before encoding ('{}' keeps it as is).")
+    ] = "a video of {}.",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="SentencePiece model for --text (offline; else downloaded once)."),
+    ] = None,
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
     index_store: Annotated[
         str | None, typer.Option(help="Search this store instead (same identity).")
@@ -492,7 +506,7 @@ def retrieve_query(
         bool, typer.Option(help="Use the index built by `retrieve build-index`.")
     ] = False,
     checkpoint: Annotated[
-        str | None, typer.Option(help="Weights for --clip (must be the store's).")
+        str | None, typer.Option(help="Weights for --clip or --text (must be the store's).")
     ] = None,
     sheet: Annotated[str | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
     sheet_results: Annotated[int, typer.Option(help="Results per query on the sheet.")] = 3,
@@ -500,7 +514,8 @@ def retrieve_query(
     column: Annotated[str, typer.Option(help="Label column.")] = "action",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
+    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip; or
+    the windows most similar to text prompts (--text, on a videoprism-lvt store)."""
     from ethoprism.probe import retrieve as retrieval
     from ethoprism.probe.retrieve.contact_sheet import sheet_for
 
@@ -512,7 +527,19 @@ def retrieve_query(
         "approx": approx,
     }
     try:
-        if clip:
+        if text:
+            from ethoprism.probe.retrieve.text import run_text_query
+
+            del search["exclude_same_video"]
+            result = run_text_query(
+                index_store or store,
+                text,
+                template=template,
+                checkpoint=checkpoint,
+                tokenizer=tokenizer,
+                **search,
+            )
+        elif clip:
             from ethoprism.pipeline.clip_query import run_clip_query
 
             result = run_clip_query(
@@ -530,7 +557,12 @@ def retrieve_query(
             sheet_for(result, sheet, n_results=sheet_results, labels=labels, column=column)
     except EthoprismError as e:
         raise fail(e) from None
-    rows = result.table()
+    if text:
+        from ethoprism.probe.retrieve.text import text_table
+
+        rows = text_table(result)
+    else:
+        rows = result.table()
     if as_json:
         print_json(rows)
         return
@@ -541,7 +573,7 @@ def retrieve_query(
         "start time (s)",
         "start frame",
         "window",
-        "distance",
+        "cosine" if text else "distance",
         title=f"nearest windows in {result.index.attrs.get('source', index_store or store)}",
     )
     for r in rows:
@@ -552,7 +584,7 @@ def retrieve_query(
             f"{r['start_time']:.3f}",
             str(r["start_frame"]),
             str(r["window"]),
-            f"{r['distance']:.4g}",
+            f"{r['cosine' if text else 'distance']:.4g}",
         )
     console.print(table)
     if sheet:
@@ -964,6 +996,76 @@ def probe_eval(
         table.add_row(c, fmt(r["average_precision"][c]), fmt(r["f1"][c]))
     console.print(table)
     console.print(f"confusion matrix: {r['confusion_png']}", highlight=False)
+
+
+@probe_app.command("zero-shot")
+def probe_zero_shot(
+    store: StoreArg,
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated class names; each becomes one text prompt.")
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Output directory: VIDEO.csv and VIDEO.png per video, labels.csv, and with "
+            "--labels metrics.json and confusion.png.",
+        ),
+    ],
+    labels: Annotated[
+        str | None, typer.Option(help="Expert labels: drawn above the ethogram and scored.")
+    ] = None,
+    column: Annotated[str, typer.Option(help="Label column of --labels.")] = "action",
+    background: Annotated[str, typer.Option(help="Background class of --labels.")] = "none",
+    template: Annotated[
+        str, typer.Option(help="How each class name is wrapped ('{}' keeps it as is).")
+    ] = "a video of {}.",
+    video: Annotated[
+        list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="The store's LvT weights (offline; else the hub's).")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="SentencePiece model (offline; else downloaded once).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot ethogram of a videoprism-lvt store: every window scored against one text prompt
+    per class, averaged per frame like a trained head; with --labels, the metrics of `probe
+    eval`. labels.csv holds the result as a label file to correct and train on."""
+    from ethoprism.probe.classify.zeroshot import zero_shot
+
+    try:
+        r = zero_shot(
+            store,
+            classes.split(","),
+            out,
+            labels=labels,
+            column=column,
+            background=background,
+            template=template,
+            checkpoint=checkpoint,
+            tokenizer=tokenizer,
+            videos=video,
+        )
+    except EthoprismError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(r)
+        return
+    for v in r["videos"]:
+        console.print(
+            f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False
+        )
+    console.print(f"labels file: {r['labels_file']}", highlight=False)
+    if "metrics" in r:
+        m = r["metrics"]
+        console.print(
+            f"mAP {m['mAP']:.3f}, macro accuracy {m['macro_accuracy']:.3f}, accuracy "
+            f"{m['accuracy']:.3f} over {m['n']} frames; confusion matrix: {m['confusion_png']}",
+            highlight=False,
+        )
 
 
 @bench_app.command("probe")

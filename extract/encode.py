@@ -23,6 +23,7 @@ from ethoprism.extract.coding import code_tokens
 class EncodedBatch(NamedTuple):
     tokens: np.ndarray  # (n, T, h, w, D) float32, or float16 coded for a store layout
     embedding: np.ndarray  # (n, D) float32
+    aligned: dict | None = None  # a video-text model's text-aligned embeddings, name -> (n, ...)
 
 
 class ShardedEncoder:
@@ -56,12 +57,12 @@ class ShardedEncoder:
             frames = pixels.astype(jnp.float32) * scale + lo
             out = encoder.apply(params, frames)
             tokens = out.tokens if store_layout is None else code_tokens(out.tokens, *store_layout)
-            return tokens, out.embedding
+            return tokens, out.embedding, out._asdict() | {"tokens": None, "embedding": None}
 
         self._forward = jax.jit(
             forward,
             in_shardings=(replicated, self._batch_sharding),
-            out_shardings=(self._batch_sharding, self._batch_sharding),
+            out_shardings=self._batch_sharding,
         )
 
     @property
@@ -82,8 +83,9 @@ class ShardedEncoder:
     @staticmethod
     def fetch(handle) -> EncodedBatch:
         """Wait for a submitted batch and bring its real (unpadded) rows to host memory."""
-        n, (tokens, embedding) = handle
-        return EncodedBatch(np.asarray(tokens)[:n], np.asarray(embedding)[:n])
+        n, (tokens, embedding, aligned) = handle
+        aligned = {k: np.asarray(v)[:n] for k, v in aligned.items() if v is not None}
+        return EncodedBatch(np.asarray(tokens)[:n], np.asarray(embedding)[:n], aligned or None)
 
     def __call__(self, pixels: np.ndarray) -> EncodedBatch:
         return self.fetch(self.submit(pixels))

@@ -113,6 +113,7 @@ class VideoTextEncoder:
                     "config": config,
                     "checkpoint_sha256": self.checkpoint_sha256,
                     "dtype": self.dtype,
+                    "aligned_arrays": ALIGNED_ARRAYS,
                 }
             )
         )
@@ -188,3 +189,23 @@ def load_text_side(
     """The model and its tokenizer, for encoding queries."""
     model = load_video_text(name, checkpoint)
     return model, load_tokenizer(tokenizer, model.lvt.tokenizer_url)
+
+
+def encode_prompts_for(
+    identity: dict,
+    texts: list[str],
+    *,
+    template: str = PROMPT_TEMPLATE,
+    checkpoint: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """(n, D) text embeddings of `texts` (wrapped in `template`) in the space of a store made with
+    the encoder `identity`; weights other than the store's are refused."""
+    model, tok = load_text_side(identity["name"], checkpoint, tokenizer)
+    if model.checkpoint_sha256 != identity.get("checkpoint_sha256"):
+        raise CheckpointError(
+            f"the checkpoint given (sha256 {model.checkpoint_sha256[:12]}) is not the one the "
+            f"store was extracted with (sha256 {str(identity.get('checkpoint_sha256'))[:12]}); "
+            "pass that checkpoint with --checkpoint"
+        )
+    return model.encode_texts(prompts(texts, template), tok)

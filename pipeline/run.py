@@ -157,6 +157,7 @@ class _Writer(threading.Thread):
             frame_step=np.array([w.frame_step for w in windows], np.int64),
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
+            aligned={k: v[take] for k, v in (encoded.aligned or {}).items()},
         )
         self._open[index] = (vw, n + len(rows), t0)
         self.reporter.windows_done(len(rows))

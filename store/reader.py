@@ -26,6 +26,7 @@ from ethoprism.store.schema import (
     WINDOW_COORDS,
     Layout,
     StoreError,
+    aligned_arrays,
     check_schema,
     content_key,
     token_arrays,
@@ -97,6 +98,7 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     check_schema(attrs, source)
     layout = Layout.from_dict(attrs["layout"])
     names = token_arrays(layout.dtype) + ("embedding",) + WINDOW_COORDS
+    names += tuple(aligned_arrays(attrs["encoder"]))
     parts = []
     for name in attrs.get("parts", []):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
@@ -194,13 +196,14 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     for i, row in enumerate(rows):
         row_of[row["part"]][row["row"]] = i
     coords, stored = {name: [] for name in WINDOW_COORDS}, {}
+    aligned = aligned_arrays(handle.attrs["encoder"])
     part_idx, part_window = [], []
     for p, start, stop in runs:
         arrays = handle.parts[p].arrays
         for name in WINDOW_COORDS:
             coords[name].append(arrays[name][start:stop])
         coords["video"][-1] = row_of[p][coords["video"][-1]]
-        for name in token_arrays(handle.layout.dtype) + ("embedding",):
+        for name in token_arrays(handle.layout.dtype) + ("embedding",) + tuple(aligned):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
         part_window.append(np.arange(start, stop, dtype=np.int64))
@@ -209,10 +212,15 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
         tokens = decode_tokens(stored, handle.layout.dtype)
         embedding = stored["embedding"]
+        aligned_vars = {name: (dims, stored[name]) for name, dims in aligned.items()}
     else:
         t, h, w, c = _empty_token_shape(handle)
         tokens = da.zeros((0, t, h, w, c), dtype=np.float32)
         embedding = da.zeros((0, c), dtype=np.float32)
+        aligned_vars = {
+            name: (dims, da.zeros((0, *({"t": t, "c": c}[d] for d in dims[1:])), np.float32))
+            for name, dims in aligned.items()
+        }
 
     def cat(chunks, dtype):
         return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
@@ -237,6 +245,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         {
             "tokens": (ARRAY_DIMS["tokens"], tokens),
             "embedding": (ARRAY_DIMS["embedding"], embedding),
+            **aligned_vars,
         },
         coords={**window_coords, **table},
         attrs=attrs,

@@ -52,6 +52,7 @@ from ethoprism.store.schema import (
     Layout,
     StoreError,
     VideoRecord,
+    aligned_arrays,
     check_same_identity,
     check_schema,
     content_key,
@@ -241,8 +242,17 @@ def _shard_path(part_dir: Path, name: str, index: int) -> Path:
 class StoreWriter:
     """Appends videos to one part of a store. Use `open_writer`; a context manager."""
 
-    def __init__(self, root: Path, layout: Layout, part: str, windows_per_shard: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        part: str,
+        windows_per_shard: int | None = None,
+        aligned: dict[str, tuple[str, ...]] | None = None,
+    ):
         self.root, self.layout, self.part = root, layout, part
+        self.aligned = aligned or {}  # text-aligned per-window arrays -> dimension names
+        self.per_window = PER_WINDOW_ARRAYS + tuple(self.aligned)
         self._per_shard = windows_per_shard
         self.part_dir = root / PARTS / part
         self._lock_fd = None
@@ -258,7 +268,7 @@ class StoreWriter:
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._array_pool = ThreadPoolExecutor(
-            len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays"
+            len(self.per_window), thread_name_prefix="ethoprism-store-arrays"
         )
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
@@ -332,24 +342,26 @@ class StoreWriter:
             name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+").with_config(
                 {"write_empty_chunks": True}
             )
-            for name in part_arrays(self.layout.dtype)
+            for name in part_arrays(self.layout.dtype) + tuple(self.aligned)
         }
         self._encoders = {
             name: shards.chunk_encoder(self._arrays[name].metadata.to_dict())
             for name in token_arrays(self.layout.dtype)
         }
 
-    def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
+    def _create_arrays(
+        self, encoded: dict[str, np.ndarray], channels: int, aligned: dict[str, np.ndarray]
+    ) -> None:
         token_shape = list(encoded["tokens"].shape[1:])
         per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout.dtype)
         store = zarr.storage.LocalStore(self.root)
-        specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
+        specs = {name: (a.shape[1:], a.dtype) for name, a in {**encoded, **aligned}.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
-        for name in part_arrays(self.layout.dtype):
+        for name in part_arrays(self.layout.dtype) + tuple(self.aligned):
             if name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shard_shape = (COORD_CHUNK,), None
-            elif name == "embedding":
+            elif name == "embedding" or name in self.aligned:
                 shape, dtype = specs[name]
                 chunks, shard_shape = (EMBED_CHUNK, *shape), None
             else:
@@ -364,7 +376,7 @@ class StoreWriter:
                 shards=shard_shape,
                 fill_value=0,
                 compressors=_compressors(self.layout.dtype, dtype),
-                dimension_names=ARRAY_DIMS[name],
+                dimension_names=self.aligned.get(name) or ARRAY_DIMS[name],
                 overwrite=True,
             )
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
@@ -632,9 +644,17 @@ class VideoWriter:
         return StoreError(f"video {self.record.path}:{where} {message}")
 
     def append(
-        self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
+        self,
+        tokens,
+        embedding,
+        start_frame,
+        frame_step,
+        n_valid_frames,
+        start_time,
+        aligned: dict | None = None,
     ) -> None:
-        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c).
+        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c), and for a
+        video-text model's store its text-aligned arrays (`aligned`: name -> (n, ...)).
 
         Tokens are float32 at full resolution (the store codes them for its layout), or, for
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
@@ -672,9 +692,22 @@ class VideoWriter:
             raise self._error(
                 f"stored token shape {tuple(stored_shape)} differs from this part's {tuple(shape)}"
             )
+        aligned = {k: np.asarray(v, dtype=np.float32) for k, v in (aligned or {}).items()}
+        if set(aligned) != set(self.store.aligned):
+            raise self._error(
+                f"this store takes the text-aligned arrays {sorted(self.store.aligned) or 'none'}, "
+                f"got {sorted(aligned) or 'none'}"
+            )
+        for name, values in aligned.items():
+            if len(values) != n or len(values.shape) != len(self.store.aligned[name]):
+                raise self._error(f"{name} of shape {values.shape} for {n} windows")
+            if not np.isfinite(values).all():
+                bad = int(np.argmax(~np.isfinite(values.reshape(n, -1)).all(axis=1)))
+                raise self._error("not finite", bad, name)
         batch = {
             "embedding": embedding,
             "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
+            **aligned,
         }
         for name, values in (
             ("start_frame", start_frame),
@@ -693,7 +726,9 @@ class VideoWriter:
                         first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
-                self.store._create_arrays(first, tokens.shape[-1])
+                self.store._create_arrays(
+                    first, tokens.shape[-1], {k: v[:1] for k, v in aligned.items()}
+                )
             stored = self._prepare(tokens)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
@@ -702,8 +737,9 @@ class VideoWriter:
             pool = self.store._encode_pool
             windows = [pool.submit(self.store._compress_window, w) for w in stored]
             if self._per_window is None:
-                per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
-                self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
+                names = self.store.per_window
+                per_file = min(self.store._arrays[name].chunks[0] for name in names)
+                self._per_window = _Pending(names, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             self._submit(Writes(windows))
@@ -810,6 +846,6 @@ def open_writer(
     identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
     try:
         _open_root(root, identity, software_version)
-        return StoreWriter(root, layout, part, windows_per_shard)
+        return StoreWriter(root, layout, part, windows_per_shard, aligned_arrays(encoder))
     except OSError as e:
         raise _writable_error(root, e) from None
