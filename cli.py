@@ -309,6 +309,11 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
         "layout", f"{r['layout']['dtype']}, pool {r['layout']['pool']}, tokens {r['token_shape']}"
     )
     table.add_row("parts", ", ".join(f"{p['name']} ({p['windows']} windows)" for p in r["parts"]))
+    table.add_row(
+        "embeddings",
+        ", ".join(r["embeddings"])
+        + (" (searchable by text)" if len(r["embeddings"]) > 1 else " (no text-aligned one)"),
+    )
     table.add_row("videos", f"{r['videos_complete']} complete, {len(r['videos_failed'])} failed")
     for v in r["videos_failed"]:
         table.add_row("  failed", f"{v['path']}: {v['reason']}")

@@ -235,8 +235,9 @@ def _windows_per_shard(token_shape, dtype: str) -> int:
     return int(min(MAX_WINDOWS_PER_SHARD, max(1, SHARD_TARGET_BYTES // window_bytes)))
 
 
-def _shard_path(part_dir: Path, name: str, index: int) -> Path:
-    return part_dir.joinpath(name, "c", str(index), *["0"] * (len(ARRAY_DIMS[name]) - 1))
+def _shard_path(part_dir: Path, name: str, index: int, ndim: int | None = None) -> Path:
+    ndim = ndim or len(ARRAY_DIMS[name])
+    return part_dir.joinpath(name, "c", str(index), *["0"] * (ndim - 1))
 
 
 class StoreWriter:
@@ -451,7 +452,7 @@ class StoreWriter:
             _fsync_path(self.part_dir / name / "zarr.json")
             per_file = arr.shards[0] if arr.shards else arr.chunks[0]
             for i in range(start // per_file, (end - 1) // per_file + 1):
-                path = _shard_path(self.part_dir, name, i)
+                path = _shard_path(self.part_dir, name, i, arr.ndim)
                 if path.exists():
                     if name not in self._encoders:
                         _fsync_path(path)
