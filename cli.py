@@ -713,40 +713,102 @@ def bench_retrieve(
     n: Annotated[int, typer.Option(help="Index embeddings (generated in memory).")] = 1_000_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
+    text_n: Annotated[
+        int,
+        typer.Option(
+            help="Normalised text-aligned embeddings for the text-query figures (1000000 for an "
+            "archive-sized figure: ~6 GB; 0 skips them)."
+        ),
+    ] = 250_000,
+    prompts: Annotated[
+        int, typer.Option(help="Prompts encoded by the videoprism-lvt-b text tower (0 skips).")
+    ] = 1000,
+    lvt_tower: Annotated[
+        bool,
+        typer.Option(
+            help="Also time the videoprism-lvt-b video tower against the plain encoder at the "
+            "base shape (16 x 288 x 288; minutes on a CPU)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Exact search vs FAISS IndexFlatL2 on the same embeddings (target >= 0.8x), and the IVF
-    index's speedup over exact search and its recall@10."""
+    index's speedup over exact search and its recall@10; text queries/s over text-aligned
+    embeddings (exact and IVF), prompts encoded/s, and the LvT video tower's extra cost."""
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
+    from ethoprism.probe.retrieve.bench import bench_text_search
 
     try:
-        r = run_bench(n=n, dim=dim, queries=queries)
+        r = run_bench(n=n, dim=dim, queries=queries) if n else {}
+        if text_n:
+            r.update(bench_text_search(n=text_n, dim=dim))
+        if prompts or lvt_tower:
+            from ethoprism.extract import lvt_bench
+
+            if prompts:
+                r.update(lvt_bench.bench_prompts(n=prompts))
+            if lvt_tower:
+                r.update(lvt_bench.bench_video_tower())
     except EthoprismError as e:
         raise fail(e) from None
     if as_json:
         print_json(r)
         return
-    print_figures(
-        (
-            f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, k {r['k']}, "
-            f"{r['threads']} threads"
-        ),
-        [
-            ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
-            ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
-            ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
-            ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+    if n:
+        print_figures(
             (
-                "IVF-Flat",
-                (
-                    f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, "
-                    f"built in {r['ivf_build_s']:.1f} s"
-                ),
+                f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, "
+                f"k {r['k']}, {r['threads']} threads"
             ),
-            ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
-            ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
-        ],
-    )
+            [
+                ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
+                ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
+                ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
+                ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+                (
+                    "IVF-Flat",
+                    (
+                        f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, "
+                        f"built in {r['ivf_build_s']:.1f} s"
+                    ),
+                ),
+                ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
+                ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
+            ],
+        )
+    text = []
+    if text_n:
+        text += [
+            (
+                f"text queries, exact ({r['text_n']} x {dim})",
+                f"{r['text_exact_queries_per_s']:.1f}/s",
+            ),
+            (
+                f"text queries, IVF (nprobe {r['text_ivf_nprobe']})",
+                f"{r['text_ivf_queries_per_s']:.1f}/s, recall@{r['text_k']} "
+                f"{r['text_ivf_recall']:.3f}",
+            ),
+        ]
+    if prompts:
+        text.append(
+            (
+                f"prompts encoded ({r['model']})",
+                f"{r['prompts_per_s']:.1f}/s ({r['prompts_per_cpu_s']:.1f} per CPU second; "
+                f"{r['gflop_per_position']:.2f} GFLOP per token position)",
+            )
+        )
+    if lvt_tower:
+        text += [
+            ("plain encoder, s/window", f"{r['plain_s_per_window']:.2f}"),
+            ("LvT video tower, s/window", f"{r['lvt_s_per_window']:.2f}"),
+            (
+                "LvT extra cost per window",
+                f"{100 * r['lvt_extra_time']:+.0f}% time, "
+                f"{100 * r['lvt_extra_flops']:+.0f}% FLOPs ({r['lvt_extra_gflop']:.0f} GFLOP)",
+            ),
+        ]
+    if text:
+        print_figures("bench retrieve: text (video-text models)", text)
 
 
 # --- probe ------------------------------------------------------------------------------------
