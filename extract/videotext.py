@@ -165,6 +165,11 @@ def param_shapes(config: LvtConfig) -> dict:
     return jax.eval_shape(init, jax.random.key(0), *args)
 
 
+def param_count(name: str) -> int:
+    shapes = param_shapes(get_lvt_config(name))
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
+
+
 def load_video_text(
     name: str, checkpoint: str | os.PathLike | None = None, dtype: str = "float32"
 ) -> VideoTextEncoder:

@@ -191,6 +191,14 @@ def load_checkpoint(
     )
 
 
+def _param_count(config: EncoderConfig) -> int:
+    if config.name.startswith("videoprism-lvt"):  # both towers
+        from ethoprism.extract.videotext import param_count as video_text_params
+
+        return video_text_params(config.name)
+    return param_count(config)
+
+
 def list_models() -> list[dict]:
     """Each encoder config with its size and where its weights are, if they are on this machine."""
     return [
@@ -201,7 +209,7 @@ def list_models() -> list[dict]:
             "model_dim": c.model_dim,
             "spatial_layers": c.num_spatial_layers,
             "temporal_layers": c.num_temporal_layers,
-            "params": param_count(c),
+            "params": _param_count(c),
             "hf_repo": c.hf_repo,
             "hf_filename": c.hf_filename,
             "weights": weights_available(c.name),
