@@ -77,8 +77,8 @@ def lvt_extra_flops(model: str, num_frames: int, size: int) -> tuple[int, int]:
     tokens = num_frames * (size // v.patch_size) ** 2
     d, f, h = v.model_dim, v.mlp_dim, 4 * v.model_dim
     aux = 2 * tokens * d * d * 4 + 2 * tokens * d * f * 2 + 2 * 2 * tokens * tokens * d
-    # the pooler projects the tokens to keys and values twice (video, then per frame)
-    pooler = 2 * (2 * tokens * d * h * 2) + 2 * 2 * (tokens + num_frames) * h
+    # keys and values projected once for the video and its frames; two single-query attentions
+    pooler = 2 * tokens * d * h * 2 + 2 * 2 * 2 * tokens * h
     return encoder_flops(v, num_frames, size, size), c.num_auxiliary_layers * aux + pooler
 
 
