@@ -32,7 +32,6 @@ from ethoprism.extract.encoder import (
     _dot,
 )
 
-Array = jax.Array
 TEXT_MAX_LEN = 64
 C4_EN_URL = "https://storage.googleapis.com/t5-data/vocabs/cc_en.32000/sentencepiece.model"
 PROMPT_TEMPLATE = "a video of {}."  # what the official video-text colab wraps queries in
@@ -59,10 +58,6 @@ LVT_CONFIGS: dict[str, LvtConfig] = {
         LvtConfig("videoprism-lvt-tiny", CONFIGS["videoprism-lvt-tiny"], 2, 2, 512, None),
     ]
 }
-
-
-def is_lvt(name: str) -> bool:
-    return name in LVT_CONFIGS
 
 
 def l2_normalize(x):
