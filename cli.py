@@ -96,7 +96,11 @@ def extract(
         str, typer.Argument(help="The feature store to create or append to (a directory).")
     ],
     model: Annotated[
-        str, typer.Option(help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny.")
+        str,
+        typer.Option(
+            help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny; or a video-text "
+            "model, videoprism-lvt-b or -l, whose stores can also be searched by text."
+        ),
     ] = "videoprism-b",
     checkpoint: Annotated[
         str | None,
