@@ -609,6 +609,14 @@ def retrieve_build_index(
     nlist: Annotated[
         int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")
     ] = None,
+    embedding: Annotated[
+        str,
+        typer.Option(
+            help="Which embedding to index: embedding (moment queries), or video_embedding "
+            "for text queries on a videoprism-lvt store (written beside it as "
+            "STORE.video_embedding.ann)."
+        ),
+    ] = "embedding",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the index description as JSON.")
     ] = False,
@@ -619,16 +627,16 @@ def retrieve_build_index(
     from ethoprism.probe.retrieve.ann import build_index, index_dir
 
     try:
-        info = build_index(store, nlist=nlist)
+        info = build_index(store, nlist=nlist, var=embedding)
     except EthoprismError as e:
         raise fail(e) from None
     if as_json:
         print_json(asdict(info))
         return
     console.print(
-        f"{index_dir(store)}: {info.kind}, {info.n_windows} windows, nlist {info.nlist}, nprobe "
-        f"{info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} on {info.recall_queries} "
-        f"windows; built in {info.build_seconds:.1f} s",
+        f"{index_dir(store, embedding)}: {info.kind}, {info.n_windows} windows, "
+        f"nlist {info.nlist}, nprobe {info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} "
+        f"on {info.recall_queries} windows; built in {info.build_seconds:.1f} s",
         highlight=False,
     )
 

@@ -91,6 +91,23 @@ def test_text_query_equals_numpy_brute_force(lvt_store, text_model):
     np.testing.assert_array_equal(raw.found.windows[0], np.argsort(-bare, kind="stable")[:3])
 
 
+def test_text_query_through_the_approximate_index(lvt_store):
+    exact = run_text_query(lvt_store, TEXTS, k=5, checkpoint=CHECKPOINT, tokenizer=TOKENIZER)
+    with pytest.raises(EthoprismError, match="--embedding video_embedding"):
+        run_text_query(lvt_store, TEXTS, approx=True, tokenizer=TOKENIZER)
+    build = ["retrieve", "build-index", lvt_store, "--embedding", "video_embedding"]
+    out = CliRunner().invoke(app, [*build, "--nlist", "1"])
+    assert out.exit_code == 0, out.output
+    assert Path(lvt_store + ".video_embedding.ann").is_dir()
+    assert not Path(lvt_store + ".ann").exists()  # the moment-query index is another one
+    approx = run_text_query(
+        lvt_store, TEXTS, k=5, approx=True, checkpoint=CHECKPOINT, tokenizer=TOKENIZER
+    )
+    # one list: the IVF search is exhaustive, so it must agree with exact search
+    np.testing.assert_array_equal(approx.found.windows, exact.found.windows)
+    np.testing.assert_allclose(approx.found.distances, exact.found.distances, atol=1e-5)
+
+
 def _brute_force_frame_probs(ds, video, n_frames, window_probs):
     """Per-frame mean over covering windows, frame by frame."""
     windows = np.flatnonzero(ds["video_name"].values.astype(str) == video)
