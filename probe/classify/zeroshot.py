@@ -30,6 +30,7 @@ from ethoprism.probe.classify.predict import (
 )
 from ethoprism.probe.report import confusion_png, ethogram_png
 from ethoprism.probe.text import ALIGNED_VAR, TEMPERATURE, encode_prompts, require_aligned
+from ethoprism.store import geometry
 
 NAME = "zero-shot"
 
@@ -102,7 +103,8 @@ def zero_shot(
         frame_prob, _ = video_frame_probabilities(ds, windows, probs[v], n_frames)
         per_frame[v] = frame_labels(frame_prob)
         stem = Path(v).stem
-        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, classes, fps)
+        times = geometry.video_frame_times(ds, rows[v]["row"])  # the stored frame times
+        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, classes, times)
         expert = None
         if table is not None and v in table.videos:
             truth = _truth(table, v, n_frames, False, classes)
