@@ -456,6 +456,11 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
         "layout", f"{r['layout']['dtype']}, pool {r['layout']['pool']}, tokens {r['token_shape']}"
     )
     table.add_row("parts", ", ".join(f"{p['name']} ({p['windows']} windows)" for p in r["parts"]))
+    table.add_row(
+        "embeddings",
+        ", ".join(r["embeddings"])
+        + (" (searchable by text)" if len(r["embeddings"]) > 1 else " (no text-aligned one)"),
+    )
     table.add_row("videos", f"{r['videos_complete']} complete, {len(r['videos_failed'])} failed")
     for v in r["videos_failed"]:
         table.add_row("  failed", f"{v['path']}: {v['reason']}")
@@ -612,6 +617,20 @@ def retrieve_query(
             "preprocessing; each of its windows is a query."
         ),
     ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A text prompt (repeatable): windows ranked by cosine similarity of their "
+            "text-aligned embedding (stores of a videoprism-lvt model)."
+        ),
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help="How --text is wrapped before encoding ('{}' keeps it as is).")
+    ] = "a video of {}.",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="SentencePiece model for --text (offline; else downloaded once)."),
+    ] = None,
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
     index_store: Annotated[
         str | None, typer.Option(help="Search this store instead (same identity).")
@@ -642,7 +661,8 @@ def retrieve_query(
     column: ColumnAliasOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
+    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip; or
+    the windows most similar to text prompts (--text, on a videoprism-lvt store)."""
     from ethoprism.probe import retrieve as retrieval
     from ethoprism.probe.retrieve.contact_sheet import sheet_for
 
@@ -653,7 +673,19 @@ def retrieve_query(
         "scheduler": scheduler,
         "approx": approx,
     }
-    if clip:
+    if text:
+        from ethoprism.probe.retrieve.text import run_text_query
+
+        del search["exclude_same_video"]
+        result = run_text_query(
+            index_store or store,
+            text,
+            template=template,
+            checkpoint=checkpoint,
+            tokenizer=tokenizer,
+            **search,
+        )
+    elif clip:
         from ethoprism.pipeline.clip_query import run_clip_query
 
         result = run_clip_query(
@@ -672,7 +704,12 @@ def retrieve_query(
         sheet_for(
             result, sheet, n_results=sheet_results, labels=labels, column=column or label_column
         )
-    rows = result.table()
+    if text:
+        from ethoprism.probe.retrieve.text import text_table
+
+        rows = text_table(result)
+    else:
+        rows = result.table()
     if as_json:
         print_json(rows)
         return
@@ -689,7 +726,7 @@ def retrieve_query(
         "start time (s)",
         "start frame",
         "window",
-        "distance",
+        "cosine" if text else "distance",
         title=f"nearest windows in {result.index.attrs.get('source', index_store or store)}",
     )
     for r in rows:
@@ -700,7 +737,7 @@ def retrieve_query(
             f"{r['start_time']:.3f}",
             str(r["start_frame"]),
             str(r["window"]),
-            f"{r['distance']:.4g}",
+            f"{r['cosine' if text else 'distance']:.4g}",
         )
     console.print(table)
     if sheet:
@@ -716,6 +753,14 @@ def retrieve_build_index(
     nlist: Annotated[
         int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")
     ] = None,
+    embedding: Annotated[
+        str,
+        typer.Option(
+            help="Which embedding to index: embedding (moment queries), or video_embedding "
+            "for text queries on a videoprism-lvt store (written beside it as "
+            "STORE.video_embedding.ann)."
+        ),
+    ] = "embedding",
     as_json: JsonOpt = False,
 ) -> None:
     """Build the approximate (FAISS IVF-Flat) index of a store and report its recall@10 vs exact."""
@@ -723,14 +768,14 @@ def retrieve_build_index(
 
     from ethoprism.probe.retrieve.ann import build_index, index_dir
 
-    info = build_index(store, nlist=nlist)
+    info = build_index(store, nlist=nlist, var=embedding)
     if as_json:
         print_json(asdict(info))
         return
     console.print(
-        f"{index_dir(store)}: {info.kind}, {info.n_windows} windows, nlist {info.nlist}, nprobe "
-        f"{info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} on {info.recall_queries} "
-        f"windows; built in {info.build_seconds:.1f} s",
+        f"{index_dir(store, embedding)}: {info.kind}, {info.n_windows} windows, "
+        f"nlist {info.nlist}, nprobe {info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} "
+        f"on {info.recall_queries} windows; built in {info.build_seconds:.1f} s",
         highlight=False,
     )
 
@@ -825,37 +870,99 @@ def bench_retrieve(
     n: Annotated[int, typer.Option(help="Index embeddings (generated in memory).")] = 1_000_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
+    text_n: Annotated[
+        int,
+        typer.Option(
+            help="Normalised text-aligned embeddings for the text-query figures (1000000 for an "
+            "archive-sized figure: ~6 GB; 0 skips them)."
+        ),
+    ] = 250_000,
+    prompts: Annotated[
+        int, typer.Option(help="Prompts encoded by the videoprism-lvt-b text tower (0 skips).")
+    ] = 1000,
+    lvt_tower: Annotated[
+        bool,
+        typer.Option(
+            help="Also time the videoprism-lvt-b video tower against the plain encoder at the "
+            "base shape (16 x 288 x 288; minutes on a CPU)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Exact search vs FAISS IndexFlatL2 on the same embeddings (target >= 0.8x), and the IVF
-    index's speedup over exact search and its recall@10."""
+    index's speedup over exact search and its recall@10; text queries/s over text-aligned
+    embeddings (exact and IVF), prompts encoded/s, and the LvT video tower's extra cost."""
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
+    from ethoprism.probe.retrieve.bench import bench_text_search
 
-    r = run_bench(n=n, dim=dim, queries=queries)
+    r = run_bench(n=n, dim=dim, queries=queries) if n else {}
+    if text_n:
+        r.update(bench_text_search(n=text_n, dim=dim))
+    if prompts or lvt_tower:
+        from ethoprism.extract import lvt_bench
+
+        if prompts:
+            r.update(lvt_bench.bench_prompts(n=prompts))
+        if lvt_tower:
+            r.update(lvt_bench.bench_video_tower())
     if as_json:
         print_json(r)
         return
-    print_figures(
-        (
-            f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, k {r['k']}, "
-            f"{r['threads']} threads"
-        ),
-        [
-            ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
-            ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
-            ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
-            ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+    if n:
+        print_figures(
             (
-                "IVF-Flat",
-                (
-                    f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, "
-                    f"built in {r['ivf_build_s']:.1f} s"
-                ),
+                f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, "
+                f"k {r['k']}, {r['threads']} threads"
             ),
-            ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
-            ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
-        ],
-    )
+            [
+                ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
+                ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
+                ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
+                ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+                (
+                    "IVF-Flat",
+                    (
+                        f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, "
+                        f"built in {r['ivf_build_s']:.1f} s"
+                    ),
+                ),
+                ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
+                ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
+            ],
+        )
+    text = []
+    if text_n:
+        text += [
+            (
+                f"text queries, exact ({r['text_n']} x {dim})",
+                f"{r['text_exact_queries_per_s']:.1f}/s",
+            ),
+            (
+                f"text queries, IVF (nprobe {r['text_ivf_nprobe']})",
+                f"{r['text_ivf_queries_per_s']:.1f}/s, recall@{r['text_k']} "
+                f"{r['text_ivf_recall']:.3f}",
+            ),
+        ]
+    if prompts:
+        text.append(
+            (
+                f"prompts encoded ({r['model']})",
+                f"{r['prompts_per_s']:.1f}/s ({r['prompts_per_cpu_s']:.1f} per CPU second; "
+                f"{r['gflop_per_position']:.2f} GFLOP per token position)",
+            )
+        )
+    if lvt_tower:
+        text += [
+            ("plain encoder, s/window", f"{r['plain_s_per_window']:.2f}"),
+            ("LvT video tower, s/window", f"{r['lvt_s_per_window']:.2f}"),
+            (
+                "LvT extra cost per window",
+                f"{100 * r['lvt_extra_time']:+.0f}% time, "
+                f"{100 * r['lvt_extra_flops']:+.0f}% FLOPs ({r['lvt_extra_gflop']:.0f} GFLOP)",
+            ),
+        ]
+    if text:
+        print_figures("bench retrieve: text (video-text models)", text)
 
 
 # --- probe ------------------------------------------------------------------------------------
@@ -1147,6 +1254,73 @@ def probe_eval(
         table.add_row(c, fmt(r["average_precision"][c]), fmt(r["f1"][c]))
     console.print(table)
     console.print(f"confusion matrix: {r['confusion_png']}", highlight=False)
+
+
+@probe_app.command("zero-shot")
+def probe_zero_shot(
+    store: StoreArg,
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated class names; each becomes one text prompt.")
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Output directory: VIDEO.csv and VIDEO.png per video, labels.csv, and with "
+            "--labels metrics.json and confusion.png.",
+        ),
+    ],
+    labels: Annotated[
+        str | None, typer.Option(help="Expert labels: drawn above the ethogram and scored.")
+    ] = None,
+    column: Annotated[str, typer.Option(help="Label column of --labels.")] = "action",
+    background: Annotated[str, typer.Option(help="Background class of --labels.")] = "none",
+    template: Annotated[
+        str, typer.Option(help="How each class name is wrapped ('{}' keeps it as is).")
+    ] = "a video of {}.",
+    video: Annotated[
+        list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="The store's LvT weights (offline; else the hub's).")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="SentencePiece model (offline; else downloaded once).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot ethogram of a videoprism-lvt store: every window scored against one text prompt
+    per class, averaged per frame like a trained head; with --labels, the metrics of `probe
+    eval`. labels.csv holds the result as a label file to correct and train on."""
+    from ethoprism.probe.classify.zeroshot import zero_shot
+
+    r = zero_shot(
+        store,
+        classes.split(","),
+        out,
+        labels=labels,
+        column=column,
+        background=background,
+        template=template,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer,
+        videos=video,
+    )
+    if as_json:
+        print_json(r)
+        return
+    for v in r["videos"]:
+        console.print(
+            f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False
+        )
+    console.print(f"labels file: {r['labels_file']}", highlight=False)
+    if "metrics" in r:
+        m = r["metrics"]
+        console.print(
+            f"mAP {m['mAP']:.3f}, macro accuracy {m['macro_accuracy']:.3f}, accuracy "
+            f"{m['accuracy']:.3f} over {m['n']} frames; confusion matrix: {m['confusion_png']}",
+            highlight=False,
+        )
 
 
 @bench_app.command("probe")

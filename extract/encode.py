@@ -25,6 +25,7 @@ class EncodedBatch(NamedTuple):
     embedding: np.ndarray  # (n, D) float32
     # (n,) bool: float16 tokens checked on the device (`coding.tokens_finite`); else None
     checked: np.ndarray | None = None
+    aligned: dict | None = None  # a video-text model's text-aligned embeddings, name -> (n, ...)
 
 
 class ShardedEncoder:
@@ -60,7 +61,8 @@ class ShardedEncoder:
             frames = pixels.astype(jnp.float32) * scale + lo
             out = encoder.apply(params, frames)
             tokens = out.tokens if store_layout is None else code_tokens(out.tokens, store_layout)
-            return tokens, out.embedding, tokens_finite(tokens) if checks else None
+            aligned = out._asdict() | {"tokens": None, "embedding": None}
+            return tokens, out.embedding, tokens_finite(tokens) if checks else None, aligned
 
         self._forward = jax.jit(
             forward,
@@ -86,9 +88,12 @@ class ShardedEncoder:
     @staticmethod
     def fetch(handle) -> EncodedBatch:
         """Wait for a submitted batch and bring its real (unpadded) rows to host memory."""
-        n, (tokens, embedding, checked) = handle
+        n, (tokens, embedding, checked, aligned) = handle
         checked = None if checked is None else np.asarray(checked)[:n]
-        return EncodedBatch(np.asarray(tokens)[:n], np.asarray(embedding)[:n], checked)
+        aligned = {k: np.asarray(v)[:n] for k, v in aligned.items() if v is not None}
+        return EncodedBatch(
+            np.asarray(tokens)[:n], np.asarray(embedding)[:n], checked, aligned or None
+        )
 
     def __call__(self, pixels: np.ndarray) -> EncodedBatch:
         return self.fetch(self.submit(pixels))

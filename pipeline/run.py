@@ -170,6 +170,7 @@ class _Writer(threading.Thread):
             # checked on the device; a window that failed there is checked again here, so
             # the store refuses it by name as it would any other
             checked=encoded.checked is not None and bool(encoded.checked[take].all()),
+            aligned={k: v[take] for k, v in (encoded.aligned or {}).items()},
         )
         self._open[index] = (vw, n + len(rows), t0)
         self.reporter.windows_done(len(rows))

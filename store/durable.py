@@ -164,8 +164,9 @@ def register_part(root: Path, name: str) -> None:
             write_json_atomic(root / "zarr.json", doc)
 
 
-def shard_path(part_dir: Path, name: str, index: int) -> Path:
-    return part_dir.joinpath(name, "c", str(index), *["0"] * (len(ARRAY_DIMS[name]) - 1))
+def shard_path(part_dir: Path, name: str, index: int, ndim: int | None = None) -> Path:
+    ndim = ndim or len(ARRAY_DIMS[name])  # given for arrays not in ARRAY_DIMS (text-aligned)
+    return part_dir.joinpath(name, "c", str(index), *["0"] * (ndim - 1))
 
 
 class PartRecord:
@@ -234,7 +235,7 @@ class PartRecord:
             fsync_path(self.dir / name / "zarr.json")
             per_file = arr.shards[0] if arr.shards else arr.chunks[0]
             for i in range(start // per_file, (end - 1) // per_file + 1):
-                path = shard_path(self.dir, name, i)
+                path = shard_path(self.dir, name, i, arr.ndim)
                 if path.exists():
                     if name not in sharded:
                         fsync_path(path)

@@ -30,6 +30,7 @@ from ethoprism.store.schema import (
     WINDOW_COORDS,
     Layout,
     StoreError,
+    aligned_arrays,
     check_schema,
     content_key,
     part_arrays,
@@ -129,7 +130,7 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     attrs = dict(root.attrs)
     check_schema(attrs, source)
     layout = Layout.from_dict(attrs["layout"])
-    names = part_arrays(layout)
+    names = part_arrays(layout) + tuple(aligned_arrays(attrs["encoder"]))
     parts = []
     for name in attrs.get("parts", []):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
@@ -240,6 +241,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     for i, row in enumerate(rows):
         row_of[row["part"]][row["row"]] = i
     coords, stored = {name: [] for name in WINDOW_COORDS}, {}
+    aligned = aligned_arrays(handle.attrs["encoder"])
     part_idx, part_window, frame_time = [], [], []
     frames = _frames_per_window(handle)
     fps = np.array([row["fps"] for row in rows], np.float64)
@@ -256,7 +258,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
                 c["start_time"], c["frame_step"], c["n_valid_frames"], fps[c["video"]], frames
             )
             frame_time.append(da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames)))
-        for name in handle.layout.arrays + ("embedding",):
+        for name in handle.layout.arrays + ("embedding",) + tuple(aligned):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
         part_window.append(np.arange(start, stop, dtype=np.int64))
@@ -265,10 +267,15 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
         tokens = handle.layout.decode(stored)
         embedding = stored["embedding"]
+        aligned_vars = {name: (dims, stored[name]) for name, dims in aligned.items()}
     else:
         t, h, w, c = _empty_token_shape(handle)
         tokens = da.zeros((0, t, h, w, c), dtype=np.float32)
         embedding = da.zeros((0, c), dtype=np.float32)
+        aligned_vars = {
+            name: (dims, da.zeros((0, *({"t": t, "c": c}[d] for d in dims[1:])), np.float32))
+            for name, dims in aligned.items()
+        }
 
     def cat(chunks, dtype):
         return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
@@ -297,6 +304,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         {
             "tokens": (ARRAY_DIMS["tokens"], tokens),
             "embedding": (ARRAY_DIMS["embedding"], embedding),
+            **aligned_vars,
         },
         coords={**window_coords, **table},
         attrs=attrs,

@@ -37,6 +37,7 @@ from ethoprism.store.schema import (
     Layout,
     StoreError,
     VideoRecord,
+    aligned_arrays,
     content_key,
 )
 from ethoprism.store.stream import Pending, WindowStream, Writes
@@ -54,12 +55,20 @@ class StoreWriter:
     writing them a `WindowStream` (stream.py); videos are written by a `VideoWriter`.
     """
 
-    def __init__(self, root: Path, layout: Layout, part: str, windows_per_shard: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        part: str,
+        windows_per_shard: int | None = None,
+        aligned: dict[str, tuple[str, ...]] | None = None,
+    ):
         self.root, self.layout, self.part = root, layout, part
+        self.aligned = aligned or {}  # a video-text store's text-aligned arrays -> dimensions
         self.video: VideoWriter | None = None  # the open video, if any
         self.record = PartRecord(root, part)
         self.part_dir = self.record.dir
-        self.stream = WindowStream(root, layout, part, windows_per_shard)
+        self.stream = WindowStream(root, layout, part, windows_per_shard, self.aligned)
         try:
             self.stream.recover(self.record.state)
             self.record.register()
@@ -77,11 +86,18 @@ class StoreWriter:
         return self.record.is_complete(sha256)
 
     def create_arrays(
-        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None
+        self,
+        encoded: dict[str, np.ndarray],
+        channels: int,
+        frames: int | None,
+        aligned: dict[str, np.ndarray] | None = None,
     ) -> None:
         """The part's arrays, for windows like `encoded` (its first window's stored arrays);
-        frame_time too if `frames` (its frames per window) is given."""
-        self.record.state = self.stream.create_arrays(encoded, channels, frames, self.record.state)
+        frame_time too if `frames` (its frames per window) is given; text-aligned like
+        `aligned`."""
+        self.record.state = self.stream.create_arrays(
+            encoded, channels, frames, self.record.state, aligned
+        )
 
     def make_durable(self, start: int, end: int) -> None:
         """The files holding windows [start, end) on disk (token shards are already)."""
@@ -191,10 +207,12 @@ class VideoWriter:
         start_time,
         frame_time=None,
         checked: bool = False,
+        aligned: dict | None = None,
     ) -> None:
         """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c); frame_time (n, frames)
         the presentation time of each window frame (padding repeats the last valid frame's),
-        given with every batch of a part or with none.
+        given with every batch of a part or with none; for a video-text model's store its
+        text-aligned arrays (`aligned`: name -> (n, ...)).
 
         Tokens are float32 at full resolution (the store codes them for its layout), or, for
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
@@ -236,9 +254,22 @@ class VideoWriter:
             raise self._error(
                 f"stored token shape {tuple(stored_shape)} differs from this part's {tuple(shape)}"
             )
+        aligned = {k: np.asarray(v, dtype=np.float32) for k, v in (aligned or {}).items()}
+        if set(aligned) != set(self.store.aligned):
+            raise self._error(
+                f"this store takes the text-aligned arrays {sorted(self.store.aligned) or 'none'}, "
+                f"got {sorted(aligned) or 'none'}"
+            )
+        for name, values in aligned.items():
+            if len(values) != n or len(values.shape) != len(self.store.aligned[name]):
+                raise self._error(f"{name} of shape {values.shape} for {n} windows")
+            if not np.isfinite(values).all():
+                bad = int(np.argmax(~np.isfinite(values.reshape(n, -1)).all(axis=1)))
+                raise self._error("not finite", bad, name)
         batch = {
             "embedding": embedding,
             "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
+            **aligned,
         }
         for name, values in (
             ("start_frame", start_frame),
@@ -265,7 +296,9 @@ class VideoWriter:
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
                 frames = batch[FRAME_TIME].shape[1] if frame_time is not None else None
-                self.store.create_arrays(first, tokens.shape[-1], frames)
+                self.store.create_arrays(
+                    first, tokens.shape[-1], frames, {k: v[:1] for k, v in aligned.items()}
+                )
             arrays = self.store.stream.arrays
             has = FRAME_TIME in arrays
             if has and frame_time is None:
@@ -400,6 +433,6 @@ def open_writer(
     identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
     try:
         open_root(root, identity, software_version)
-        return StoreWriter(root, layout, part, windows_per_shard)
+        return StoreWriter(root, layout, part, windows_per_shard, aligned_arrays(encoder))
     except OSError as e:
         raise writable_error(root, e) from None

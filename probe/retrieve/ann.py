@@ -47,15 +47,16 @@ class AnnInfo:
     build_seconds: float
 
 
-def index_dir(store_path) -> str:
-    """Where the index of a local store lives: beside it, `<store>.ann`."""
+def index_dir(store_path, var: str = "embedding") -> str:
+    """Where the index of a local store lives: beside it, `<store>.ann` (for `embedding`) or
+    `<store>.<var>.ann` (for another embedding, e.g. a video-text store's `video_embedding`)."""
     path = os.fspath(store_path).removeprefix("file://").rstrip("/")
     if "://" in path:
         raise AnnError(
             f"{store_path}: an approximate index is built beside a local store, not a URL "
             "(copy the store locally, or search it exactly)"
         )
-    return path + ".ann"
+    return path + (".ann" if var == "embedding" else f".{var}.ann")
 
 
 def default_nlist(n: int) -> int:
@@ -83,16 +84,19 @@ def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False))
 
 
-def read_rows(ds, rows) -> np.ndarray:
+def read_rows(ds, rows, var: str = "embedding") -> np.ndarray:
     """Embeddings of the given sorted rows of a store: per-window reads when they are few, one
     pass over the blocks holding them when they are many."""
     n = ds.sizes["window"]
     if 8 * len(rows) < n:
-        return np.ascontiguousarray(store.read_windows(ds, rows, var="embedding"), np.float32)
+        return np.ascontiguousarray(store.read_windows(ds, rows, var=var), np.float32)
     wanted = np.zeros(n, bool)
     wanted[rows] = True
     return np.concatenate(
-        [block[wanted[i0 : i0 + len(block)]] for i0, block in read_blocks(ds, mask=wanted)]
+        [
+            block[wanted[i0 : i0 + len(block)]]
+            for i0, block in read_blocks(ds[var].data, mask=wanted)
+        ]
     )
 
 
@@ -246,25 +250,28 @@ def build_index(
     recall_queries: int = RECALL_QUERIES,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
+    var: str = "embedding",
 ) -> AnnInfo:
-    """Build the IVF-Flat index of a local store, measure its recall@10, save it as
-    `<store>.ann/`."""
+    """Build the IVF-Flat index of a local store's `var` embeddings, measure its recall@10, save
+    it as `<store>.ann/` (see `index_dir`)."""
     t0 = time.perf_counter()
-    out = index_dir(store_path)
+    out = index_dir(store_path, var)
     ds = store.open(os.fspath(store_path))
-    n, dim = ds["embedding"].shape
+    if var not in ds or ds[var].ndim != 2:
+        raise AnnError(f"{store_path} has no per-window embedding {var!r} to index")
+    n, dim = ds[var].shape
     if n == 0:
         raise AnnError(f"{store_path} holds no windows to index")
     nlist = nlist or default_nlist(n)
     rng = np.random.default_rng(seed + 1)
     probe_rows = np.sort(rng.choice(n, min(n, recall_queries), replace=False))
-    queries = read_rows(ds, probe_rows)
+    queries = read_rows(ds, probe_rows, var)
     # exact neighbours of the sampled windows (each excluding itself, as a held-out query would),
     # found in the same pass over the store that fills the index
     exact = TopK(queries, 10, query_groups=probe_rows)
     index = build_ivf(
-        ds,
-        read_rows(ds, training_rows(n, nlist, seed)),
+        ds[var].data,
+        read_rows(ds, training_rows(n, nlist, seed), var),
         nlist,
         seed=seed,
         on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))),
@@ -303,19 +310,19 @@ def build_index(
     return info
 
 
-def load_index(store_path, ds=None) -> AnnIndex:
-    """The saved index of a store, refused if it belongs to another store or an older state of
-    it."""
-    where = index_dir(store_path)
+def load_index(store_path, ds=None, var: str = "embedding") -> AnnIndex:
+    """The saved index of a store's `var` embeddings, refused if it belongs to another store or an
+    older state of it."""
+    where = index_dir(store_path, var)
+    build = f"`ethoprism retrieve build-index {store_path}" + (
+        "`" if var == "embedding" else f" --embedding {var}`"
+    )
     ds = store.open(os.fspath(store_path)) if ds is None else ds
     try:
         with open(os.path.join(where, META_FILE)) as f:
             meta = json.load(f)
     except FileNotFoundError:
-        raise AnnError(
-            f"no approximate index at {where}; build it with "
-            f"`ethoprism retrieve build-index {store_path}`"
-        ) from None
+        raise AnnError(f"no approximate index at {where}; build it with {build}") from None
     info = AnnInfo(**meta)
     try:
         store.check_same_identity(
@@ -323,14 +330,13 @@ def load_index(store_path, ds=None) -> AnnIndex:
         )
     except store.StoreIdentityError as e:
         raise AnnError(
-            f"{e}: the index was built from another store (foreign); rebuild it with "
-            f"`ethoprism retrieve build-index {store_path}`"
+            f"{e}: the index was built from another store (foreign); rebuild it with {build}"
         ) from None
     n = ds.sizes["window"]
     if info.n_windows != n or info.videos_fingerprint != videos_fingerprint(ds):
         raise AnnError(
             f"approximate index {where} is stale: built for {info.n_windows} windows, the store "
             f"now holds {n}{'' if info.n_windows != n else ' from different videos'}; rebuild it "
-            f"with `ethoprism retrieve build-index {store_path}`"
+            f"with {build}"
         )
     return AnnIndex(faiss.read_index(os.path.join(where, INDEX_FILE)), info)

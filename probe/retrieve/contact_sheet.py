@@ -107,13 +107,12 @@ def contact_sheet(
     axes = fig.subplots(rows, cols, squeeze=False)
     for qi in range(rows):
         q_label = query_labels[qi] if query_labels else None
-        path, seconds = query.frames[qi]
-        _tile(
-            axes[qi, 0],
-            path,
-            seconds,
-            "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else ""),
-        )
+        title = "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else "")
+        if query.frames[qi] is None:  # a text query: the prompt is the whole query
+            axes[qi, 0].set_axis_off()
+            axes[qi, 0].text(0.5, 0.5, title, ha="center", va="center", wrap=True, fontsize=9)
+        else:
+            _tile(axes[qi, 0], *query.frames[qi], title)
         for r in range(n_results):
             w = int(found.windows[qi, r])
             ax = axes[qi, r + 1]
