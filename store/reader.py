@@ -31,6 +31,8 @@ from ethoprism.store.schema import (
     token_arrays,
 )
 
+PUBLISHED_ATTR = "ethoprism_published"  # a published store's root attribute (published.py)
+
 READ_THREADS = 16
 
 
@@ -95,6 +97,10 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     root = _open_group(store, "", source)
     attrs = dict(root.attrs)
     check_schema(attrs, source)
+    if PUBLISHED_ATTR in attrs:
+        from ethoprism.store.published import published_handle
+
+        return published_handle(store, source, attrs)
     layout = Layout.from_dict(attrs["layout"])
     names = token_arrays(layout.dtype) + ("embedding",) + WINDOW_COORDS
     parts = []
@@ -170,10 +176,20 @@ def _lazy(arr: zarr.Array) -> da.Array:
 def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     """Open a store (local path, http(s):// or s3:// URL) as one lazy, dask-backed Dataset.
 
+    A list of stores of the same identity opens as their union (SPEC.md, "Merging stores").
+
     Dims `window, t, h, w, c` (h, w as stored: halved by pool 2) and `videos`; tokens are float32
     whatever the layout. Only committed videos' windows appear. Never writes anything.
     """
+    if isinstance(path_or_url, (list, tuple)):
+        from ethoprism.store.merge import open_union
+
+        return open_union(path_or_url, storage_options)
     handle = open_handle(path_or_url, storage_options)
+    if PUBLISHED_ATTR in handle.attrs:
+        from ethoprism.store.published import dataset_of
+
+        return dataset_of(handle)
     rows, runs = merge_tables(handle.parts)
     attrs = {
         k: handle.attrs[k]
@@ -316,6 +332,10 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     to ordinary indexing.
     """
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
+    if PUBLISHED_ATTR in ds.attrs:
+        from ethoprism.store.published import read_published_windows
+
+        return read_published_windows(ds, indices, var)
     handle = _OPENED.get(ds.attrs.get("source"))
     if handle is None and ds.attrs.get("source") and var in ("tokens", "embedding"):
         handle = open_handle(ds.attrs["source"])  # a dataset unpickled in another process
