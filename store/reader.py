@@ -190,6 +190,11 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         from ethoprism.store.published import dataset_of
 
         return dataset_of(handle)
+    return dataset(handle)
+
+
+def dataset(handle: StoreHandle) -> xr.Dataset:
+    """The Dataset of an opened handle (its parts merged as SPEC.md says)."""
     rows, runs = merge_tables(handle.parts)
     attrs = {
         k: handle.attrs[k]

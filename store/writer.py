@@ -200,6 +200,11 @@ def _open_root(root: Path, identity: dict, software_version: str) -> None:
             write_json_atomic(meta, _group_doc(attrs))
         attrs = _read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
+        if "ethoprism_published" in attrs:
+            raise StoreError(
+                f"{root} is a published store, read-only by contract: extract into a working "
+                "store (another directory) and publish that"
+            )
         if attrs["schema_version"] != SCHEMA_VERSION:
             raise StoreError(
                 f"{root} has schema version {attrs['schema_version']}; this ethoprism "
