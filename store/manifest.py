@@ -195,7 +195,9 @@ def verify(
     else:
         listed = _listing(fs, base)
     known = {o["path"] for o in m["objects"]} | {MANIFEST}
-    report["extra"] = [{"path": p, "holds": "not in the manifest"} for p in listed if p not in known]
+    report["extra"] = [
+        {"path": p, "holds": "not in the manifest"} for p in listed if p not in known
+    ]
     report["ok"] = not (report["missing"] or report["altered"] or report["extra"])
     report.update(objects=len(m["objects"]), bytes=total, url=url)
     return report

@@ -17,10 +17,10 @@ from pathlib import Path
 import xarray as xr
 
 from ethoprism.store.reader import (
+    _OPENED,
     PUBLISHED_ATTR,
     Part,
     StoreHandle,
-    _OPENED,
     dataset,
     open_handle,
 )

@@ -41,8 +41,8 @@ from ethoprism.store.schema import (
     ARRAY_DIMS,
     PARTS,
     VIDEO_COLUMNS,
-    jsonable,
     StoreError,
+    jsonable,
     token_arrays,
 )
 from ethoprism.store.shards import EMPTY, shard_index
@@ -108,7 +108,11 @@ def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
         first = docs[0]
         (sharding,) = first["codecs"]
         inner = sharding["configuration"]["chunk_shape"]
-        if sharding["name"] != "sharding_indexed" or inner[0] != 1 or inner[1:] != first["shape"][1:]:
+        if (
+            sharding["name"] != "sharding_indexed"
+            or inner[0] != 1
+            or inner[1:] != first["shape"][1:]
+        ):
             raise StoreError(
                 f"{name}: not stored as one window per inner chunk of a shard; "
                 "this ethoprism publishes only such stores"
@@ -306,9 +310,7 @@ def publish(
     names = sorted([*_small_arrays(ds), "embedding", *plans])
     metadata = {name: json.loads(fs_dst.cat_file(f"{base_dst}/{name}/zarr.json")) for name in names}
     attrs = {k: v for k, v in ds.attrs.items() if k != "source"}
-    attrs["coordinates"] = " ".join(
-        [*WINDOW_COORDS_OUT, *(f"video_{c}" for c in VIDEO_COLUMNS)]
-    )
+    attrs["coordinates"] = " ".join([*WINDOW_COORDS_OUT, *(f"video_{c}" for c in VIDEO_COLUMNS)])
     attrs[PUBLISHED_ATTR] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -59,9 +59,7 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
         if values.dtype.kind in "TU":  # zarr strings; store.open has Python str objects
             values = values.astype(object)
         coords[name] = (tuple(arrays[name].metadata.dimension_names), values)
-    ds_attrs = {
-        k: v for k, v in attrs.items() if k not in ("coordinates", "consolidated_metadata")
-    }
+    ds_attrs = {k: v for k, v in attrs.items() if k not in ("coordinates", "consolidated_metadata")}
     ds_attrs["source"] = source
     ds = xr.Dataset(
         {
@@ -119,8 +117,7 @@ def published_handle(zstore, source: str, attrs: dict):
     pub = _OPENED[source]
     table = {col: pub.arrays[f"video_{col}"][:] for col in VIDEO_COLUMNS}
     videos = [
-        {col: _plain(table[col][i]) for col in VIDEO_COLUMNS}
-        for i in range(len(table["path"]))
+        {col: _plain(table[col][i]) for col in VIDEO_COLUMNS} for i in range(len(table["path"]))
     ]
     n = pub.arrays["embedding"].shape[0]
     names = [*token_arrays(pub.layout.dtype), "embedding", *WINDOW_COORDS]

@@ -21,7 +21,7 @@ import xarray as xr
 from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.probe import labels as L
-from ethoprism.probe.artifacts import SavedHead, check_store, load_head, save_head
+from ethoprism.probe.artifacts import SavedHead, check_store, save_head
 from ethoprism.probe.classify.heads import HEAD_KINDS, HeadConfig
 from ethoprism.probe.classify.predict import (
     frame_labels,
@@ -39,6 +39,7 @@ from ethoprism.probe.classify.train import (
 )
 from ethoprism.probe.metrics import classification_metrics
 from ethoprism.probe.report import confusion_png, ethogram_png
+from ethoprism.store.cache import split_cache
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -299,7 +300,9 @@ def train_probe(
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
-    head = load_head(head_dir)
+    from ethoprism.probe.share import load_any_head  # a head dir or a published head's URL
+
+    head = load_any_head(head_dir, split_cache(storage_options)[1])
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
