@@ -516,9 +516,6 @@ def bench_share(
         str, typer.Option(help="Token shape t,h,w,c of each window.")
     ] = "8,16,16,128",
     batch: Annotated[int, typer.Option(help="Windows per random minibatch.")] = 16,
-    s3: Annotated[
-        bool, typer.Option(help="Also read over S3 (starts a local Ceph radosgw, ~15 s).")
-    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish vs raw copy; remote random-minibatch reads vs local (with and without the cache);
@@ -531,7 +528,6 @@ def bench_share(
             windows=windows,
             token_shape=_numbers(token_shape, int, "--token-shape"),
             batch=batch,
-            s3=s3,
         )
     except EthoprismError as e:
         raise fail(e) from None

@@ -18,6 +18,7 @@ import zarr
 
 from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.remote import is_url, zarr_store_for
+from ethoprism.store.safety import check_array_metadata
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -28,6 +29,7 @@ from ethoprism.store.schema import (
     StoreError,
     check_schema,
     content_key,
+    jsonable,
     token_arrays,
 )
 
@@ -122,6 +124,10 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
                 arrays = dict(zip(names, opened, strict=True))
             except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
                 raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
+            except (ValueError, TypeError) as e:  # metadata zarr cannot parse
+                raise StoreError(f"{source} part {name!r}: unreadable array ({e})") from None
+            for a, arr in arrays.items():  # before any chunk is decoded
+                check_array_metadata(jsonable(arr.metadata.to_dict()), f"{source} {name}/{a}")
         parts.append(Part(name, state, arrays))
     return StoreHandle(source, attrs, layout, parts)
 
