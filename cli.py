@@ -385,9 +385,15 @@ def store_push(
 # --- sharing between labs (store/publish.py, store/manifest.py, store/merge.py) -----------------
 
 
-def _bytes_progress(what: str):
-    """A rich progress bar over bytes, and its update(done, total) callback."""
+def _bytes_progress(what: str, shown: bool = True):
+    """A rich progress bar over bytes, and its update(done, total) callback (none if not shown:
+    --json output stays parsable)."""
+    import contextlib
+
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    if not shown:
+        return contextlib.nullcontext(), lambda done, total=None: None
 
     bar = Progress(
         *Progress.get_default_columns(),
@@ -419,7 +425,7 @@ def store_publish(
     """
     from ethoprism.store.publish import publish
 
-    bar, update = _bytes_progress("publishing tokens")
+    bar, update = _bytes_progress("publishing tokens", shown=not as_json)
     copied = [0]
 
     def progress(nbytes: int, windows: int) -> None:
@@ -452,7 +458,7 @@ def store_verify(store: StoreArg, as_json: JsonOpt = False) -> None:
     """
     from ethoprism.store.manifest import verify
 
-    bar, update = _bytes_progress("verifying")
+    bar, update = _bytes_progress("verifying", shown=not as_json)
     try:
         with bar:
             r = verify(store, progress=update)

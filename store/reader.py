@@ -18,7 +18,7 @@ import zarr
 
 from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.remote import is_url, zarr_store_for
-from ethoprism.store.safety import check_array_metadata
+from ethoprism.store.safety import check_array_metadata, check_root_document
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -96,6 +96,7 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     """Open a store's metadata and arrays (no window data is read)."""
     source = str(path_or_url)
     store = _zarr_store(source, storage_options)
+    check_root_document(store, source)  # a published store's arrays, before zarr parses them
     root = _open_group(store, "", source)
     attrs = dict(root.attrs)
     check_schema(attrs, source)

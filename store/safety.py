@@ -93,3 +93,28 @@ def check_relative_path(path, where: str) -> str:
             f"{where}: object path {path!r} escapes the store (absolute, '..' or not normal)"
         )
     return path
+
+
+def check_root_document(zstore, where: str) -> None:
+    """Check a group's raw zarr.json (its consolidated arrays' metadata) before zarr parses it."""
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    try:
+        raw = sync(zstore.get("zarr.json", default_buffer_prototype()))
+    except Exception:  # noqa: BLE001 - unreadable: opening the group reports it clearly
+        return
+    if raw is None:
+        return
+    try:
+        doc = json.loads(raw.to_bytes())
+    except ValueError:
+        return  # not JSON: zarr's own error names it
+    consolidated = (doc.get("consolidated_metadata") or {}).get("metadata") or {}
+    if not isinstance(consolidated, dict):
+        raise StoreError(f"{where}: consolidated metadata is not a JSON object")
+    for name, meta in consolidated.items():
+        if isinstance(meta, dict) and meta.get("node_type") == "array":
+            check_array_metadata(meta, f"{where} array {name!r}")
