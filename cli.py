@@ -806,6 +806,7 @@ def retrieve_eval(
         str | None, typer.Option(help="Dask scheduler address for the search.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    cache: CacheOpt = None,
 ) -> None:
     """mean Hit@K as in Sun et al. 2024: test windows query the train windows, averaged over
     classes."""
@@ -826,6 +827,7 @@ def retrieve_eval(
             runs=runs,
             seed=seed,
             scheduler=scheduler,
+            storage_options=_cached(cache),
         )
     except EthoprismError as e:
         raise fail(e) from None
