@@ -522,6 +522,13 @@ def bench_share(
         str, typer.Option(help="Token shape t,h,w,c of each window.")
     ] = "8,16,16,128",
     batch: Annotated[int, typer.Option(help="Windows per random minibatch.")] = 16,
+    s3_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Also publish to and read from this empty S3 prefix (endpoint and "
+            "credentials from the environment: ETHOPRISM_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish vs raw copy; remote random-minibatch reads vs local (with and without the cache);
@@ -534,6 +541,7 @@ def bench_share(
             windows=windows,
             token_shape=_numbers(token_shape, int, "--token-shape"),
             batch=batch,
+            s3_url=s3_url,
         )
     except EthoprismError as e:
         raise fail(e) from None

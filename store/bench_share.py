@@ -1,8 +1,8 @@
 """`ethoprism bench share`: publishing, remote reads and verifying, as ratios from one run.
 
 - publish throughput / a raw copy of the same files (target >= 0.8);
-- random-minibatch read throughput over HTTP (nginx on 127.0.0.1) / local, without the cache
-  and with a warm one (target with the warm cache >= 0.8);
+- random-minibatch read throughput over HTTP (nginx on 127.0.0.1) and S3 (given a bucket) /
+  local, without the cache and with a warm one (target with the warm cache >= 0.8);
 - verify throughput / `sha256sum` over the same objects (target >= 0.8).
 """
 
@@ -113,9 +113,14 @@ def _read_time(ds, batches) -> float:
 
 
 def bench_share(
-    windows: int = 96, token_shape=(8, 16, 16, 128), batch: int = 16, directory=None
+    windows: int = 96,
+    token_shape=(8, 16, 16, 128),
+    batch: int = 16,
+    directory=None,
+    s3_url: str | None = None,
 ) -> dict:
-    """Run the three comparisons on a fresh store of `windows` random windows."""
+    """Run the three comparisons on a fresh store of `windows` random windows; with `s3_url`
+    (an empty prefix; endpoint and credentials from the environment) reads over S3 too."""
     lines = []
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-share-") as tmp:
         tmp = Path(tmp)
@@ -175,32 +180,38 @@ def bench_share(
         local = open_store(str(tmp / "published.zarr"))
         _read_time(local, batches)  # page cache warm, as for the remote server's disk
         local_s = _read_time(local, batches)
-        reads = {"local_s": local_s}
+        reads = {"local": local_s}
+
+        def remote_reads(kind: str, url: str) -> None:
+            reads[kind] = _read_time(open_store(url), batches)
+            cached = open_store(url, {"cache": str(tmp / f"cache-{kind}")})
+            reads[f"{kind}_cold_cache"] = _read_time(cached, batches)
+            reads[f"{kind}_warm_cache"] = _read_time(cached, batches)
+            for name, key in (
+                (f"{kind} vs local", kind),
+                (f"{kind}, cold cache vs local", f"{kind}_cold_cache"),
+                (f"{kind}, warm cache vs local (target >= 0.8)", f"{kind}_warm_cache"),
+            ):
+                lines.append(
+                    (
+                        f"random {batch}-window minibatches: {name}",
+                        f"{reads[key] * 1e3 / N_BATCHES:.1f} vs "
+                        f"{local_s * 1e3 / N_BATCHES:.1f} ms per batch: "
+                        f"{local_s / reads[key]:.2f}x",
+                    )
+                )
+
         (tmp / "nginx").mkdir()
         with _nginx(tmp, tmp / "nginx") as url:
             if url is None:
-                lines.append(("remote reads", "skipped: nginx is not installed"))
+                lines.append(("http reads", "skipped: nginx is not installed"))
             else:
-                remote = open_store(f"{url}/published.zarr")
-                reads["http_s"] = _read_time(remote, batches)
-                cache = {"cache": str(tmp / "cache")}
-                cached = open_store(f"{url}/published.zarr", cache)
-                reads["http_cold_cache_s"] = _read_time(cached, batches)
-                reads["http_warm_cache_s"] = _read_time(cached, batches)
-                for name, key in (
-                    ("http (nginx) vs local", "http_s"),
-                    ("http, cold cache vs local", "http_cold_cache_s"),
-                    ("http, warm cache vs local", "http_warm_cache_s"),
-                ):
-                    lines.append(
-                        (
-                            f"random {batch}-window minibatches: {name}",
-                            f"{reads[key] * 1e3 / N_BATCHES:.1f} vs "
-                            f"{local_s * 1e3 / N_BATCHES:.1f} ms per batch: "
-                            f"{local_s / reads[key]:.2f}x",
-                        )
-                    )
-        lines.append(("S3 reads", "not measured by this bench (see tests/test_store_share.py)"))
+                remote_reads("http (nginx)", f"{url}/published.zarr")
+        if s3_url:
+            publish(str(src), s3_url)
+            remote_reads("s3", s3_url)
+        else:
+            lines.append(("s3 reads", "not measured: give --s3-url s3://bucket/prefix"))
     return {
         "windows": windows,
         "token_shape": list(token_shape),

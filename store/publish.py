@@ -86,16 +86,18 @@ def _zarr_store(url: str, storage_options: dict | None):
     return zarr.storage.LocalStore(url)
 
 
-def put_object(fs, path: str, data: bytes) -> None:
-    """Write one object whole: a local file appears only complete (temp, rename)."""
+def put_object(fs, path: str, data: bytes | list) -> None:
+    """Write one object whole (`data`: bytes, or buffers to write back to back): a local file
+    appears only complete (temp, rename)."""
+    pieces = [data] if isinstance(data, bytes) else data
     if "file" in fs.protocol or "local" in fs.protocol:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
         with open(tmp, "wb") as f:
-            f.write(data)
+            f.writelines(pieces)
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, b"".join(pieces))
 
 
 def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
@@ -166,6 +168,7 @@ class _SourceShards:
                 raise StoreError(f"{where}: committed window {w} is missing from its shard")
             lo, hi = int(rows[:, 0].min()), int((rows[:, 0] + rows[:, 1]).max())
             span = self.fs.cat_file(path, start=lo, end=hi)
+            span = memoryview(span)  # the chunks are views of it: no copy per window
             out += [span[int(o) - lo : int(o + k) - lo] for o, k in rows]
         return out
 
@@ -195,19 +198,22 @@ def _write_token_shards(handle, ds, plans, src, dst, progress) -> dict[str, tupl
                     stop += 1
                 chunks += source.chunks(int(part_of[start]), window_of[start:stop])
                 start = stop
-            body = b"".join(chunks)
-            data = body + shard_index([(c,) for c in chunks], per_shard)
+            pieces = [*chunks, shard_index([(c,) for c in chunks], per_shard)]
+            size = sum(len(p) for p in pieces)
+            digest = hashlib.sha256()
+            for piece in pieces:
+                digest.update(piece)
             path = f"{name}/{_chunk_key(plan['ndim'], shard)}"
             target = f"{base_dst}/{path}"
             try:
-                done = fs_dst.size(target) == len(data)
+                done = fs_dst.size(target) == size
             except FileNotFoundError:
                 done = False
             if not done:
-                put_object(fs_dst, target, data)
+                put_object(fs_dst, target, pieces)
             if progress:
-                progress(len(data), hi - lo)
-            return path, (len(data), hashlib.sha256(data).hexdigest())
+                progress(size, hi - lo)
+            return path, (size, digest.hexdigest())
 
         with ThreadPoolExecutor(COPY_THREADS) as pool:
             written.update(pool.map(one, range(math.ceil(n / per_shard))))
