@@ -7,6 +7,7 @@ where each window was in the source; the published position of a window is looke
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,7 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
         coords=coords,
         attrs=ds_attrs,
     )
+    _check_lengths(source, arrays, coords)
     keys = (coords["part"][1].astype(np.int64) << 40) | coords["part_window"][1].astype(np.int64)
     order = np.argsort(keys, kind="stable")
     _OPENED[source] = Published(arrays, layout, keys[order], order)
@@ -127,6 +129,7 @@ def published_handle(zstore, source: str, attrs: dict):
     part = Part("published", state, {name: pub.arrays[name] for name in names})
     handle = StoreHandle(source, attrs, pub.layout, [part])
     _DATASETS[id(handle)] = ds
+    weakref.finalize(handle, _DATASETS.pop, id(handle), None)
     return handle
 
 
@@ -140,3 +143,17 @@ def dataset_of(handle) -> xr.Dataset:
 
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else str(v) if not isinstance(v, str) else v
+
+
+def _check_lengths(source: str, arrays: dict, coords: dict) -> None:
+    """Window and video arrays agree in length and `video` indexes the table."""
+    lengths = {name: arr.shape[0] for name, arr in arrays.items()}
+    for dim in ("window", "videos"):
+        sizes = {lengths[n] for n, (dims, _) in coords.items() if dims[0] == dim}
+        if dim == "window":
+            sizes |= {arrays["embedding"].shape[0], arrays["tokens"].shape[0]}
+        if len(sizes) > 1:
+            raise StoreError(f"{source}: arrays on {dim!r} differ in length ({sorted(sizes)})")
+    video, n_videos = coords["video"][1], len(coords["video_path"][1])
+    if len(video) and (video.min() < 0 or video.max() >= n_videos):
+        raise StoreError(f"{source}: coordinate video indexes past the {n_videos}-row video table")

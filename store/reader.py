@@ -18,7 +18,12 @@ import zarr
 
 from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.remote import is_url, zarr_store_for
-from ethoprism.store.safety import check_array_metadata, check_root_document
+from ethoprism.store.safety import (
+    check_array_metadata,
+    check_part_names,
+    check_part_record,
+    check_root_document,
+)
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -107,11 +112,12 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     layout = Layout.from_dict(attrs["layout"])
     names = token_arrays(layout.dtype) + ("embedding",) + WINDOW_COORDS
     parts = []
-    for name in attrs.get("parts", []):
+    for name in check_part_names(attrs.get("parts", []), source):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
         state = group.attrs.get(PART_ATTR)
         if state is None:
             raise StoreError(f"{source} part {name!r} has no commit record ({PART_ATTR} attribute)")
+        check_part_record(state, f"{source} part {name!r}")
         arrays = {}
         if state["n_windows"] > 0:
             try:

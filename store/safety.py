@@ -9,6 +9,7 @@ before zarr reads one chunk of it.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from ethoprism.store.schema import StoreError
 
@@ -118,3 +119,42 @@ def check_root_document(zstore, where: str) -> None:
     for name, meta in consolidated.items():
         if isinstance(meta, dict) and meta.get("node_type") == "array":
             check_array_metadata(meta, f"{where} array {name!r}")
+
+
+PART_NAME_CHARS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_PARTS = 100_000
+MAX_VIDEOS = 10_000_000
+
+
+def check_part_names(parts, where: str) -> list[str]:
+    """The root's `parts`: a list of plain names (each becomes a path inside the store)."""
+    if not isinstance(parts, list) or len(parts) > MAX_PARTS:
+        raise StoreError(f"{where}: root attribute parts is not a list of part names")
+    for name in parts:
+        if not isinstance(name, str) or not PART_NAME_CHARS.match(name) or ".." in name:
+            raise StoreError(f"{where}: part name {name!r} is not a plain name")
+    return parts
+
+
+def check_part_record(state, where: str) -> None:
+    """A part's commit record: counts bounded, video rows with the fields readers use."""
+    if not isinstance(state, dict):
+        raise StoreError(f"{where}: commit record is not a JSON object")
+    n = state.get("n_windows")
+    videos = state.get("videos")
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_EXTENT:
+        raise StoreError(f"{where}: commit record n_windows {n!r} is not a count")
+    if not isinstance(videos, list) or len(videos) > MAX_VIDEOS:
+        raise StoreError(f"{where}: commit record videos is not a list")
+    for i, row in enumerate(videos):
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), int) and not isinstance(row.get(k), bool)
+            for k in ("first_window", "n_windows")
+        ):
+            raise StoreError(f"{where}: video row {i} lacks integer first_window / n_windows")
+        if not all(isinstance(row.get(k), str) for k in ("path", "sha256", "status")):
+            raise StoreError(f"{where}: video row {i} lacks path / sha256 / status strings")
+        if row["status"] == "complete" and not (
+            row["first_window"] >= 0 and row["first_window"] + row["n_windows"] <= n
+        ):
+            raise StoreError(f"{where}: video row {i} ({row['path']}) has windows past n_windows")

@@ -329,6 +329,12 @@ def test_store_with_a_pickle_codec_or_object_dtype_is_refused(stores, tmp_path):
         (copy / "zarr.json").write_text(json.dumps(root))
         with pytest.raises(StoreError, match=f"{where} .* not one ethoprism reads"):
             store.open(str(copy))
+    escaping = shutil.copytree(stores / "feat.zarr", tmp_path / "escaping.zarr")
+    root = json.loads((escaping / "zarr.json").read_text())
+    root["attributes"]["parts"] = ["w0", "../../elsewhere"]
+    (escaping / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(StoreError, match="'../../elsewhere' is not a plain name"):
+        store.open(str(escaping))
     part = shutil.copytree(stores / "feat.zarr", tmp_path / "working.zarr")
     meta_path = part / "parts/w0/start_time/zarr.json"
     meta = json.loads(meta_path.read_text())
@@ -387,7 +393,9 @@ def test_remote_store_and_published_head_give_the_local_numbers(stores, tmp_path
 
 
 def test_cli_reads_over_http_with_a_cache_the_same_as_locally(stores, tmp_path, nginx_server):
-    server = nginx_server(stores)
+    server = nginx_server(stores)  # no directory listings
+    arrays, meta = read_plainly(f"{server.url}/pub.zarr", tmp_path)  # a lab without ethoprism
+    assert_plain_equals_store(arrays, meta, store.open(str(stores / "feat.zarr")))
     for name in ("feat.zarr", "pub.zarr"):
         local = CliRunner().invoke(app, ["store", "info", str(stores / name), "--json"])
         cache = ["--cache", str(tmp_path / "cache")]
