@@ -264,6 +264,8 @@ def publish(
     if PUBLISHED_ATTR in handle.attrs:
         raise StoreError(f"{source} is already a published store; copy it as it is")
     ds = open_store(source, storage_options)
+    if ds.sizes["window"] == 0:
+        raise StoreError(f"{source} holds no committed windows: nothing to publish")
     plans = _token_plan(handle, ds)
     plan_digest = hashlib.sha256(
         json.dumps(

@@ -231,9 +231,9 @@ def test_publish_killed_then_rerun_copies_only_what_is_missing(stores, tmp_path)
     killer = textwrap.dedent(
         """
         import os, signal, sys
-        from ethoprism.store.publish import publish, COPY_THREADS
-        import ethoprism.store.publish as p
-        p.COPY_THREADS = 1  # one shard at a time, so the kill lands between shards
+        import sys
+        from ethoprism.store.publish import publish
+        sys.modules["ethoprism.store.publish"].COPY_THREADS = 1  # so the kill lands between shards
         seen = []
         def progress(nbytes, windows):
             seen.append(nbytes)
@@ -351,6 +351,7 @@ LABELS = "video,start_frame,end_frame,action\n" + "".join(
 )
 
 
+@pytest.mark.slow
 def test_remote_store_and_published_head_give_the_local_numbers(stores, tmp_path, nginx_server):
     from ethoprism.probe.classify.jobs import predict_store, train_probe
 
@@ -370,8 +371,13 @@ def test_remote_store_and_published_head_give_the_local_numbers(stores, tmp_path
     assert here["heads"][0]["test"]  # metrics on the held-out video
     head_dir = tmp_path / "l" / "heads" / here["heads"][0]["name"]
     published = tmp_path / "served-heads" / "walk"
-    result = CliRunner().invoke(app, ["probe", "publish", str(head_dir), str(published)])
+    result = CliRunner().invoke(app, ["probe", "publish", str(head_dir), str(published), "--json"])
     assert result.exit_code == 0, result.output
+    provenance = json.loads(result.output)
+    assert provenance["store_identity"] == store.identity(store.open(url))
+    assert provenance["classes"] == ["rest", "walk"] or set(provenance["classes"]) >= {"walk"}
+    assert len(provenance["labels"]["sha256"]) == 64 and provenance["metrics"]
+    assert provenance["training"]["epochs"] == 3
     heads = nginx_server(tmp_path / "served-heads")
     a = predict_store(str(stores / "feat.zarr"), head_dir, tmp_path / "pa")
     b = predict_store(url, f"{heads.url}/walk", tmp_path / "pb")
@@ -416,6 +422,7 @@ def test_cli_reads_over_http_with_a_cache_the_same_as_locally(stores, tmp_path, 
     assert {r["method"] for r in server.requests()[before:]} <= {"GET", "HEAD"}
 
 
+@pytest.mark.slow
 def test_publish_to_s3_then_plain_xarray_and_verify_over_s3(stores, tmp_path, s3_server):
     url = f"s3://{s3_server.bucket}/published/feat.zarr"
     opts = s3_server.storage_options
