@@ -197,6 +197,12 @@ def test_published_store_is_read_only_by_contract(stores, tmp_path):
         store.open_writer(copy, encoder=ENCODER, preprocessing=PREP, layout=Layout("int8"))
     with pytest.raises(StoreError, match="already a published store"):
         publish(str(copy), str(tmp_path / "again.zarr"))
+    dest = str(tmp_path / "by-cli.zarr")
+    first = CliRunner().invoke(app, ["store", "publish", str(stores / "feat.zarr"), dest, "--json"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["windows"] == 27
+    again = CliRunner().invoke(app, ["store", "publish", str(stores / "feat.zarr"), dest, "--json"])
+    assert json.loads(again.output)["up_to_date"] is True
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(StoreError, match="not empty"):
