@@ -458,6 +458,16 @@ def test_publish_to_s3_then_plain_xarray_and_verify_over_s3(stores, tmp_path, s3
     damaged = verify(url, opts)
     assert [m["path"] for m in damaged["missing"]] == ["embedding/c/0/0"]
 
+    # a working store on S3 publishes to S3 as well (shard indexes and chunks by byte range)
+    from ethoprism.store.remote import upload_store
+
+    working = f"s3://{s3_server.bucket}/working/feat.zarr"
+    upload_store(stores / "feat.zarr", working, opts)
+    again = f"s3://{s3_server.bucket}/published/again.zarr"
+    publish(working, again, storage_options=opts, dest_options=opts)
+    assert verify(again, opts)["ok"]
+    np.testing.assert_array_equal(store.open(again, opts).tokens.values, local.tokens.values)
+
 
 def test_bench_share_runs_tiny():
     result = CliRunner().invoke(
