@@ -68,7 +68,7 @@ class CachedStore(WrapperStore[Store]):
         return value
 
     def with_read_only(self, read_only: bool = False):
-        return self
+        return self  # a cache only ever reads
 
 
 def cached(store: Store, cache_dir: str, name: str) -> CachedStore:

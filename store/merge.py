@@ -16,9 +16,9 @@ from pathlib import Path
 
 import xarray as xr
 
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import (
     _OPENED,
-    PUBLISHED_ATTR,
     Part,
     StoreHandle,
     dataset,

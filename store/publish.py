@@ -35,6 +35,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ethoprism.store.manifest import MANIFEST, write_manifest
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
 from ethoprism.store.remote import is_url, storage_options_for
@@ -48,7 +49,6 @@ from ethoprism.store.schema import (
 )
 from ethoprism.store.shards import EMPTY, shard_index
 
-PUBLISHED_ATTR = "ethoprism_published"  # root attribute of a published store (read-only)
 PUBLISHING_ATTR = "ethoprism_publishing"  # root attribute while a publish is under way
 FORMAT = "ethoprism.published"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.safety import check_array_metadata
 from ethoprism.store.schema import ARRAY_DIMS, Layout, StoreError, jsonable, token_arrays
 
-PUBLISHED_ATTR = "ethoprism_published"
+PUBLISHED_ATTR = "ethoprism_published"  # the root attribute that makes a store a published one
 
 
 @dataclass

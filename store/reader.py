@@ -17,6 +17,7 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.codecs import decode_tokens
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.safety import (
     check_array_metadata,
@@ -37,8 +38,6 @@ from ethoprism.store.schema import (
     jsonable,
     token_arrays,
 )
-
-PUBLISHED_ATTR = "ethoprism_published"  # a published store's root attribute (published.py)
 
 READ_THREADS = 16
 

@@ -41,6 +41,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from ethoprism import __version__
 from ethoprism.store import shards
 from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -200,7 +201,7 @@ def _open_root(root: Path, identity: dict, software_version: str) -> None:
             write_json_atomic(meta, _group_doc(attrs))
         attrs = _read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
-        if "ethoprism_published" in attrs:
+        if PUBLISHED_ATTR in attrs:
             raise StoreError(
                 f"{root} is a published store, read-only by contract: extract into a working "
                 "store (another directory) and publish that"
