@@ -277,11 +277,12 @@ def publish(
     root_doc_path = f"{base_dst}/zarr.json"
     if fs_dst.exists(root_doc_path):
         there = json.loads(fs_dst.cat_file(root_doc_path)).get("attributes", {})
-        if PUBLISHED_ATTR in there:
-            if there[PUBLISHED_ATTR].get("plan") == plan_digest:
-                return {"dest": dest, "windows": ds.sizes["window"], "up_to_date": True}
+        plan_there = (there.get(PUBLISHED_ATTR) or {}).get("plan", there.get(PUBLISHING_ATTR))
+        if PUBLISHED_ATTR in there and plan_there != plan_digest:
             raise StoreError(f"{dest} already holds a published store (of another state)")
-        if there.get(PUBLISHING_ATTR) != plan_digest:
+        if plan_there == plan_digest and fs_dst.exists(f"{base_dst}/{MANIFEST}"):
+            return {"dest": dest, "windows": ds.sizes["window"], "up_to_date": True}
+        if plan_there != plan_digest:  # (the manifest is written last: without it, finish)
             raise StoreError(
                 f"{dest} holds something else (or an unfinished publish of another state of "
                 "the store); choose an empty destination"
