@@ -130,7 +130,6 @@ def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
         doc = json.loads(json.dumps(first))
         doc["shape"] = [n] + first["shape"][1:]
         doc["chunk_grid"]["configuration"]["chunk_shape"] = [per_shard] + first["shape"][1:]
-        doc["attributes"] = {}
         plans[name] = {"doc": doc, "per_shard": per_shard, "ndim": len(doc["shape"])}
     return plans
 
@@ -230,7 +229,7 @@ def _small_arrays(ds: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.ndarray
     return out
 
 
-def _write_small(group: zarr.Group, name, dims, values, chunk) -> None:
+def _write_small(group: zarr.Group, name, dims, values, chunk, attributes=None) -> None:
     if values.dtype == object:
         values = values.astype(str)
     kind = str if values.dtype.kind == "U" else values.dtype
@@ -243,9 +242,16 @@ def _write_small(group: zarr.Group, name, dims, values, chunk) -> None:
         dimension_names=dims,
         overwrite=True,
         config={"write_empty_chunks": True},
+        attributes=attributes,
     )
     if len(values):
         arr[:] = values
+
+
+def _source_attributes(handle, name: str) -> dict:
+    """The attributes of a source array (the first part's), kept on its published copy."""
+    part = next((p for p in handle.parts if name in p.arrays), None)
+    return dict(part.arrays[name].attrs) if part else {}
 
 
 def publish(
@@ -297,7 +303,12 @@ def publish(
     group = zarr.open_group(_zarr_store(dest, dest_options), mode="r+", zarr_format=3)
     with ThreadPoolExecutor(COPY_THREADS) as pool:  # each is a few round trips: overlap them
         list(
-            pool.map(lambda item: _write_small(group, item[0], *item[1]), _small_arrays(ds).items())
+            pool.map(
+                lambda item: _write_small(
+                    group, item[0], *item[1], _source_attributes(handle, item[0])
+                ),
+                _small_arrays(ds).items(),
+            )
         )
     emb = ds.embedding
     emb_arr = group.create_array(
@@ -309,6 +320,7 @@ def publish(
         dimension_names=ARRAY_DIMS["embedding"],
         overwrite=True,
         config={"write_empty_chunks": True},
+        attributes=_source_attributes(handle, "embedding"),
     )
     for lo in range(0, emb.shape[0], EMBEDDING_CHUNK):
         hi = min(lo + EMBEDDING_CHUNK, emb.shape[0])  # read_windows: zarr directly, no dask
@@ -324,7 +336,8 @@ def publish(
 
     names = sorted([*_small_arrays(ds), "embedding", *plans])
     metadata = {name: json.loads(fs_dst.cat_file(f"{base_dst}/{name}/zarr.json")) for name in names}
-    attrs = {k: v for k, v in ds.attrs.items() if k != "source"}
+    # every root attribute of the source (store.open shows some), then the Dataset's
+    attrs = {**handle.attrs, **{k: v for k, v in ds.attrs.items() if k != "source"}}
     attrs["coordinates"] = " ".join([*WINDOW_COORDS_OUT, *(f"video_{c}" for c in VIDEO_COLUMNS)])
     attrs[PUBLISHED_ATTR] = {
         "format": FORMAT,
