@@ -280,7 +280,11 @@ StoreArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 CacheOpt = Annotated[
     str | None,
-    typer.Option(help="Keep what is read from a remote store in this local directory."),
+    typer.Option(
+        help="Keep what is read from a remote store in this local directory (meant for "
+        "published stores, which never change: a store still being written is seen as it "
+        "was when first read)."
+    ),
 ]
 
 

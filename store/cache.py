@@ -7,7 +7,10 @@ written whole (temp file, rename), so any number of threads and processes share 
 a warm cache reads at local-disk speed. fsspec's `blockcache` would be the obvious layer, but
 its metadata is not thread-safe (concurrent opens raise KeyError in fsspec 2026.9) and zarr
 reads concurrently; whole-file caches fetch a 64 MiB shard to read one window. A published
-store never changes in place, so entries never expire; delete DIR to drop them.
+store never changes in place, so entries never expire; delete DIR to drop them. A working store
+that writers still extend is seen through the cache as it was when first read: its commit
+records are cached with the shard bytes they describe, which is consistent (committed windows
+keep their bytes and offsets) but not current.
 The cache is asked for with the storage option `cache` (an ethoprism option, not fsspec's).
 """
 
