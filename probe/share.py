@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ethoprism.probe.artifacts import HeadFileError, SavedHead, load_head
-from ethoprism.store.manifest import MANIFEST, parse_manifest, write_manifest
+from ethoprism.store.manifest import MANIFEST, parse_manifest, put_object, write_manifest
 from ethoprism.store.remote import is_url, storage_options_for
 from ethoprism.store.schema import StoreError
 
@@ -95,8 +95,6 @@ def publish_head(head_dir, dest: str, storage_options: dict | None = None) -> di
     head = _validated(lambda: load_head(head_dir), str(head_dir))
     fs, base = _fs(str(dest), storage_options)
     base = base.rstrip("/")
-    from ethoprism.store.publish import put_object
-
     for name in HEAD_FILES:
         put_object(fs, f"{base}/{name}", Path(head_dir, name).read_bytes())
     write_manifest(fs, base, head.store_identity, {}, [], lambda path: None)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +28,20 @@ MAX_MANIFEST_BYTES = 256 << 20
 BLOCK = 8 << 20
 VERIFY_THREADS = 4
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def put_object(fs, path: str, data: bytes | list) -> None:
+    """Write one object whole (`data`: bytes, or buffers to write back to back): a local file
+    appears only complete (temp, rename)."""
+    pieces = [data] if isinstance(data, bytes) else data
+    if "file" in fs.protocol or "local" in fs.protocol:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.writelines(pieces)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, b"".join(pieces))
 
 
 def _sha256_stream(fs, path: str, progress: Callable[[int], None] | None) -> tuple[int, str]:
@@ -73,8 +89,6 @@ def write_manifest(
         "videos": videos,
         "objects": objects,
     }
-    from ethoprism.store.publish import put_object  # publish imports this module
-
     put_object(fs, f"{base}/{MANIFEST}", json.dumps(manifest).encode())
     return manifest
 

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ethoprism.store.manifest import MANIFEST, write_manifest
+from ethoprism.store.manifest import MANIFEST, put_object, write_manifest
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
@@ -84,20 +83,6 @@ def _zarr_store(url: str, storage_options: dict | None):
         )
     os.makedirs(url, exist_ok=True)
     return zarr.storage.LocalStore(url)
-
-
-def put_object(fs, path: str, data: bytes | list) -> None:
-    """Write one object whole (`data`: bytes, or buffers to write back to back): a local file
-    appears only complete (temp, rename)."""
-    pieces = [data] if isinstance(data, bytes) else data
-    if "file" in fs.protocol or "local" in fs.protocol:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.writelines(pieces)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, b"".join(pieces))
 
 
 def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
