@@ -81,8 +81,9 @@ def _zarr_store(url: str, storage_options: dict | None):
         return zarr.storage.FsspecStore.from_url(
             url.rstrip("/"), storage_options=storage_options_for(url, storage_options)
         )
-    os.makedirs(url, exist_ok=True)
-    return zarr.storage.LocalStore(url)
+    path = url.removeprefix("file://")
+    os.makedirs(path, exist_ok=True)
+    return zarr.storage.LocalStore(path)
 
 
 def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
