@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import google_crc32c
 import numpy as np
 import xarray as xr
 import zarr
@@ -116,12 +117,14 @@ def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
         doc = json.loads(json.dumps(first))
         doc["shape"] = [n] + first["shape"][1:]
         doc["chunk_grid"]["configuration"]["chunk_shape"] = [per_shard] + first["shape"][1:]
-        plans[name] = {"doc": doc, "per_shard": per_shard, "ndim": len(doc["shape"])}
+        # the source's chunk key encoding, which the published metadata copies
+        encode = next(p for p in handle.parts if p.arrays).arrays[name].metadata.encode_chunk_key
+        plans[name] = {"doc": doc, "per_shard": per_shard, "key": encode}
     return plans
 
 
-def _chunk_key(ndim: int, index: int) -> str:
-    return "c/" + "/".join([str(index)] + ["0"] * (ndim - 1))
+def _crc32c(data) -> bytes:
+    return google_crc32c.value(bytes(data)).to_bytes(4, "little")  # it takes no memoryview
 
 
 class _SourceShards:
@@ -146,6 +149,8 @@ class _SourceShards:
                 index_bytes = self.fs.cat_file(path, start=-(16 * per_shard + 4))
             except FileNotFoundError:
                 raise StoreError(f"{where}: missing, but it holds committed windows") from None
+            if _crc32c(index_bytes[:-4]) != index_bytes[-4:]:
+                raise StoreError(f"{where}: shard index fails its crc32c (damaged source)")
             index = np.frombuffer(index_bytes[:-4], dtype="<u8").reshape(per_shard, 2)
             rows = index[local]
             if (rows[:, 0] == EMPTY).any():
@@ -154,7 +159,13 @@ class _SourceShards:
             lo, hi = int(rows[:, 0].min()), int((rows[:, 0] + rows[:, 1]).max())
             span = self.fs.cat_file(path, start=lo, end=hi)
             span = memoryview(span)  # the chunks are views of it: no copy per window
-            out += [span[int(o) - lo : int(o + k) - lo] for o, k in rows]
+            for w, (o, k) in zip(local, rows, strict=True):
+                chunk = span[int(o) - lo : int(o + k) - lo]
+                # a damaged source window must not travel under a manifest that vouches for it
+                if len(chunk) < 4 or _crc32c(chunk[:-4]) != chunk[-4:]:
+                    window = int(w + shard * per_shard)
+                    raise StoreError(f"{where}: window {window} fails its crc32c (damaged source)")
+                out.append(chunk)
         return out
 
 
@@ -188,7 +199,7 @@ def _write_token_shards(handle, ds, plans, src, dst, progress) -> dict[str, tupl
             digest = hashlib.sha256()
             for piece in pieces:
                 digest.update(piece)
-            path = f"{name}/{_chunk_key(plan['ndim'], shard)}"
+            path = f"{name}/{plan['key']((shard,) + (0,) * (len(plan['doc']['shape']) - 1))}"
             target = f"{base_dst}/{path}"
             try:
                 done = fs_dst.size(target) == size

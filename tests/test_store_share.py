@@ -482,3 +482,13 @@ def test_bench_share_runs_tiny():
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     assert r["windows"] == 6 and r["publish_vs_raw_copy"] > 0 and r["verify_vs_sha256sum"] > 0
+
+
+def test_publish_refuses_a_damaged_source_window(stores, tmp_path):
+    damaged = shutil.copytree(stores / "feat.zarr", tmp_path / "damaged.zarr")
+    shard = damaged / "parts/w1/tokens/c/1/0/0/0/0"  # part w1 windows 4-7
+    data = bytearray(shard.read_bytes())
+    data[5] ^= 0xFF  # inside window 4's chunk
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"part 'w1' tokens .* window 4 fails its crc32c"):
+        publish(str(damaged), str(tmp_path / "pub.zarr"))
