@@ -109,6 +109,10 @@ def extract(
         str, typer.Option(help="float32, or bfloat16 (bf16 matmuls, f32 softmax/LayerNorm).")
     ] = "float32",
     stride: Annotated[int, typer.Option(help="Frames between consecutive window starts.")] = 8,
+    window_length: Annotated[
+        int | None,
+        typer.Option(help="Frames per window. Default: the encoder's (videoprism-l: 8)."),
+    ] = None,
     frame_step: Annotated[
         int, typer.Option(help="Frame step K inside a window: frames start + j*K.")
     ] = 1,
@@ -116,8 +120,9 @@ def extract(
         str, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")
     ] = "squash",
     frame_size: Annotated[
-        int, typer.Option(help="Side of the square frames the encoder sees.")
-    ] = 288,
+        int | None,
+        typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
+    ] = None,
     layout: Annotated[
         str, typer.Option(help="Token storage: float16-round7, float16 or int8.")
     ] = "float16-round7",
@@ -154,7 +159,7 @@ def extract(
     A video that cannot be decoded is recorded as failed and the run goes on; the exit status
     is 1 when any video failed.
     """
-    from ethoprism.extract.preprocess import Preprocessing
+    from ethoprism.extract.encoder import default_preprocessing
     from ethoprism.pipeline import extract as pipeline_extract
     from ethoprism.pipeline.config import RunConfig
     from ethoprism.pipeline.inputs import find_videos
@@ -167,8 +172,13 @@ def extract(
             model=model,
             checkpoint=checkpoint,
             dtype=dtype,
-            prep=Preprocessing(
-                frame_size=frame_size, resize=resize, window_stride=stride, frame_step=frame_step
+            prep=default_preprocessing(
+                model,
+                window_length=window_length,
+                frame_size=frame_size,
+                resize=resize,
+                window_stride=stride,
+                frame_step=frame_step,
             ),
             layout=Layout(dtype=layout, pool=pool),
             batch_size=batch_size,

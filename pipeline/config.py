@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.store import Layout
+from ethoprism.store.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -13,13 +13,13 @@ class RunConfig:
     model: str = "videoprism-b"
     checkpoint: str | None = None  # a path, "random", or None for the default lookup
     dtype: str = "float32"  # "bfloat16": matmuls in bf16 (store identity records it)
-    prep: Preprocessing = field(default_factory=Preprocessing)
+    prep: Preprocessing | None = None  # None: the encoder's window length and frame size
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
 
-    @property
-    def token_coding(self) -> tuple[str, int]:
-        """What the encoder codes tokens for on the device (`extract.coding`): the layout's
-        token dtype and pooling."""
-        return self.layout.dtype, self.layout.pool
+    def __post_init__(self):
+        if self.prep is None:
+            from ethoprism.extract.encoder import default_preprocessing  # jax: not for workers
+
+            object.__setattr__(self, "prep", default_preprocessing(self.model))

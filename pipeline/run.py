@@ -157,6 +157,7 @@ class _Writer(threading.Thread):
             frame_step=np.array([w.frame_step for w in windows], np.int64),
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
+            frame_time=np.stack([w.frame_times for w in windows]),
         )
         self._open[index] = (vw, n + len(rows), t0)
         self.reporter.windows_done(len(rows))
@@ -185,9 +186,9 @@ def extract_local(
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
-            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
+            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout
         )
-    elif sharded.store_layout != cfg.token_coding:
+    elif sharded.store_layout != cfg.layout:
         raise ValueError(
             f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}"
         )

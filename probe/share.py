@@ -44,10 +44,11 @@ def _check_params(head: SavedHead, where: str) -> None:
     walk(head.params)
 
 
-def load_any_head(source, storage_options: dict | None = None) -> SavedHead:
-    """A head from a local directory, or from a URL where `probe publish` put it."""
+def load_any_head(source, storage_options: dict | None = None, config_type=None) -> SavedHead:
+    """A head from a local directory, or from a URL where `probe publish` put it; its config
+    built by `config_type` (see `load_head`)."""
     if not is_url(str(source)):
-        return _validated(lambda: load_head(source), str(source))
+        return _validated(lambda: load_head(source, config_type), str(source))
     url = str(source).rstrip("/")
     fs, base = _fs(url, storage_options)
     blobs = {}
@@ -73,7 +74,7 @@ def load_any_head(source, storage_options: dict | None = None) -> SavedHead:
     with tempfile.TemporaryDirectory(prefix="ethoprism-head-") as d:
         for name in HEAD_FILES:
             Path(d, name).write_bytes(blobs[name])
-        head = _validated(lambda: load_head(d), url)
+        head = _validated(lambda: load_head(d, config_type), url)
     if manifest["identity"] != head.store_identity:
         raise HeadFileError(f"{url}: head.json and the manifest name different store identities")
     return head

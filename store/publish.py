@@ -41,11 +41,11 @@ from ethoprism.store.reader import open_handle, read_windows
 from ethoprism.store.remote import is_url, storage_options_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
+    FRAME_TIME,
     PARTS,
     VIDEO_COLUMNS,
     StoreError,
     jsonable,
-    token_arrays,
 )
 from ethoprism.store.shards import EMPTY, shard_index
 
@@ -62,6 +62,7 @@ WINDOW_COORDS_OUT = (
     "video_name",
     "part",
     "part_window",
+    FRAME_TIME,  # (window, frame)
 )
 SMALL_CHUNK = 4096  # windows (or videos) per chunk of a coordinate
 EMBEDDING_CHUNK = 1024
@@ -91,7 +92,7 @@ def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
     """For each token array: its published metadata document and windows per shard."""
     plans = {}
     n = ds.sizes["window"]
-    for name in token_arrays(handle.layout.dtype):
+    for name in handle.layout.arrays:
         docs = [jsonable(p.arrays[name].metadata.to_dict()) for p in handle.parts if p.arrays]
         if not docs:
             continue
@@ -220,7 +221,7 @@ def _small_arrays(ds: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.ndarray
     """The published store's non-token arrays: name -> (dims, values, chunk length)."""
     out = {}
     for name in WINDOW_COORDS_OUT:
-        out[name] = (("window",), ds[name].values, SMALL_CHUNK)
+        out[name] = (ds[name].dims, np.asarray(ds[name].values), SMALL_CHUNK)
     for col in VIDEO_COLUMNS:
         out[f"video_{col}"] = (("videos",), ds[f"video_{col}"].values, SMALL_CHUNK)
     return out

@@ -14,9 +14,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ethoprism.store.codecs import decode_tokens
+from ethoprism.store.layout import Layout
 from ethoprism.store.safety import check_array_metadata
-from ethoprism.store.schema import ARRAY_DIMS, Layout, StoreError, jsonable, token_arrays
+from ethoprism.store.schema import ARRAY_DIMS, StoreError, jsonable
 
 PUBLISHED_ATTR = "ethoprism_published"  # the root attribute that makes a store a published one
 
@@ -44,7 +44,7 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
     except (ValueError, KeyError, AttributeError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{source}: published store without consolidated metadata ({e})") from None
     layout = Layout.from_dict(attrs["layout"])
-    names = [*token_arrays(layout.dtype), "embedding"]
+    names = [*layout.arrays, "embedding"]
     coord_names = attrs.get("coordinates", "").split()
     for name in names + coord_names:
         if name not in metadata:
@@ -64,7 +64,7 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
     ds_attrs["source"] = source
     ds = xr.Dataset(
         {
-            "tokens": (ARRAY_DIMS["tokens"], decode_tokens(stored, layout.dtype)),
+            "tokens": (ARRAY_DIMS["tokens"], layout.decode(stored)),
             "embedding": (ARRAY_DIMS["embedding"], stored["embedding"]),
         },
         coords=coords,
@@ -84,7 +84,7 @@ def read_published_windows(ds: xr.Dataset, indices: np.ndarray, var: str) -> np.
     pub = _OPENED.get(ds.attrs["source"])
     if pub is None or var not in ("tokens", "embedding"):
         return np.asarray(ds[var].isel(window=indices).values)
-    names = token_arrays(pub.layout.dtype) if var == "tokens" else ("embedding",)
+    names = pub.layout.arrays if var == "tokens" else ("embedding",)
     if not len(indices):
         return np.zeros((0,) + ds[var].shape[1:], dtype=np.float32)
     pos = pub.locate(ds.part.values[indices], ds.part_window.values[indices])
@@ -106,7 +106,7 @@ def read_published_windows(ds: xr.Dataset, indices: np.ndarray, var: str) -> np.
         stacked[name][order] = values
     if var == "embedding":
         return stacked["embedding"]
-    return decode_tokens(stacked, pub.layout.dtype)
+    return pub.layout.decode(stacked)
 
 
 def published_handle(zstore, source: str, attrs: dict):
@@ -122,7 +122,7 @@ def published_handle(zstore, source: str, attrs: dict):
         {col: _plain(table[col][i]) for col in VIDEO_COLUMNS} for i in range(len(table["path"]))
     ]
     n = pub.arrays["embedding"].shape[0]
-    names = [*token_arrays(pub.layout.dtype), "embedding", *WINDOW_COORDS]
+    names = [*pub.layout.arrays, "embedding", *WINDOW_COORDS]
     state = {"name": "published", "n_windows": n, "videos": videos}
     if n:
         state["token_shape"] = list(pub.arrays["tokens"].shape[1:])

@@ -22,11 +22,11 @@ import errno
 import fcntl
 import functools
 import json
-import math
 import os
 import platform
 import re
 import secrets
+import shutil
 import socket
 import uuid
 from collections.abc import Callable
@@ -40,10 +40,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ethoprism import __version__
 from ethoprism.store import shards
-from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.schema import (
     ARRAY_DIMS,
+    FRAME_TIME,
     PART_ATTR,
     PARTS,
     SCHEMA,
@@ -58,7 +58,6 @@ from ethoprism.store.schema import (
     content_key,
     jsonable,
     part_arrays,
-    token_arrays,
 )
 
 SHARD_TARGET_BYTES = 64 << 20  # raw bytes of tokens per shard: few files, small rewrites
@@ -72,14 +71,14 @@ MAX_WINDOWS_IN_FLIGHT = 32
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _compressors(layout: str, dtype: np.dtype) -> list:
-    """float16-round7 tokens: lz4 over bit planes (bitshuffle) finds their 3 zero mantissa bits
-    (5.1 MB per base window; zstd 4.9) at 3x zstd's speed and decompresses 2-3x faster. The
-    other layouts and the small arrays: zstd, which finds more in them than lz4 does."""
-    if layout == "float16-round7" and dtype == np.float16:
-        lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2)
-        return [lz4, Crc32cCodec()]
-    return [ZstdCodec(level=1), Crc32cCodec()]
+_CODECS = {"blosc": BloscCodec, "zstd": ZstdCodec}
+
+
+def _compressors(layout: Layout, name: str) -> list:
+    """zarr's codecs for stored array `name`: the layout's compressor (SPEC.md says why each),
+    then crc32c."""
+    codec = layout.compressor(name)
+    return [_CODECS[codec["name"]](**codec["configuration"]), Crc32cCodec()]
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
@@ -234,9 +233,8 @@ def _register_part(root: Path, name: str) -> None:
             write_json_atomic(root / "zarr.json", doc)
 
 
-def _windows_per_shard(token_shape, dtype: str) -> int:
-    itemsize = 1 if dtype == "int8" else 2
-    window_bytes = itemsize * math.prod(token_shape)
+def _windows_per_shard(token_shape, layout: Layout) -> int:
+    window_bytes = layout.window_bytes(token_shape)
     return int(min(MAX_WINDOWS_PER_SHARD, max(1, SHARD_TARGET_BYTES // window_bytes)))
 
 
@@ -264,7 +262,7 @@ class StoreWriter:
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._array_pool = ThreadPoolExecutor(
-            len(PER_WINDOW_ARRAYS), thread_name_prefix="ethoprism-store-arrays"
+            len(PER_WINDOW_ARRAYS) + 1, thread_name_prefix="ethoprism-store-arrays"
         )
         self._encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
@@ -338,21 +336,35 @@ class StoreWriter:
             name: zarr.open_array(store, path=f"{PARTS}/{self.part}/{name}", mode="r+").with_config(
                 {"write_empty_chunks": True}
             )
-            for name in part_arrays(self.layout.dtype)
+            for name in part_arrays(self.layout)
+            + ((FRAME_TIME,) if (self.part_dir / FRAME_TIME).is_dir() else ())
         }
         self._encoders = {
             name: shards.chunk_encoder(self._arrays[name].metadata.to_dict())
-            for name in token_arrays(self.layout.dtype)
+            for name in self.layout.arrays
         }
 
-    def _create_arrays(self, encoded: dict[str, np.ndarray], channels: int) -> None:
+    def _per_window_arrays(self) -> tuple[str, ...]:
+        """Embedding, coordinates and, in parts that have it, frame_time."""
+        return PER_WINDOW_ARRAYS + ((FRAME_TIME,) if FRAME_TIME in self._arrays else ())
+
+    def _create_arrays(
+        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None
+    ) -> None:
+        """The part's arrays, for tokens like `encoded`; frame_time too if `frames` (its
+        frames per window) is given."""
         token_shape = list(encoded["tokens"].shape[1:])
-        per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout.dtype)
+        per_shard = self._per_shard or _windows_per_shard(token_shape, self.layout)
         store = zarr.storage.LocalStore(self.root)
         specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
-        for name in part_arrays(self.layout.dtype):
-            if name in WINDOW_COORDS:
+        if not frames:  # left by an earlier first batch that did give frame_time
+            shutil.rmtree(self.part_dir / FRAME_TIME, ignore_errors=True)
+        for name in part_arrays(self.layout) + ((FRAME_TIME,) if frames else ()):
+            if name == FRAME_TIME:
+                shape, dtype = (frames,), np.dtype("float64")
+                chunks, shard_shape = (COORD_CHUNK, frames), None
+            elif name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shard_shape = (COORD_CHUNK,), None
             elif name == "embedding":
@@ -369,7 +381,7 @@ class StoreWriter:
                 chunks=chunks,
                 shards=shard_shape,
                 fill_value=0,
-                compressors=_compressors(self.layout.dtype, dtype),
+                compressors=_compressors(self.layout, name),
                 dimension_names=ARRAY_DIMS[name],
                 overwrite=True,
             )
@@ -427,11 +439,9 @@ class StoreWriter:
         float16 tokens come already coded (by the encoder) and are checked, and copied unless
         read-only (as numpy views of accelerator results are: the extraction's own).
         """
-        dtype, pool = self.layout.dtype, self.layout.pool
         if tokens.dtype == np.float16:
-            round7, copy = dtype == "float16-round7", tokens.flags.writeable
-            return {"tokens": check_float16_tokens(tokens[None], round7, copy)}
-        return encode_tokens(tokens[None], dtype, pool)
+            return self.layout.check_coded(tokens[None], copy=tokens.flags.writeable)
+        return self.layout.encode(tokens[None])
 
     def _compress_window(self, stored: dict[str, np.ndarray]) -> dict[str, shards.Chunk]:
         return {name: self._encoders[name](values) for name, values in stored.items()}
@@ -638,9 +648,18 @@ class VideoWriter:
         return StoreError(f"video {self.record.path}:{where} {message}")
 
     def append(
-        self, tokens, embedding, start_frame, frame_step, n_valid_frames, start_time
+        self,
+        tokens,
+        embedding,
+        start_frame,
+        frame_step,
+        n_valid_frames,
+        start_time,
+        frame_time=None,
     ) -> None:
-        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c).
+        """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c); frame_time (n, frames)
+        the presentation time of each window frame (padding repeats the last valid frame's),
+        given with every batch of a part or with none.
 
         Tokens are float32 at full resolution (the store codes them for its layout), or, for
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
@@ -665,12 +684,12 @@ class VideoWriter:
             )
         layout = self.store.layout
         if tokens.dtype == np.float16:
-            if layout.dtype == "int8":
-                raise self._error("the int8 layout takes float32 tokens, got float16")
+            if not layout.coded_on_device:
+                raise self._error(f"the {layout.dtype} layout takes float32 tokens, got float16")
             stored_shape = list(tokens.shape[1:])
         else:
             try:
-                stored_shape = list(stored_token_shape(tokens.shape[1:], layout.pool))
+                stored_shape = list(layout.stored_shape(tokens.shape[1:]))
             except ValueError as e:
                 raise self._error(str(e)) from None
         shape = self.store.state["token_shape"]
@@ -690,16 +709,34 @@ class VideoWriter:
         ):
             values = np.broadcast_to(np.asarray(values, dtype=WINDOW_COORD_DTYPES[name]), (n,))
             batch[name] = values
+        if frame_time is not None:
+            batch[FRAME_TIME] = np.asarray(frame_time, np.float64)
+            if batch[FRAME_TIME].ndim != 2 or len(batch[FRAME_TIME]) != n:
+                raise self._error(f"expected frame_time (n, frames), got {np.shape(frame_time)}")
+            if not np.isfinite(batch[FRAME_TIME]).all():
+                bad = int(np.argmax(~np.isfinite(batch[FRAME_TIME]).all(axis=1)))
+                raise self._error("not finite", bad, FRAME_TIME)
         try:
             if shape is None:
                 if tokens.dtype == np.float16:
                     first = {"tokens": tokens[:1]}
                 else:
                     try:
-                        first = encode_tokens(tokens[:1], layout.dtype, layout.pool)
+                        first = layout.encode(tokens[:1])
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
-                self.store._create_arrays(first, tokens.shape[-1])
+                frames = batch[FRAME_TIME].shape[1] if frame_time is not None else None
+                self.store._create_arrays(first, tokens.shape[-1], frames)
+            has = FRAME_TIME in self.store._arrays
+            if has and frame_time is None:
+                raise self._error("this part stores frame_time; give it with every batch")
+            if has and batch[FRAME_TIME].shape[1] != self.store._arrays[FRAME_TIME].shape[1]:
+                raise self._error(
+                    f"frame_time has {batch[FRAME_TIME].shape[1]} frames per window, this "
+                    f"part {self.store._arrays[FRAME_TIME].shape[1]}"
+                )
+            if not has:  # given to a part written before frame_time: read with nominal times
+                batch.pop(FRAME_TIME, None)
             stored = self._prepare(tokens)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
@@ -708,8 +745,9 @@ class VideoWriter:
             pool = self.store._encode_pool
             windows = [pool.submit(self.store._compress_window, w) for w in stored]
             if self._per_window is None:
-                per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
-                self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
+                names = self.store._per_window_arrays()
+                per_file = min(self.store._arrays[name].chunks[0] for name in names)
+                self._per_window = _Pending(names, self.first, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             self._submit(Writes(windows))

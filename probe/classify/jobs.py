@@ -39,6 +39,7 @@ from ethoprism.probe.classify.train import (
 )
 from ethoprism.probe.metrics import classification_metrics
 from ethoprism.probe.report import confusion_png, ethogram_png
+from ethoprism.store import geometry
 from ethoprism.store.cache import split_cache
 
 
@@ -302,7 +303,7 @@ def train_probe(
 def _head_and_store(store_source_, head_dir, storage_options):
     from ethoprism.probe.share import load_any_head  # a head dir or a published head's URL
 
-    head = load_any_head(head_dir, split_cache(storage_options)[1])
+    head = load_any_head(head_dir, split_cache(storage_options)[1], HeadConfig)
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
@@ -342,7 +343,8 @@ def predict_store(
         n_frames, fps = rows[v]["n_frames"], rows[v]["fps"]
         frame_prob, _ = video_frame_probabilities(ds, video_windows(ds, v), probs[v][0], n_frames)
         stem = Path(v).stem
-        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, fps)
+        times = geometry.video_frame_times(ds, rows[v]["row"])
+        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, times)
         expert = None
         if table is not None and v in table.videos:
             truth = _truth(table, v, n_frames, head.multi_label, head.classes)
