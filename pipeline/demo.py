@@ -14,6 +14,7 @@ from ethoprism.extract.encoder import default_preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
+from ethoprism.probe import defaults
 from ethoprism.probe.classify.jobs import evaluate_head, predict_store, train_probe
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -54,7 +55,7 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
         store_path,
         LABELS,
         out / "probe",
-        label_column="action",
+        label_column=defaults.LABEL_COLUMN,
         head="map",
         test_fraction=0.0,
         epochs=epochs,

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from ethoprism.errors import EthoprismError
+from ethoprism.probe.defaults import BACKGROUND, LABEL_COLUMN
 from ethoprism.store import geometry
 
 ALIGN_MODES = ("centre", "majority", "any")
@@ -64,7 +65,7 @@ def _sha256(path: str) -> str:
 
 
 def read_labels(
-    path: str | os.PathLike, column: str = "action", background: str = "none"
+    path: str | os.PathLike, column: str = LABEL_COLUMN, background: str = BACKGROUND
 ) -> LabelTable:
     """Read a per-frame segment table or a per-clip table (see the module docstring)."""
     path = os.fspath(path)

@@ -24,6 +24,7 @@ import numpy as np
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
 from ethoprism.store.schema import Layout, StoreError, VideoRecord
+from ethoprism.store.stream import keep_freed_memory
 from ethoprism.store.validate import info
 from ethoprism.store.writer import open_writer
 
@@ -79,6 +80,7 @@ def _write(
     """
     emb = np.random.default_rng(2).normal(size=(len(tokens), tokens.shape[-1])).astype(np.float32)
     batches = {k: (tokens[:k], emb[:k]) for k in range(1, 9)}  # prepared outside the timing
+    keep_freed_memory()  # as the extraction run does
     start, cpu = time.perf_counter(), time.process_time()
     with open_writer(
         path,

@@ -18,7 +18,6 @@ import xarray as xr
 
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import (
-    _OPENED,
     Part,
     StoreHandle,
     dataset,
@@ -66,10 +65,7 @@ def union_handle(sources, storage_options: dict | None = None) -> StoreHandle:
 
 def open_union(sources, storage_options: dict | None = None) -> xr.Dataset:
     """`store.open([A, B, ...])`: one Dataset over several stores, copying nothing."""
-    handle = union_handle(sources, storage_options)
-    ds = dataset(handle)
-    _OPENED[handle.source] = handle
-    return ds
+    return dataset(union_handle(sources, storage_options))  # which remembers the handle
 
 
 def duplicates(handle: StoreHandle) -> list[dict]:

@@ -7,7 +7,9 @@ once; a failure superseded by a later success is hidden).
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -69,7 +71,35 @@ class StoreHandle:
 
 # store.open registers each opened store here, so read_windows can reach its zarr arrays
 # from a dataset (and any selection of it) without putting objects into the dataset's attrs.
-_OPENED: dict[str, StoreHandle] = {}
+# The most recently used few are kept; a dataset whose store was dropped (or that was
+# unpickled in another process) reopens it with the storage options it was opened with, which
+# travel in its `encoding` (pickled with it, never written into attrs or files).
+OPENED_STORES = 8
+_OPENED: collections.OrderedDict[str, StoreHandle] = collections.OrderedDict()
+_OPENED_LOCK = threading.Lock()
+
+
+def _remember(handle: StoreHandle) -> None:
+    with _OPENED_LOCK:
+        _OPENED[handle.source] = handle
+        _OPENED.move_to_end(handle.source)
+        while len(_OPENED) > OPENED_STORES:
+            _OPENED.popitem(last=False)
+
+
+def _handle_of(ds: xr.Dataset) -> StoreHandle | None:
+    """The opened store behind a dataset from `open`, reopened if no longer held here."""
+    source = ds.attrs.get("source")
+    if not source:
+        return None
+    with _OPENED_LOCK:
+        handle = _OPENED.get(source)
+        if handle is not None:
+            _OPENED.move_to_end(source)
+            return handle
+    handle = open_handle(source, ds.encoding.get("storage_options"))
+    _remember(handle)
+    return handle
 
 
 def _zarr_store(path_or_url: str, storage_options: dict | None):
@@ -217,10 +247,10 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         from ethoprism.store.published import dataset_of
 
         return dataset_of(handle)
-    return dataset(handle)
+    return dataset(handle, storage_options)
 
 
-def dataset(handle: StoreHandle) -> xr.Dataset:
+def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Dataset:
     """The Dataset of an opened handle (its parts merged as SPEC.md says)."""
     rows, runs = merge_tables(handle.parts)
     attrs = {
@@ -303,7 +333,9 @@ def dataset(handle: StoreHandle) -> xr.Dataset:
         coords={**window_coords, **table},
         attrs=attrs,
     )
-    _OPENED[handle.source] = handle
+    if storage_options:
+        ds.encoding["storage_options"] = dict(storage_options)
+    _remember(handle)
     return ds
 
 
@@ -390,10 +422,8 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
         from ethoprism.store.published import read_published_windows
 
         return read_published_windows(ds, indices, var)
-    handle = _OPENED.get(ds.attrs.get("source"))
-    if handle is None and ds.attrs.get("source") and var in ("tokens", "embedding"):
-        handle = open_handle(ds.attrs["source"])  # a dataset unpickled in another process
-    if handle is None or var not in ("tokens", "embedding") or "part_window" not in ds.coords:
+    handle = _handle_of(ds) if var in ("tokens", "embedding") else None
+    if handle is None or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)
     parts = [handle.parts[[p.name for p in handle.parts].index(name)] for name in ds.attrs["parts"]]
     names = handle.layout.arrays if var == "tokens" else ("embedding",)

@@ -296,7 +296,7 @@ def test_extending_a_shard_keeps_earlier_chunks_bytes_in_place(tmp_path):
 def test_embeddings_are_stored_in_chunks_of_many_windows(tmp_path, monkeypatch):
     """Large embedding chunks (fast full reads) still give exact random and per-window reads,
     across chunk boundaries, parts and repeated or unsorted indices."""
-    monkeypatch.setattr(store.writer, "EMBED_CHUNK", 8)
+    monkeypatch.setattr("ethoprism.store.stream.EMBED_CHUNK", 8)
     path = tmp_path / "s.zarr"
     xs = []
     with open_w(path, part="a", windows_per_shard=3) as w:

@@ -11,7 +11,7 @@ from test_store_readwrite import SHAPE, open_w, record
 from ethoprism import store
 from ethoprism.store import Layout, StoreError, shards
 from ethoprism.store.bench import activation_like
-from ethoprism.store.writer import _compressors
+from ethoprism.store.stream import _compressors
 
 PER_SHARD = 4
 

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
+from ethoprism.probe import defaults
 from ethoprism.probe import labels as L
 from ethoprism.probe.artifacts import SavedHead, check_store, save_head
 from ethoprism.probe.classify.heads import HEAD_KINDS, HeadConfig
@@ -149,8 +150,8 @@ def train_probe(
     labels: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    label_column: str = "action",
-    background: str = "none",
+    label_column: str = defaults.LABEL_COLUMN,
+    background: str = defaults.BACKGROUND,
     head: str = "map",
     align: str = "centre",
     multi_label: bool = False,
@@ -331,7 +332,9 @@ def predict_store(
         if v not in rows:
             raise EthoprismError(f"video {v!r} is not a complete video of the store")
     table = (
-        L.read_labels(labels, head.labels["column"], head.background or "none") if labels else None
+        L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
+        if labels
+        else None
     )
     if table is not None:
         L.check_videos(ds, table)
@@ -378,7 +381,7 @@ def evaluate_head(
     Writes out/metrics.json and out/confusion.png; returns the metrics.
     """
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
-    table = L.read_labels(labels, head.labels["column"], head.background or "none")
+    table = L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
     L.check_videos(ds, table)
     split = head.training.get("split") or {}
     chosen = (
