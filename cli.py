@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -168,6 +169,13 @@ def extract(
         int | None,
         typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
     ] = None,
+    interpolation: Annotated[
+        str,
+        typer.Option(
+            help="Resize filter: area (default), bilinear (stores made before area was the "
+            "default) or bicubic; part of the store's identity."
+        ),
+    ] = "area",
     layout: Annotated[
         TokenLayout, typer.Option(help="Token storage: float16-round7, float16 or int8.")
     ] = TokenLayout.float16_round7,
@@ -181,6 +189,13 @@ def extract(
     decode_workers: Annotated[
         int, typer.Option(help="Decoding processes running ahead of the encoder.")
     ] = 2,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="auto (the GPU's NVDEC where a CUDA device and PyNvVideoCodec are present and "
+            "the store allows its frames), cpu (FFmpeg) or nvdec."
+        ),
+    ] = "auto",
     scheduler: SchedulerOpt = None,
     dry_run: Annotated[
         bool,
@@ -218,13 +233,15 @@ def extract(
             resize=resize.value,
             window_stride=stride,
             frame_step=frame_step,
+            interpolation=interpolation,
         ),
         layout=Layout(dtype=layout.value, pool=pool),
         batch_size=batch_size,
         decode_workers=decode_workers,
+        decoder=decoder,
     )
     if dry_run:
-        plan = plan_run(find_videos(archive), cfg)
+        plan = plan_run(find_videos(archive), cfg, store_path=store)
         if as_json:
             print_json(plan.to_dict())
             return
@@ -241,6 +258,13 @@ def extract(
             f"encoder {plan.windows_per_s:.2f} windows/s "
             f"here, so about {plan.seconds / 3600:.2f} h"
         )
+        if plan.cores_needed is not None:
+            console.print(
+                f"host: about {plan.host_ms_per_window:.1f} ms of CPU per window "
+                f"({plan.decoder} decoding), so feeding {plan.devices} device(s) at "
+                f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
+                f"cores; this host has {os.cpu_count()}"
+            )
         return
     reporter = None if as_json else RichReporter(console=err_console)
     if log_json:
@@ -312,6 +336,87 @@ def bench_extract(
             ("peak RSS", f"{r['peak_rss_mb']:.0f} MiB"),
         ],
     )
+
+
+@bench_app.command("host")
+def bench_host(
+    model: Annotated[str, typer.Option(help="Encoder config (sets the token shape).")] = (
+        "videoprism-b"
+    ),
+    frames: Annotated[int, typer.Option(help="Frames decoded per clip and repeat.")] = 96,
+    windows: Annotated[int, typer.Option(help="Windows through the store's stages.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Decode runs per clip (the best counts).")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="Decoder threads per video (0: FFmpeg chooses), as extract uses.")
+    ] = 0,
+    accelerator_rate: Annotated[
+        float,
+        typer.Option(
+            help="Encoder windows/s per accelerator, used where JAX sees no accelerator "
+            "(450: VideoPrism-B bf16 on an H100-class device)."
+        ),
+    ] = 450.0,
+    directory: Annotated[
+        str | None, typer.Option(help="Temporary clips and shards on this directory's disk.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Host CPU milliseconds per window, stage by stage, and the cores one accelerator needs.
+
+    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264
+    and 720p MJPEG clips: decode, colour conversion + resize, batching, token check,
+    compression, checksum, disk write; totals at stride 8 and 16. Targets: decode + convert +
+    resize <= 1.25x decode alone; everything after decoding <= 5 ms per window. The NVDEC
+    column is an estimate: demuxing replaces decoding and conversion.
+    """
+    from ethoprism.pipeline.host_bench import STAGES
+    from ethoprism.pipeline.host_bench import bench_host as run_bench
+
+    r = run_bench(
+        model=model,
+        frames=frames,
+        windows=windows,
+        repeats=repeats,
+        threads=threads,
+        rate=accelerator_rate,
+        directory=directory,
+    )
+    if as_json:
+        print_json(r)
+        return
+    rate = r["accelerator"]["windows_per_s"]
+    for stride in r["strides"]:
+        table = Table(
+            title=f"bench host: CPU ms per window at stride {stride}, {model}",
+            caption=f"cores: to feed one accelerator at {rate:.0f} windows/s "
+            f"({r['accelerator']['source']}); NVDEC: estimated",
+        )
+        short = ("decode", "conv", "batch", "check", "compr", "crc", "write")  # STAGES, narrow
+        for col in ("source", *short, "total", "cores/100w/s", "cores", "NVDEC cores"):
+            table.add_column(col, no_wrap=col == "source")
+        for label, clip in r["clips"].items():
+            x = clip["strides"][stride]
+            table.add_row(
+                label,
+                *(f"{x['stages_ms'][k]:.1f}" for k in STAGES),
+                f"{x['total_ms']:.1f}",
+                f"{x['cores_per_100_windows_per_s']:.1f}",
+                f"{x['cores_per_accelerator']:.1f}",
+                f"{x['nvdec_cores_per_accelerator']:.1f}",
+            )
+        console.print(table)
+    rows = [
+        (
+            f"{label}: decode+convert / decode",
+            f"{clip['decode_convert_vs_decode']:.2f}  (target <= 1.25; "
+            f"decode {clip['decode_ms_per_frame']:.2f} ms/frame)",
+        )
+        for label, clip in r["clips"].items()
+    ]
+    after = r["strides"][next(iter(r["strides"]))]["after_decode_ms"]
+    rows.append(("after decoding", f"{after:.1f} ms/window  (target <= 5)"))
+    rows.append(("store writer, whole", f"{r['store']['writer_ms_per_window']:.1f} ms/window"))
+    print_figures("bench host: targets", rows)
 
 
 # --- store ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
-from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.config import RunConfig, resolve_decoder
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
 from ethoprism.store.stream import keep_freed_memory
 
@@ -72,12 +72,20 @@ class ExtractSummary:
         return d
 
 
+# The share of the time the encoder's feeder may wait for decoded windows before the display
+# says the accelerator is starved by the host (more decode workers or cores would help).
+STARVED_SHARE = 0.25
+
+
 class Reporter:
     """Receives progress; the CLI's rich display and JSON-lines log implement it."""
 
     def start(self, n_videos: int) -> None: ...
     def windows_done(self, n: int) -> None: ...
     def video_done(self, result: VideoResult) -> None: ...
+    def input_wait(self, share: float) -> None:
+        """The share of the time since the first batch that the accelerator's input waited for
+        decoded windows (its queue empty); called at each batch."""
 
 
 def complete_fingerprints(store_path: str) -> frozenset[str]:
@@ -159,6 +167,9 @@ class _Writer(threading.Thread):
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
             frame_time=np.stack([w.frame_times for w in windows]),
+            # checked on the device; a window that failed there is checked again here, so
+            # the store refuses it by name as it would any other
+            checked=encoded.checked is not None and bool(encoded.checked[take].all()),
         )
         self._open[index] = (vw, n + len(rows), t0)
         self.reporter.windows_done(len(rows))
@@ -184,6 +195,7 @@ def extract_local(
     """
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
+    cfg = resolve_decoder(cfg, store_path)
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
@@ -223,8 +235,9 @@ def extract_local(
                 complete=complete,
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
+                decoder=cfg.decoder,
             ) as pool:
-                _feed(pool, sharded, sink)
+                _feed(pool, sharded, sink, reporter)
         finally:
             sink.inbox.put(None)
             sink.join()
@@ -235,19 +248,33 @@ def extract_local(
     return summary
 
 
-def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
+def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer, reporter: Reporter) -> None:
     """Main-thread loop: turn decode events into batches with their store operations."""
     ops: list[tuple] = []
     pixels: list[np.ndarray] = []
+    first_batch = None  # when the first batch went out: the decoders' start-up is not starving
+    waited = 0.0  # seconds since then spent waiting for the decoders
 
     def submit() -> None:
-        nonlocal ops, pixels
+        nonlocal ops, pixels, first_batch
         sink.check()
         handle = sharded.submit(np.stack(pixels)) if pixels else None
         sink.inbox.put((handle, ops))
         ops, pixels = [], []
+        now = time.perf_counter()
+        if first_batch is None:
+            first_batch = now
+        elif now > first_batch:
+            reporter.input_wait(waited / (now - first_batch))
 
-    for event in pool.events():
+    events = pool.events()
+    while True:
+        t0 = time.perf_counter()
+        event = next(events, None)
+        if first_batch is not None:
+            waited += time.perf_counter() - t0
+        if event is None:
+            break
         if isinstance(event, Start):
             ops.append(("start", event.index, store.VideoRecord.of(event.info)))
         elif isinstance(event, Skip):

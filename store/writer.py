@@ -190,6 +190,7 @@ class VideoWriter:
         n_valid_frames,
         start_time,
         frame_time=None,
+        checked: bool = False,
     ) -> None:
         """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c); frame_time (n, frames)
         the presentation time of each window frame (padding repeats the last valid frame's),
@@ -204,6 +205,10 @@ class VideoWriter:
         Writable float16 tokens are copied for that; read-only ones (numpy views of accelerator
         results, as the extraction passes) are not, so their memory must not be changed through
         another view before the video is committed.
+
+        `checked`: float16 tokens that were coded and found finite where they were made (the
+        extraction checks on the accelerator), so the host does not read them a second time to
+        check them. Never set it for tokens from anywhere else.
         """
         self._check_live()
         tokens = np.asarray(tokens)
@@ -272,7 +277,7 @@ class VideoWriter:
                 )
             if not has:  # given to a part written before frame_time: read with nominal times
                 batch.pop(FRAME_TIME, None)
-            stored = self._prepare(tokens)
+            stored = self._prepare(tokens, checked and tokens.dtype == np.float16)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
                 raise self._error("not finite", bad, "embedding")
@@ -291,9 +296,12 @@ class VideoWriter:
             self._done = True
             raise writable_error(self.store.root, e) from None
 
-    def _prepare(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+    def _prepare(self, tokens: np.ndarray, checked: bool = False) -> list[dict[str, np.ndarray]]:
         """Check (or code) each window of a batch in the store's thread pool, into arrays of
         the store's own; a window the layout cannot store refuses the batch, named."""
+        if checked:
+            own = tokens.copy() if tokens.flags.writeable else tokens
+            return [{"tokens": own[i : i + 1]} for i in range(len(own))]
         jobs = self.store.stream.prepare(tokens)
         for i, job in enumerate(jobs):
             if isinstance(job.exception(), ValueError):
