@@ -19,6 +19,7 @@ from ethoprism.cli_options import (
     Align,
     AlignOpt,
     BackgroundOpt,
+    CacheOpt,
     CheckpointOpt,
     ColumnAliasOpt,
     Dtype,
@@ -429,13 +430,19 @@ store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_hel
 app.add_typer(store_app, name="store")
 
 
+def _cached(cache: str | None) -> dict | None:
+    from ethoprism.store.cache import cache_options
+
+    return cache_options(cache)
+
+
 @store_app.command("info")
-def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
+def store_info(store: StoreArg, as_json: JsonOpt = False, cache: CacheOpt = None) -> None:
     """Identity, videos complete and failed, windows, bytes on disk and per window, layout."""
     from ethoprism.store import info
     from ethoprism.store.provenance import checkpoint_label
 
-    r = info(store)
+    r = info(store, _cached(cache))
     if as_json:
         print_json(r)
         return
@@ -474,14 +481,14 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
 
 
 @store_app.command("validate")
-def store_validate(store: StoreArg, as_json: JsonOpt = False) -> None:
+def store_validate(store: StoreArg, as_json: JsonOpt = False, cache: CacheOpt = None) -> None:
     """Read every committed window; check counts, finiteness and the video tables.
 
     Exits 1 with a report naming the part, window and video of every problem found.
     """
     from ethoprism.store import validate
 
-    r = validate(store)
+    r = validate(store, _cached(cache))
     if as_json:
         print_json(r)
     elif r["ok"]:
@@ -516,6 +523,166 @@ def store_push(
         print_json({"store": store, "url": url, "files": n_files})
     else:
         console.print(f"pushed {n_files} files of {store} to {url}", highlight=False)
+
+
+# --- sharing between labs (store/publish.py, store/manifest.py, store/merge.py) -----------------
+
+
+def _bytes_progress(what: str, shown: bool = True):
+    """A rich progress bar over bytes, and its update(done, total) callback (none if not shown:
+    --json output stays parsable)."""
+    import contextlib
+
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    if not shown:
+        return contextlib.nullcontext(), lambda done, total=None: None
+
+    bar = Progress(
+        *Progress.get_default_columns(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+    )
+    task = bar.add_task(what, total=None)
+
+    def update(done: int, total: int | None = None) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+@store_app.command("publish")
+def store_publish(
+    store: Annotated[str, typer.Argument(help="The feature store to publish.")],
+    dest: Annotated[
+        str, typer.Argument(help="Where to: a new directory, s3://bucket/prefix or an fsspec URL.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a store as ONE plain Zarr dataset with consolidated metadata and a manifest.
+
+    Anyone can then read it with `xarray.open_zarr(DEST)` (local, https://, s3://). Token
+    windows are copied as stored (no recompression); rerunning after an interruption copies
+    only what is missing. Then check a copy with `ethoprism store verify DEST`.
+    """
+    from ethoprism.store.publish import publish
+
+    bar, update = _bytes_progress("publishing tokens", shown=not as_json)
+    copied = [0]
+
+    def progress(nbytes: int, windows: int) -> None:
+        copied[0] += nbytes
+        update(copied[0])
+
+    with bar:
+        r = publish(store, dest, progress=progress)
+    if as_json:
+        print_json(r)
+    elif r["up_to_date"]:
+        console.print(f"{dest} already holds this publish ({r['windows']} windows)")
+    else:
+        console.print(
+            f"published {r['windows']} windows of {r['videos']} videos to {dest}: "
+            f"{r['objects']} objects, {r['bytes'] / 1e6:.1f} MB, manifest.json beside them",
+            highlight=False,
+        )
+
+
+@store_app.command("verify")
+def store_verify(store: StoreArg, as_json: JsonOpt = False) -> None:
+    """Check a published store against its manifest.json (every object's size and sha256).
+
+    Names every missing, extra or altered object and the videos and windows it holds;
+    exits 1 on any damage. Streams: memory stays bounded whatever the store's size.
+    """
+    from ethoprism.store.manifest import verify
+
+    bar, update = _bytes_progress("verifying", shown=not as_json)
+    with bar:
+        r = verify(store, progress=update)
+    if as_json:
+        print_json(r)
+    else:
+        for kind in ("missing", "altered", "extra"):
+            for item in r[kind]:
+                err_console.print(
+                    f"[red]{kind}:[/] {item['path']} ({item['holds']})", highlight=False
+                )
+        if r["ok"]:
+            console.print(f"[green]ok[/]: {r['objects']} objects, {r['bytes'] / 1e6:.1f} MB")
+        if not r["extra_checked"]:
+            console.print("extra objects not checked: the server does not list directories")
+    if not r["ok"]:
+        raise typer.Exit(code=1)
+
+
+@store_app.command("merge")
+def store_merge(
+    stores: Annotated[list[str], typer.Argument(help="Stores to merge (same identity), then OUT.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge stores of one identity (encoder, checkpoint, preprocessing, layout) into a new one.
+
+    The last argument is the new store's directory. Videos present in several stores (same
+    content fingerprint) are reported and kept once. Stores of another identity are refused,
+    naming the field that differs. `ethoprism.store.open([A, B])` reads the same without copying.
+    """
+    from ethoprism.store.merge import merge
+
+    if len(stores) < 2:
+        raise EthoprismError("give at least one store and the output directory")
+    r = merge(stores[:-1], stores[-1])
+    if as_json:
+        print_json(r)
+        return
+    for d in r["duplicates"]:
+        console.print(
+            f"duplicate: {d['path']} (sha256 {d['sha256'][:12]}) kept from part {d['kept_from']}, "
+            f"also in {', '.join(d['also_in'])}",
+            highlight=False,
+        )
+    console.print(
+        f"merged {len(stores) - 1} stores into {r['out']}: {r['parts']} parts, "
+        f"{r['videos']} videos, {r['windows']} windows",
+        highlight=False,
+    )
+
+
+@bench_app.command("share")
+def bench_share(
+    windows: Annotated[int, typer.Option(help="Windows in the benchmark store.")] = 96,
+    token_shape: Annotated[
+        str, typer.Option(help="Token shape t,h,w,c of each window.")
+    ] = "8,16,16,128",
+    batch: Annotated[int, typer.Option(help="Windows per random minibatch.")] = 16,
+    s3_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Also publish to and read from this empty S3 prefix (endpoint and "
+            "credentials from the environment: ETHOPRISM_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish vs raw copy; remote random-minibatch reads vs local (with and without the cache);
+    verify vs sha256sum. Targets: publish >= 0.8x raw copy, warm-cache reads >= 0.8x local,
+    verify >= 0.8x sha256sum."""
+    from ethoprism.store.bench_share import bench_share as run_bench
+
+    r = run_bench(
+        windows=windows,
+        token_shape=_numbers(token_shape, int, "--token-shape"),
+        batch=batch,
+        s3_url=s3_url,
+    )
+    if as_json:
+        print_json(r)
+        return
+    print_figures(
+        f"bench share: {r['windows']} windows, {r['token_bytes'] / 1e6:.1f} MB of tokens",
+        [(name, value) for name, value in r["lines"]],
+    )
 
 
 @bench_app.command("store")
@@ -660,6 +827,7 @@ def retrieve_query(
     label_column: LabelColumnOpt = LABEL_COLUMN,
     column: ColumnAliasOpt = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip; or
     the windows most similar to text prompts (--text, on a videoprism-lvt store)."""
@@ -698,6 +866,7 @@ def retrieve_query(
             moments=moment or [],
             windows=window or [],
             include_overlapping=include_overlapping,
+            storage_options=_cached(cache),
             **search,
         )
     if sheet:
@@ -815,6 +984,7 @@ def retrieve_eval(
     seed: Annotated[int, typer.Option(help="Seed for the split and the query subsampling.")] = 0,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """mean Hit@K as in Sun et al. 2024: test windows query the train windows, averaged over
     classes."""
@@ -834,6 +1004,7 @@ def retrieve_eval(
         runs=runs,
         seed=seed,
         scheduler=scheduler,
+        storage_options=_cached(cache),
     )
     if as_json:
         print_json(r.to_dict())
@@ -1082,6 +1253,7 @@ def probe_train(
     ] = None,
     split_seed: Annotated[int, typer.Option(help="Seed of the random split by video.")] = 0,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """Train heads on the store's tokens: one per few-shot size x seed x learning rate, in one pass.
 
@@ -1121,6 +1293,7 @@ def probe_train(
             split=split,
             split_seed=split_seed,
             progress=update,
+            storage_options=_cached(cache),
         )
     if as_json:
         print_json(summary)
@@ -1194,11 +1367,12 @@ def probe_predict(
         list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
     ] = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """Per-frame ethogram of each video: CSV (frame, time, label, probabilities) and a PNG strip."""
     from ethoprism.probe.classify.jobs import predict_store
 
-    r = predict_store(store, head, out, labels=labels, videos=video)
+    r = predict_store(store, head, out, labels=labels, videos=video, storage_options=_cached(cache))
     if as_json:
         print_json(r)
         return
@@ -1224,12 +1398,13 @@ def probe_eval(
         ),
     ] = Videos.test,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """mAP (behaviours of interest, no background), macro accuracy, accuracy, per-class F1,
     confusion matrix; each says whether it is held-out or training (not held out)."""
     from ethoprism.probe.classify.jobs import evaluate_head
 
-    r = evaluate_head(store, head, labels, out, videos=videos.value)
+    r = evaluate_head(store, head, labels, out, videos=videos.value, storage_options=_cached(cache))
     if as_json:
         print_json(r)
         return
@@ -1273,8 +1448,8 @@ def probe_zero_shot(
     labels: Annotated[
         str | None, typer.Option(help="Expert labels: drawn above the ethogram and scored.")
     ] = None,
-    column: Annotated[str, typer.Option(help="Label column of --labels.")] = "action",
-    background: Annotated[str, typer.Option(help="Background class of --labels.")] = "none",
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    background: BackgroundOpt = BACKGROUND,
     template: Annotated[
         str, typer.Option(help="How each class name is wrapped ('{}' keeps it as is).")
     ] = "a video of {}.",
@@ -1299,7 +1474,7 @@ def probe_zero_shot(
         classes.split(","),
         out,
         labels=labels,
-        column=column,
+        column=label_column,
         background=background,
         template=template,
         checkpoint=checkpoint,
@@ -1320,6 +1495,31 @@ def probe_zero_shot(
             f"mAP {m['mAP']:.3f}, macro accuracy {m['macro_accuracy']:.3f}, accuracy "
             f"{m['accuracy']:.3f} over {m['n']} frames; confusion matrix: {m['confusion_png']}",
             highlight=False,
+        )
+
+
+@probe_app.command("publish")
+def probe_publish(
+    head: Annotated[str, typer.Argument(help="A trained head's directory (heads/NAME).")],
+    dest: Annotated[
+        str, typer.Argument(help="Where to: a directory, s3://bucket/prefix or an fsspec URL.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a trained head with its provenance and a manifest, for other labs.
+
+    Its provenance travels in head.json: the training store's identity, the label file's
+    sha256 and label names, hyperparameters and metrics. Others run it with
+    `ethoprism probe predict STORE URL` on any store of a compatible identity.
+    """
+    from ethoprism.probe.share import publish_head
+
+    r = publish_head(head, dest)
+    if as_json:
+        print_json(r)
+    else:
+        console.print(
+            f"published head {r['name']} ({', '.join(r['classes'])}) to {dest}", highlight=False
         )
 
 

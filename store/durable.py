@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -136,6 +137,11 @@ def open_root(root: Path, identity: dict, software_version: str) -> None:
             write_json_atomic(meta, group_doc(attrs))
         attrs = read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
+        if PUBLISHED_ATTR in attrs:
+            raise StoreError(
+                f"{root} is a published store, read-only by contract: extract into a working "
+                "store (another directory) and publish that"
+            )
         if attrs["schema_version"] != SCHEMA_VERSION:
             raise StoreError(
                 f"{root} has schema version {attrs['schema_version']}; this ethoprism "

@@ -20,7 +20,14 @@ import zarr
 
 from ethoprism.store.damage import damaged
 from ethoprism.store.geometry import nominal_frame_time
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.remote import is_url, zarr_store_for
+from ethoprism.store.safety import (
+    check_array_metadata,
+    check_part_names,
+    check_part_record,
+    check_root_document,
+)
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     FRAME_TIME,
@@ -33,6 +40,7 @@ from ethoprism.store.schema import (
     aligned_arrays,
     check_schema,
     content_key,
+    jsonable,
     part_arrays,
 )
 
@@ -126,17 +134,23 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     """Open a store's metadata and arrays (no window data is read)."""
     source = str(path_or_url)
     store = _zarr_store(source, storage_options)
+    check_root_document(store, source)  # a published store's arrays, before zarr parses them
     root = _open_group(store, "", source)
     attrs = dict(root.attrs)
     check_schema(attrs, source)
+    if PUBLISHED_ATTR in attrs:
+        from ethoprism.store.published import published_handle
+
+        return published_handle(store, source, attrs)
     layout = Layout.from_dict(attrs["layout"])
     names = part_arrays(layout) + tuple(aligned_arrays(attrs["encoder"]))
     parts = []
-    for name in attrs.get("parts", []):
+    for name in check_part_names(attrs.get("parts", []), source):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
         state = group.attrs.get(PART_ATTR)
         if state is None:
             raise StoreError(f"{source} part {name!r} has no commit record ({PART_ATTR} attribute)")
+        check_part_record(state, f"{source} part {name!r}")
         arrays = {}
         if state["n_windows"] > 0:
             try:
@@ -153,8 +167,12 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
                 arrays = dict(zip(names, opened, strict=True))
             except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
                 raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
+            except (ValueError, TypeError) as e:  # metadata zarr cannot parse
+                raise StoreError(f"{source} part {name!r}: unreadable array ({e})") from None
             if frame_time.result() is not None:
                 arrays[FRAME_TIME] = frame_time.result()
+            for a, arr in arrays.items():  # before any chunk is decoded
+                check_array_metadata(jsonable(arr.metadata.to_dict()), f"{source} {name}/{a}")
         parts.append(Part(name, state, arrays))
     return StoreHandle(source, attrs, layout, parts)
 
@@ -217,10 +235,25 @@ def _lazy(arr: zarr.Array) -> da.Array:
 def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     """Open a store (local path, http(s):// or s3:// URL) as one lazy, dask-backed Dataset.
 
+    A list of stores of the same identity opens as their union (SPEC.md, "Merging stores").
+
     Dims `window, t, h, w, c` (h, w as stored: halved by pool 2) and `videos`; tokens are float32
     whatever the layout. Only committed videos' windows appear. Never writes anything.
     """
+    if isinstance(path_or_url, (list, tuple)):
+        from ethoprism.store.merge import open_union
+
+        return open_union(path_or_url, storage_options)
     handle = open_handle(path_or_url, storage_options)
+    if PUBLISHED_ATTR in handle.attrs:
+        from ethoprism.store.published import dataset_of
+
+        return dataset_of(handle)
+    return dataset(handle, storage_options)
+
+
+def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Dataset:
+    """The Dataset of an opened handle (its parts merged as SPEC.md says)."""
     rows, runs = merge_tables(handle.parts)
     attrs = {
         k: handle.attrs[k]
@@ -394,6 +427,10 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     to ordinary indexing.
     """
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
+    if PUBLISHED_ATTR in ds.attrs:
+        from ethoprism.store.published import read_published_windows
+
+        return read_published_windows(ds, indices, var)
     handle = _handle_of(ds) if var in ("tokens", "embedding") else None
     if handle is None or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)

@@ -22,7 +22,7 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.probe import defaults
 from ethoprism.probe import labels as L
-from ethoprism.probe.artifacts import SavedHead, check_store, load_head, save_head
+from ethoprism.probe.artifacts import SavedHead, check_store, save_head
 from ethoprism.probe.classify.heads import HEAD_KINDS, HeadConfig
 from ethoprism.probe.classify.predict import (
     frame_labels,
@@ -52,6 +52,7 @@ from ethoprism.probe.classify.train import (
 from ethoprism.probe.report import confusion_png, ethogram_png
 from ethoprism.probe.split import choose_split
 from ethoprism.store import geometry
+from ethoprism.store.cache import split_cache
 from ethoprism.store.provenance import weights_warning
 
 
@@ -326,7 +327,9 @@ def train_probe(
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
-    head = load_head(head_dir, HeadConfig)
+    from ethoprism.probe.share import load_any_head  # a head dir or a published head's URL
+
+    head = load_any_head(head_dir, split_cache(storage_options)[1], HeadConfig)
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)

@@ -238,6 +238,7 @@ def evaluate_stores(
     runs: int = 1,
     seed: int = 0,
     scheduler: str | None = None,
+    storage_options: dict | None = None,
 ) -> HitReport:
     """`ethoprism retrieve eval`: labelled test windows as queries, labelled train windows as index.
 
@@ -246,8 +247,8 @@ def evaluate_stores(
     (video, split) or a random `test_fraction` of the labelled videos (seeded).
     """
     table = label_io.read_labels(labels, column=column, background=background)
-    qds = store.open(query_store)
-    ids = store.open(index_store) if index_store else qds
+    qds = store.open(query_store, storage_options)
+    ids = store.open(index_store, storage_options) if index_store else qds
     if index_store:
         store.check_same_identity(
             store.identity(qds), store.identity(ids), "query store vs index store"
