@@ -17,6 +17,16 @@ class RunConfig:
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
+    # extract --frames-from: only windows centred on these frames, per video file name
+    centres: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    frames_from: str | None = None  # the annotation file they came from (recorded in the store)
+
+    @property
+    def windows(self) -> dict | None:
+        """The store's `windows` marker: None for windows at the regular stride."""
+        if not self.frames_from:
+            return None
+        return {"centred_on": "annotated frames", "frames_from": self.frames_from}
 
     @property
     def token_coding(self) -> tuple[str, int]:

@@ -13,6 +13,7 @@ daemonic process, such as a Dask worker, which may not have children; then they 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import threading
 import traceback
@@ -64,7 +65,7 @@ class Failed:
     reason: str
 
 
-def _decode_videos(jobs, out, prep, complete, threads, chunk):
+def _decode_videos(jobs, out, prep, complete, threads, chunk, centres=None):
     """Worker body: decode each (index, path) job into messages on `out`."""
     for index, path in jobs:
         info = None
@@ -75,7 +76,8 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk):
                 continue
             out.put(Start(index, info))
             pending = []
-            windows = iter_windows(path, prep, threads=threads)
+            only = None if centres is None else centres.get(os.path.basename(path), ())
+            windows = iter_windows(path, prep, threads=threads, centres=only)
             while True:
                 try:
                     pending.append(next(windows))
@@ -114,6 +116,7 @@ class DecodePool:
         queue_windows: int = 16,
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
+        centres: dict[str, tuple[int, ...]] | None = None,
     ):
         self.paths = paths
         self.n_workers = max(1, min(workers, len(paths)))
@@ -130,7 +133,7 @@ class DecodePool:
         self._workers = []
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
-            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk)
+            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, centres)
             w = make(target=_decode_videos, args=args, daemon=True)
             w.start()
             self._workers.append(w)

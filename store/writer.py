@@ -51,6 +51,7 @@ from ethoprism.store.schema import (
     WINDOW_COORDS,
     Layout,
     StoreError,
+    StoreIdentityError,
     VideoRecord,
     check_same_identity,
     check_schema,
@@ -171,7 +172,9 @@ def _remove_temp_files(directory: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _open_root(root: Path, identity: dict, software_version: str) -> None:
+def _open_root(
+    root: Path, identity: dict, software_version: str, windows: dict | None = None
+) -> None:
     """Create the store's root and parts groups, or check an existing root's schema and identity.
 
     Everything written at the root happens under the root directory's flock, so concurrent
@@ -197,6 +200,8 @@ def _open_root(root: Path, identity: dict, software_version: str) -> None:
                 "created": _now(),
                 "parts": [],
             }
+            if windows:
+                attrs["windows"] = jsonable(windows)
             write_json_atomic(meta, _group_doc(attrs))
         attrs = _read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
@@ -210,6 +215,11 @@ def _open_root(root: Path, identity: dict, software_version: str) -> None:
             identity,
             f"store {root} (left) vs this writer (right)",
         )
+        if attrs.get("windows") != (jsonable(windows) if windows else None):
+            raise StoreIdentityError(
+                f"store {root} holds windows {attrs.get('windows') or 'at a regular stride'}; "
+                f"this writer writes {windows or 'windows at a regular stride'}: use another store"
+            )
         if not (parts / "zarr.json").exists():
             parts.mkdir(exist_ok=True)
             write_json_atomic(parts / "zarr.json", _group_doc({}))
@@ -792,12 +802,15 @@ def open_writer(
     part: str | None = None,
     software_version: str = __version__,
     windows_per_shard: int | None = None,
+    windows: dict | None = None,
 ) -> StoreWriter:
     """Create a store at `path` or open it for append, as one part (one writer process).
 
     A store with a different encoder, preprocessing or layout is refused (StoreIdentityError
     naming each differing field). Reopening a part by name resumes it after a crash.
     `windows_per_shard` applies to a new part (None: about 64 MiB of tokens per shard).
+    `windows` marks a store of windows chosen otherwise than at the regular stride (e.g.
+    `{"centred_on": "annotated frames", "frames_from": PATH}`); a store is never mixed.
     """
     if "://" in str(path):
         raise StoreError(
@@ -809,7 +822,7 @@ def open_writer(
     root = Path(path)
     identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
     try:
-        _open_root(root, identity, software_version)
+        _open_root(root, identity, software_version, windows)
         return StoreWriter(root, layout, part, windows_per_shard)
     except OSError as e:
         raise _writable_error(root, e) from None

@@ -114,7 +114,7 @@ def _box(path, where, video, frame, label, xywh, track) -> Box:
     if w <= 0 or h <= 0:
         raise AnnotationError(
             f"{path} {where}: box of video {video!r} frame {frame} has field "
-            f"{'w' if w <= 0 else 'h'} = {w if w <= 0 else h}; width and height must be > 0"
+            f"{'w' if w <= 0 else 'h'!r} = {w if w <= 0 else h}; width and height must be > 0"
         )
     return Box(video, frame, str(label), (x, y, w, h), track, f"{path} {where}")
 
