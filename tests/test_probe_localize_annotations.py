@@ -10,8 +10,11 @@ from ethoprism.probe.localize import annotations as ann_io
 
 MAMMALPS = sorted(Path("/work/shared/data/labelled/mammalps").glob("demo_annotations_*.json"))
 VIDEOS = {"a.mp4": {"n_frames": 50, "width": 100, "height": 80}}
-BOXES = [("a.mp4", 3, "mouse", (10.0, 20.0, 30.0, 15.0)), ("a.mp4", 3, "rat", (50.0, 5.0, 20.0, 20.0)),
-         ("a.mp4", 7, "mouse", (12.0, 21.0, 30.0, 15.0))]
+BOXES = [
+    ("a.mp4", 3, "mouse", (10.0, 20.0, 30.0, 15.0)),
+    ("a.mp4", 3, "rat", (50.0, 5.0, 20.0, 20.0)),
+    ("a.mp4", 7, "mouse", (12.0, 21.0, 30.0, 15.0)),
+]
 
 
 def write_csv(path, rows, header="video,frame,track,class,x,y,w,h"):
@@ -24,11 +27,17 @@ def as_tuples(ann):
 
 
 def test_csv_coco_and_mammalps_read_to_the_same_boxes(tmp_path):
-    csv_path = write_csv(tmp_path / "a.csv", [(v, f, k, c, *b) for k, (v, f, c, b) in enumerate(BOXES)]
-                         + [("a.mp4", 9, "", "", "", "", "", "")])
+    write_csv(
+        tmp_path / "a.csv",
+        [(v, f, k, c, *b) for k, (v, f, c, b) in enumerate(BOXES)]
+        + [("a.mp4", 9, "", "", "", "", "", "")],
+    )
     coco = {
-        "images": [{"id": 1, "video": "videos/a.mp4", "frame": 3}, {"id": 2, "video": "a.mp4", "frame": 7},
-                   {"id": 3, "video": "a.mp4", "frame": 9}],
+        "images": [
+            {"id": 1, "video": "videos/a.mp4", "frame": 3},
+            {"id": 2, "video": "a.mp4", "frame": 7},
+            {"id": 3, "video": "a.mp4", "frame": 9},
+        ],
         "categories": [{"id": 5, "name": "mouse"}, {"id": 6, "name": "rat"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 20, 30, 15]},
@@ -38,12 +47,15 @@ def test_csv_coco_and_mammalps_read_to_the_same_boxes(tmp_path):
     }
     (tmp_path / "a.json").write_text(json.dumps(coco))
     frames = {}
-    for v, f, c, (x, y, w, h) in BOXES:
-        frames.setdefault(f, []).append({"track_id": 1, "bbox": [x, y, x + w, y + h],
-                                         "attributes": {"species": c}})
-    mamm = {"info": {"file_path": "S/a.mp4"},
-            "frames": [{"frame_id": f, "detections": d} for f, d in frames.items()]
-            + [{"frame_id": 9, "detections": []}]}
+    for _v, f, c, (x, y, w, h) in BOXES:
+        frames.setdefault(f, []).append(
+            {"track_id": 1, "bbox": [x, y, x + w, y + h], "attributes": {"species": c}}
+        )
+    mamm = {
+        "info": {"file_path": "S/a.mp4"},
+        "frames": [{"frame_id": f, "detections": d} for f, d in frames.items()]
+        + [{"frame_id": 9, "detections": []}],
+    }
     (tmp_path / "m.json").write_text(json.dumps(mamm))
     read = [ann_io.read(tmp_path / n) for n in ("a.csv", "a.json", "m.json")]
     for ann in read:
@@ -59,8 +71,9 @@ def test_real_mammalps_file():
     assert len(ann.boxes) > 100 and "red_deer" in ann.classes
     first = min(ann.boxes, key=lambda b: b.frame)
     assert first.frame == 0 and first.xywh == (0.0, 346.0, 400.0, 732.0)
-    checked = ann_io.check_videos(ann, {"S1_C1_E4_V0016.mp4": {"n_frames": 615, "width": 1920,
-                                                               "height": 1080}})
+    checked = ann_io.check_videos(
+        ann, {"S1_C1_E4_V0016.mp4": {"n_frames": 615, "width": 1920, "height": 1080}}
+    )
     assert len(checked.boxes) == len(ann.boxes)
 
 
@@ -73,7 +86,9 @@ def bad(tmp_path, rows, videos=VIDEOS, **kw):
 def test_each_malformed_file_gets_its_clear_error(tmp_path):
     msg = bad(tmp_path, [("a.mp4", 3, 1, "mouse", 200, 200, 10, 10)])
     assert "bad.csv row 2" in msg and "'bbox'" in msg and "wholly outside" in msg
-    msg = bad(tmp_path, [("a.mp4", 3, 1, "mouse", 1, 2, 3, 4), ("a.mp4", 50, 1, "mouse", 1, 2, 3, 4)])
+    msg = bad(
+        tmp_path, [("a.mp4", 3, 1, "mouse", 1, 2, 3, 4), ("a.mp4", 50, 1, "mouse", 1, 2, 3, 4)]
+    )
     assert "bad.csv row 3" in msg and "'frame'" in msg and "beyond the end" in msg and "49" in msg
     msg = bad(tmp_path, [("b.mp4", 3, 1, "mouse", 1, 2, 3, 4)])
     assert "bad.csv row 2" in msg and "'video'" in msg and "'b.mp4'" in msg and "a.mp4" in msg
@@ -89,11 +104,15 @@ def test_each_malformed_file_gets_its_clear_error(tmp_path):
     (tmp_path / "header.csv").write_text("video,frame,track,class,x,y,w,h\n")
     with pytest.raises(ann_io.AnnotationError, match="header.csv: no annotated frame"):
         ann_io.read(tmp_path / "header.csv")
-    (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "video": "a.mp4", "frame": 1}],
-                                                 "categories": [{"id": 1, "name": "m"}],
-                                                 "annotations": [{"id": 7, "image_id": 2,
-                                                                  "category_id": 1,
-                                                                  "bbox": [1, 2, 3, 4]}]}))
+    (tmp_path / "c.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "video": "a.mp4", "frame": 1}],
+                "categories": [{"id": 1, "name": "m"}],
+                "annotations": [{"id": 7, "image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4]}],
+            }
+        )
+    )
     with pytest.raises(ann_io.AnnotationError, match=r"c.json annotation id 7: field 'image_id' 2"):
         ann_io.read(tmp_path / "c.json")
 

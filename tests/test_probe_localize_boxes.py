@@ -14,15 +14,21 @@ SIZES = [(120, 90), (97, 61), (61, 97), (288, 288), (1921, 1079), (33, 400)]
 @pytest.mark.parametrize("width,height", SIZES)
 def test_round_trip_is_exact_for_every_mode_and_odd_sizes(mode, width, height):
     rng = np.random.default_rng(width * height)
-    xywh = np.c_[rng.uniform(0, width, (50, 1)), rng.uniform(0, height, (50, 1)),
-                 rng.uniform(1, width, (50, 1)), rng.uniform(1, height, (50, 1))]
+    xywh = np.c_[
+        rng.uniform(0, width, (50, 1)),
+        rng.uniform(0, height, (50, 1)),
+        rng.uniform(1, width, (50, 1)),
+        rng.uniform(1, height, (50, 1)),
+    ]
     for size in (72, 144, 288):
         there = boxes.to_input(xywh, width, height, size, mode)
-        np.testing.assert_allclose(boxes.to_original(there, width, height, size, mode), xywh,
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            boxes.to_original(there, width, height, size, mode), xywh, rtol=0, atol=1e-6
+        )
         back = boxes.to_original(xywh, width, height, size, mode)
-        np.testing.assert_allclose(boxes.to_input(back, width, height, size, mode), xywh,
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            boxes.to_input(back, width, height, size, mode), xywh, rtol=0, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("mode", ["squash", "pad", "crop"])
@@ -56,5 +62,7 @@ def test_iou_and_nms_against_brute_force():
     same = labels[keep][:, None] == labels[keep][None]
     assert not ((ov > 0.3) & same & ~np.eye(len(keep), dtype=bool)).any()
     for i in set(range(len(a))) - set(keep):  # each dropped box has a better kept twin
-        assert any(scores[k] >= scores[i] and labels[k] == labels[i]
-                   and boxes.iou(a[i], a[k])[0, 0] > 0.3 for k in keep)
+        assert any(
+            scores[k] >= scores[i] and labels[k] == labels[i] and boxes.iou(a[i], a[k])[0, 0] > 0.3
+            for k in keep
+        )

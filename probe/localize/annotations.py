@@ -103,7 +103,9 @@ def _number(value, path: str, where: str, name: str, kind=float):
     try:
         out = kind(value)
     except (TypeError, ValueError):
-        raise AnnotationError(f"{path} {where}: field {name!r} is {value!r}, not a number") from None
+        raise AnnotationError(
+            f"{path} {where}: field {name!r} is {value!r}, not a number"
+        ) from None
     if kind is float and not np.isfinite(out):
         raise AnnotationError(f"{path} {where}: field {name!r} is {value!r}, not a finite number")
     return out
@@ -206,7 +208,15 @@ def _read_mammalps(path: str, doc: dict, class_field: str) -> Annotations:
             if label is None:
                 raise AnnotationError(f"{path} {where}: field 'attributes.{class_field}' missing")
             boxes.append(
-                _box(path, where, video, frame, label, [x1, y1, x2 - x1, y2 - y1], det.get("track_id"))
+                _box(
+                    path,
+                    where,
+                    video,
+                    frame,
+                    label,
+                    [x1, y1, x2 - x1, y2 - y1],
+                    det.get("track_id"),
+                )
             )
     return _finish(path, frames, boxes)
 

@@ -18,7 +18,13 @@ def ground_truth(ann: ann_io.Annotations, classes: list[str], videos: dict[str, 
     """A COCO ground-truth dataset of the annotated frames (image ids as `predict.image_ids`)."""
     ids = predict.image_ids(ann.frames)
     images = [
-        {"id": i, "width": videos[v]["width"], "height": videos[v]["height"], "video": v, "frame": f}
+        {
+            "id": i,
+            "width": videos[v]["width"],
+            "height": videos[v]["height"],
+            "video": v,
+            "frame": f,
+        }
         for (v, f), i in ids.items()
     ]
     boxes = [

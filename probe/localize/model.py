@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ethoprism.errors import EthoprismError
 from ethoprism.probe.localize import boxes as box_ops
 
 SCALES = (4.0, 2.0, 1.0, 0.5, 0.25)
@@ -95,9 +96,12 @@ class Detector(nn.Module):
 
 def level_grids(config: DetectorConfig, h: int, w: int) -> list[tuple[int, int]]:
     """(rows, cols) of each pyramid level for an h x w token map."""
-    grids = [(int(h * s), int(w * s)) if s >= 1 else (h // round(1 / s), w // round(1 / s)) for s in config.scales]
+    grids = [
+        (int(h * s), int(w * s)) if s >= 1 else (h // round(1 / s), w // round(1 / s))
+        for s in config.scales
+    ]
     if min(min(g) for g in grids) < 1:
-        raise ValueError(f"a {h}x{w} token map is too small for pyramid scales {config.scales}")
+        raise EthoprismError(f"a {h}x{w} token map is too small for pyramid scales {config.scales}")
     return grids
 
 

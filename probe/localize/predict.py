@@ -64,15 +64,14 @@ def detect(ds, det: saved.SavedDetector, frames: list[tuple[str, int]], progress
         index = np.arange(lo, min(lo + BATCH, len(frames)))
         tokens = features.read_maps(ds, refs, index)
         pad = np.zeros((BATCH - len(index), *tokens.shape[1:]), tokens.dtype)
-        scores, classes, boxes = jax.device_get(
-            forward(det.params, np.concatenate([tokens, pad]))
-        )
+        scores, classes, boxes = jax.device_get(forward(det.params, np.concatenate([tokens, pad])))
         for row, k in enumerate(index):
             video, frame = frames[k]
             v = videos[video]
             s, c, b = select(det.config, scores[row], classes[row], boxes[row], size)
-            b = box_ops.clip(box_ops.to_original(b, v["width"], v["height"], size, mode),
-                             v["width"], v["height"])
+            b = box_ops.clip(
+                box_ops.to_original(b, v["width"], v["height"], size, mode), v["width"], v["height"]
+            )
             out += [
                 Detection(video, frame, det.classes[ci], float(si), tuple(map(float, bi)))
                 for si, ci, bi in zip(s, c, b, strict=True)

@@ -97,7 +97,8 @@ def frame_set(ds, ann: ann_io.Annotations, config: DetectorConfig, classes) -> F
     size = int(ds.attrs["preprocessing"]["frame_size"])
     per_frame = [targets(config, grids, size, b, c) for b, c in input_boxes(ds, ann, classes)]
     stacked = [
-        tuple(np.stack([f[lvl][k] for f in per_frame]) for k in range(3)) for lvl in range(len(grids))
+        tuple(np.stack([f[lvl][k] for f in per_frame]) for k in range(3))
+        for lvl in range(len(grids))
     ]
     cached = None
     if len(ann.frames) * h * w * d * 4 <= CACHE_BYTES:
