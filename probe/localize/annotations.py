@@ -235,6 +235,8 @@ def check_videos(ann: Annotations, videos: dict[str, dict]) -> Annotations:
                 f"{where}: field 'video': {video!r} is not a known video (known: {known})"
             )
         n = videos[video]["n_frames"]
+        if frame < 0:
+            raise AnnotationError(f"{where}: field 'frame': {frame} is negative")
         if frame >= n:
             raise AnnotationError(
                 f"{where}: field 'frame': {frame} is beyond the end of {video!r} "

@@ -51,7 +51,12 @@ def coco_eval(gt: dict, results: list[dict]):
         coco = COCO()
         coco.dataset = json.loads(json.dumps(gt))
         coco.createIndex()
-        dt = coco.loadRes(results) if results else COCO()
+        if results:
+            dt = coco.loadRes(results)
+        else:  # loadRes cannot take an empty list: no detection at all scores 0
+            dt = COCO()
+            dt.dataset = {**coco.dataset, "annotations": []}
+            dt.createIndex()
         e = COCOeval(coco, dt, "bbox")
         e.evaluate()
         e.accumulate()

@@ -36,6 +36,13 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise EthoprismError(
+                    f"training field {name!r} must be >= 1, not {getattr(self, name)}"
+                )
+
 
 def learning_rate_fn(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     warmup = max(1, int(cfg.warmup_fraction * total_steps))
