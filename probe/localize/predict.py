@@ -14,6 +14,7 @@ import numpy as np
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
+from ethoprism.probe.localize import annotations as ann_io
 from ethoprism.probe.localize import boxes as box_ops
 from ethoprism.probe.localize import features, saved
 from ethoprism.probe.localize.model import Detector, peaks, select
@@ -182,8 +183,6 @@ def predict_annotated(
     store_path: str, detector_dir: str, annotations: str, out_dir: str, class_field="species"
 ) -> dict:
     """Boxes for the frames an annotation file names (CSV and COCO results JSON)."""
-    from ethoprism.probe.localize import annotations as ann_io
-
     ds, det = open_for(store_path, detector_dir)
     ann = ann_io.check_videos(ann_io.read(annotations, class_field), features.video_table(ds))
     dets = detect(ds, det, ann.frames)
