@@ -3,16 +3,71 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from ethoprism import __version__
+from ethoprism.cli_options import (
+    BACKGROUND,
+    LABEL_COLUMN,
+    Align,
+    AlignOpt,
+    BackgroundOpt,
+    CheckpointOpt,
+    ColumnAliasOpt,
+    Dtype,
+    DtypeOpt,
+    Head,
+    JsonOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    Resize,
+    SchedulerOpt,
+    StoreArg,
+    TokenLayout,
+    Videos,
+)
 from ethoprism.errors import EthoprismError
 
+# What a user can cause and fix (a bad path, a file that is not a store): one red line, exit 1.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (
+    EthoprismError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def _user_error(error: Exception) -> bool:
+    if isinstance(error, USER_ERRORS):
+        return True
+    zarr_errors = getattr(sys.modules.get("zarr"), "errors", None)  # only if zarr was used
+    return zarr_errors is not None and isinstance(error, zarr_errors.BaseZarrError)
+
+
+class ErrorBoundary(TyperGroup):
+    """The one place where errors of every command (and subcommand) become a one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if not _user_error(e):
+                raise
+            raise fail(e) from None
+
+
 app = typer.Typer(
+    cls=ErrorBoundary,
     help="Frozen video foundation models for animal behaviour: extract once, probe many times.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,8 +82,8 @@ err_console = Console(stderr=True)
 
 
 def fail(error: Exception) -> typer.Exit:
-    """Turn a library error into a red one-line message and exit status 1."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+    """A red one-line message for a library error, and the exit (status 1) to raise."""
+    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -106,32 +161,34 @@ def extract(
     store: Annotated[
         str, typer.Argument(help="The feature store to create or append to (a directory).")
     ],
-    model: Annotated[
-        str, typer.Option(help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny.")
-    ] = "videoprism-b",
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="Weights: an official-format .npz path, or 'random' (demo only). "
-            "Default: $ETHOPRISM_CHECKPOINT, then the Hugging Face cache / download."
-        ),
-    ] = None,
-    dtype: Annotated[
-        str, typer.Option(help="float32, or bfloat16 (bf16 matmuls, f32 softmax/LayerNorm).")
-    ] = "float32",
+    model: ModelOpt = "videoprism-b",
+    checkpoint: CheckpointOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
     stride: Annotated[int, typer.Option(help="Frames between consecutive window starts.")] = 8,
+    window_length: Annotated[
+        int | None,
+        typer.Option(help="Frames per window. Default: the encoder's (videoprism-l: 8)."),
+    ] = None,
     frame_step: Annotated[
         int, typer.Option(help="Frame step K inside a window: frames start + j*K.")
     ] = 1,
     resize: Annotated[
-        str, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")
-    ] = "squash",
+        Resize, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")
+    ] = Resize.squash,
     frame_size: Annotated[
-        int, typer.Option(help="Side of the square frames the encoder sees.")
-    ] = 288,
+        int | None,
+        typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
+    ] = None,
+    interpolation: Annotated[
+        str,
+        typer.Option(
+            help="Resize filter: area (default), bilinear (stores made before area was the "
+            "default) or bicubic; part of the store's identity."
+        ),
+    ] = "area",
     layout: Annotated[
-        str, typer.Option(help="Token storage: float16-round7, float16 or int8.")
-    ] = "float16-round7",
+        TokenLayout, typer.Option(help="Token storage: float16-round7, float16 or int8.")
+    ] = TokenLayout.float16_round7,
     pool: Annotated[
         int, typer.Option(help="Average-pool tokens spatially by 1, 2 or 4 before storing.")
     ] = 1,
@@ -142,12 +199,14 @@ def extract(
     decode_workers: Annotated[
         int, typer.Option(help="Decoding processes running ahead of the encoder.")
     ] = 2,
-    scheduler: Annotated[
-        str | None,
+    decoder: Annotated[
+        str,
         typer.Option(
-            help="Dask scheduler address: spread the videos over its workers, one store part each."
+            help="auto (the GPU's NVDEC where a CUDA device and PyNvVideoCodec are present and "
+            "the store allows its frames), cpu (FFmpeg) or nvdec."
         ),
-    ] = None,
+    ] = "auto",
+    scheduler: SchedulerOpt = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -164,7 +223,7 @@ def extract(
             "centred on annotated frames (i-7..i+8), only for annotated videos."
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Extract VideoPrism tokens from an archive of videos into a Zarr feature store.
 
@@ -172,7 +231,7 @@ def extract(
     A video that cannot be decoded is recorded as failed and the run goes on; the exit status
     is 1 when any video failed.
     """
-    from ethoprism.extract.preprocess import Preprocessing
+    from ethoprism.extract.encoder import default_preprocessing
     from ethoprism.pipeline import extract as pipeline_extract
     from ethoprism.pipeline.config import RunConfig
     from ethoprism.pipeline.inputs import find_videos
@@ -180,50 +239,61 @@ def extract(
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
     from ethoprism.store import Layout
 
-    try:
-        cfg = RunConfig(
-            model=model,
-            checkpoint=checkpoint,
-            dtype=dtype,
-            prep=Preprocessing(
-                frame_size=frame_size, resize=resize, window_stride=stride, frame_step=frame_step
-            ),
-            layout=Layout(dtype=layout, pool=pool),
-            batch_size=batch_size,
-            decode_workers=decode_workers,
-            **_centres(frames_from),
-        )
-        if dry_run:
-            plan = plan_run(find_videos(archive), cfg)
-            if as_json:
-                print_json(plan.to_dict())
-                return
-            table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
-            for v in plan.videos:
-                if "error" in v:
-                    table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
-                else:
-                    table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
-            console.print(table)
-            console.print(
-                f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
-                f"({plan.bytes_per_window / 1e6:.2f} MB/window); "
-                f"encoder {plan.windows_per_s:.2f} windows/s "
-                f"here, so about {plan.seconds / 3600:.2f} h"
-            )
+    cfg = RunConfig(
+        model=model,
+        checkpoint=checkpoint,
+        dtype=dtype.value,
+        prep=default_preprocessing(
+            model,
+            window_length=window_length,
+            frame_size=frame_size,
+            resize=resize.value,
+            window_stride=stride,
+            frame_step=frame_step,
+            interpolation=interpolation,
+        ),
+        layout=Layout(dtype=layout.value, pool=pool),
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+        decoder=decoder,
+        **_centres(frames_from),
+    )
+    if dry_run:
+        plan = plan_run(find_videos(archive), cfg, store_path=store)
+        if as_json:
+            print_json(plan.to_dict())
             return
-        reporter = None if as_json else RichReporter(console=err_console)
-        if log_json:
-            reporter = JsonLinesReporter(log_json, reporter)
-        try:
-            summary = pipeline_extract.run_extract(
-                archive, store, cfg, scheduler=scheduler, reporter=reporter
+        table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
+        for v in plan.videos:
+            if "error" in v:
+                table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
+            else:
+                table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
+        console.print(table)
+        console.print(
+            f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
+            f"({plan.bytes_per_window / 1e6:.2f} MB/window); "
+            f"encoder {plan.windows_per_s:.2f} windows/s "
+            f"here, so about {plan.seconds / 3600:.2f} h"
+        )
+        if plan.cores_needed is not None:
+            console.print(
+                f"host: about {plan.host_ms_per_window:.1f} ms of CPU per window "
+                f"({plan.decoder} decoding), so feeding {plan.devices} device(s) at "
+                f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
+                f"cores; this host has {os.cpu_count()}"
             )
-        finally:
-            if reporter is not None:
-                reporter.stop()
-    except EthoprismError as e:
-        raise fail(e) from None
+        return
+    reporter = None if as_json else RichReporter(console=err_console)
+    if log_json:
+        reporter = JsonLinesReporter(log_json, reporter)
+    try:
+        summary = pipeline_extract.run_extract(
+            archive, store, cfg, scheduler=scheduler, reporter=reporter
+        )
+    finally:
+        if reporter is not None:
+            reporter.stop()
     if as_json:
         print_json(summary.to_dict())
     else:
@@ -237,12 +307,12 @@ def bench_extract(
     video: Annotated[
         str | None, typer.Option(help="Video to extract (default: the bundled deer clip).")
     ] = None,
-    model: Annotated[str, typer.Option(help="Encoder config.")] = "videoprism-b",
+    model: ModelOpt = "videoprism-b",
     windows: Annotated[int, typer.Option(help="About this many windows are extracted.")] = 16,
     batch: Annotated[int, typer.Option(help="Windows per encoder call.")] = 4,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: DtypeOpt = Dtype.float32,
     checkpoint: Annotated[str, typer.Option(help="Weights; random ones time the same.")] = "random",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """End-to-end extraction vs the encoder alone, decode+resize vs raw decode, peak RSS.
 
@@ -254,17 +324,14 @@ def bench_extract(
     from ethoprism.pipeline.bench import bench_extract as run_bench
 
     video = video or str(Path(__file__).parent / "data" / "S1_C1_E115_V0342.mp4")
-    try:
-        r = run_bench(
-            video,
-            model=model,
-            windows=windows,
-            batch_size=batch,
-            checkpoint=checkpoint,
-            dtype=dtype,
-        )
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(
+        video,
+        model=model,
+        windows=windows,
+        batch_size=batch,
+        checkpoint=checkpoint,
+        dtype=dtype.value,
+    )
     if as_json:
         print_json(r)
         return
@@ -289,14 +356,91 @@ def bench_extract(
     )
 
 
+@bench_app.command("host")
+def bench_host(
+    model: Annotated[str, typer.Option(help="Encoder config (sets the token shape).")] = (
+        "videoprism-b"
+    ),
+    frames: Annotated[int, typer.Option(help="Frames decoded per clip and repeat.")] = 96,
+    windows: Annotated[int, typer.Option(help="Windows through the store's stages.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Decode runs per clip (the best counts).")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="Decoder threads per video (0: FFmpeg chooses), as extract uses.")
+    ] = 0,
+    accelerator_rate: Annotated[
+        float,
+        typer.Option(
+            help="Encoder windows/s per accelerator, used where JAX sees no accelerator "
+            "(450: VideoPrism-B bf16 on an H100-class device)."
+        ),
+    ] = 450.0,
+    directory: Annotated[
+        str | None, typer.Option(help="Temporary clips and shards on this directory's disk.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Host CPU milliseconds per window, stage by stage, and the cores one accelerator needs.
+
+    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264
+    and 720p MJPEG clips: decode, colour conversion + resize, batching, token check,
+    compression, checksum, disk write; totals at stride 8 and 16. Targets: decode + convert +
+    resize <= 1.25x decode alone; everything after decoding <= 5 ms per window. The NVDEC
+    column is an estimate: demuxing replaces decoding and conversion.
+    """
+    from ethoprism.pipeline.host_bench import STAGES
+    from ethoprism.pipeline.host_bench import bench_host as run_bench
+
+    r = run_bench(
+        model=model,
+        frames=frames,
+        windows=windows,
+        repeats=repeats,
+        threads=threads,
+        rate=accelerator_rate,
+        directory=directory,
+    )
+    if as_json:
+        print_json(r)
+        return
+    rate = r["accelerator"]["windows_per_s"]
+    for stride in r["strides"]:
+        table = Table(
+            title=f"bench host: CPU ms per window at stride {stride}, {model}",
+            caption=f"cores: to feed one accelerator at {rate:.0f} windows/s "
+            f"({r['accelerator']['source']}); NVDEC: estimated",
+        )
+        short = ("decode", "conv", "batch", "check", "compr", "crc", "write")  # STAGES, narrow
+        for col in ("source", *short, "total", "cores/100w/s", "cores", "NVDEC cores"):
+            table.add_column(col, no_wrap=col == "source")
+        for label, clip in r["clips"].items():
+            x = clip["strides"][stride]
+            table.add_row(
+                label,
+                *(f"{x['stages_ms'][k]:.1f}" for k in STAGES),
+                f"{x['total_ms']:.1f}",
+                f"{x['cores_per_100_windows_per_s']:.1f}",
+                f"{x['cores_per_accelerator']:.1f}",
+                f"{x['nvdec_cores_per_accelerator']:.1f}",
+            )
+        console.print(table)
+    rows = [
+        (
+            f"{label}: decode+convert / decode",
+            f"{clip['decode_convert_vs_decode']:.2f}  (target <= 1.25; "
+            f"decode {clip['decode_ms_per_frame']:.2f} ms/frame)",
+        )
+        for label, clip in r["clips"].items()
+    ]
+    after = r["strides"][next(iter(r["strides"]))]["after_decode_ms"]
+    rows.append(("after decoding", f"{after:.1f} ms/window  (target <= 5)"))
+    rows.append(("store writer, whole", f"{r['store']['writer_ms_per_window']:.1f} ms/window"))
+    print_figures("bench host: targets", rows)
+
+
 # --- store ------------------------------------------------------------------------------------
 
 store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
-StoreArg = Annotated[
-    str, typer.Argument(help="A feature store: a directory, http(s):// or s3:// URL.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 @store_app.command("info")
@@ -304,10 +448,7 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
     """Identity, videos complete and failed, windows, bytes on disk and per window, layout."""
     from ethoprism.store import info
 
-    try:
-        r = info(store)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = info(store)
     if as_json:
         print_json(r)
         return
@@ -348,10 +489,7 @@ def store_validate(store: StoreArg, as_json: JsonOpt = False) -> None:
     """
     from ethoprism.store import validate
 
-    try:
-        r = validate(store)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = validate(store)
     if as_json:
         print_json(r)
     elif r["ok"]:
@@ -381,10 +519,7 @@ def store_push(
     """
     from ethoprism.store.remote import upload_store
 
-    try:
-        n_files = upload_store(store, url)
-    except EthoprismError as e:
-        raise fail(e) from None
+    n_files = upload_store(store, url)
     if as_json:
         print_json({"store": store, "url": url, "files": n_files})
     else:
@@ -408,10 +543,7 @@ def bench_store(
     """
     from ethoprism.store.bench import bench_store as run_bench
 
-    try:
-        r = run_bench(windows=windows, directory=directory)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(windows=windows, directory=directory)
     if as_json:
         print_json(r)
         return
@@ -504,20 +636,17 @@ def retrieve_query(
         list[str] | None,
         typer.Option(help="Only search these: VIDEO or VIDEO@START-END seconds (repeatable)."),
     ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address: one task per index block.")
-    ] = None,
+    scheduler: SchedulerOpt = None,
     approx: Annotated[
         bool, typer.Option(help="Use the index built by `retrieve build-index`.")
     ] = False,
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Weights for --clip (must be the store's).")
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     sheet: Annotated[str | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
     sheet_results: Annotated[int, typer.Option(help="Results per query on the sheet.")] = 3,
     labels: Annotated[str | None, typer.Option(help="Label file to caption the sheet.")] = None,
-    column: Annotated[str, typer.Option(help="Label column.")] = "action",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    column: ColumnAliasOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
     from ethoprism.probe import retrieve as retrieval
@@ -530,25 +659,24 @@ def retrieve_query(
         "scheduler": scheduler,
         "approx": approx,
     }
-    try:
-        if clip:
-            from ethoprism.pipeline.clip_query import run_clip_query
+    if clip:
+        from ethoprism.pipeline.clip_query import run_clip_query
 
-            result = run_clip_query(
-                clip, store, checkpoint=checkpoint, index_store=index_store, **search
-            )
-        else:
-            result = retrieval.run_query(
-                index_store or store,
-                query_store=store,
-                moments=moment or [],
-                windows=window or [],
-                **search,
-            )
-        if sheet:
-            sheet_for(result, sheet, n_results=sheet_results, labels=labels, column=column)
-    except EthoprismError as e:
-        raise fail(e) from None
+        result = run_clip_query(
+            clip, store, checkpoint=checkpoint, index_store=index_store, **search
+        )
+    else:
+        result = retrieval.run_query(
+            index_store or store,
+            query_store=store,
+            moments=moment or [],
+            windows=window or [],
+            **search,
+        )
+    if sheet:
+        sheet_for(
+            result, sheet, n_results=sheet_results, labels=labels, column=column or label_column
+        )
     rows = result.table()
     if as_json:
         print_json(rows)
@@ -587,19 +715,14 @@ def retrieve_build_index(
     nlist: Annotated[
         int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the index description as JSON.")
-    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Build the approximate (FAISS IVF-Flat) index of a store and report its recall@10 vs exact."""
     from dataclasses import asdict
 
     from ethoprism.probe.retrieve.ann import build_index, index_dir
 
-    try:
-        info = build_index(store, nlist=nlist)
-    except EthoprismError as e:
-        raise fail(e) from None
+    info = build_index(store, nlist=nlist)
     if as_json:
         print_json(asdict(info))
         return
@@ -630,13 +753,12 @@ def retrieve_eval(
     test_fraction: Annotated[
         float, typer.Option(help="Without --split: fraction of videos used as test.")
     ] = 0.25,
-    column: Annotated[str, typer.Option(help="Label column.")] = "action",
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    column: ColumnAliasOpt = None,
     background: Annotated[
         str, typer.Option(help="Background class: not a query, kept in the index.")
-    ] = "none",
-    align: Annotated[
-        str, typer.Option(help="Window label from its centre frame, majority or any.")
-    ] = "centre",
+    ] = BACKGROUND,
+    align: AlignOpt = Align.centre,
     k: Annotated[
         list[int] | None, typer.Option("-k", help="K values (repeatable; default 1 5 10).")
     ] = None,
@@ -645,33 +767,28 @@ def retrieve_eval(
     ] = 1.0,
     runs: Annotated[int, typer.Option(help="Runs averaged (the paper: 3).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the split and the query subsampling.")] = 0,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address for the search.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    scheduler: SchedulerOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """mean Hit@K as in Sun et al. 2024: test windows query the train windows, averaged over
     classes."""
     from ethoprism.probe.retrieve.hitk import DEFAULT_KS, evaluate_stores
 
-    try:
-        r = evaluate_stores(
-            store,
-            labels,
-            index_store=index_store,
-            split=split,
-            test_fraction=test_fraction,
-            column=column,
-            background=background,
-            align=align,
-            ks=tuple(k or DEFAULT_KS),
-            fraction=fraction,
-            runs=runs,
-            seed=seed,
-            scheduler=scheduler,
-        )
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = evaluate_stores(
+        store,
+        labels,
+        index_store=index_store,
+        split=split,
+        test_fraction=test_fraction,
+        column=column or label_column,
+        background=background,
+        align=align.value,
+        ks=tuple(k or DEFAULT_KS),
+        fraction=fraction,
+        runs=runs,
+        seed=seed,
+        scheduler=scheduler,
+    )
     if as_json:
         print_json(r.to_dict())
         return
@@ -695,16 +812,13 @@ def bench_retrieve(
     n: Annotated[int, typer.Option(help="Index embeddings (generated in memory).")] = 1_000_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Exact search vs FAISS IndexFlatL2 on the same embeddings (target >= 0.8x), and the IVF
     index's speedup over exact search and its recall@10."""
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
 
-    try:
-        r = run_bench(n=n, dim=dim, queries=queries)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(n=n, dim=dim, queries=queries)
     if as_json:
         print_json(r)
         return
@@ -746,9 +860,7 @@ def _numbers(text: str, kind, what: str) -> tuple:
     try:
         return tuple(kind(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise fail(
-            EthoprismError(f"{what}: expected comma-separated numbers, got {text!r}")
-        ) from None
+        raise EthoprismError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 def _training_progress():
@@ -800,16 +912,10 @@ def probe_train(
     out: Annotated[
         str, typer.Option("--out", help="Output directory (heads/NAME/ and summary.json).")
     ],
-    label_column: Annotated[
-        str, typer.Option(help="The label column, e.g. action or activity.")
-    ] = "action",
-    background: Annotated[
-        str, typer.Option(help="Label of frames without behaviour (excluded from mAP).")
-    ] = "none",
-    head: Annotated[str, typer.Option(help="map | fmap | linear | mlp.")] = "map",
-    align: Annotated[
-        str, typer.Option(help="Window label: centre | majority | any (any needs --multi-label).")
-    ] = "centre",
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    background: BackgroundOpt = BACKGROUND,
+    head: Annotated[Head, typer.Option(help="The head on the tokens or embedding.")] = Head.map,
+    align: AlignOpt = Align.centre,
     multi_label: Annotated[
         bool, typer.Option(help="Frames may carry several labels (sigmoid loss).")
     ] = False,
@@ -852,34 +958,32 @@ def probe_train(
     """
     from ethoprism.probe.classify.jobs import train_probe
 
+    shot_sizes, learning_rates = _numbers(shots, int, "--shots"), _numbers(lr, float, "--lr")
     bar, update = _training_progress()
-    try:
-        with bar:
-            summary = train_probe(
-                store,
-                labels,
-                out,
-                label_column=label_column,
-                background=background,
-                head=head,
-                align=align,
-                multi_label=multi_label,
-                shots=_numbers(shots, int, "--shots"),
-                seeds=seeds,
-                learning_rates=_numbers(lr, float, "--lr"),
-                epochs=epochs,
-                batch_size=batch_size,
-                dropout=dropout,
-                balanced=balanced,
-                patience=patience,
-                test_fraction=test_fraction,
-                val_fraction=val_fraction,
-                split=split,
-                split_seed=split_seed,
-                progress=update,
-            )
-    except EthoprismError as e:
-        raise fail(e) from None
+    with bar:
+        summary = train_probe(
+            store,
+            labels,
+            out,
+            label_column=label_column,
+            background=background,
+            head=head.value,
+            align=align.value,
+            multi_label=multi_label,
+            shots=shot_sizes,
+            seeds=seeds,
+            learning_rates=learning_rates,
+            epochs=epochs,
+            batch_size=batch_size,
+            dropout=dropout,
+            balanced=balanced,
+            patience=patience,
+            test_fraction=test_fraction,
+            val_fraction=val_fraction,
+            split=split,
+            split_seed=split_seed,
+            progress=update,
+        )
     if as_json:
         print_json(summary)
         return
@@ -930,10 +1034,7 @@ def probe_predict(
     """Per-frame ethogram of each video: CSV (frame, time, label, probabilities) and a PNG strip."""
     from ethoprism.probe.classify.jobs import predict_store
 
-    try:
-        r = predict_store(store, head, out, labels=labels, videos=video)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = predict_store(store, head, out, labels=labels, videos=video)
     if as_json:
         print_json(r)
         return
@@ -952,18 +1053,15 @@ def probe_eval(
         str, typer.Option("--out", help="Output directory: metrics.json and confusion.png.")
     ],
     videos: Annotated[
-        str, typer.Option(help="test: the head's held-out videos; all: every labelled video.")
-    ] = "test",
+        Videos, typer.Option(help="test: the head's held-out videos; all: every labelled video.")
+    ] = Videos.test,
     as_json: JsonOpt = False,
 ) -> None:
     """mAP (behaviours of interest, no background), macro accuracy, accuracy, per-class F1,
     confusion matrix."""
     from ethoprism.probe.classify.jobs import evaluate_head
 
-    try:
-        r = evaluate_head(store, head, labels, out, videos=videos)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = evaluate_head(store, head, labels, out, videos=videos.value)
     if as_json:
         print_json(r)
         return
@@ -1002,16 +1100,13 @@ def bench_probe(
     (target <= 1.3), training windows/s at the base token shape."""
     from ethoprism.probe.classify.bench import bench_probe as run_bench
 
-    try:
-        r = run_bench(
-            windows=windows,
-            heads=heads,
-            batch_size=batch_size,
-            shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
-            directory=directory,
-        )
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(
+        windows=windows,
+        heads=heads,
+        batch_size=batch_size,
+        shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
+        directory=directory,
+    )
     if as_json:
         print_json(r)
         return
@@ -1079,9 +1174,9 @@ def models(as_json: JsonOpt = False) -> None:
 
 @bench_app.command("encoder")
 def bench_encoder(
-    model: Annotated[str, typer.Option(help="Encoder config.")] = "videoprism-b",
+    model: ModelOpt = "videoprism-b",
     batch: Annotated[int, typer.Option(help="Windows per call.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Matmul dtype: float32 | bfloat16.")] = "float32",
+    dtype: DtypeOpt = Dtype.float32,
     rounds: Annotated[
         int, typer.Option(help="Timed rounds, each a matmul-peak measurement then one batch.")
     ] = 3,
@@ -1092,10 +1187,7 @@ def bench_encoder(
     scores and values); the peak is the best jit-compiled 2048^3 jnp.dot of each round."""
     from ethoprism.extract.bench import bench_encoder as run_bench
 
-    try:
-        r = run_bench(model=model, batch=batch, dtype=dtype, rounds=rounds)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(model=model, batch=batch, dtype=dtype.value, rounds=rounds)
     if as_json:
         print_json(r)
         return
@@ -1133,7 +1225,7 @@ def demo(
     out: Annotated[
         str, typer.Option(help="Folder for the store, the head, ethograms and metrics.")
     ] = "out",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Extract the bundled MammAlps clips, train a MAP head on their labels, write ethograms.
 
@@ -1154,8 +1246,6 @@ def demo(
     reporter = None if as_json else RichReporter(console=err_console)
     try:
         result = run_demo(out, reporter=reporter)
-    except EthoprismError as e:
-        raise fail(e) from None
     finally:
         if reporter is not None:
             reporter.stop()
@@ -1239,12 +1329,9 @@ def localize_train(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, total=total, completed=step, description=f"loss {loss:.4f}")
 
-        try:
-            r = train_detector(
-                store, annotations, out, cfg, dim=dim, class_field=class_field, progress=progress
-            )
-        except EthoprismError as e:
-            raise fail(e) from None
+        r = train_detector(
+            store, annotations, out, cfg, dim=dim, class_field=class_field, progress=progress
+        )
     _warn(r["warnings"])
     if as_json:
         print_json(r)
@@ -1276,15 +1363,12 @@ def localize_predict(
     and detections.json (COCO results)."""
     from ethoprism.probe.localize import predict
 
-    try:
-        if (video is None) == (annotations is None):
-            raise EthoprismError("give exactly one of --video or --annotations")
-        if video is not None:
-            r = predict.predict_video(store, detector, video, out, strip=strip)
-        else:
-            r = predict.predict_annotated(store, detector, annotations, out, class_field)
-    except EthoprismError as e:
-        raise fail(e) from None
+    if (video is None) == (annotations is None):
+        raise EthoprismError("give exactly one of --video or --annotations")
+    if video is not None:
+        r = predict.predict_video(store, detector, video, out, strip=strip)
+    else:
+        r = predict.predict_annotated(store, detector, annotations, out, class_field)
     if as_json:
         print_json(r)
         return
@@ -1306,10 +1390,7 @@ def localize_eval(
     precision-recall curves at IoU 0.5 and 0.75."""
     from ethoprism.probe.localize.evaluate import evaluate
 
-    try:
-        r = evaluate(store, detector, annotations, out, class_field)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = evaluate(store, detector, annotations, out, class_field)
     _warn(r["warnings"])
     if as_json:
         print_json(r)
@@ -1333,10 +1414,7 @@ def bench_localize(
     inference time per window over the encoder's (target <= 5%)."""
     from ethoprism.probe.localize.bench import bench_localize as run_bench
 
-    try:
-        r = run_bench(small=small, batch_size=batch_size)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(small=small, batch_size=batch_size)
     if as_json:
         print_json(r)
         return

@@ -17,19 +17,21 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ethoprism.extract.coding import code_tokens
+from ethoprism.extract.coding import code_tokens, tokens_finite
 
 
 class EncodedBatch(NamedTuple):
     tokens: np.ndarray  # (n, T, h, w, D) float32, or float16 coded for a store layout
     embedding: np.ndarray  # (n, D) float32
+    # (n,) bool: float16 tokens checked on the device (`coding.tokens_finite`); else None
+    checked: np.ndarray | None = None
 
 
 class ShardedEncoder:
     """Runs `encoder` on uint8 windows (n, T, S, S, 3), n <= batch_size, over all local devices.
 
-    `store_layout` (a store layout's token dtype and pooling, e.g. ("float16-round7", 1)) has the
-    tokens coded for that layout on the device; None returns them as float32.
+    `store_layout` (a `store.Layout`) has the tokens coded for that layout on the device where
+    the layout says so (`extract.coding`); None returns them as float32.
     """
 
     def __init__(
@@ -38,7 +40,7 @@ class ShardedEncoder:
         batch_size: int,
         pixel_range=(0.0, 1.0),
         devices=None,
-        store_layout: tuple[str, int] | None = None,
+        store_layout=None,
     ):
         self.encoder = encoder
         self.store_layout = store_layout
@@ -52,16 +54,18 @@ class ShardedEncoder:
         lo, hi = pixel_range
         scale = (hi - lo) / 255.0
 
+        checks = store_layout is not None and store_layout.coded_on_device
+
         def forward(params, pixels):
             frames = pixels.astype(jnp.float32) * scale + lo
             out = encoder.apply(params, frames)
-            tokens = out.tokens if store_layout is None else code_tokens(out.tokens, *store_layout)
-            return tokens, out.embedding
+            tokens = out.tokens if store_layout is None else code_tokens(out.tokens, store_layout)
+            return tokens, out.embedding, tokens_finite(tokens) if checks else None
 
         self._forward = jax.jit(
             forward,
             in_shardings=(replicated, self._batch_sharding),
-            out_shardings=(self._batch_sharding, self._batch_sharding),
+            out_shardings=self._batch_sharding,  # every output: batch-sharded
         )
 
     @property
@@ -82,8 +86,9 @@ class ShardedEncoder:
     @staticmethod
     def fetch(handle) -> EncodedBatch:
         """Wait for a submitted batch and bring its real (unpadded) rows to host memory."""
-        n, (tokens, embedding) = handle
-        return EncodedBatch(np.asarray(tokens)[:n], np.asarray(embedding)[:n])
+        n, (tokens, embedding, checked) = handle
+        checked = None if checked is None else np.asarray(checked)[:n]
+        return EncodedBatch(np.asarray(tokens)[:n], np.asarray(embedding)[:n], checked)
 
     def __call__(self, pixels: np.ndarray) -> EncodedBatch:
         return self.fetch(self.submit(pixels))

@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.encoder import default_preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
+from ethoprism.probe import defaults
 from ethoprism.probe.classify.jobs import evaluate_head, predict_store, train_probe
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -41,7 +42,9 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
     choice = choose_encoder()
     # Stride 4 gives the short wolf clip (110 frames) enough windows to learn from.
     cfg = RunConfig(
-        model=choice.model, checkpoint=choice.checkpoint, prep=Preprocessing(window_stride=4)
+        model=choice.model,
+        checkpoint=choice.checkpoint,
+        prep=default_preprocessing(choice.model, window_stride=4),
     )
     store_path = str(out / "features.zarr")
     extraction = run_extract([str(v) for v in VIDEOS], store_path, cfg, reporter=reporter)
@@ -52,7 +55,7 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
         store_path,
         LABELS,
         out / "probe",
-        label_column="action",
+        label_column=defaults.LABEL_COLUMN,
         head="map",
         test_fraction=0.0,
         epochs=epochs,

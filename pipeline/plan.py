@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -10,14 +11,10 @@ import numpy as np
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, load_encoder
 from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.windows import plan_windows
-from ethoprism.pipeline.config import RunConfig
-
-# Stored bytes / raw bytes on VideoPrism-B activations: float16-round7 in blosc lz4 + bitshuffle
-# (its 3 zero mantissa bits), the others in zstd (DESIGN.md; `ethoprism bench store`).
-COMPRESSION = {"float16-round7": 0.815, "float16": 0.93, "int8": 0.87}
-BYTES_PER_VALUE = {"float16-round7": 2, "float16": 2, "int8": 1}
+from ethoprism.pipeline.config import RunConfig, resolve_decoder
 
 
 @dataclass
@@ -26,6 +23,16 @@ class Plan:
     windows: int = 0
     bytes_per_window: float = 0.0
     windows_per_s: float | None = None
+    decoder: str = "cpu"
+    devices: int = 1
+    host_ms_per_window: float | None = None  # CPU, measured on a sample of the videos
+
+    @property
+    def cores_needed(self) -> float | None:
+        """Host cores that keep the encoder on this machine's devices fed."""
+        if self.host_ms_per_window is None or not self.windows_per_s:
+            return None
+        return self.host_ms_per_window * self.windows_per_s / 1e3
 
     @property
     def store_bytes(self) -> float:
@@ -43,23 +50,27 @@ class Plan:
             "store_bytes": self.store_bytes,
             "windows_per_s": self.windows_per_s,
             "seconds": self.seconds,
+            "decoder": self.decoder,
+            "devices": self.devices,
+            "host_ms_per_window": self.host_ms_per_window,
+            "cores_needed": self.cores_needed,
+            "cores_here": os.cpu_count(),
         }
 
 
 def bytes_per_window(cfg: RunConfig) -> float:
     enc = CONFIGS[cfg.model]
-    grid = cfg.prep.frame_size // enc.patch_size // cfg.layout.pool
-    values = cfg.prep.window_length * grid * grid * enc.model_dim
-    tokens = values * BYTES_PER_VALUE[cfg.layout.dtype] * COMPRESSION[cfg.layout.dtype]
-    return tokens + 4 * enc.model_dim + 40  # embedding and per-window coordinates
+    grid = cfg.prep.frame_size // enc.patch_size
+    stored = cfg.layout.stored_shape((cfg.prep.window_length, grid, grid, enc.model_dim))
+    return (
+        cfg.layout.stored_window_bytes(stored) + 4 * enc.model_dim + 40
+    )  # embedding and per-window coordinates
 
 
 def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     """Encoder windows/s at the run's model, batch and dtype (after compiling)."""
     encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
-    sharded = ShardedEncoder(
-        encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
-    )
+    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout)
     size, length = cfg.prep.frame_size, cfg.prep.window_length
     pixels = np.random.default_rng(0).integers(
         0, 256, (sharded.batch_size, length, size, size, 3), np.uint8
@@ -71,8 +82,45 @@ def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     return batches * sharded.batch_size / (time.perf_counter() - t0)
 
 
-def plan_run(paths: list[str], cfg: RunConfig, measure: bool = True) -> Plan:
-    plan = Plan(bytes_per_window=bytes_per_window(cfg))
+def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, frames: int = 32):
+    """Host CPU ms per window of the run, weighted by windows: decoding and conversion measured
+    on the first `frames` frames of one video per (codec, size) (four at most), the stages
+    after decoding on the run's token shape (`pipeline.host_bench`). With the hardware decoder
+    only demuxing stays on the host."""
+    from ethoprism.pipeline import host_bench
+
+    if not infos:
+        return None
+    sample: dict[tuple, str] = {}
+    for path, _, kind in infos:
+        if len(sample) < 4:
+            sample.setdefault(kind, path)
+    # the CPU's conversion is measured with a CPU filter; the hardware decoder's is not used
+    prep = cfg.prep if cfg.decoder == "cpu" else Preprocessing(frame_size=cfg.prep.frame_size)
+    costs = {
+        kind: host_bench.frame_costs(path, prep, frames, 0, 1) for kind, path in sample.items()
+    }
+    shape = host_bench.token_shape(cfg.model, cfg.prep)
+    after = sum(host_bench.store_stage_ms(shape, cfg.layout, 8)["stages"].values())
+    after += host_bench.batching_ms(cfg.prep, 8, cfg.batch_size)
+    total = windows = 0
+    for _, n, kind in infos:
+        c = costs.get(kind) or next(iter(costs.values()))
+        if cfg.decoder == "nvdec":
+            per_frame = c["demux_ms_per_frame"]
+        else:
+            per_frame = c["decode_ms_per_frame"] + c["convert_ms_per_frame"]
+        total += n * (cfg.prep.window_stride * per_frame + after)
+        windows += n
+    return total / windows if windows else None
+
+
+def plan_run(
+    paths: list[str], cfg: RunConfig, measure: bool = True, store_path: str | None = None
+) -> Plan:
+    cfg = resolve_decoder(cfg, store_path)
+    plan = Plan(bytes_per_window=bytes_per_window(cfg), decoder=cfg.decoder)
+    infos = []
     for path in paths:
         try:
             info = probe_video(path)
@@ -82,6 +130,15 @@ def plan_run(paths: list[str], cfg: RunConfig, measure: bool = True) -> Plan:
         n = len(plan_windows(info.n_frames, cfg.prep)[0])
         plan.videos.append({"path": path, "frames": info.n_frames, "fps": info.fps, "windows": n})
         plan.windows += n
+        infos.append((path, n, (info.codec, info.width, info.height)))
     if measure:
         plan.windows_per_s = measure_rate(cfg)
+        plan.host_ms_per_window = host_ms_per_window(infos, cfg)
+    plan.devices = jax_device_count()
     return plan
+
+
+def jax_device_count() -> int:
+    import jax
+
+    return jax.local_device_count()

@@ -8,19 +8,21 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ethoprism.pipeline.run import Reporter, VideoResult
+from ethoprism.pipeline.run import STARVED_SHARE, Reporter, VideoResult
 
 
 class RichReporter(Reporter):
-    """Videos done/failed/total with an ETA, and the window rate."""
+    """Videos done/failed/total with an ETA, and the window rate; a warning when the
+    accelerator waits on the host's decoding more than `starved_share` of the time."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, starved_share: float = STARVED_SHARE):
         self.progress = Progress(
             TextColumn("[bold]extract[/]"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} videos"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
             TextColumn("{task.fields[windows]} windows, {task.fields[rate]:.1f}/s"),
+            TextColumn("[yellow]{task.fields[starved]}[/]"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -28,16 +30,34 @@ class RichReporter(Reporter):
         )
         self.windows = 0
         self.failed = 0
+        self.starved_share = starved_share
+        self.warned = False
 
     def start(self, n_videos: int) -> None:
         self.t0 = time.perf_counter()
         self.progress.start()
-        self.task = self.progress.add_task("extract", total=n_videos, failed=0, windows=0, rate=0.0)
+        self.task = self.progress.add_task(
+            "extract", total=n_videos, failed=0, windows=0, rate=0.0, starved=""
+        )
 
     def windows_done(self, n: int) -> None:
         self.windows += n
         rate = self.windows / max(time.perf_counter() - self.t0, 1e-9)
         self.progress.update(self.task, windows=self.windows, rate=rate)
+
+    def input_wait(self, share: float) -> None:
+        starved = share > self.starved_share
+        label = f"accelerator starved {share:.0%}" if starved else ""
+        self.progress.update(self.task, starved=label)
+        if starved and not self.warned:
+            self.warned = True
+            self.progress.console.print(
+                f"[yellow]warning:[/] the accelerator is starved by the host: its input waited "
+                f"for decoded windows {share:.0%} of the time (more than "
+                f"{self.starved_share:.0%}); more --decode-workers and cores would feed it "
+                "(`ethoprism bench host` and `extract --dry-run` say how many)",
+                highlight=False,
+            )
 
     def video_done(self, result: VideoResult) -> None:
         self.failed += result.status == "failed"
@@ -63,6 +83,9 @@ class JsonLinesReporter(Reporter):
 
     def windows_done(self, n: int) -> None:
         self.inner.windows_done(n)
+
+    def input_wait(self, share: float) -> None:
+        self.inner.input_wait(share)
 
     def video_done(self, result: VideoResult) -> None:
         line = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result.__dict__)

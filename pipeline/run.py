@@ -26,8 +26,9 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
-from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.config import RunConfig, resolve_decoder
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
+from ethoprism.store.stream import keep_freed_memory
 
 
 @dataclass
@@ -71,12 +72,20 @@ class ExtractSummary:
         return d
 
 
+# The share of the time the encoder's feeder may wait for decoded windows before the display
+# says the accelerator is starved by the host (more decode workers or cores would help).
+STARVED_SHARE = 0.25
+
+
 class Reporter:
     """Receives progress; the CLI's rich display and JSON-lines log implement it."""
 
     def start(self, n_videos: int) -> None: ...
     def windows_done(self, n: int) -> None: ...
     def video_done(self, result: VideoResult) -> None: ...
+    def input_wait(self, share: float) -> None:
+        """The share of the time since the first batch that the accelerator's input waited for
+        decoded windows (its queue empty); called at each batch."""
 
 
 def complete_fingerprints(store_path: str) -> frozenset[str]:
@@ -157,6 +166,10 @@ class _Writer(threading.Thread):
             frame_step=np.array([w.frame_step for w in windows], np.int64),
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
+            frame_time=np.stack([w.frame_times for w in windows]),
+            # checked on the device; a window that failed there is checked again here, so
+            # the store refuses it by name as it would any other
+            checked=encoded.checked is not None and bool(encoded.checked[take].all()),
         )
         self._open[index] = (vw, n + len(rows), t0)
         self.reporter.windows_done(len(rows))
@@ -182,12 +195,13 @@ def extract_local(
     """
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
+    cfg = resolve_decoder(cfg, store_path)
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
-            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
+            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout
         )
-    elif sharded.store_layout != cfg.token_coding:
+    elif sharded.store_layout != cfg.layout:
         raise ValueError(
             f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}"
         )
@@ -201,6 +215,8 @@ def extract_local(
     # One stable part per host by default, so that a re-run resumes the part a killed run left
     # (the store locks a part: a second writer on this host is told to pick its own name).
     part = part or socket.gethostname()
+    # This process exists to write windows: its allocator may keep their buffers (opt-in).
+    keep_freed_memory()
     with store.open_writer(
         store_path,
         encoder=encoder.identity,
@@ -220,9 +236,10 @@ def extract_local(
                 complete=complete,
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
+                decoder=cfg.decoder,
                 centres=dict(cfg.centres) if cfg.frames_from else None,
             ) as pool:
-                _feed(pool, sharded, sink)
+                _feed(pool, sharded, sink, reporter)
         finally:
             sink.inbox.put(None)
             sink.join()
@@ -233,19 +250,33 @@ def extract_local(
     return summary
 
 
-def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
+def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer, reporter: Reporter) -> None:
     """Main-thread loop: turn decode events into batches with their store operations."""
     ops: list[tuple] = []
     pixels: list[np.ndarray] = []
+    first_batch = None  # when the first batch went out: the decoders' start-up is not starving
+    waited = 0.0  # seconds since then spent waiting for the decoders
 
     def submit() -> None:
-        nonlocal ops, pixels
+        nonlocal ops, pixels, first_batch
         sink.check()
         handle = sharded.submit(np.stack(pixels)) if pixels else None
         sink.inbox.put((handle, ops))
         ops, pixels = [], []
+        now = time.perf_counter()
+        if first_batch is None:
+            first_batch = now
+        elif now > first_batch:
+            reporter.input_wait(waited / (now - first_batch))
 
-    for event in pool.events():
+    events = pool.events()
+    while True:
+        t0 = time.perf_counter()
+        event = next(events, None)
+        if first_batch is not None:
+            waited += time.perf_counter() - t0
+        if event is None:
+            break
         if isinstance(event, Start):
             ops.append(("start", event.index, store.VideoRecord.of(event.info)))
         elif isinstance(event, Skip):
@@ -259,20 +290,24 @@ def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
         elif isinstance(event, End):
             ops.append(("end", event.index, event.n_frames, event.duration))
         elif isinstance(event, Failed):
-            # Rows of this video still waiting for a batch are dropped, not encoded.
-            kept = [o for o in ops if not (o[0] == "rows" and o[1] == event.index)]
-            if len(kept) != len(ops):
-                keep_rows = [o for o in kept if o[0] == "rows"]
-                pixels = [pixels[o[2]] for o in keep_rows]
-                renumber = {id(o): k for k, o in enumerate(keep_rows)}
-                kept = [
-                    ("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept
-                ]
-            ops = kept
+            ops, pixels = drop_rows(ops, pixels, event.index)
             record = store.VideoRecord.of(event.info) if event.info is not None else None
             ops.append(("fail", event.index, record, event.reason))
     if ops or pixels:
         submit()
+
+
+def drop_rows(ops: list[tuple], pixels: list, index: int) -> tuple[list[tuple], list]:
+    """The batch being filled without the rows of video `index` (it failed): their pixels are
+    dropped, not encoded, and the other rows renumbered to their new places in the batch."""
+    kept = [o for o in ops if not (o[0] == "rows" and o[1] == index)]
+    if len(kept) == len(ops):
+        return ops, pixels
+    keep_rows = [o for o in kept if o[0] == "rows"]
+    pixels = [pixels[o[2]] for o in keep_rows]
+    renumber = {id(o): k for k, o in enumerate(keep_rows)}
+    kept = [("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept]
+    return kept, pixels
 
 
 def ensure_store_parent(store_path: str) -> None:
