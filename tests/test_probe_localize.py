@@ -117,6 +117,8 @@ def extracted(tmp_path_factory):
             "videoprism-tiny",
             "--checkpoint",
             "random",
+            "--window-length",
+            "16",
             "--frame-size",
             str(FRAME_SIZE),
             "--resize",
