@@ -111,7 +111,9 @@ class Failed:
     reason: str
 
 
-def _decode_videos(jobs, out, prep, complete, threads, chunk, decoder="cpu", slots=None):
+def _decode_videos(
+    jobs, out, prep, complete, threads, chunk, decoder="cpu", slots=None, centres=None
+):
     """Worker body: decode each (index, path) job into messages on `out` (window pixels in
     `slots` when given)."""
 
@@ -135,7 +137,10 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk, decoder="cpu", slo
             out.put(Start(index, info))
             pending = []
             alloc = None if slots is None else slots.take
-            windows = iter_windows(path, prep, threads=threads, decoder=decoder, alloc=alloc)
+            only = None if centres is None else centres.get(os.path.basename(path), ())
+            windows = iter_windows(
+                path, prep, threads=threads, decoder=decoder, alloc=alloc, centres=only
+            )
             while True:
                 try:
                     pending.append(next(windows))
@@ -181,6 +186,7 @@ class DecodePool:
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
         decoder: str = "cpu",
+        centres: dict[str, tuple[int, ...]] | None = None,
     ):
         self.paths = paths
         self.n_workers = max(1, min(workers, len(paths)))
@@ -204,7 +210,7 @@ class DecodePool:
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
             args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, decoder)
-            args += (self._slots[j],)
+            args += (self._slots[j], centres)
             w = make(target=_decode_videos, args=args, daemon=True)
             w.start()
             self._workers.append(w)

@@ -224,6 +224,7 @@ def extract_local(
         preprocessing=cfg.prep.to_dict(),
         layout=cfg.layout,
         part=part,
+        windows=cfg.windows,
     ) as writer:
         complete = complete_fingerprints(store_path)
         sink = _Writer(writer, paths, reporter, results)
@@ -237,6 +238,7 @@ def extract_local(
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
                 decoder=cfg.decoder,
+                centres=dict(cfg.centres) if cfg.frames_from else None,
             ) as pool:
                 _feed(pool, sharded, sink, reporter)
         finally:
