@@ -26,7 +26,7 @@ from ethoprism.extract.preprocess import (
 )
 from ethoprism.extract.video import VideoError, iter_frames, iter_raw, probe_video
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parent.parent / "data" / "videos"
 HORSE = VIDEOS / "horse_288x162.mp4"  # 308 frames, 24 fps, 288x162 (not divisible by 16)
 FIVE = VIDEOS / "mouse_cage_5frames.mp4"  # 5 frames, 30 fps, 800x600
 WHEEL = VIDEOS / "mouse_wheel_250fps.mp4"  # 994 frames, 250 fps, 396x406

@@ -20,7 +20,7 @@ from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS
 from ethoprism.extract.weights import load_checkpoint, load_encoder, weights_available
 
-CHECKPOINT = Path(__file__).parent / "data" / "golden" / "checkpoint.npz"
+CHECKPOINT = Path(__file__).parent.parent / "data" / "golden" / "checkpoint.npz"
 TINY = CONFIGS["videoprism-tiny"]
 BASE = CONFIGS["videoprism-b"]
 QUERY = "params/spatial_encoder/transformers_stack/x_layers/self_attention/query/w"

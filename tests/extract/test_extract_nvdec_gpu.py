@@ -17,7 +17,7 @@ from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import iter_raw
 from ethoprism.extract.windows import iter_windows
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parent.parent / "data" / "videos"
 HORSE = VIDEOS / "horse_288x162.mp4"
 WHEEL = VIDEOS / "mouse_wheel_250fps.mp4"
 
@@ -58,7 +58,7 @@ def test_nvdec_windows_are_the_cpu_windows():
 
 
 def test_extract_with_nvdec_records_its_frames_in_the_identity(tmp_path):
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).parent.parent / "data"
     path = tmp_path / "nv.zarr"
     args = ["extract", str(HORSE), str(path), "--model", "videoprism-tiny", "--frame-size", "72"]
     args += ["--checkpoint", str(data / "golden" / "checkpoint.npz"), "--decoder", "auto"]

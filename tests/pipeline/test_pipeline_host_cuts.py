@@ -20,7 +20,7 @@ from ethoprism.store import Layout, VideoRecord, open_writer
 from ethoprism.store.bench import activation_like, writer_input
 from ethoprism.store.schema import StoreError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 HORSE = str(DATA / "videos" / "horse_288x162.mp4")
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 

@@ -22,7 +22,7 @@ def test_models_json():
         f"videoprism-{m}" for m in ("b", "l", "tiny", "lvt-b", "lvt-l", "lvt-tiny")
     }
     # the video-text base model: both towers, as many values as the official checkpoint holds
-    keys = Path(__file__).parent / "data" / "golden" / "videoprism-lvt-tiny"
+    keys = Path(__file__).parent.parent / "data" / "golden" / "videoprism-lvt-tiny"
     keys = keys / "checkpoint_keys_base.txt"
     official = sum(
         math.prod(int(s) for s in line.split("\t")[1].strip("()").split(",") if s.strip())

@@ -17,7 +17,7 @@ from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 from ethoprism.probe import retrieve as retrieval
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 FIVE = str(DATA / "videos" / "mouse_cage_5frames.mp4")
 HORSE = str(DATA / "videos" / "horse_288x162.mp4")

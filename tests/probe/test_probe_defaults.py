@@ -19,7 +19,7 @@ from ethoprism.probe import labels as L
 from ethoprism.probe.classify import jobs, scoring
 from ethoprism.probe.split import choose_split
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VIDEOS = [str(ROOT / "data" / "S1_C1_E115_V0342.mp4"), str(ROOT / "data" / "S2_C2_E394_V0135.mp4")]
 LABELS = ROOT / "data" / "labels_segments.csv"
 CHECKPOINT = str(ROOT / "tests" / "data" / "golden" / "checkpoint.npz")

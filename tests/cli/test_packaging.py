@@ -4,7 +4,7 @@ setuptools warnings (licence as an SPDX string, the data folder a package of its
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_package_and_the_data_are_listed():

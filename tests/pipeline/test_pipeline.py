@@ -24,7 +24,7 @@ from ethoprism.pipeline.bench import PeakRSS
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 VIDEOS = DATA / "videos"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 HORSE = str(VIDEOS / "horse_288x162.mp4")  # 308 frames, 24 fps, 288x162

@@ -25,7 +25,7 @@ from ethoprism.probe.retrieve.select import Moment, window_at
 from ethoprism.store import geometry
 from ethoprism.store.layout import FORMATS, Layout
 
-CHECKPOINT = str(Path(__file__).parent / "data" / "golden" / "checkpoint.npz")
+CHECKPOINT = str(Path(__file__).parent.parent / "data" / "golden" / "checkpoint.npz")
 N_FRAMES = 23
 
 

@@ -9,7 +9,7 @@ from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import demux_times, iter_frames, probe_video
 from ethoprism.pipeline.host_bench import STAGES, bench_host, cores, make_clips, token_shape
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parent.parent / "data" / "videos"
 HORSE = VIDEOS / "horse_288x162.mp4"
 CAGE = VIDEOS / "mouse_cage_5frames.mp4"
 

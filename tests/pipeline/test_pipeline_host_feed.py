@@ -19,7 +19,7 @@ from ethoprism.pipeline.decode import THROTTLE_ENV
 from ethoprism.pipeline.progress import RichReporter
 from ethoprism.pipeline.run import STARVED_SHARE, extract_local
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 HORSE = str(DATA / "videos" / "horse_288x162.mp4")
 CFG = RunConfig(
     model="videoprism-tiny",

@@ -18,7 +18,7 @@ from ethoprism.extract import encoder as encoder_module
 from ethoprism.extract.bench import encoder_flops
 from ethoprism.extract.encoder import FactorizedEncoder, param_count, param_shapes, resize_weights
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN = Path(__file__).parent.parent / "data" / "golden"
 CASES = sorted(p.stem for p in GOLDEN.glob("case_*.npz"))
 TINY = CONFIGS["videoprism-tiny"]
 

@@ -19,7 +19,7 @@ from ethoprism.extract.windows import iter_windows
 from ethoprism.pipeline.config import RunConfig, resolve_decoder
 from ethoprism.store import VideoRecord, open_writer
 
-HORSE = Path(__file__).parent / "data" / "videos" / "horse_288x162.mp4"
+HORSE = Path(__file__).parent.parent / "data" / "videos" / "horse_288x162.mp4"
 BOTH = NvdecSupport(cuda_device=True, library=True)
 NO_GPU = NvdecSupport(cuda_device=False, library=True)
 NO_LIB = NvdecSupport(cuda_device=True, library=False)

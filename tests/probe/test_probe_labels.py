@@ -9,7 +9,7 @@ from test_probe_fixtures import fake_store
 
 from ethoprism.probe import labels as L
 
-MAMMALPS = Path(__file__).resolve().parents[1] / "data" / "labels_segments.csv"
+MAMMALPS = Path(__file__).resolve().parents[2] / "data" / "labels_segments.csv"
 MAMMALPS_STORE = {"S1_C1_E115_V0342.mp4": 494, "S2_C2_E394_V0135.mp4": 110}
 
 

@@ -22,7 +22,7 @@ from ethoprism.pipeline.extract import run_extract
 from ethoprism.probe.classify.zeroshot import zero_shot
 from ethoprism.probe.retrieve.text import run_text_query, text_table
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 GOLDEN = DATA / "golden" / "videoprism-lvt-tiny"
 CHECKPOINT, TOKENIZER = str(GOLDEN / "checkpoint.npz"), str(GOLDEN / "tokenizer.model")
 HORSE = str(DATA / "videos" / "horse_288x162.mp4")  # 308 frames

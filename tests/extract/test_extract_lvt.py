@@ -16,7 +16,7 @@ from ethoprism.extract.lvt import VideoText
 from ethoprism.extract.tokenizer import canonicalize, load_tokenizer
 from ethoprism.extract.videotext import VideoTextEncoder, param_shapes, prompts
 
-GOLDEN = Path(__file__).parent / "data" / "golden" / "videoprism-lvt-tiny"
+GOLDEN = Path(__file__).parent.parent / "data" / "golden" / "videoprism-lvt-tiny"
 VIDEO_CASES = sorted(p.stem for p in GOLDEN.glob("case_video_*.npz"))
 TEXT_CASES = ["case_text_a", "case_text_b"]
 

@@ -15,7 +15,7 @@ from ethoprism.extract.windows import iter_windows
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
 from ethoprism.pipeline.run import drop_rows
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parent.parent / "data" / "videos"
 HORSE = str(VIDEOS / "horse_288x162.mp4")  # 308 frames
 FIVE = str(VIDEOS / "mouse_cage_5frames.mp4")  # shorter than one window
 TRUNCATED = str(VIDEOS / "S2_C2_E394_V0135.TRUNCATED_60pct_moov_ok.mp4")

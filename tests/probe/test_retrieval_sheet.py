@@ -10,7 +10,7 @@ from test_retrieval import write_store
 from ethoprism.probe import retrieve as retrieval
 from ethoprism.probe.retrieve.contact_sheet import TILE_HEIGHT, contact_sheet, read_frame
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 DEER = str(DATA / "S1_C1_E115_V0342.mp4")
 WOLF = str(DATA / "S2_C2_E394_V0135.mp4")
 

@@ -19,7 +19,7 @@ from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.plan import bytes_per_window, measure_rate, plan_run
 from ethoprism.store import Layout
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 VIDEOS = DATA / "videos"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 HORSE = str(VIDEOS / "horse_288x162.mp4")
