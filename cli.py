@@ -96,8 +96,13 @@ def extract(
         str, typer.Argument(help="The feature store to create or append to (a directory).")
     ],
     model: Annotated[
-        str, typer.Option(help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny.")
-    ] = "videoprism-b",
+        str | None,
+        typer.Option(
+            help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny. "
+            "Default: an existing store's own (with its checkpoint and preprocessing), "
+            "else videoprism-b."
+        ),
+    ] = None,
     checkpoint: Annotated[
         str | None,
         typer.Option(
@@ -106,24 +111,51 @@ def extract(
         ),
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="float32, or bfloat16 (bf16 matmuls, f32 softmax/LayerNorm).")
-    ] = "float32",
-    stride: Annotated[int, typer.Option(help="Frames between consecutive window starts.")] = 8,
+        str | None,
+        typer.Option(
+            help="float32, or bfloat16 (bf16 matmuls, f32 softmax/LayerNorm). "
+            "Default: the store's, else float32."
+        ),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Frames between consecutive window starts. Default: the store's, else 8."
+        ),
+    ] = None,
     frame_step: Annotated[
-        int, typer.Option(help="Frame step K inside a window: frames start + j*K.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Frame step K inside a window: frames start + j*K. Default: the store's, else 1."
+        ),
+    ] = None,
     resize: Annotated[
-        str, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")
-    ] = "squash",
+        str | None,
+        typer.Option(
+            help="squash (to a square), pad (letterbox) or crop (centre). "
+            "Default: the store's, else squash."
+        ),
+    ] = None,
     frame_size: Annotated[
-        int, typer.Option(help="Side of the square frames the encoder sees.")
-    ] = 288,
+        int | None,
+        typer.Option(
+            help="Side of the square frames the encoder sees. Default: the store's, else 288."
+        ),
+    ] = None,
     layout: Annotated[
-        str, typer.Option(help="Token storage: float16-round7, float16 or int8.")
-    ] = "float16-round7",
+        str | None,
+        typer.Option(
+            help="Token storage: float16-round7, float16 or int8. "
+            "Default: the store's, else float16-round7."
+        ),
+    ] = None,
     pool: Annotated[
-        int, typer.Option(help="Average-pool tokens spatially by 1, 2 or 4 before storing.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Average-pool tokens spatially by 1, 2 or 4 before storing. "
+            "Default: the store's, else 1."
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(help="Windows per encoder call (rounded up to a multiple of the devices)."),
@@ -154,23 +186,22 @@ def extract(
     A video that cannot be decoded is recorded as failed and the run goes on; the exit status
     is 1 when any video failed.
     """
-    from ethoprism.extract.preprocess import Preprocessing
     from ethoprism.pipeline import extract as pipeline_extract
-    from ethoprism.pipeline.config import RunConfig
+    from ethoprism.pipeline.config import config_for_store
     from ethoprism.pipeline.inputs import find_videos
     from ethoprism.pipeline.plan import plan_run
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
-    from ethoprism.store import Layout
 
     try:
-        cfg = RunConfig(
+        cfg = config_for_store(
+            store,
             model=model,
             checkpoint=checkpoint,
             dtype=dtype,
-            prep=Preprocessing(
+            prep=dict(
                 frame_size=frame_size, resize=resize, window_stride=stride, frame_step=frame_step
             ),
-            layout=Layout(dtype=layout, pool=pool),
+            layout=dict(dtype=layout, pool=pool),
             batch_size=batch_size,
             decode_workers=decode_workers,
         )

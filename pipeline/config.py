@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.store import Layout
+from ethoprism.store import Layout, StoreError
+from ethoprism.store.schema import check_schema
 
 
 @dataclass(frozen=True)
@@ -23,3 +26,54 @@ class RunConfig:
         """What the encoder codes tokens for on the device (`extract.coding`): the layout's
         token dtype and pooling."""
         return self.layout.dtype, self.layout.pool
+
+
+def config_for_store(
+    store_path: str,
+    *,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    dtype: str | None = None,
+    prep: dict | None = None,
+    layout: dict | None = None,
+    **run,
+) -> RunConfig:
+    """The run's config: what was given, then (for an existing store) the store's own encoder,
+    checkpoint and preprocessing, then the defaults. So appending to a store needs no options,
+    and a store made with random weights keeps getting random weights."""
+    from ethoprism.extract.weights import RANDOM_SHA256  # JAX: not for decode workers
+
+    given_prep = {k: v for k, v in (prep or {}).items() if v is not None}
+    given_layout = {k: v for k, v in (layout or {}).items() if v is not None}
+    attrs = _store_attrs(store_path)
+    if attrs is not None:
+        encoder = attrs.get("encoder", {})
+        if model is None:
+            model = encoder.get("name")
+            if checkpoint is None and encoder.get("checkpoint_sha256") == RANDOM_SHA256:
+                checkpoint = "random"
+        dtype = dtype or encoder.get("dtype")
+        given_prep = {**attrs.get("preprocessing", {}), **given_prep}
+        given_layout = {**attrs.get("layout", {}), **given_layout}
+    defaults = RunConfig()
+    return RunConfig(
+        model=model or defaults.model,
+        checkpoint=checkpoint,
+        dtype=dtype or defaults.dtype,
+        prep=Preprocessing.from_dict({**defaults.prep.to_dict(), **given_prep}),
+        layout=Layout.from_dict({**defaults.layout.to_dict(), **given_layout}),
+        **run,
+    )
+
+
+def _store_attrs(store_path: str) -> dict | None:
+    """The root attributes of an existing local store, or None where there is none yet."""
+    meta = Path(store_path) / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{store_path}: cannot read its zarr.json ({e})") from None
+    check_schema(attrs, store_path)
+    return attrs
