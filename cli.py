@@ -169,6 +169,13 @@ def extract(
             help="Dask scheduler address: spread the videos over its workers, one store part each."
         ),
     ] = None,
+    save_every: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between saves of a long video's windows: an interrupted run resumes "
+            "inside the video and redoes at most this much (0: after every batch)."
+        ),
+    ] = 30.0,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -191,6 +198,7 @@ def extract(
     from ethoprism.pipeline.inputs import find_videos
     from ethoprism.pipeline.plan import plan_run
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
+    from ethoprism.pipeline.run import ExtractInterrupted
 
     try:
         cfg = config_for_store(
@@ -204,6 +212,7 @@ def extract(
             layout=dict(dtype=layout, pool=pool),
             batch_size=batch_size,
             decode_workers=decode_workers,
+            piece_seconds=save_every,
         )
         if dry_run:
             plan = plan_run(find_videos(archive), cfg)
@@ -234,6 +243,9 @@ def extract(
         finally:
             if reporter is not None:
                 reporter.stop()
+    except ExtractInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code=130) from None
     except EthoprismError as e:
         raise fail(e) from None
     if as_json:

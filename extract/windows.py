@@ -106,7 +106,7 @@ class WindowAssembler:
 
 
 def iter_windows(
-    path, prep: Preprocessing, threads: int = 0
+    path, prep: Preprocessing, threads: int = 0, first_window: int = 0
 ) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones).
 
@@ -114,7 +114,10 @@ def iter_windows(
     can differ from what the container's header claims. Streaming: memory is one window span of
     resized frames plus the decoder's own buffers. A damaged video raises VideoError after
     yielding the windows before the damage; callers must then discard the video's windows.
+    `first_window` > 0 resumes a video: earlier windows are not yielded, and frames only they
+    use are decoded but not resized.
     """
+    skip_before = first_window * prep.window_stride  # start frame of window `first_window`
     assembler = WindowAssembler(prep)
     resize = Resizer(prep)
     decoded = iter_raw(path, threads)
@@ -124,7 +127,11 @@ def iter_windows(
         except StopIteration as end:
             n_frames, duration = end.value
             break
-        rgb = resize(frame) if assembler.needs(index) else None
-        yield from assembler.push(index, time, rgb)
-    yield from assembler.finish()
+        rgb = resize(frame) if index >= skip_before and assembler.needs(index) else None
+        for window in assembler.push(index, time, rgb):
+            if window.start_frame >= skip_before:
+                yield window
+    for window in assembler.finish():
+        if window.start_frame >= skip_before:
+            yield window
     return n_frames, duration

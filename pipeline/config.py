@@ -20,6 +20,9 @@ class RunConfig:
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
+    # A long video's windows are made durable in pieces this often, so that an interrupted run
+    # redoes at most this much of it (0: after every batch).
+    piece_seconds: float = 30.0
 
     @property
     def token_coding(self) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import traceback
 from collections.abc import Iterator
@@ -64,7 +65,7 @@ class Failed:
     reason: str
 
 
-def _decode_videos(jobs, out, prep, complete, threads, chunk):
+def _decode_videos(jobs, out, prep, complete, threads, chunk, resume):
     """Worker body: decode each (index, path) job into messages on `out`."""
     for index, path in jobs:
         info = None
@@ -75,7 +76,7 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk):
                 continue
             out.put(Start(index, info))
             pending = []
-            windows = iter_windows(path, prep, threads=threads)
+            windows = iter_windows(path, prep, threads, resume.get(info.sha256, 0))
             while True:
                 try:
                     pending.append(next(windows))
@@ -97,12 +98,23 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk):
             out.put(Failed(index, path, info, f"unexpected error while decoding {path}: {detail}"))
 
 
+def _decode_videos_in_process(*args):
+    """Process worker body: Ctrl-C (sent to the whole process group) is the parent's to handle;
+    the parent stops this worker when it has saved what it can."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _decode_videos(*args)
+
+
 def _in_daemon() -> bool:
     return mp.current_process().daemon
 
 
 class DecodePool:
-    """Iterate `events()` to receive Start/Skip/Windows/End/Failed for every video, in order."""
+    """Iterate `events()` to receive Start/Skip/Windows/End/Failed for every video, in order.
+
+    `complete`: sha256s of videos to skip; `resume`: sha256 -> windows already stored in
+    committed pieces, which a video's windows start after.
+    """
 
     def __init__(
         self,
@@ -111,6 +123,7 @@ class DecodePool:
         *,
         workers: int = 2,
         complete: frozenset[str] = frozenset(),
+        resume: dict[str, int] | None = None,
         queue_windows: int = 16,
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
@@ -123,15 +136,15 @@ class DecodePool:
         if use_processes:
             ctx = mp.get_context("spawn")
             self._queues = [ctx.Queue(maxsize) for _ in range(self.n_workers)]
-            make = ctx.Process
+            make, target = ctx.Process, _decode_videos_in_process
         else:
             self._queues = [queue.Queue(maxsize) for _ in range(self.n_workers)]
-            make = threading.Thread
+            make, target = threading.Thread, _decode_videos
         self._workers = []
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
-            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk)
-            w = make(target=_decode_videos, args=args, daemon=True)
+            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, resume or {})
+            w = make(target=target, args=args, daemon=True)
             w.start()
             self._workers.append(w)
 

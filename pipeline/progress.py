@@ -12,13 +12,18 @@ from ethoprism.pipeline.run import Reporter, VideoResult
 
 
 class RichReporter(Reporter):
-    """Videos done/failed/total with an ETA, and the window rate."""
+    """Frames done of all frames to extract, with an ETA; videos done/failed; the window rate.
+
+    The total is in frames, as the videos' headers say; videos the decoders have not opened yet
+    count as the mean of those opened so far, until they are opened.
+    """
 
     def __init__(self, console: Console | None = None):
         self.progress = Progress(
             TextColumn("[bold]extract[/]"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} videos"),
+            TextColumn("{task.completed:.0f}/{task.fields[frames]} frames"),
+            TextColumn("{task.fields[videos]}/{task.fields[n_videos]} videos"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
             TextColumn("{task.fields[windows]} windows, {task.fields[rate]:.1f}/s"),
             TimeElapsedColumn(),
@@ -26,22 +31,47 @@ class RichReporter(Reporter):
             TimeRemainingColumn(),
             console=console,
         )
-        self.windows = 0
-        self.failed = 0
+        self.windows = self.failed = self.videos = 0
+        self.opened = self.opened_frames = self.skipped = 0
 
     def start(self, n_videos: int) -> None:
         self.t0 = time.perf_counter()
+        self.n_videos = n_videos
         self.progress.start()
-        self.task = self.progress.add_task("extract", total=n_videos, failed=0, windows=0, rate=0.0)
+        self.task = self.progress.add_task(
+            "extract",
+            total=None,
+            failed=0,
+            windows=0,
+            rate=0.0,
+            videos=0,
+            n_videos=n_videos,
+            frames="?",
+        )
 
-    def windows_done(self, n: int) -> None:
+    def _update_total(self) -> None:
+        unopened = self.n_videos - self.opened - self.skipped
+        total = self.opened_frames + unopened * self.opened_frames / max(self.opened, 1)
+        frames = f"{total:.0f}" if not unopened else f"~{total:.0f}"
+        self.progress.update(self.task, total=total, frames=frames)
+
+    def video_started(self, path: str, frames: int) -> None:
+        self.opened += 1
+        self.opened_frames += frames
+        self._update_total()
+
+    def windows_done(self, n: int, frames: int = 0) -> None:
         self.windows += n
         rate = self.windows / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, windows=self.windows, rate=rate)
+        self.progress.update(self.task, advance=frames, windows=self.windows, rate=rate)
 
     def video_done(self, result: VideoResult) -> None:
         self.failed += result.status == "failed"
-        self.progress.update(self.task, advance=1, failed=self.failed)
+        self.videos += 1
+        if result.status == "skipped":  # already in the store: no work, not in the total
+            self.skipped += 1
+            self._update_total()
+        self.progress.update(self.task, videos=self.videos, failed=self.failed)
         if result.status == "failed":
             self.progress.console.print(
                 f"[red]failed[/] {result.path}: {result.reason}", highlight=False
@@ -61,8 +91,11 @@ class JsonLinesReporter(Reporter):
     def start(self, n_videos: int) -> None:
         self.inner.start(n_videos)
 
-    def windows_done(self, n: int) -> None:
-        self.inner.windows_done(n)
+    def video_started(self, path: str, frames: int) -> None:
+        self.inner.video_started(path, frames)
+
+    def windows_done(self, n: int, frames: int = 0) -> None:
+        self.inner.windows_done(n, frames)
 
     def video_done(self, result: VideoResult) -> None:
         line = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result.__dict__)

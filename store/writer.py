@@ -39,7 +39,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ethoprism import __version__
-from ethoprism.store import shards
+from ethoprism.store import pieces, shards
 from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -305,22 +305,27 @@ class StoreWriter:
                     os.unlink(os.path.join(dirpath, f))
         if self.state["token_shape"] is not None:
             self._open_arrays()
-            n = self.state["n_windows"]
+            # the committed windows, and those of the pieces of an unfinished video
+            n = self.state["n_windows"] + pieces.windows_of(self.state)
             for arr in self._arrays.values():
                 if arr.shape[0] != n:
                     arr.resize((n,) + arr.shape[1:])
-            per_shard = self.state["windows_per_shard"]
-            # carry on filling the last shard, its committed windows kept as stored
-            self._start_shards(
-                {
-                    name: shards.read_chunks(
-                        _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
-                    )
-                    if n % per_shard
-                    else []
-                    for name in self._encoders
-                }
-            )
+            self._restart_shards(n)
+
+    def _restart_shards(self, n: int) -> None:
+        """Carry on filling the last shard after window n, its first windows kept as stored."""
+        per_shard = self.state["windows_per_shard"]
+        self._start_shards(
+            {
+                name: shards.read_chunks(
+                    _shard_path(self.part_dir, name, n // per_shard), n % per_shard, per_shard
+                )
+                if n % per_shard
+                else []
+                for name in self._encoders
+            },
+            n,
+        )
 
     # -- arrays -------------------------------------------------------------------------------
 
@@ -369,10 +374,10 @@ class StoreWriter:
             )
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
         self._open_arrays()
-        self._start_shards({name: [] for name in self._encoders})
+        self._start_shards({name: [] for name in self._encoders}, self.state["n_windows"])
 
-    def _start_shards(self, committed: dict[str, list[shards.Chunk]]) -> None:
-        n, per_shard = self.state["n_windows"], self.state["windows_per_shard"]
+    def _start_shards(self, committed: dict[str, list[shards.Chunk]], n: int) -> None:
+        per_shard = self.state["windows_per_shard"]
         self._shards = {
             name: shards.ShardWriter(
                 functools.partial(_shard_path, self.part_dir, name), per_shard, n, chunks
@@ -476,12 +481,35 @@ class StoreWriter:
         return self._seen[part][1]
 
     def begin_video(self, record: VideoRecord) -> VideoWriter:
-        """Start writing a video; any previous uncommitted video of this writer is discarded."""
+        """Start writing a video; any previous uncommitted video of this writer is discarded.
+
+        If this part holds committed pieces of this very video (a run interrupted inside it),
+        the video continues after them: see `resume_point`.
+        """
         if not isinstance(record, VideoRecord):
             record = VideoRecord.of(record)
         self._drop_video()
-        self._video = VideoWriter(self, record)
+        done = self.resume_point(record.sha256)
+        if not done:
+            self._forget_pieces()
+        self._video = VideoWriter(self, record, done)
         return self._video
+
+    def resume_point(self, sha256: str) -> int:
+        """How many leading windows of the video with this content this part holds in committed
+        pieces (0 if none): a resumed run feeds `begin_video` the windows after them."""
+        return pieces.windows_of(self.state, sha256)
+
+    def unfinished(self) -> dict[str, int]:
+        """{sha256: windows in committed pieces} of the video this part holds unfinished."""
+        piece = self.state.get(pieces.KEY)
+        return {piece["sha256"]: pieces.windows_of(self.state)} if piece else {}
+
+    def _forget_pieces(self) -> None:
+        """Drop the pieces of an unfinished video: the next video starts at n_windows."""
+        if pieces.windows_of(self.state):
+            self._publish(pieces.without(self.state))
+            self._io.submit(self._restart_shards, self.state["n_windows"]).result()
 
     def record_failure(self, record_or_path, reason: str) -> None:
         """Add (or update) a failed row for a video; discards its uncommitted windows if any."""
@@ -521,8 +549,9 @@ class StoreWriter:
             raise _writable_error(self.root, e) from None
 
     def close(self) -> None:
-        """Release the part; an uncommitted video is dropped (as if the writer had been killed)."""
-        self._drop_video()
+        """Release the part; an uncommitted video is dropped (as if the writer had been killed),
+        its committed pieces kept for a later run to resume."""
+        self._drop_video(closing=True)
         self._io.shutdown()
         self._encode_pool.shutdown()
         self._array_pool.shutdown()
@@ -530,13 +559,17 @@ class StoreWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _drop_video(self) -> None:
-        """Forget the open uncommitted video, after its in-flight writes (errors moot) are done."""
+    def _drop_video(self, closing: bool = False) -> None:
+        """Forget the open uncommitted video, after its in-flight writes (errors moot) are done.
+
+        Its committed pieces go too, unless the writer is closing: a later run resumes them."""
         if self._video is not None:
             with contextlib.suppress(Exception):
                 self._video._wait()
             self._video = None
             self._io.submit(self._discard).result()
+            if not closing:
+                self._forget_pieces()
 
     def _discard(self) -> None:
         """On the writer thread: forget what was written past the last commit."""
@@ -605,10 +638,12 @@ PER_WINDOW_ARRAYS = ("embedding", *WINDOW_COORDS)
 class VideoWriter:
     """Buffers one video's windows, writes whole files as they fill, and commits the video."""
 
-    def __init__(self, store: StoreWriter, record: VideoRecord):
+    def __init__(self, store: StoreWriter, record: VideoRecord, resumed: int = 0):
         self.store, self.record = store, record
         self.first = store.state["n_windows"]
-        self.appended = self.first  # windows [first, appended) are appended, uncommitted
+        # windows [first, appended) are appended, uncommitted; the first `resumed` of them are
+        # in committed pieces (durable, not yet visible)
+        self.appended = self.first + resumed
         self._per_window: _Pending | None = None  # made once the part's arrays exist
         # Trips to the writer thread not yet waited for, with their windows: a bounded queue
         self._inflight: collections.deque[tuple[Future, int]] = collections.deque()
@@ -703,7 +738,7 @@ class VideoWriter:
             windows = [pool.submit(self.store._compress_window, w) for w in stored]
             if self._per_window is None:
                 per_file = min(self.store._arrays[name].chunks[0] for name in PER_WINDOW_ARRAYS)
-                self._per_window = _Pending(PER_WINDOW_ARRAYS, self.first, per_file)
+                self._per_window = _Pending(PER_WINDOW_ARRAYS, self.appended, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             self._submit(Writes(windows))
@@ -744,6 +779,50 @@ class VideoWriter:
             self._done = True  # windows were lost: this video can only be failed or replaced
             raise
 
+    def _flush(self) -> None:
+        """Write and fsync every window appended so far, arrays sized to them (the durable
+        half of `commit` and `commit_piece`)."""
+        store = self.store
+        # The rest is done while the last windows are compressed and written: the per-window
+        # values, and arrays sized to the windows appended (tokens: grown; a discarded video
+        # may have left the others longer). Readers look no further than the commit record,
+        # so growing an array early is safe.
+        self._submit(Writes([], commit=True))
+        if self._per_window is not None and (tail := self._per_window.take(False)):
+            store._write_per_window(*tail)
+        for arr in store._arrays.values():
+            if arr.shape[0] != self.appended:
+                arr.resize((self.appended,) + arr.shape[1:])
+        self._wait()
+        row = len(store.state["videos"])
+        if pieces.windows_of(store.state) and pieces.row_of(store.state) != row:
+            # pieces from an earlier run, when the table had other rows after them
+            n = pieces.windows_of(store.state)
+            store._write_per_window(self.first, {"video": np.full(n, row, np.int64)})
+        store._make_durable(self.first, self.appended)
+
+    def commit_piece(self) -> None:
+        """Make the windows appended so far durable and recorded as pieces of this video
+        (store/pieces.py), still invisible to readers: an interrupted run resumes after them."""
+        self._check_live()
+        if self.appended == self.first:
+            return
+        store = self.store
+        try:
+            self._flush()
+            state = pieces.record(
+                store.state,
+                self.record.path,
+                self.record.sha256,
+                self.first,
+                self.appended - self.first,
+                len(store.state["videos"]),
+            )
+            store._publish(state)
+        except OSError as e:
+            self._done = True
+            raise _writable_error(store.root, e) from None
+
     def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
         """Make the video visible: data made durable first, then the part's record replaced."""
         self._check_live()
@@ -751,18 +830,7 @@ class VideoWriter:
             raise self._error("no windows appended; record a failure instead")
         store = self.store
         try:
-            # The rest is done while the last windows are compressed and written: the
-            # per-window values, and arrays sized to the windows committed (tokens: grown; a
-            # discarded video may have left the others longer). Readers look no further than
-            # the commit record, so growing an array early is safe.
-            self._submit(Writes([], commit=True))
-            if self._per_window is not None and (tail := self._per_window.take(False)):
-                store._write_per_window(*tail)
-            for arr in store._arrays.values():
-                if arr.shape[0] != self.appended:
-                    arr.resize((self.appended,) + arr.shape[1:])
-            self._wait()
-            store._make_durable(self.first, self.appended)
+            self._flush()
             row = dataclasses.asdict(self.record)
             if n_frames is not None:
                 row["n_frames"] = int(n_frames)
@@ -774,7 +842,7 @@ class VideoWriter:
                 first_window=self.first,
                 n_windows=self.appended - self.first,
             )
-            state = store.state
+            state = pieces.without(store.state)
             store._publish({**state, "n_windows": self.appended, "videos": [*state["videos"], row]})
             store._io.submit(store._mark_committed).result()
         except OSError as e:
