@@ -541,9 +541,20 @@ def retrieve_query(
     sheet_results: Annotated[int, typer.Option(help="Results per query on the sheet.")] = 3,
     labels: Annotated[str | None, typer.Option(help="Label file to caption the sheet.")] = None,
     column: Annotated[str, typer.Option(help="Label column.")] = "action",
+    videos_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the store's videos are now, if not at the paths recorded at extraction "
+            "(matched by relative path, then by content)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
+    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip.
+
+    The contact sheet (--sheet) reads frames from the source videos: from the paths recorded
+    in the store, else from --videos-root; videos found in neither are an error.
+    """
     from ethoprism.probe import retrieve as retrieval
     from ethoprism.probe.retrieve.contact_sheet import sheet_for
 
@@ -570,7 +581,14 @@ def retrieve_query(
                 **search,
             )
         if sheet:
-            sheet_for(result, sheet, n_results=sheet_results, labels=labels, column=column)
+            sheet_for(
+                result,
+                sheet,
+                n_results=sheet_results,
+                labels=labels,
+                column=column,
+                videos_root=videos_root,
+            )
     except EthoprismError as e:
         raise fail(e) from None
     rows = result.table()

@@ -230,7 +230,11 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     window_coords["part"] = ("window", cat(part_idx, np.int32))
     window_coords["part_window"] = ("window", cat(part_window, np.int64))
     table = {
-        f"video_{col}": ("videos", np.array([row[col] for row in rows], dtype=_column_dtype(col)))
+        f"video_{col}": (
+            "videos",
+            # abs_path: absent from rows written before it was recorded
+            np.array([row.get(col, "") for row in rows], dtype=_column_dtype(col)),
+        )
         for col in VIDEO_COLUMNS
     }
     ds = xr.Dataset(
@@ -246,7 +250,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
 
 
 def _column_dtype(col: str):
-    if col in ("path", "sha256", "codec", "status", "reason"):
+    if col in ("path", "abs_path", "sha256", "codec", "status", "reason"):
         return object
     return np.float64 if col in ("fps", "duration") else np.int64
 

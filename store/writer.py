@@ -52,6 +52,7 @@ from ethoprism.store.schema import (
     Layout,
     StoreError,
     VideoRecord,
+    absolute_path,
     check_same_identity,
     check_schema,
     content_key,
@@ -524,6 +525,7 @@ class StoreWriter:
                 "width": -1,
                 "height": -1,
                 "codec": "",
+                "abs_path": absolute_path(record_or_path),
             }
         else:
             row = dataclasses.asdict(

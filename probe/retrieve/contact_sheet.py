@@ -3,8 +3,10 @@
 One row per query: its middle frame, then the middle frames of its nearest windows, each
 titled with video, time, distance and, when known, the behaviour label (green when it matches
 the query's, red when not). The store holds no pixels: frames are read from the original video
-files named in the store's video table, one frame per tile, by seeking. A file that is missing
-or unreadable becomes a grey tile naming it.
+files named in the store's video table, one frame per tile, by seeking; they are found with
+`store.videos.VideoResolver` (recorded paths, then `videos_root`), and a sheet with videos that
+cannot be found is refused, naming them. A frame that cannot be decoded becomes a grey tile
+naming its file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.hitk import table_for_store
 from ethoprism.probe.retrieve.knn import Neighbours
 from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame
+from ethoprism.store.videos import VideoResolver
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
 
@@ -83,13 +86,21 @@ def contact_sheet(
     n_results: int = 3,
     query_labels: list[str | None] | None = None,
     index_labels=None,
+    videos_root=None,
+    query_ds=None,
 ) -> str:
     """Write the PNG and return its path.
 
     query_labels: a label per query (or None); index_labels: (n_windows,) labels of the index
-    windows ("" or None where unknown).
+    windows ("" or None where unknown); videos_root: where to look for videos not at their
+    recorded paths; query_ds: the store the query windows come from, if not the index.
     """
     n_results = min(n_results, found.windows.shape[1])
+    shown = found.windows[:, :n_results]
+    needed = [path for path, _ in query.frames]
+    needed += [middle_frame(index_ds, int(w))[0] for w in shown.ravel() if w >= 0]
+    stores = [index_ds] if query_ds is None else [query_ds, index_ds]
+    local = VideoResolver(stores, videos_root).require(needed)
     rows, cols = len(query.names), 1 + n_results
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.0 * rows), squeeze=False)
     for qi in range(rows):
@@ -97,7 +108,7 @@ def contact_sheet(
         path, seconds = query.frames[qi]
         _tile(
             axes[qi, 0],
-            path,
+            local[path],
             seconds,
             "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else ""),
         )
@@ -117,7 +128,7 @@ def contact_sheet(
                 title += f"\n[{label}]"
                 if q_label:
                     colour = "green" if set(label.split("/")) & set(q_label.split("/")) else "red"
-            _tile(ax, path, seconds, title, colour)
+            _tile(ax, local[path], seconds, title, colour)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
@@ -143,6 +154,7 @@ def sheet_for(
     labels: str | None = None,
     column: str = "action",
     background: str = "none",
+    videos_root=None,
 ) -> str:
     """The contact sheet of a query result, captioned from a label file when one is given."""
     query_labels = index_labels = None
@@ -160,4 +172,6 @@ def sheet_for(
         n_results=n_results,
         query_labels=query_labels,
         index_labels=index_labels,
+        videos_root=videos_root,
+        query_ds=result.query_ds,
     )
