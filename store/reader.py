@@ -17,6 +17,7 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.codecs import decode_tokens
+from ethoprism.store.describe import ARRAY_ATTRS
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -157,6 +158,7 @@ def merge_tables(parts: list[Part]) -> tuple[list[dict], list[tuple[int, int, in
 
 
 DASK_CHUNK_BYTES = 64 << 20
+TOKENS_DECODED = "the frozen encoder's output tokens per window (t, h, w, c), decoded to float32"
 
 
 def _lazy(arr: zarr.Array) -> da.Array:
@@ -245,6 +247,13 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         coords={**window_coords, **table},
         attrs=attrs,
     )
+    for name in ("tokens", "embedding", *WINDOW_COORDS[1:]):
+        ds[name].attrs.update(
+            {k: v for k, v in ARRAY_ATTRS[name].items() if k != "description"},
+            description="decoded to float32"
+            if name == "tokens"
+            else ARRAY_ATTRS[name]["description"],
+        )
     _OPENED[handle.source] = handle
     return ds
 

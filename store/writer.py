@@ -39,7 +39,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ethoprism import __version__
-from ethoprism.store import pieces, shards
+from ethoprism.store import describe, pieces, shards
 from ethoprism.store.codecs import check_float16_tokens, encode_tokens, stored_token_shape
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -193,6 +193,7 @@ def _open_root(root: Path, identity: dict, software_version: str) -> None:
             attrs = {
                 "schema": SCHEMA,
                 "schema_version": SCHEMA_VERSION,
+                "README": describe.README,
                 **jsonable(identity),
                 "software_version": software_version,
                 "created": _now(),
@@ -223,10 +224,21 @@ def _register_part(root: Path, name: str) -> None:
     with _dir_lock(root):
         doc = _read_json(root / "zarr.json")
         parts = doc["attributes"].setdefault("parts", [])
-        if name not in parts:
-            parts.append(name)
-            parts.sort()
+        if name not in parts or "README" not in doc["attributes"]:
+            if name not in parts:
+                parts.append(name)
+                parts.sort()
+            doc["attributes"].setdefault("README", describe.README)  # stores made before it
             write_json_atomic(root / "zarr.json", doc)
+
+
+def _consolidate(root: Path) -> None:
+    """Refresh the root's consolidated metadata (plain zarr and xarray read it to list the
+    store's groups and arrays in one request)."""
+    with _dir_lock(root):
+        doc = _read_json(root / "zarr.json")
+        doc["consolidated_metadata"] = describe.consolidated(root, doc["attributes"]["parts"])
+        write_json_atomic(root / "zarr.json", doc)
 
 
 def _windows_per_shard(token_shape, dtype: str) -> int:
@@ -247,6 +259,7 @@ class StoreWriter:
         self._per_shard = windows_per_shard
         self.part_dir = root / PARTS / part
         self._lock_fd = None
+        self._registered = False  # listed in the root's parts: consolidate at close
         self._arrays: dict[str, zarr.Array] = {}
         self._video: VideoWriter | None = None
         self._seen: dict[str, tuple] = {}  # other parts: (zarr.json identity, complete sha256s)
@@ -294,6 +307,7 @@ class StoreWriter:
             self.state = _read_json(meta)["attributes"][PART_ATTR]
             self._recover()
             _register_part(root, part)
+            self._registered = True
         except BaseException:
             self.close()
             raise
@@ -371,6 +385,7 @@ class StoreWriter:
                 fill_value=0,
                 compressors=_compressors(self.layout.dtype, dtype),
                 dimension_names=ARRAY_DIMS[name],
+                attributes=describe.ARRAY_ATTRS[name],
                 overwrite=True,
             )
         self.state = {**self.state, "token_shape": token_shape, "windows_per_shard": per_shard}
@@ -557,6 +572,11 @@ class StoreWriter:
         self._io.shutdown()
         self._encode_pool.shutdown()
         self._array_pool.shutdown()
+        if self._registered:
+            # a store that cannot be written already said so; its old metadata stays valid
+            with contextlib.suppress(OSError):
+                _consolidate(self.root)
+            self._registered = False
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
