@@ -28,7 +28,7 @@ err_console = Console(stderr=True)
 
 def fail(error: Exception) -> typer.Exit:
     """Turn a library error into a red one-line message and exit status 1."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
