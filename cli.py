@@ -805,12 +805,14 @@ def _training_progress():
         TimeRemainingColumn(),
         console=err_console,
     )
-    task = bar.add_task("train", total=None, epoch=0, loss="-")
+    tasks = []  # added at the first step: nothing is shown before training starts
 
     def update(event: dict) -> None:
         if "step" in event:
+            if not tasks:
+                tasks.append(bar.add_task("train", total=event["steps"], epoch=1, loss="-"))
             bar.update(
-                task,
+                tasks[0],
                 total=event["steps"],
                 completed=event["step"],
                 epoch=event["epoch"] + 1,
@@ -1182,9 +1184,13 @@ def demo(
     Uses VideoPrism-B when its weights are on this machine (see `ethoprism models`), else the
     tiny encoder with random weights, which runs everything but learns nothing meaningful.
     """
-    from ethoprism.pipeline.demo import choose_encoder, run_demo
+    from ethoprism.pipeline.demo import check_out, choose_encoder, run_demo
     from ethoprism.pipeline.progress import RichReporter
 
+    try:
+        check_out(out)
+    except EthoprismError as e:
+        raise fail(e) from None
     choice = choose_encoder()
     if not choice.real:
         err_console.print(

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
 from ethoprism.pipeline.config import RunConfig
@@ -35,8 +36,16 @@ def choose_encoder() -> EncoderChoice:
     return EncoderChoice("videoprism-tiny", "random", False)
 
 
-def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
+def check_out(out: str | os.PathLike) -> Path:
+    """The demo's output folder, refused up front if it cannot be one."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EthoprismError(f"--out {out} is a file; the demo writes a folder of results there")
+    return out
+
+
+def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     choice = choose_encoder()
     # Stride 4 gives the short wolf clip (110 frames) enough windows to learn from.

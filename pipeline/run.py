@@ -244,8 +244,6 @@ def extract_local(
     summary = ExtractSummary(
         store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices
     )
-    reporter.start(len(paths))
-
     # One stable part per host by default, so that a re-run resumes the part a killed run left
     # (the store locks a part: a second writer on this host is told to pick its own name).
     part = part or socket.gethostname()
@@ -257,6 +255,7 @@ def extract_local(
         part=part,
     ) as writer:
         complete = complete_fingerprints(store_path)
+        reporter.start(len(paths))  # once the store is known to be writable
         sink = _Writer(writer, paths, reporter, results, cfg)
         sink.start()
         try:

@@ -145,7 +145,10 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
     if not (root / "zarr.json").is_file():
         raise StoreError(f"{root} is not a feature store (no zarr.json)")
     root_doc = (root / "zarr.json").read_bytes()
-    attrs = json.loads(root_doc).get("attributes", {})
+    try:
+        attrs = json.loads(root_doc).get("attributes", {})
+    except ValueError as e:
+        raise StoreError(f"{root}/zarr.json is damaged (not JSON: {e})") from None
     parts = set(attrs.get("parts", []))
     options = storage_options_for(url, storage_options)
     try:
