@@ -734,7 +734,13 @@ def retrieve_eval(
 
 @bench_app.command("retrieve")
 def bench_retrieve(
-    n: Annotated[int, typer.Option(help="Index embeddings (generated in memory).")] = 1_000_000,
+    n: Annotated[
+        int,
+        typer.Option(
+            help="Index embeddings (generated in memory; the default keeps the run within "
+            "about 4 GB: 1000000 takes about 10 GB)."
+        ),
+    ] = 250_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
@@ -744,7 +750,8 @@ def bench_retrieve(
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
 
     try:
-        r = run_bench(n=n, dim=dim, queries=queries)
+        with err_console.status(f"bench retrieve: {n} embeddings of width {dim}, exact and FAISS"):
+            r = run_bench(n=n, dim=dim, queries=queries)
     except EthoprismError as e:
         raise fail(e) from None
     if as_json:
@@ -810,6 +817,7 @@ def _training_progress():
     def update(event: dict) -> None:
         if "step" in event:
             if not tasks:
+                bar.start()  # a no-op inside `with bar`
                 tasks.append(bar.add_task("train", total=event["steps"], epoch=1, loss="-"))
             bar.update(
                 tasks[0],
@@ -1047,13 +1055,16 @@ def bench_probe(
     from ethoprism.probe.classify.bench import bench_probe as run_bench
 
     try:
-        r = run_bench(
-            windows=windows,
-            heads=heads,
-            batch_size=batch_size,
-            shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
-            directory=directory,
-        )
+        with err_console.status(
+            f"bench probe: writing {windows} windows, then epochs of 1 and {heads} MAP heads"
+        ):
+            r = run_bench(
+                windows=windows,
+                heads=heads,
+                batch_size=batch_size,
+                shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
+                directory=directory,
+            )
     except EthoprismError as e:
         raise fail(e) from None
     if as_json:
@@ -1200,13 +1211,25 @@ def demo(
             highlight=False,
         )
     reporter = None if as_json else RichReporter(console=err_console)
+    bar, update = _training_progress()
+
+    def stage(text: str) -> None:
+        if not as_json:
+            err_console.print(f"[bold]demo:[/] {text}", highlight=False)
+
     try:
-        result = run_demo(out, reporter=reporter)
+        result = run_demo(
+            out,
+            reporter=reporter,
+            stage=stage,
+            training_progress=None if as_json else update,
+        )
     except EthoprismError as e:
         raise fail(e) from None
     finally:
         if reporter is not None:
             reporter.stop()
+        bar.stop()
     if as_json:
         print_json(result)
         return
@@ -1218,7 +1241,11 @@ def demo(
                 "encoder",
                 f"{choice.model} ({'official weights' if choice.real else 'RANDOM weights'})",
             ),
-            ("store", f"{result['store']}: {result['extraction']['windows']} windows"),
+            (
+                "store",
+                f"{result['store']}: {result['store_windows']} windows "
+                f"({result['extraction']['windows']} extracted by this run)",
+            ),
             ("head", result["head"]),
             ("classes", ", ".join(result["classes"])),
             *[("ethogram", f"{e['csv']}  {e['png']}") for e in result["ethograms"]],

@@ -7,9 +7,11 @@ and `probe eval`, on the two MammAlps clips and their transcribed labels in `dat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
@@ -44,7 +46,15 @@ def check_out(out: str | os.PathLike) -> Path:
     return out
 
 
-def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
+def run_demo(
+    out: str | os.PathLike,
+    reporter=None,
+    epochs: int = 30,
+    stage: Callable[[str], None] = lambda _: None,
+    training_progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run the demo into `out`; `stage` hears each stage as it starts, `reporter` and
+    `training_progress` the progress of extraction and training."""
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     choice = choose_encoder()
@@ -53,10 +63,14 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
         model=choice.model, checkpoint=choice.checkpoint, prep=Preprocessing(window_stride=4)
     )
     store_path = str(out / "features.zarr")
+    stage(f"extracting {len(VIDEOS)} videos with {choice.model} into {store_path}")
     extraction = run_extract([str(v) for v in VIDEOS], store_path, cfg, reporter=reporter)
+    if hasattr(reporter, "stop"):
+        reporter.stop()  # one live display at a time: training's comes next
     # Two videos with disjoint behaviours cannot be split by video: train on both, and say that
     # the metrics below are measured on the training videos.
     # 146 windows give ~150 steps: too few for the paper's lr 5e-5, so the demo takes 1e-3.
+    stage(f"training a MAP head for {epochs} epochs")
     training = train_probe(
         store_path,
         LABELS,
@@ -66,13 +80,17 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
         test_fraction=0.0,
         epochs=epochs,
         learning_rates=(1e-3,),
+        progress=training_progress,
     )
     head_dir = training["heads"][0]["dir"]
+    stage("predicting per-frame ethograms")
     ethograms = predict_store(store_path, head_dir, out / "ethograms", labels=LABELS)
+    stage("evaluating the head (on the training videos)")
     metrics = evaluate_head(store_path, head_dir, LABELS, out / "metrics", videos="all")
     return {
         "encoder": choice.__dict__,
         "store": store_path,
+        "store_windows": store.open(store_path).sizes["window"],  # this run's and earlier ones'
         "extraction": extraction.to_dict(),
         "head": head_dir,
         "classes": training["classes"],
