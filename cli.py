@@ -1214,6 +1214,7 @@ def demo(
     bar, update = _training_progress()
 
     def stage(text: str) -> None:
+        bar.stop()  # training's display, once training is over
         if not as_json:
             err_console.print(f"[bold]demo:[/] {text}", highlight=False)
 
