@@ -3,16 +3,70 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from ethoprism import __version__
+from ethoprism.cli_options import (
+    BACKGROUND,
+    LABEL_COLUMN,
+    Align,
+    AlignOpt,
+    BackgroundOpt,
+    CheckpointOpt,
+    ColumnAliasOpt,
+    Dtype,
+    DtypeOpt,
+    Head,
+    JsonOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    Resize,
+    SchedulerOpt,
+    StoreArg,
+    TokenLayout,
+    Videos,
+)
 from ethoprism.errors import EthoprismError
 
+# What a user can cause and fix (a bad path, a file that is not a store): one red line, exit 1.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (
+    EthoprismError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def _user_error(error: Exception) -> bool:
+    if isinstance(error, USER_ERRORS):
+        return True
+    zarr_errors = getattr(sys.modules.get("zarr"), "errors", None)  # only if zarr was used
+    return zarr_errors is not None and isinstance(error, zarr_errors.BaseZarrError)
+
+
+class ErrorBoundary(TyperGroup):
+    """The one place where errors of every command (and subcommand) become a one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if not _user_error(e):
+                raise
+            raise fail(e) from None
+
+
 app = typer.Typer(
+    cls=ErrorBoundary,
     help="Frozen video foundation models for animal behaviour: extract once, probe many times.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,7 +81,7 @@ err_console = Console(stderr=True)
 
 
 def fail(error: Exception) -> typer.Exit:
-    """Turn a library error into a red one-line message and exit status 1."""
+    """A red one-line message for a library error, and the exit (status 1) to raise."""
     err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
@@ -103,19 +157,10 @@ def extract(
             "else videoprism-b."
         ),
     ] = None,
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="Weights: an official-format .npz path, or 'random' (demo only). "
-            "Default: $ETHOPRISM_CHECKPOINT, then the Hugging Face cache / download."
-        ),
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     dtype: Annotated[
-        str | None,
-        typer.Option(
-            help="float32, or bfloat16 (bf16 matmuls, f32 softmax/LayerNorm). "
-            "Default: the store's, else float32."
-        ),
+        Dtype | None,
+        typer.Option(help="Matmul dtype: float32 or bfloat16. Default: the store's, else float32."),
     ] = None,
     stride: Annotated[
         int | None,
@@ -123,38 +168,31 @@ def extract(
             help="Frames between consecutive window starts. Default: the store's, else 8."
         ),
     ] = None,
+    window_length: Annotated[
+        int | None,
+        typer.Option(help="Frames per window. Default: the store's, else the encoder's."),
+    ] = None,
     frame_step: Annotated[
         int | None,
-        typer.Option(
-            help="Frame step K inside a window: frames start + j*K. Default: the store's, else 1."
-        ),
+        typer.Option(help="Frame step K inside a window: frames start + j*K. Default: 1."),
     ] = None,
     resize: Annotated[
-        str | None,
+        Resize | None,
         typer.Option(
-            help="squash (to a square), pad (letterbox) or crop (centre). "
-            "Default: the store's, else squash."
+            help="squash (to a square), pad (letterbox) or crop (centre). Default: squash."
         ),
     ] = None,
     frame_size: Annotated[
         int | None,
-        typer.Option(
-            help="Side of the square frames the encoder sees. Default: the store's, else 288."
-        ),
+        typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
     ] = None,
     layout: Annotated[
-        str | None,
-        typer.Option(
-            help="Token storage: float16-round7, float16 or int8. "
-            "Default: the store's, else float16-round7."
-        ),
+        TokenLayout | None,
+        typer.Option(help="Token storage: float16-round7 (default), float16 or int8."),
     ] = None,
     pool: Annotated[
         int | None,
-        typer.Option(
-            help="Average-pool tokens spatially by 1, 2 or 4 before storing. "
-            "Default: the store's, else 1."
-        ),
+        typer.Option(help="Average-pool tokens spatially by 1, 2 or 4 before storing. Default: 1."),
     ] = None,
     batch_size: Annotated[
         int,
@@ -163,12 +201,7 @@ def extract(
     decode_workers: Annotated[
         int, typer.Option(help="Decoding processes running ahead of the encoder.")
     ] = 2,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            help="Dask scheduler address: spread the videos over its workers, one store part each."
-        ),
-    ] = None,
+    scheduler: SchedulerOpt = None,
     save_every: Annotated[
         float,
         typer.Option(
@@ -185,7 +218,7 @@ def extract(
     log_json: Annotated[
         str | None, typer.Option(help="Append one JSON line per finished video to this file.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Extract VideoPrism tokens from an archive of videos into a Zarr feature store.
 
@@ -200,54 +233,55 @@ def extract(
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
     from ethoprism.pipeline.run import ExtractInterrupted
 
-    try:
-        cfg = config_for_store(
-            store,
-            model=model,
-            checkpoint=checkpoint,
-            dtype=dtype,
-            prep=dict(
-                frame_size=frame_size, resize=resize, window_stride=stride, frame_step=frame_step
-            ),
-            layout=dict(dtype=layout, pool=pool),
-            batch_size=batch_size,
-            decode_workers=decode_workers,
-            piece_seconds=save_every,
-        )
-        if dry_run:
-            plan = plan_run(find_videos(archive), cfg)
-            if as_json:
-                print_json(plan.to_dict())
-                return
-            table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
-            for v in plan.videos:
-                if "error" in v:
-                    table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
-                else:
-                    table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
-            console.print(table)
-            console.print(
-                f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
-                f"({plan.bytes_per_window / 1e6:.2f} MB/window); "
-                f"encoder {plan.windows_per_s:.2f} windows/s "
-                f"here, so about {plan.seconds / 3600:.2f} h"
-            )
+    cfg = config_for_store(
+        store,
+        model=model,
+        checkpoint=checkpoint,
+        dtype=dtype.value if dtype else None,
+        prep=dict(
+            window_length=window_length,
+            frame_size=frame_size,
+            resize=resize.value if resize else None,
+            window_stride=stride,
+            frame_step=frame_step,
+        ),
+        layout=dict(dtype=layout.value if layout else None, pool=pool),
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+        piece_seconds=save_every,
+    )
+    if dry_run:
+        plan = plan_run(find_videos(archive), cfg)
+        if as_json:
+            print_json(plan.to_dict())
             return
-        reporter = None if as_json else RichReporter(console=err_console)
-        if log_json:
-            reporter = JsonLinesReporter(log_json, reporter)
-        try:
-            summary = pipeline_extract.run_extract(
-                archive, store, cfg, scheduler=scheduler, reporter=reporter
-            )
-        finally:
-            if reporter is not None:
-                reporter.stop()
+        table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
+        for v in plan.videos:
+            if "error" in v:
+                table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
+            else:
+                table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
+        console.print(table)
+        console.print(
+            f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
+            f"({plan.bytes_per_window / 1e6:.2f} MB/window); "
+            f"encoder {plan.windows_per_s:.2f} windows/s "
+            f"here, so about {plan.seconds / 3600:.2f} h"
+        )
+        return
+    reporter = None if as_json else RichReporter(console=err_console)
+    if log_json:
+        reporter = JsonLinesReporter(log_json, reporter)
+    try:
+        summary = pipeline_extract.run_extract(
+            archive, store, cfg, scheduler=scheduler, reporter=reporter
+        )
     except ExtractInterrupted as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(code=130) from None
-    except EthoprismError as e:
-        raise fail(e) from None
+    finally:
+        if reporter is not None:
+            reporter.stop()
     if as_json:
         print_json(summary.to_dict())
     else:
@@ -261,12 +295,12 @@ def bench_extract(
     video: Annotated[
         str | None, typer.Option(help="Video to extract (default: the bundled deer clip).")
     ] = None,
-    model: Annotated[str, typer.Option(help="Encoder config.")] = "videoprism-b",
+    model: ModelOpt = "videoprism-b",
     windows: Annotated[int, typer.Option(help="About this many windows are extracted.")] = 16,
     batch: Annotated[int, typer.Option(help="Windows per encoder call.")] = 4,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: DtypeOpt = Dtype.float32,
     checkpoint: Annotated[str, typer.Option(help="Weights; random ones time the same.")] = "random",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """End-to-end extraction vs the encoder alone, decode+resize vs raw decode, peak RSS.
 
@@ -278,17 +312,14 @@ def bench_extract(
     from ethoprism.pipeline.bench import bench_extract as run_bench
 
     video = video or str(Path(__file__).parent / "data" / "S1_C1_E115_V0342.mp4")
-    try:
-        r = run_bench(
-            video,
-            model=model,
-            windows=windows,
-            batch_size=batch,
-            checkpoint=checkpoint,
-            dtype=dtype,
-        )
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(
+        video,
+        model=model,
+        windows=windows,
+        batch_size=batch,
+        checkpoint=checkpoint,
+        dtype=dtype.value,
+    )
     if as_json:
         print_json(r)
         return
@@ -317,10 +348,6 @@ def bench_extract(
 
 store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
-StoreArg = Annotated[
-    str, typer.Argument(help="A feature store: a directory, http(s):// or s3:// URL.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 @store_app.command("info")
@@ -328,10 +355,7 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
     """Identity, videos complete and failed, windows, bytes on disk and per window, layout."""
     from ethoprism.store import info
 
-    try:
-        r = info(store)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = info(store)
     if as_json:
         print_json(r)
         return
@@ -372,10 +396,7 @@ def store_validate(store: StoreArg, as_json: JsonOpt = False) -> None:
     """
     from ethoprism.store import validate
 
-    try:
-        r = validate(store)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = validate(store)
     if as_json:
         print_json(r)
     elif r["ok"]:
@@ -405,10 +426,7 @@ def store_push(
     """
     from ethoprism.store.remote import upload_store
 
-    try:
-        n_files = upload_store(store, url)
-    except EthoprismError as e:
-        raise fail(e) from None
+    n_files = upload_store(store, url)
     if as_json:
         print_json({"store": store, "url": url, "files": n_files})
     else:
@@ -432,10 +450,7 @@ def bench_store(
     """
     from ethoprism.store.bench import bench_store as run_bench
 
-    try:
-        r = run_bench(windows=windows, directory=directory)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(windows=windows, directory=directory)
     if as_json:
         print_json(r)
         return
@@ -528,19 +543,16 @@ def retrieve_query(
         list[str] | None,
         typer.Option(help="Only search these: VIDEO or VIDEO@START-END seconds (repeatable)."),
     ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address: one task per index block.")
-    ] = None,
+    scheduler: SchedulerOpt = None,
     approx: Annotated[
         bool, typer.Option(help="Use the index built by `retrieve build-index`.")
     ] = False,
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Weights for --clip (must be the store's).")
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     sheet: Annotated[str | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
     sheet_results: Annotated[int, typer.Option(help="Results per query on the sheet.")] = 3,
     labels: Annotated[str | None, typer.Option(help="Label file to caption the sheet.")] = None,
-    column: Annotated[str, typer.Option(help="Label column.")] = "action",
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    column: ColumnAliasOpt = None,
     videos_root: Annotated[
         str | None,
         typer.Option(
@@ -548,13 +560,9 @@ def retrieve_query(
             "(matched by relative path, then by content)."
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip.
-
-    The contact sheet (--sheet) reads frames from the source videos: from the paths recorded
-    in the store, else from --videos-root; videos found in neither are an error.
-    """
+    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
     from ethoprism.probe import retrieve as retrieval
     from ethoprism.probe.retrieve.contact_sheet import sheet_for
 
@@ -565,32 +573,29 @@ def retrieve_query(
         "scheduler": scheduler,
         "approx": approx,
     }
-    try:
-        if clip:
-            from ethoprism.pipeline.clip_query import run_clip_query
+    if clip:
+        from ethoprism.pipeline.clip_query import run_clip_query
 
-            result = run_clip_query(
-                clip, store, checkpoint=checkpoint, index_store=index_store, **search
-            )
-        else:
-            result = retrieval.run_query(
-                index_store or store,
-                query_store=store,
-                moments=moment or [],
-                windows=window or [],
-                **search,
-            )
-        if sheet:
-            sheet_for(
-                result,
-                sheet,
-                n_results=sheet_results,
-                labels=labels,
-                column=column,
-                videos_root=videos_root,
-            )
-    except EthoprismError as e:
-        raise fail(e) from None
+        result = run_clip_query(
+            clip, store, checkpoint=checkpoint, index_store=index_store, **search
+        )
+    else:
+        result = retrieval.run_query(
+            index_store or store,
+            query_store=store,
+            moments=moment or [],
+            windows=window or [],
+            **search,
+        )
+    if sheet:
+        sheet_for(
+            result,
+            sheet,
+            n_results=sheet_results,
+            labels=labels,
+            column=column or label_column,
+            videos_root=videos_root,
+        )
     rows = result.table()
     if as_json:
         print_json(rows)
@@ -629,19 +634,14 @@ def retrieve_build_index(
     nlist: Annotated[
         int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the index description as JSON.")
-    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Build the approximate (FAISS IVF-Flat) index of a store and report its recall@10 vs exact."""
     from dataclasses import asdict
 
     from ethoprism.probe.retrieve.ann import build_index, index_dir
 
-    try:
-        info = build_index(store, nlist=nlist)
-    except EthoprismError as e:
-        raise fail(e) from None
+    info = build_index(store, nlist=nlist)
     if as_json:
         print_json(asdict(info))
         return
@@ -672,13 +672,12 @@ def retrieve_eval(
     test_fraction: Annotated[
         float, typer.Option(help="Without --split: fraction of videos used as test.")
     ] = 0.25,
-    column: Annotated[str, typer.Option(help="Label column.")] = "action",
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    column: ColumnAliasOpt = None,
     background: Annotated[
         str, typer.Option(help="Background class: not a query, kept in the index.")
-    ] = "none",
-    align: Annotated[
-        str, typer.Option(help="Window label from its centre frame, majority or any.")
-    ] = "centre",
+    ] = BACKGROUND,
+    align: AlignOpt = Align.centre,
     k: Annotated[
         list[int] | None, typer.Option("-k", help="K values (repeatable; default 1 5 10).")
     ] = None,
@@ -687,33 +686,28 @@ def retrieve_eval(
     ] = 1.0,
     runs: Annotated[int, typer.Option(help="Runs averaged (the paper: 3).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the split and the query subsampling.")] = 0,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address for the search.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    scheduler: SchedulerOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """mean Hit@K as in Sun et al. 2024: test windows query the train windows, averaged over
     classes."""
     from ethoprism.probe.retrieve.hitk import DEFAULT_KS, evaluate_stores
 
-    try:
-        r = evaluate_stores(
-            store,
-            labels,
-            index_store=index_store,
-            split=split,
-            test_fraction=test_fraction,
-            column=column,
-            background=background,
-            align=align,
-            ks=tuple(k or DEFAULT_KS),
-            fraction=fraction,
-            runs=runs,
-            seed=seed,
-            scheduler=scheduler,
-        )
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = evaluate_stores(
+        store,
+        labels,
+        index_store=index_store,
+        split=split,
+        test_fraction=test_fraction,
+        column=column or label_column,
+        background=background,
+        align=align.value,
+        ks=tuple(k or DEFAULT_KS),
+        fraction=fraction,
+        runs=runs,
+        seed=seed,
+        scheduler=scheduler,
+    )
     if as_json:
         print_json(r.to_dict())
         return
@@ -743,17 +737,14 @@ def bench_retrieve(
     ] = 250_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Exact search vs FAISS IndexFlatL2 on the same embeddings (target >= 0.8x), and the IVF
     index's speedup over exact search and its recall@10."""
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
 
-    try:
-        with err_console.status(f"bench retrieve: {n} embeddings of width {dim}, exact and FAISS"):
-            r = run_bench(n=n, dim=dim, queries=queries)
-    except EthoprismError as e:
-        raise fail(e) from None
+    with err_console.status(f"bench retrieve: {n} embeddings of width {dim}, exact and FAISS"):
+        r = run_bench(n=n, dim=dim, queries=queries)
     if as_json:
         print_json(r)
         return
@@ -795,9 +786,7 @@ def _numbers(text: str, kind, what: str) -> tuple:
     try:
         return tuple(kind(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise fail(
-            EthoprismError(f"{what}: expected comma-separated numbers, got {text!r}")
-        ) from None
+        raise EthoprismError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 def _training_progress():
@@ -852,16 +841,10 @@ def probe_train(
     out: Annotated[
         str, typer.Option("--out", help="Output directory (heads/NAME/ and summary.json).")
     ],
-    label_column: Annotated[
-        str, typer.Option(help="The label column, e.g. action or activity.")
-    ] = "action",
-    background: Annotated[
-        str, typer.Option(help="Label of frames without behaviour (excluded from mAP).")
-    ] = "none",
-    head: Annotated[str, typer.Option(help="map | fmap | linear | mlp.")] = "map",
-    align: Annotated[
-        str, typer.Option(help="Window label: centre | majority | any (any needs --multi-label).")
-    ] = "centre",
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    background: BackgroundOpt = BACKGROUND,
+    head: Annotated[Head, typer.Option(help="The head on the tokens or embedding.")] = Head.map,
+    align: AlignOpt = Align.centre,
     multi_label: Annotated[
         bool, typer.Option(help="Frames may carry several labels (sigmoid loss).")
     ] = False,
@@ -904,34 +887,32 @@ def probe_train(
     """
     from ethoprism.probe.classify.jobs import train_probe
 
+    shot_sizes, learning_rates = _numbers(shots, int, "--shots"), _numbers(lr, float, "--lr")
     bar, update = _training_progress()
-    try:
-        with bar:
-            summary = train_probe(
-                store,
-                labels,
-                out,
-                label_column=label_column,
-                background=background,
-                head=head,
-                align=align,
-                multi_label=multi_label,
-                shots=_numbers(shots, int, "--shots"),
-                seeds=seeds,
-                learning_rates=_numbers(lr, float, "--lr"),
-                epochs=epochs,
-                batch_size=batch_size,
-                dropout=dropout,
-                balanced=balanced,
-                patience=patience,
-                test_fraction=test_fraction,
-                val_fraction=val_fraction,
-                split=split,
-                split_seed=split_seed,
-                progress=update,
-            )
-    except EthoprismError as e:
-        raise fail(e) from None
+    with bar:
+        summary = train_probe(
+            store,
+            labels,
+            out,
+            label_column=label_column,
+            background=background,
+            head=head.value,
+            align=align.value,
+            multi_label=multi_label,
+            shots=shot_sizes,
+            seeds=seeds,
+            learning_rates=learning_rates,
+            epochs=epochs,
+            batch_size=batch_size,
+            dropout=dropout,
+            balanced=balanced,
+            patience=patience,
+            test_fraction=test_fraction,
+            val_fraction=val_fraction,
+            split=split,
+            split_seed=split_seed,
+            progress=update,
+        )
     if as_json:
         print_json(summary)
         return
@@ -982,10 +963,7 @@ def probe_predict(
     """Per-frame ethogram of each video: CSV (frame, time, label, probabilities) and a PNG strip."""
     from ethoprism.probe.classify.jobs import predict_store
 
-    try:
-        r = predict_store(store, head, out, labels=labels, videos=video)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = predict_store(store, head, out, labels=labels, videos=video)
     if as_json:
         print_json(r)
         return
@@ -1004,18 +982,15 @@ def probe_eval(
         str, typer.Option("--out", help="Output directory: metrics.json and confusion.png.")
     ],
     videos: Annotated[
-        str, typer.Option(help="test: the head's held-out videos; all: every labelled video.")
-    ] = "test",
+        Videos, typer.Option(help="test: the head's held-out videos; all: every labelled video.")
+    ] = Videos.test,
     as_json: JsonOpt = False,
 ) -> None:
     """mAP (behaviours of interest, no background), macro accuracy, accuracy, per-class F1,
     confusion matrix."""
     from ethoprism.probe.classify.jobs import evaluate_head
 
-    try:
-        r = evaluate_head(store, head, labels, out, videos=videos)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = evaluate_head(store, head, labels, out, videos=videos.value)
     if as_json:
         print_json(r)
         return
@@ -1054,19 +1029,16 @@ def bench_probe(
     (target <= 1.3), training windows/s at the base token shape."""
     from ethoprism.probe.classify.bench import bench_probe as run_bench
 
-    try:
-        with err_console.status(
-            f"bench probe: writing {windows} windows, then epochs of 1 and {heads} MAP heads"
-        ):
-            r = run_bench(
-                windows=windows,
-                heads=heads,
-                batch_size=batch_size,
-                shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
-                directory=directory,
-            )
-    except EthoprismError as e:
-        raise fail(e) from None
+    with err_console.status(
+        f"bench probe: writing {windows} windows, then epochs of 1 and {heads} MAP heads"
+    ):
+        r = run_bench(
+            windows=windows,
+            heads=heads,
+            batch_size=batch_size,
+            shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
+            directory=directory,
+        )
     if as_json:
         print_json(r)
         return
@@ -1134,9 +1106,9 @@ def models(as_json: JsonOpt = False) -> None:
 
 @bench_app.command("encoder")
 def bench_encoder(
-    model: Annotated[str, typer.Option(help="Encoder config.")] = "videoprism-b",
+    model: ModelOpt = "videoprism-b",
     batch: Annotated[int, typer.Option(help="Windows per call.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Matmul dtype: float32 | bfloat16.")] = "float32",
+    dtype: DtypeOpt = Dtype.float32,
     rounds: Annotated[
         int, typer.Option(help="Timed rounds, each a matmul-peak measurement then one batch.")
     ] = 3,
@@ -1147,10 +1119,7 @@ def bench_encoder(
     scores and values); the peak is the best jit-compiled 2048^3 jnp.dot of each round."""
     from ethoprism.extract.bench import bench_encoder as run_bench
 
-    try:
-        r = run_bench(model=model, batch=batch, dtype=dtype, rounds=rounds)
-    except EthoprismError as e:
-        raise fail(e) from None
+    r = run_bench(model=model, batch=batch, dtype=dtype.value, rounds=rounds)
     if as_json:
         print_json(r)
         return
@@ -1188,7 +1157,7 @@ def demo(
     out: Annotated[
         str, typer.Option(help="Folder for the store, the head, ethograms and metrics.")
     ] = "out",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Extract the bundled MammAlps clips, train a MAP head on their labels, write ethograms.
 
@@ -1198,10 +1167,7 @@ def demo(
     from ethoprism.pipeline.demo import check_out, choose_encoder, run_demo
     from ethoprism.pipeline.progress import RichReporter
 
-    try:
-        check_out(out)
-    except EthoprismError as e:
-        raise fail(e) from None
+    check_out(out)
     choice = choose_encoder()
     if not choice.real:
         err_console.print(
@@ -1225,8 +1191,6 @@ def demo(
             stage=stage,
             training_progress=None if as_json else update,
         )
-    except EthoprismError as e:
-        raise fail(e) from None
     finally:
         if reporter is not None:
             reporter.stop()

@@ -3,7 +3,8 @@
 Coding where the tokens are made halves what travels to the host (float16 instead of float32)
 and takes the rounding off the host's CPU, which otherwise spends more on it than on writing.
 The results are bit-identical to `ethoprism.store.codecs` (the store's own numpy coding, the
-reference; tested), so a store never depends on where its tokens were coded.
+reference; tested), so a store never depends on where its tokens were coded. The grid, the
+overflow limit and the spatial pooling are the store's (`store.codecs`), not restated here.
 
 float16-round7 rounds each value half-to-even to 7 mantissa bits (bfloat16's grid), in integer
 arithmetic on the float32 bits: accelerators and XLA's CPU backend flush subnormal floats to
@@ -13,20 +14,24 @@ zero, and the numpy reference keeps float16's subnormal range on a 2**-21 grid.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-FLOAT16_LAYOUTS = ("float16-round7", "float16")
-_MIN_NORMAL16 = 0x38800000  # float32 bits of 2**-14, float16's smallest normal number
-_MAX_ROUNDED = 0x477F  # bfloat16 bits of 65280, the largest float16 with 7 mantissa bits
+from ethoprism.store.codecs import (
+    DROPPED_BITS,
+    MANTISSA_BITS,
+    MAX_ROUNDED,
+    MIN_NORMAL,
+    SUBNORMAL_STEP,
+    bfloat16_bits,
+    pool_spatial,
+)
+
+_MIN_NORMAL32 = int(np.array(MIN_NORMAL, np.float32).view(np.uint32))  # 0x38800000
+_MAX_ROUNDED_BF16 = bfloat16_bits(MAX_ROUNDED)  # 0x477F
+_CUT = 23 - MANTISSA_BITS  # float32 mantissa bits rounded away (16: bfloat16's bits remain)
+_REBIAS = (127 - 15) << MANTISSA_BITS  # float32's exponent bias minus float16's, in place
 _INF16, _NAN16 = 0x7C00, 0x7E00
-
-
-def pool_spatial(tokens, pool: int):
-    """Average-pool (n, t, h, w, c) tokens over non-overlapping pool x pool spatial blocks."""
-    if pool == 1:
-        return tokens
-    n, t, h, w, c = tokens.shape
-    return tokens.reshape(n, t, h // pool, pool, w // pool, pool, c).mean(axis=(3, 5))
 
 
 def float16_round7(x):
@@ -35,20 +40,23 @@ def float16_round7(x):
     u = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
     sign = (u >> 16).astype(jnp.uint16) & 0x8000
     a = u & 0x7FFFFFFF
-    bf16 = (a + 0x7FFF + ((a >> 16) & 1)) >> 16  # magnitude rounded to bfloat16, as bits
-    normal = ((bf16 - (112 << 7)) << 3).astype(jnp.uint16)  # exponent bias 127 -> 15
-    # below 2**-14: multiples of 2**-21, i.e. float16 subnormal bits with 3 low zeros
-    tiny = jnp.round(lax.bitcast_convert_type(a, jnp.float32) * 2.0**21).astype(jnp.uint16) << 3
-    bits = jnp.where(a < _MIN_NORMAL16, tiny, normal)
-    bits = jnp.where(bf16 > _MAX_ROUNDED, jnp.uint16(_INF16), bits)
+    half = (1 << (_CUT - 1)) - 1
+    rounded = (a + half + ((a >> _CUT) & 1)) >> _CUT  # magnitude on the grid, as bfloat16 bits
+    normal = ((rounded - _REBIAS) << DROPPED_BITS).astype(jnp.uint16)
+    # below MIN_NORMAL: multiples of SUBNORMAL_STEP, i.e. float16 subnormal bits, low bits zero
+    steps = jnp.round(lax.bitcast_convert_type(a, jnp.float32) * (1 / SUBNORMAL_STEP))
+    tiny = steps.astype(jnp.uint16) << DROPPED_BITS
+    bits = jnp.where(a < _MIN_NORMAL32, tiny, normal)
+    bits = jnp.where(rounded > _MAX_ROUNDED_BF16, jnp.uint16(_INF16), bits)
     bits = jnp.where(a > 0x7F800000, jnp.uint16(_NAN16), bits)
     return lax.bitcast_convert_type(bits | sign, jnp.float16)
 
 
-def code_tokens(tokens, layout_dtype: str, pool: int):
-    """Full-resolution float32 tokens -> what a store layout takes: float16 coded at the stored
-    resolution for the float16 layouts; the int8 layout quantises on the host (float32 out)."""
-    if layout_dtype not in FLOAT16_LAYOUTS:
+def code_tokens(tokens, layout):
+    """Full-resolution float32 tokens -> what store layout `layout` (a `store.Layout`) takes
+    from the device: float16 coded at the stored resolution where the layout is coded on the
+    device, else the tokens as they are (the int8 layout quantises on the host)."""
+    if not layout.coded_on_device:
         return tokens
-    x = pool_spatial(tokens.astype(jnp.float32), pool)
-    return float16_round7(x) if layout_dtype == "float16-round7" else x.astype(jnp.float16)
+    x = pool_spatial(tokens.astype(jnp.float32), layout.pool)
+    return float16_round7(x) if layout.round7 else x.astype(jnp.float16)

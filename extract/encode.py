@@ -28,8 +28,8 @@ class EncodedBatch(NamedTuple):
 class ShardedEncoder:
     """Runs `encoder` on uint8 windows (n, T, S, S, 3), n <= batch_size, over all local devices.
 
-    `store_layout` (a store layout's token dtype and pooling, e.g. ("float16-round7", 1)) has the
-    tokens coded for that layout on the device; None returns them as float32.
+    `store_layout` (a `store.Layout`) has the tokens coded for that layout on the device where
+    the layout says so (`extract.coding`); None returns them as float32.
     """
 
     def __init__(
@@ -38,7 +38,7 @@ class ShardedEncoder:
         batch_size: int,
         pixel_range=(0.0, 1.0),
         devices=None,
-        store_layout: tuple[str, int] | None = None,
+        store_layout=None,
     ):
         self.encoder = encoder
         self.store_layout = store_layout
@@ -55,7 +55,7 @@ class ShardedEncoder:
         def forward(params, pixels):
             frames = pixels.astype(jnp.float32) * scale + lo
             out = encoder.apply(params, frames)
-            tokens = out.tokens if store_layout is None else code_tokens(out.tokens, *store_layout)
+            tokens = out.tokens if store_layout is None else code_tokens(out.tokens, store_layout)
             return tokens, out.embedding
 
         self._forward = jax.jit(

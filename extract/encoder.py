@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ethoprism.errors import EthoprismError
+from ethoprism.extract.preprocess import Preprocessing
 
 Array = jax.Array
 DTYPES = ("float32", "bfloat16")
@@ -45,6 +46,16 @@ class EncoderConfig:
     image_size: int
     hf_repo: str | None  # where the public weights live on the Hugging Face hub
     hf_filename: str | None
+
+    @property
+    def window_length(self) -> int:
+        """Frames per window the encoder was trained on: what extraction takes by default."""
+        return self.num_frames
+
+    @property
+    def frame_size(self) -> int:
+        """Side of the square frames the encoder was trained on."""
+        return self.image_size
 
 
 CONFIGS: dict[str, EncoderConfig] = {
@@ -90,6 +101,16 @@ def get_config(name: str) -> EncoderConfig:
     if name not in CONFIGS:
         raise EthoprismError(f"unknown encoder {name!r}; known: {', '.join(CONFIGS)}")
     return CONFIGS[name]
+
+
+def default_preprocessing(name: str, **fields) -> Preprocessing:
+    """Preprocessing for encoder `name`: its window length and frame size unless `fields`
+    (Preprocessing's, None meaning the default) say otherwise."""
+    config = get_config(name)
+    given = {k: v for k, v in fields.items() if v is not None}
+    return Preprocessing(
+        **{"window_length": config.window_length, "frame_size": config.frame_size, **given}
+    )
 
 
 def check_dtype(dtype: str) -> str:

@@ -29,6 +29,7 @@ class Window:
         np.ndarray
     )  # (window_length,) int64 source frames; padding repeats the last valid one
     pixels: np.ndarray  # (window_length, frame_size, frame_size, 3) uint8 RGB
+    frame_times: np.ndarray  # (window_length,) float64 pts seconds of frame_indices' frames
 
 
 def plan_windows(n_frames: int, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +101,7 @@ class WindowAssembler:
             start_time=float(self._times[start % len(self.buffer)]),
             frame_indices=indices,
             pixels=self.buffer[indices % len(self.buffer)],  # fancy indexing copies
+            frame_times=self._times[indices % len(self.buffer)],
         )
         self._next_start += self.prep.window_stride
         return window

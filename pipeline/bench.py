@@ -22,7 +22,7 @@ import psutil
 from ethoprism.extract import load_encoder
 from ethoprism.extract.decode_bench import measure_decode
 from ethoprism.extract.encode import ShardedEncoder
-from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.encoder import default_preprocessing, get_config
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
@@ -79,8 +79,9 @@ def bench_extract(
     decode_workers: int = 2,
 ) -> dict:
     info = probe_video(video)
-    stride = max(1, (info.n_frames - 16) // max(windows - 1, 1))
-    prep = Preprocessing(window_stride=stride)
+    length = get_config(model).window_length
+    stride = max(1, (info.n_frames - length) // max(windows - 1, 1))
+    prep = default_preprocessing(model, window_stride=stride)
     cfg = RunConfig(
         model=model,
         checkpoint=checkpoint,
@@ -90,10 +91,10 @@ def bench_extract(
         decode_workers=decode_workers,
     )
     encoder = load_encoder(model, checkpoint, dtype)
-    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range, store_layout=cfg.token_coding)
+    sharded = ShardedEncoder(encoder, batch_size, prep.pixel_range, store_layout=cfg.layout)
     size = prep.frame_size
     pixels = np.random.default_rng(0).integers(
-        0, 256, (sharded.batch_size, 16, size, size, 3), np.uint8
+        0, 256, (sharded.batch_size, length, size, size, 3), np.uint8
     )
     sharded(pixels)  # compile once, for both measurements
 

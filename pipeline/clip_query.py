@@ -21,6 +21,7 @@ from ethoprism.extract.video import probe_video
 from ethoprism.extract.weights import RANDOM, RANDOM_SHA256, file_sha256
 from ethoprism.extract.windows import iter_windows
 from ethoprism.probe import retrieve as retrieval
+from ethoprism.store import geometry
 
 BATCH = 8
 
@@ -84,16 +85,16 @@ def clip_query(path, store_ds, checkpoint=None) -> retrieval.Query:
     vectors, windows = _encode(path, store_ds, checkpoint)
     info = probe_video(path)
     name = os.path.basename(os.fspath(path))
-    middle = [w.start_time + (w.n_valid_frames - 1) // 2 * w.frame_step / info.fps for w in windows]
+    geo = geometry.of_extracted(windows)
     return retrieval.Query(
         vectors=vectors,
         names=[
-            f"{name}@{w.start_time:.2f}s #{w.start_frame} (clip window {i})"
-            for i, w in enumerate(windows)
+            f"{name}@{t:.2f}s #{f} (clip window {i})"
+            for i, (t, f) in enumerate(zip(geo.start_time, geo.start_frame, strict=True))
         ],
         sha256=[info.sha256] * len(windows),
         windows=[None] * len(windows),
-        frames=[(os.fspath(path), t) for t in middle],
+        frames=[(os.fspath(path), float(t)) for t in geo.middle_time],
         identity=store.identity(store_ds),
     )
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.store import Layout, StoreError
-from ethoprism.store.schema import check_schema
+from ethoprism.store.layout import Layout
+from ethoprism.store.schema import StoreError, check_schema
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class RunConfig:
     model: str = "videoprism-b"
     checkpoint: str | None = None  # a path, "random", or None for the default lookup
     dtype: str = "float32"  # "bfloat16": matmuls in bf16 (store identity records it)
-    prep: Preprocessing = field(default_factory=Preprocessing)
+    prep: Preprocessing | None = None  # None: the encoder's window length and frame size
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
@@ -24,11 +24,11 @@ class RunConfig:
     # redoes at most this much of it (0: after every batch).
     piece_seconds: float = 30.0
 
-    @property
-    def token_coding(self) -> tuple[str, int]:
-        """What the encoder codes tokens for on the device (`extract.coding`): the layout's
-        token dtype and pooling."""
-        return self.layout.dtype, self.layout.pool
+    def __post_init__(self):
+        if self.prep is None:
+            from ethoprism.extract.encoder import default_preprocessing  # jax: not for workers
+
+            object.__setattr__(self, "prep", default_preprocessing(self.model))
 
 
 def config_for_store(
@@ -42,13 +42,16 @@ def config_for_store(
     **run,
 ) -> RunConfig:
     """The run's config: what was given, then (for an existing store) the store's own encoder,
-    checkpoint and preprocessing, then the defaults. So appending to a store needs no options,
-    and a store made with random weights keeps getting random weights."""
-    from ethoprism.extract.weights import RANDOM_SHA256  # JAX: not for decode workers
+    checkpoint and preprocessing, then the defaults (the encoder's window length and frame
+    size). So appending to a store needs no options, and a store made with random weights
+    keeps getting random weights."""
+    from ethoprism.extract.encoder import default_preprocessing  # jax: not for workers
+    from ethoprism.extract.weights import RANDOM_SHA256
 
     given_prep = {k: v for k, v in (prep or {}).items() if v is not None}
     given_layout = {k: v for k, v in (layout or {}).items() if v is not None}
     attrs = _store_attrs(store_path)
+    base_prep = None
     if attrs is not None:
         encoder = attrs.get("encoder", {})
         if model is None:
@@ -56,15 +59,18 @@ def config_for_store(
             if checkpoint is None and encoder.get("checkpoint_sha256") == RANDOM_SHA256:
                 checkpoint = "random"
         dtype = dtype or encoder.get("dtype")
-        given_prep = {**attrs.get("preprocessing", {}), **given_prep}
+        base_prep = attrs.get("preprocessing")
         given_layout = {**attrs.get("layout", {}), **given_layout}
-    defaults = RunConfig()
+    defaults = RunConfig.__dataclass_fields__
+    model = model or defaults["model"].default
+    if base_prep is None:
+        base_prep = default_preprocessing(model).to_dict()
     return RunConfig(
-        model=model or defaults.model,
+        model=model,
         checkpoint=checkpoint,
-        dtype=dtype or defaults.dtype,
-        prep=Preprocessing.from_dict({**defaults.prep.to_dict(), **given_prep}),
-        layout=Layout.from_dict({**defaults.layout.to_dict(), **given_layout}),
+        dtype=dtype or defaults["dtype"].default,
+        prep=Preprocessing.from_dict({**base_prep, **given_prep}),
+        layout=Layout.from_dict({**Layout().to_dict(), **given_layout}),
         **run,
     )
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.encoder import default_preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
+from ethoprism.probe import defaults
 from ethoprism.probe.classify.jobs import evaluate_head, predict_store, train_probe
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -60,7 +61,9 @@ def run_demo(
     choice = choose_encoder()
     # Stride 4 gives the short wolf clip (110 frames) enough windows to learn from.
     cfg = RunConfig(
-        model=choice.model, checkpoint=choice.checkpoint, prep=Preprocessing(window_stride=4)
+        model=choice.model,
+        checkpoint=choice.checkpoint,
+        prep=default_preprocessing(choice.model, window_stride=4),
     )
     store_path = str(out / "features.zarr")
     stage(f"extracting {len(VIDEOS)} videos with {choice.model} into {store_path}")
@@ -75,7 +78,7 @@ def run_demo(
         store_path,
         LABELS,
         out / "probe",
-        label_column="action",
+        label_column=defaults.LABEL_COLUMN,
         head="map",
         test_fraction=0.0,
         epochs=epochs,

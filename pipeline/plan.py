@@ -15,11 +15,6 @@ from ethoprism.extract.weights import RANDOM
 from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
 
-# Stored bytes / raw bytes on VideoPrism-B activations: float16-round7 in blosc lz4 + bitshuffle
-# (its 3 zero mantissa bits), the others in zstd (DESIGN.md; `ethoprism bench store`).
-COMPRESSION = {"float16-round7": 0.815, "float16": 0.93, "int8": 0.87}
-BYTES_PER_VALUE = {"float16-round7": 2, "float16": 2, "int8": 1}
-
 
 @dataclass
 class Plan:
@@ -49,10 +44,11 @@ class Plan:
 
 def bytes_per_window(cfg: RunConfig) -> float:
     enc = CONFIGS[cfg.model]
-    grid = cfg.prep.frame_size // enc.patch_size // cfg.layout.pool
-    values = cfg.prep.window_length * grid * grid * enc.model_dim
-    tokens = values * BYTES_PER_VALUE[cfg.layout.dtype] * COMPRESSION[cfg.layout.dtype]
-    return tokens + 4 * enc.model_dim + 40  # embedding and per-window coordinates
+    grid = cfg.prep.frame_size // enc.patch_size
+    stored = cfg.layout.stored_shape((cfg.prep.window_length, grid, grid, enc.model_dim))
+    return (
+        cfg.layout.stored_window_bytes(stored) + 4 * enc.model_dim + 40
+    )  # embedding and per-window coordinates
 
 
 def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
@@ -62,9 +58,7 @@ def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     a dry run must not need (or download) the checkpoint.
     """
     encoder = load_encoder(cfg.model, RANDOM, cfg.dtype)
-    sharded = ShardedEncoder(
-        encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
-    )
+    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout)
     size, length = cfg.prep.frame_size, cfg.prep.window_length
     pixels = np.random.default_rng(0).integers(
         0, 256, (sharded.batch_size, length, size, size, 3), np.uint8

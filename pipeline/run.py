@@ -30,6 +30,7 @@ from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
+from ethoprism.store.stream import keep_freed_memory
 
 
 @dataclass
@@ -200,6 +201,7 @@ class _Writer(threading.Thread):
             frame_step=np.array([w.frame_step for w in windows], np.int64),
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
+            frame_time=np.stack([w.frame_times for w in windows]),
         )
         video.windows += len(rows)
         position = min(windows[-1].start_frame + self.stride, video.n_frames)
@@ -233,9 +235,9 @@ def extract_local(
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
-            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.token_coding
+            encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout
         )
-    elif sharded.store_layout != cfg.token_coding:
+    elif sharded.store_layout != cfg.layout:
         raise ValueError(
             f"the encoder codes tokens for {sharded.store_layout}, the run writes {cfg.layout}"
         )
@@ -247,6 +249,8 @@ def extract_local(
     # One stable part per host by default, so that a re-run resumes the part a killed run left
     # (the store locks a part: a second writer on this host is told to pick its own name).
     part = part or socket.gethostname()
+    # This process exists to write windows: its allocator may keep their buffers (opt-in).
+    keep_freed_memory()
     with store.open_writer(
         store_path,
         encoder=encoder.identity,
@@ -340,20 +344,24 @@ def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
         elif isinstance(event, End):
             ops.append(("end", event.index, event.n_frames, event.duration))
         elif isinstance(event, Failed):
-            # Rows of this video still waiting for a batch are dropped, not encoded.
-            kept = [o for o in ops if not (o[0] == "rows" and o[1] == event.index)]
-            if len(kept) != len(ops):
-                keep_rows = [o for o in kept if o[0] == "rows"]
-                pixels = [pixels[o[2]] for o in keep_rows]
-                renumber = {id(o): k for k, o in enumerate(keep_rows)}
-                kept = [
-                    ("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept
-                ]
-            ops = kept
+            ops, pixels = drop_rows(ops, pixels, event.index)
             record = store.VideoRecord.of(event.info) if event.info is not None else None
             ops.append(("fail", event.index, record, event.reason))
     if ops or pixels:
         submit()
+
+
+def drop_rows(ops: list[tuple], pixels: list, index: int) -> tuple[list[tuple], list]:
+    """The batch being filled without the rows of video `index` (it failed): their pixels are
+    dropped, not encoded, and the other rows renumbered to their new places in the batch."""
+    kept = [o for o in ops if not (o[0] == "rows" and o[1] == index)]
+    if len(kept) == len(ops):
+        return ops, pixels
+    keep_rows = [o for o in kept if o[0] == "rows"]
+    pixels = [pixels[o[2]] for o in keep_rows]
+    renumber = {id(o): k for k, o in enumerate(keep_rows)}
+    kept = [("rows", o[1], renumber[id(o)], o[3]) if o[0] == "rows" else o for o in kept]
+    return kept, pixels
 
 
 def ensure_store_parent(store_path: str) -> None:

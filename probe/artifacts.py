@@ -1,9 +1,11 @@
 """Saved heads: parameters as npz (no pickle) and everything else as JSON, in one directory.
 
-head.json holds the head type and config, the classes, the label file (path, sha256, column,
-alignment), the training config, the metrics, and the identity of the store the head was
-trained on. A head is refused on a store whose encoder, preprocessing or token pooling differ:
-its tokens would mean something else.
+Shared by the wings: a head's config is whatever dataclass its wing defines, saved as its
+fields and built again by the `config_type` the wing passes to `load_head` (a plain dict
+without one). head.json holds the head type and config, the classes, the label file (path,
+sha256, column, alignment), the training config, the metrics, and the identity of the store the
+head was trained on. A head is refused on a store whose encoder, preprocessing or token pooling
+differ: its tokens would mean something else.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,6 @@ import numpy as np
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
-from ethoprism.probe.classify.heads import HeadConfig
 
 FORMAT = "ethoprism.probe.head"
 FORMAT_VERSION = 1
@@ -31,7 +33,7 @@ class HeadFileError(EthoprismError):
 @dataclasses.dataclass
 class SavedHead:
     name: str
-    config: HeadConfig
+    config: Any  # the wing's head config (a dataclass), or its fields as a dict
     classes: list[str]
     background: str | None  # excluded from mAP
     multi_label: bool
@@ -72,7 +74,7 @@ def save_head(directory: str | os.PathLike, head: SavedHead) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": head.name,
-        "head": dataclasses.asdict(head.config),
+        "head": head.config if isinstance(head.config, dict) else dataclasses.asdict(head.config),
         "classes": head.classes,
         "background": head.background,
         "multi_label": head.multi_label,
@@ -93,7 +95,11 @@ def _jsonable(v):
     raise TypeError(f"{type(v).__name__} is not JSON-able")
 
 
-def load_head(directory: str | os.PathLike) -> SavedHead:
+def load_head(
+    directory: str | os.PathLike, config_type: Callable[..., Any] | None = None
+) -> SavedHead:
+    """The head saved in `directory`; its config built by `config_type` (the wing's config
+    class) from the saved fields, or left as a dict."""
     d = Path(directory)
     try:
         meta = json.loads((d / "head.json").read_text())
@@ -109,9 +115,13 @@ def load_head(directory: str | os.PathLike) -> SavedHead:
         raise HeadFileError(
             f"{d}/head.json: not an ethoprism head of format version <= {FORMAT_VERSION}"
         )
+    try:
+        config = meta["head"] if config_type is None else config_type(**meta["head"])
+    except TypeError as e:
+        raise HeadFileError(f"{d}/head.json: the head config does not fit: {e}") from None
     return SavedHead(
         meta["name"],
-        HeadConfig(**meta["head"]),
+        config,
         meta["classes"],
         meta["background"],
         meta["multi_label"],

@@ -21,6 +21,8 @@ import numpy as np
 import xarray as xr
 
 from ethoprism.errors import EthoprismError
+from ethoprism.probe.defaults import BACKGROUND, LABEL_COLUMN
+from ethoprism.store import geometry
 
 ALIGN_MODES = ("centre", "majority", "any")
 
@@ -63,7 +65,7 @@ def _sha256(path: str) -> str:
 
 
 def read_labels(
-    path: str | os.PathLike, column: str = "action", background: str = "none"
+    path: str | os.PathLike, column: str = LABEL_COLUMN, background: str = BACKGROUND
 ) -> LabelTable:
     """Read a per-frame segment table or a per-clip table (see the module docstring)."""
     path = os.fspath(path)
@@ -206,11 +208,6 @@ def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
     return videos
 
 
-def window_frames(start_frame, frame_step, n_valid: int) -> np.ndarray:
-    """The frames a window's encoder input saw (its valid, non-padded frames)."""
-    return start_frame + frame_step * np.arange(n_valid)
-
-
 def align(
     ds: xr.Dataset, table: LabelTable, *, how: str = "centre", multi_label: bool = False
 ) -> WindowLabels:
@@ -229,14 +226,13 @@ def align(
         )
     videos = check_videos(ds, table)
     name = ds["video_name"].values.astype(str)
-    start, step, valid = (
-        ds[k].values.astype(np.int64) for k in ("start_frame", "frame_step", "n_valid_frames")
-    )
+    geo = geometry.windows(ds, times=False)
+    valid = geo.n_valid
     windows, targets, names = [], [], []
     for video in table.videos:
         frames = frame_targets(table, video, videos[video]["n_frames"], multi_label)
         for w in np.flatnonzero(name == video):
-            seen = frames[window_frames(start[w], step[w], valid[w])]
+            seen = frames[geo.frames(w)]
             if how == "centre":
                 t = seen[(valid[w] - 1) // 2]
             elif how == "any":

@@ -1,5 +1,6 @@
 """Figures: an ethogram strip of predictions against expert labels (the paper's Fig. 3) and a
-confusion matrix. matplotlib with the Agg backend, written as PNG."""
+confusion matrix. matplotlib figures drawn by the Agg canvas (no backend chosen for the
+process, no pyplot state), written as PNG."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import os
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 
 def _palette(n: int) -> list:
-    base = plt.get_cmap("tab20").colors
+    base = matplotlib.colormaps["tab20"].colors
     return [base[i % len(base)] for i in range(n)]
 
 
@@ -43,9 +43,9 @@ def ethogram_png(
     ]
     cmap = ListedColormap(colours)
     n = len(predicted)
-    fig, axes = plt.subplots(
-        len(rows), 1, figsize=(10, 0.6 * len(rows) + 1.4), squeeze=False, sharex=True
-    )
+    fig = Figure(figsize=(10, 0.6 * len(rows) + 1.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), 1, squeeze=False, sharex=True)
     extent_end = n / fps if fps else n
     for ax, (name, strip) in zip(axes[:, 0], rows, strict=False):
         ax.imshow(
@@ -71,7 +71,6 @@ def ethogram_png(
     )
     fig.tight_layout(rect=(0, 0.18, 1, 1))
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -84,7 +83,9 @@ def confusion_png(
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
     size = 1.2 + 0.5 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
@@ -105,5 +106,4 @@ def confusion_png(
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

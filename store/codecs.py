@@ -10,6 +10,19 @@ import ml_dtypes
 import numpy as np
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# The float16-round7 grid, the one definition (`extract.coding` derives its bit constants from
+# it): bfloat16's 7 of float16's 10 mantissa bits; below float16's smallest normal number,
+# multiples of SUBNORMAL_STEP; values that round past MAX_ROUNDED (the overflow limit) refused.
+MANTISSA_BITS = 7
+DROPPED_BITS = 10 - MANTISSA_BITS  # low float16 mantissa bits that are always zero
+MIN_NORMAL = 2.0**-14
+SUBNORMAL_STEP = MIN_NORMAL * 2.0**-MANTISSA_BITS  # 2**-21
+MAX_ROUNDED = (2 - 2.0**-MANTISSA_BITS) * 2.0**15  # 65280, the largest float16 on the grid
+
+
+def bfloat16_bits(x: float) -> int:
+    """The bits of x (exactly representable in bfloat16) as a bfloat16."""
+    return int(np.array(x, np.float32).view(np.uint32)) >> 16
 
 
 def stored_token_shape(token_shape, pool: int) -> tuple[int, ...]:
@@ -21,7 +34,8 @@ def stored_token_shape(token_shape, pool: int) -> tuple[int, ...]:
 
 
 def pool_spatial(tokens: np.ndarray, pool: int) -> np.ndarray:
-    """Average-pool (n, t, h, w, c) tokens over non-overlapping pool x pool spatial blocks."""
+    """Average-pool (n, t, h, w, c) tokens over non-overlapping pool x pool spatial blocks.
+    Works on numpy and JAX arrays alike (the extraction pools on the device with it)."""
     if pool == 1:
         return tokens
     n = tokens.shape[0]
@@ -54,8 +68,8 @@ def _check_float16_range(x: np.ndarray) -> None:
 # subnormal, already rounded once, so those few values are rounded again from x itself
 # (`extract.coding` does the same on the accelerator, bit for bit).
 _REBIAS = np.float32(2.0**-112)
-_MAX_REBIASED = 0x0F7F  # |bits| of 65504 * 2**-112 as bfloat16
-_MIN_NORMAL_REBIASED = 0x0080  # |bits| of 2**-14 * 2**-112 as bfloat16
+_MAX_REBIASED = bfloat16_bits(MAX_ROUNDED * 2.0**-112)  # 0x0F7F
+_MIN_NORMAL_REBIASED = bfloat16_bits(MIN_NORMAL * 2.0**-112)  # 0x0080
 _BLOCK = 1 << 16  # elements per pass: temporaries stay in the CPU cache
 
 
@@ -72,14 +86,15 @@ def _float16_round7(x: np.ndarray) -> np.ndarray:
         bits = scaled[:k].astype(ml_dtypes.bfloat16).view(np.uint16)
         # the largest magnitude: max over positives (as int16) and negatives (as uint16)
         peak = max(peak, int(bits.view(np.int16).max()), int(bits.max()) - 0x8000)
-        np.left_shift(bits, 3, out=out[i : i + k])
+        np.left_shift(bits, DROPPED_BITS, out=out[i : i + k])
         np.bitwise_and(bits, 0x8000, out=sign[:k])
         out[i : i + k] |= sign[:k]
         np.bitwise_and(bits, 0x7FFF, out=sign[:k])
         tiny = np.flatnonzero(sign[:k] <= _MIN_NORMAL_REBIASED)
         if tiny.size:
             v = flat[i + tiny]
-            exact = np.round(np.abs(v) * np.float32(2.0**21)).astype(np.uint16) << 3
+            steps = np.round(np.abs(v) * np.float32(1 / SUBNORMAL_STEP)).astype(np.uint16)
+            exact = steps << DROPPED_BITS
             out[i + tiny] = exact | np.where(np.signbit(v), 0x8000, 0).astype(np.uint16)
     if peak > _MAX_REBIASED:  # NaN and infinity land here too
         _check_finite(flat)
@@ -128,9 +143,6 @@ def decode_int8(q: np.ndarray, token_scale: np.ndarray, channel_scale: np.ndarra
     return q.astype(np.float32) * token_scale[..., None] * cs
 
 
-LAYOUT_DTYPES = ("float16-round7", "float16", "int8")
-
-
 def check_float16_tokens(q: np.ndarray, round7: bool, copy: bool = True) -> np.ndarray:
     """Tokens already in a float16 layout (coded on the accelerator), checked: finite, and on
     the 7-mantissa-bit grid if `round7`. Raises ValueError saying what is wrong. Returns a copy
@@ -156,7 +168,8 @@ def check_float16_tokens(q: np.ndarray, round7: bool, copy: bool = True) -> np.n
         for i in range(0, whole, step)
     ]
     scratch = np.empty(step // 4, np.uint64)
-    mask = np.uint64(0x7C077C077C077C07 if round7 else 0x7C007C007C007C00)
+    lane = 0x7C00 | ((1 << DROPPED_BITS) - 1 if round7 else 0)  # exponent, dropped bits
+    mask = np.uint64(lane * 0x0001000100010001)
     found = np.uint64(0)
     for s, d in [*blocks, (leftover, leftover)]:
         if copy:
@@ -167,32 +180,9 @@ def check_float16_tokens(q: np.ndarray, round7: bool, copy: bool = True) -> np.n
         found |= np.bitwise_or.reduce(masked)
     if found & np.uint64(0x8000800080008000):
         raise ValueError("not finite (NaN or infinity), or beyond the float16 range")
-    if found & np.uint64(0x0007000700070007):
+    if found & np.uint64(((1 << DROPPED_BITS) - 1) * 0x0001000100010001):
         raise ValueError(
             "float16 values not rounded to 7 mantissa bits, as the float16-round7 layout "
             "stores them; pass float32 tokens to have the store round them"
         )
     return result
-
-
-def encode_tokens(tokens: np.ndarray, dtype: str, pool: int) -> dict:
-    """Full-resolution float32 tokens -> the arrays a layout stores (names as on disk).
-
-    Raises ValueError for values the layout cannot store (not finite, beyond float16's range).
-    """
-    x = pool_spatial(np.asarray(tokens, dtype=np.float32), pool)
-    if dtype == "float16-round7":
-        return {"tokens": _float16_round7(x)}
-    if dtype == "float16":
-        return {"tokens": encode_float16(x, round7=False)}
-    if dtype == "int8":
-        q, token_scale, channel_scale = encode_int8(x)
-        return {"tokens": q, "token_scale": token_scale, "channel_scale": channel_scale}
-    raise ValueError(f"unknown token dtype {dtype!r}; expected one of {LAYOUT_DTYPES}")
-
-
-def decode_tokens(stored: dict, dtype: str):
-    """Stored arrays (numpy or dask) -> float32 tokens at the stored (pooled) resolution."""
-    if dtype == "int8":
-        return decode_int8(stored["tokens"], stored["token_scale"], stored["channel_scale"])
-    return decode_float16(stored["tokens"])

@@ -67,6 +67,11 @@ ARRAY_ATTRS = {
         "units": "frames",
         "description": "frames of the window inside the video; later ones repeat the last",
     },
+    "frame_time": {
+        "long_name": "frame times",
+        "units": "seconds",
+        "description": "presentation time of each frame of the window, as decoded",
+    },
     "start_time": {
         "long_name": "start time",
         "units": "seconds",

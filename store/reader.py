@@ -7,7 +7,9 @@ once; a failure superseded by a later success is hidden).
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,11 +18,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ethoprism.store.codecs import decode_tokens
 from ethoprism.store.describe import ARRAY_ATTRS
+from ethoprism.store.geometry import nominal_frame_time
 from ethoprism.store.remote import is_url, zarr_store_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
+    FRAME_TIME,
     PART_ATTR,
     PARTS,
     VIDEO_COLUMNS,
@@ -29,10 +32,11 @@ from ethoprism.store.schema import (
     StoreError,
     check_schema,
     content_key,
-    token_arrays,
+    part_arrays,
 )
 
 READ_THREADS = 16
+COORD_CHUNK_READ = 65536  # windows per dask chunk of frame_time computed for older parts
 
 
 @dataclass
@@ -60,7 +64,35 @@ class StoreHandle:
 
 # store.open registers each opened store here, so read_windows can reach its zarr arrays
 # from a dataset (and any selection of it) without putting objects into the dataset's attrs.
-_OPENED: dict[str, StoreHandle] = {}
+# The most recently used few are kept; a dataset whose store was dropped (or that was
+# unpickled in another process) reopens it with the storage options it was opened with, which
+# travel in its `encoding` (pickled with it, never written into attrs or files).
+OPENED_STORES = 8
+_OPENED: collections.OrderedDict[str, StoreHandle] = collections.OrderedDict()
+_OPENED_LOCK = threading.Lock()
+
+
+def _remember(handle: StoreHandle) -> None:
+    with _OPENED_LOCK:
+        _OPENED[handle.source] = handle
+        _OPENED.move_to_end(handle.source)
+        while len(_OPENED) > OPENED_STORES:
+            _OPENED.popitem(last=False)
+
+
+def _handle_of(ds: xr.Dataset) -> StoreHandle | None:
+    """The opened store behind a dataset from `open`, reopened if no longer held here."""
+    source = ds.attrs.get("source")
+    if not source:
+        return None
+    with _OPENED_LOCK:
+        handle = _OPENED.get(source)
+        if handle is not None:
+            _OPENED.move_to_end(source)
+            return handle
+    handle = open_handle(source, ds.encoding.get("storage_options"))
+    _remember(handle)
+    return handle
 
 
 def _zarr_store(path_or_url: str, storage_options: dict | None):
@@ -97,7 +129,7 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     attrs = dict(root.attrs)
     check_schema(attrs, source)
     layout = Layout.from_dict(attrs["layout"])
-    names = token_arrays(layout.dtype) + ("embedding",) + WINDOW_COORDS
+    names = part_arrays(layout)
     parts = []
     for name in attrs.get("parts", []):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
@@ -114,11 +146,24 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
                     ),
                     names,
                 )
+                frame_time = read_pool().submit(
+                    _open_optional, store, f"{PARTS}/{name}/{FRAME_TIME}"
+                )
                 arrays = dict(zip(names, opened, strict=True))
             except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
                 raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
+            if frame_time.result() is not None:
+                arrays[FRAME_TIME] = frame_time.result()
         parts.append(Part(name, state, arrays))
     return StoreHandle(source, attrs, layout, parts)
+
+
+def _open_optional(store, path: str) -> zarr.Array | None:
+    """An array that parts written by earlier versions lack (frame_time)."""
+    try:
+        return zarr.open_array(store, path=path, mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError):
+        return None
 
 
 def merge_tables(parts: list[Part]) -> tuple[list[dict], list[tuple[int, int, int]]]:
@@ -196,20 +241,30 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     for i, row in enumerate(rows):
         row_of[row["part"]][row["row"]] = i
     coords, stored = {name: [] for name in WINDOW_COORDS}, {}
-    part_idx, part_window = [], []
+    part_idx, part_window, frame_time = [], [], []
+    frames = _frames_per_window(handle)
+    fps = np.array([row["fps"] for row in rows], np.float64)
     for p, start, stop in runs:
         arrays = handle.parts[p].arrays
         for name in WINDOW_COORDS:
             coords[name].append(arrays[name][start:stop])
         coords["video"][-1] = row_of[p][coords["video"][-1]]
-        for name in token_arrays(handle.layout.dtype) + ("embedding",):
+        if FRAME_TIME in arrays:
+            frame_time.append(_lazy(arrays[FRAME_TIME])[start:stop])
+        else:  # a part written before frame_time
+            c = {name: v[-1] for name, v in coords.items()}
+            nominal = nominal_frame_time(
+                c["start_time"], c["frame_step"], c["n_valid_frames"], fps[c["video"]], frames
+            )
+            frame_time.append(da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames)))
+        for name in handle.layout.arrays + ("embedding",):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
         part_window.append(np.arange(start, stop, dtype=np.int64))
 
     if runs:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
-        tokens = decode_tokens(stored, handle.layout.dtype)
+        tokens = handle.layout.decode(stored)
         embedding = stored["embedding"]
     else:
         t, h, w, c = _empty_token_shape(handle)
@@ -228,6 +283,10 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     window_coords["video_name"] = (
         "window",
         names[video] if len(video) else np.zeros(0, dtype=object),
+    )
+    window_coords[FRAME_TIME] = (
+        ARRAY_DIMS[FRAME_TIME],
+        da.concatenate(frame_time) if frame_time else da.zeros((0, frames), np.float64),
     )
     window_coords["part"] = ("window", cat(part_idx, np.int32))
     window_coords["part_window"] = ("window", cat(part_window, np.int64))
@@ -250,11 +309,11 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     for name in ("tokens", "embedding", *WINDOW_COORDS[1:]):
         ds[name].attrs.update(
             {k: v for k, v in ARRAY_ATTRS[name].items() if k != "description"},
-            description="decoded to float32"
-            if name == "tokens"
-            else ARRAY_ATTRS[name]["description"],
+            description=TOKENS_DECODED if name == "tokens" else ARRAY_ATTRS[name]["description"],
         )
-    _OPENED[handle.source] = handle
+    if storage_options:
+        ds.encoding["storage_options"] = dict(storage_options)
+    _remember(handle)
     return ds
 
 
@@ -262,6 +321,14 @@ def _column_dtype(col: str):
     if col in ("path", "abs_path", "sha256", "codec", "status", "reason"):
         return object
     return np.float64 if col in ("fps", "duration") else np.int64
+
+
+def _frames_per_window(handle: StoreHandle) -> int:
+    """frame_time's width: as stored, else the preprocessing's window length."""
+    for part in handle.parts:
+        if FRAME_TIME in part.arrays:
+            return int(part.arrays[FRAME_TIME].shape[1])
+    return int((handle.attrs.get("preprocessing") or {}).get("window_length", 1))
 
 
 def _empty_token_shape(handle: StoreHandle) -> tuple[int, int, int, int]:
@@ -329,13 +396,11 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     to ordinary indexing.
     """
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
-    handle = _OPENED.get(ds.attrs.get("source"))
-    if handle is None and ds.attrs.get("source") and var in ("tokens", "embedding"):
-        handle = open_handle(ds.attrs["source"])  # a dataset unpickled in another process
-    if handle is None or var not in ("tokens", "embedding") or "part_window" not in ds.coords:
+    handle = _handle_of(ds) if var in ("tokens", "embedding") else None
+    if handle is None or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)
     parts = [handle.parts[[p.name for p in handle.parts].index(name)] for name in ds.attrs["parts"]]
-    names = token_arrays(handle.layout.dtype) if var == "tokens" else ("embedding",)
+    names = handle.layout.arrays if var == "tokens" else ("embedding",)
     if not len(indices):
         return np.zeros((0,) + ds[var].shape[1:], dtype=np.float32)
     part_of = ds.part.values[indices]
@@ -359,4 +424,4 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
         stacked[name][order] = sorted_values
     if var == "embedding":
         return stacked["embedding"]
-    return decode_tokens(stacked, handle.layout.dtype)
+    return handle.layout.decode(stacked)

@@ -7,8 +7,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from ethoprism.errors import EthoprismError
-from ethoprism.store.codecs import LAYOUT_DTYPES
+from ethoprism.store.errors import StoreError, StoreIdentityError
+from ethoprism.store.layout import TOKEN_ARRAY_DIMS, Layout
 
 SCHEMA = "ethoprism.features"
 SCHEMA_VERSION = 1
@@ -23,38 +23,10 @@ WINDOW_COORD_DTYPES = {
     "n_valid_frames": "int64",
     "start_time": "float64",
 }
+# Each window frame's presentation time, (window, frame) seconds: written by extraction since
+# this array was added; a part without it reads with nominal times (store.geometry).
+FRAME_TIME = "frame_time"
 IDENTITY_KEYS = ("encoder", "preprocessing", "layout")
-
-
-class StoreError(EthoprismError):
-    """The store is missing, malformed, of another schema, or cannot be written."""
-
-
-class StoreIdentityError(StoreError):
-    """Two stores (or a store and a writer) disagree on encoder, preprocessing or layout."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How tokens are stored; chosen when a store is created and recorded in its attributes."""
-
-    dtype: str = "float16-round7"  # | "float16" | "int8" (per token, after per-channel RMS)
-    pool: int = 1  # spatial average pooling 1 | 2 | 4 before storing
-
-    def __post_init__(self):
-        if self.dtype not in LAYOUT_DTYPES:
-            raise StoreError(
-                f"layout dtype {self.dtype!r} is not one of {', '.join(LAYOUT_DTYPES)}"
-            )
-        if self.pool not in (1, 2, 4):
-            raise StoreError(f"layout pool {self.pool!r} is not one of 1, 2, 4")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Layout:
-        return cls(dtype=d["dtype"], pool=int(d["pool"]))
 
 
 @dataclass(frozen=True)
@@ -154,21 +126,15 @@ def check_schema(attrs: dict, where: str) -> None:
 
 # Arrays of a part, with their dimension names (stored as zarr v3 dimension_names).
 ARRAY_DIMS = {
-    "tokens": ("window", "t", "h", "w", "c"),
-    "token_scale": ("window", "t", "h", "w"),  # int8 layout only
-    "channel_scale": ("window", "c"),  # int8 layout only
+    **TOKEN_ARRAY_DIMS,  # each layout's (store.layout)
     "embedding": ("window", "c"),
     **{name: ("window",) for name in WINDOW_COORDS},
+    FRAME_TIME: ("window", "frame"),
 }
 
 
-def token_arrays(dtype: str) -> tuple[str, ...]:
-    """The stored arrays that together hold a layout's tokens."""
-    return ("tokens", "token_scale", "channel_scale") if dtype == "int8" else ("tokens",)
-
-
-def part_arrays(dtype: str) -> tuple[str, ...]:
-    return token_arrays(dtype) + ("embedding",) + WINDOW_COORDS
+def part_arrays(layout: Layout) -> tuple[str, ...]:
+    return layout.arrays + ("embedding",) + WINDOW_COORDS
 
 
 def content_key(row: dict) -> str:

@@ -26,12 +26,6 @@ import numpy as np
 
 from ethoprism.store.schema import StoreError
 
-# The same C-Blosc 1.21 as numcodecs (zarr's reader), so the same bytes, but built with AVX2
-# bitshuffle and returning its buffer without a copy: 15% less CPU per window than numcodecs.
-# Calls release the GIL and run single-threaded: the writer runs windows in parallel itself.
-blosc.set_releasegil(True)
-blosc.set_nthreads(1)
-
 EMPTY = np.iinfo(np.uint64).max  # offset and nbytes of a chunk the shard does not hold
 
 Chunk = tuple[bytes, ...]  # one encoded inner chunk, as the buffers written back to back
@@ -46,6 +40,13 @@ def _compressor(codec: dict) -> Callable[[np.ndarray], bytes]:
     if name == "blosc":
         if conf.get("blocksize", 0):
             raise StoreError("blosc with a fixed block size is not written by this ethoprism")
+        # python-blosc: the same C-Blosc 1.21 as numcodecs (zarr's reader, its own copy of the
+        # library, which these settings do not touch), so the same bytes, but built with AVX2
+        # bitshuffle and returning its buffer without a copy: 15% less CPU per window. Its calls
+        # must release the GIL and run single-threaded, as the writer runs windows in parallel
+        # itself: set here, when a writer first needs it, not when the store is imported.
+        blosc.set_releasegil(True)
+        blosc.set_nthreads(1)
         shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[conf["shuffle"]]
         cname, clevel, typesize = conf["cname"], conf["clevel"], conf["typesize"]
 

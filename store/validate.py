@@ -6,7 +6,7 @@ import numpy as np
 
 from ethoprism.store.reader import merge_tables, open_handle, read_pool
 from ethoprism.store.remote import stored_bytes
-from ethoprism.store.schema import WINDOW_COORDS, token_arrays
+from ethoprism.store.schema import FRAME_TIME, WINDOW_COORDS
 
 
 def _values_problem(name: str, values: np.ndarray) -> str | None:
@@ -88,6 +88,11 @@ def _part_table_problems(part, window_length: int | None) -> list[str]:
         checks[f"n_valid_frames > window_length {window_length}"] = (
             coords["n_valid_frames"] > window_length
         )
+    if FRAME_TIME in part.arrays:
+        times = part.arrays[FRAME_TIME][:n]
+        checks["frame_time not finite"] = ~np.isfinite(times).all(axis=1)
+        checks["frame_time of frame 0 is not start_time"] = times[:, 0] != coords["start_time"]
+        checks["frame_time decreases"] = (np.diff(times, axis=1) < 0).any(axis=1)
     for what, bad in checks.items():
         for w in np.flatnonzero(bad)[:5]:
             problems.append(f"{where} window {w} ({_video_of(rows, row_of_window[w])}): {what}")
@@ -106,7 +111,7 @@ def validate(path_or_url, storage_options: dict | None = None) -> dict:
     """
     handle = open_handle(path_or_url, storage_options)
     window_length = (handle.attrs.get("preprocessing") or {}).get("window_length")
-    names = token_arrays(handle.layout.dtype) + ("embedding",)
+    names = handle.layout.arrays + ("embedding",)
     problems = []
     for part in handle.parts:
         problems += _part_table_problems(part, window_length)

@@ -6,7 +6,7 @@ import pytest
 
 from ethoprism.extract.coding import code_tokens, float16_round7
 from ethoprism.store.bench import activation_like
-from ethoprism.store.codecs import encode_tokens
+from ethoprism.store.layout import Layout
 
 
 def test_round7_is_bit_identical_to_the_store_over_float16s_whole_range():
@@ -30,7 +30,7 @@ def test_round7_is_bit_identical_to_the_store_over_float16s_whole_range():
     ]
     x = np.concatenate([wide[np.abs(wide) < 65408], edges]).astype(np.float32)
     got = np.asarray(jax.jit(float16_round7)(x))
-    want = encode_tokens(x, "float16-round7", 1)["tokens"]
+    want = Layout().encode(x)["tokens"]
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
@@ -45,8 +45,8 @@ def test_values_the_layout_cannot_hold_become_infinite_or_nan():
 )
 def test_coded_tokens_equal_the_stores_coding(dtype, pool):
     x = activation_like(2, (2, 8, 8, 32))
-    got = np.asarray(jax.jit(lambda t: code_tokens(t, dtype, pool))(x))
-    want = encode_tokens(x, dtype, pool)["tokens"]
+    got = np.asarray(jax.jit(lambda t: code_tokens(t, Layout(dtype, pool)))(x))
+    want = Layout(dtype, pool).encode(x)["tokens"]
     assert got.dtype == np.float16 and got.shape == want.shape
     # pooled means may differ in the last float32 bit (summation order), hence one float16 step
     np.testing.assert_allclose(
@@ -59,4 +59,4 @@ def test_coded_tokens_equal_the_stores_coding(dtype, pool):
 
 def test_int8_layout_tokens_stay_float32_for_the_host():
     x = activation_like(1, (2, 4, 4, 8))
-    np.testing.assert_array_equal(np.asarray(code_tokens(x, "int8", 2)), x)
+    np.testing.assert_array_equal(np.asarray(code_tokens(x, Layout("int8", 2))), x)

@@ -47,6 +47,8 @@ CLI_ARGS = [
     "72",
     "--stride",
     "16",
+    "--window-length",
+    "16",
     "--batch-size",
     "4",
 ]

@@ -1,6 +1,7 @@
 """probe.jobs and probe.artifacts: train -> save -> predict -> evaluate on a real on-disk store."""
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from test_probe_fixtures import ENCODER, fake_store, write_store
 from ethoprism import store
 from ethoprism.probe.artifacts import load_head
 from ethoprism.probe.classify import jobs
+from ethoprism.probe.classify.heads import HeadConfig
 
 CLASSES = ["none", "run", "sit"]
 SEGMENT = 48  # frames per behaviour bout
@@ -64,8 +66,9 @@ def test_train_predict_evaluate(real_store, tmp_path):
     test = summary["heads"][0]["test"]
     assert test["accuracy"] > 0.8 and test["mAP"] > 0.8  # chance is 1/3
     head_dir = summary["heads"][0]["dir"]
-    saved = load_head(head_dir)
+    saved = load_head(head_dir, HeadConfig)
     assert saved.classes == CLASSES and saved.config.kind == "linear"
+    assert load_head(head_dir).config == dataclasses.asdict(saved.config)  # any wing reads it
     assert saved.store_identity == store.identity(store.open(path))
     assert saved.labels["sha256"] and saved.training["split"] == summary["split"]
 

@@ -49,7 +49,7 @@ def test_frame_step_counts_the_span_and_an_unreached_last_frame_is_nan():
 
 def test_csv_and_pngs(tmp_path):
     mean = np.array([[0.9, 0.1], [0.3, 0.7], [np.nan, np.nan]])
-    path = write_frame_csv(tmp_path / "v.csv", mean, ["sit", "run"], fps=2.0)
+    path = write_frame_csv(tmp_path / "v.csv", mean, ["sit", "run"], times=np.arange(3) / 2.0)
     with open(path) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["frame", "time", "label", "p_sit", "p_run"]

@@ -5,11 +5,10 @@ import pytest
 
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import (
-    decode_tokens,
     encode_int8,
-    encode_tokens,
     pool_spatial,
 )
+from ethoprism.store.layout import Layout
 
 
 def rel_l2(a, b):
@@ -39,7 +38,7 @@ def reference_round7(v):
 def test_float16_round7_is_exactly_7_mantissa_bits():
     v = np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * 100
     v[:4] = [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0]  # ties: round half to even
-    stored = encode_tokens(v.reshape(1, 1, 1, 1, -1), "float16-round7", 1)["tokens"]
+    stored = Layout().encode(v.reshape(1, 1, 1, 1, -1))["tokens"]
     assert stored.dtype == np.float16
     np.testing.assert_array_equal(stored.astype(np.float32).ravel(), reference_round7(v))
     assert not np.any(stored.view(np.uint16) & 0b111)  # the 3 dropped float16 bits are zero
@@ -51,30 +50,30 @@ def test_float16_round7_tiny_values_and_range():
     rng = np.random.default_rng(1)
     v = (rng.uniform(-1, 1, 10_000) * 2.0**-14).astype(np.float32)
     v[:3] = [0.0, 2.0**-24, -(2.0**-14)]
-    stored = encode_tokens(v.reshape(1, 1, 1, 1, -1), "float16-round7", 1)["tokens"]
+    stored = Layout().encode(v.reshape(1, 1, 1, 1, -1))["tokens"]
     got = stored.astype(np.float64).ravel()
     np.testing.assert_array_equal(got * 2.0**21, np.round(got * 2.0**21))
     assert np.abs(got - v).max() <= 2.0**-22 * (1 + 1e-6)
     assert np.array_equal(np.signbit(got[v != 0]), np.signbit(v[v != 0]))
     top = np.float32(65280.0)  # the largest 7-bit value within float16 range
-    ok = encode_tokens(np.array([top, -top]).reshape(1, 1, 1, 1, 2), "float16-round7", 1)
+    ok = Layout().encode(np.array([top, -top]).reshape(1, 1, 1, 1, 2))
     np.testing.assert_array_equal(ok["tokens"].ravel(), [top, -top])
     for big in (65504.0, -65450.0, 1e6):
         with pytest.raises(ValueError, match="exceeds the float16 range"):
-            encode_tokens(np.full((1, 1, 1, 1, 2), big, np.float32), "float16-round7", 1)
+            Layout().encode(np.full((1, 1, 1, 1, 2), big, np.float32))
 
 
 @pytest.mark.parametrize(
     "dtype,bound", [("float16-round7", 2e-3), ("float16", 5e-4), ("int8", 2e-2)]
 )
 def test_round_trip_error(x, dtype, bound):
-    stored = encode_tokens(x, dtype, 1)
+    stored = Layout(dtype, 1).encode(x)
     assert {a.dtype.name for a in stored.values()} <= {"float16", "int8", "float32"}
-    err = rel_l2(decode_tokens(stored, dtype), x)
+    err = rel_l2(Layout(dtype).decode(stored), x)
     assert err <= bound, err
     # decoding what was stored gives the same values again (the coding is idempotent)
-    again = encode_tokens(decode_tokens(stored, dtype), dtype, 1)
-    assert rel_l2(decode_tokens(again, dtype), decode_tokens(stored, dtype)) < bound / 4
+    again = Layout(dtype, 1).encode(Layout(dtype).decode(stored))
+    assert rel_l2(Layout(dtype).decode(again), Layout(dtype).decode(stored)) < bound / 4
 
 
 def test_int8_prescale_is_what_makes_it_accurate(x):
@@ -87,7 +86,7 @@ def test_int8_prescale_is_what_makes_it_accurate(x):
         < np.median(np.sqrt((x.reshape(-1, c) ** 2).mean(0))) * 5
     )
     q, ts, cs = encode_int8(x)
-    ours = decode_tokens({"tokens": q, "token_scale": ts, "channel_scale": cs}, "int8")
+    ours = Layout("int8").decode({"tokens": q, "token_scale": ts, "channel_scale": cs})
     assert (
         rel_l2(ours[..., normal], x[..., normal]) < rel_l2(plain[..., normal], x[..., normal]) / 3
     )
@@ -106,11 +105,11 @@ def test_pooling_is_the_block_mean(x, pool):
             )
     np.testing.assert_allclose(pool_spatial(x, pool), ref, rtol=1e-5, atol=1e-5)
     for dtype, bound in [("float16-round7", 2e-3), ("int8", 2e-2)]:
-        assert rel_l2(decode_tokens(encode_tokens(x, dtype, pool), dtype), ref) <= bound
+        assert rel_l2(Layout(dtype).decode(Layout(dtype, pool).encode(x)), ref) <= bound
 
 
 def test_float16_overflow_is_refused():
     with pytest.raises(ValueError, match="int8 layout"):
-        encode_tokens(np.full((1, 1, 1, 1, 4), 1e6, np.float32), "float16-round7", 1)
-    q = encode_tokens(np.full((1, 1, 1, 1, 4), 1e6, np.float32), "int8", 1)
-    np.testing.assert_allclose(decode_tokens(q, "int8"), 1e6, rtol=1e-2)
+        Layout().encode(np.full((1, 1, 1, 1, 4), 1e6, np.float32))
+    q = Layout("int8").encode(np.full((1, 1, 1, 1, 4), 1e6, np.float32))
+    np.testing.assert_allclose(Layout("int8").decode(q), 1e6, rtol=1e-2)

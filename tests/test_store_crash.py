@@ -10,7 +10,7 @@ import pytest
 
 from ethoprism import store
 from ethoprism.store import Layout, VideoRecord
-from ethoprism.store.codecs import decode_tokens, encode_tokens
+from ethoprism.store.writer import open_writer  # imported before forking, as the store was
 
 ENCODER = {"name": "videoprism-tiny", "checkpoint_sha256": "random-init-seed-0", "dtype": "float32"}
 PREP = {"frame_size": 16, "window_length": 4, "window_stride": 2}
@@ -29,7 +29,7 @@ def video_data(i):
 
 def write_videos(path, part, videos, layout):
     """The child's work: write each video not yet complete, in batches of 2, committing each."""
-    with store.open_writer(
+    with open_writer(
         path, encoder=ENCODER, preprocessing=PREP, layout=layout, part=part, windows_per_shard=4
     ) as w:
         for i in videos:
@@ -69,7 +69,7 @@ def check_store(path, layout, expect_all=None):
             continue
         first, n = int(ds.video_first_window.values[row]), int(ds.video_n_windows.values[row])
         assert n == len(x), f"video {i}: {n} windows visible, {len(x)} written"
-        want = decode_tokens(encode_tokens(x, layout.dtype, 1), layout.dtype)
+        want = layout.decode(layout.encode(x))
         np.testing.assert_array_equal(tokens[first : first + n], want)
         np.testing.assert_array_equal(embedding[first : first + n], x.mean(axis=(1, 2, 3)))
         np.testing.assert_array_equal(ds.start_frame.values[first : first + n], 2 * np.arange(n))

@@ -156,7 +156,7 @@ def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(
         path, encoder=ENCODER, preprocessing=PREP, part="w0", windows_per_shard=4
     ) as w:
         first = write_video(w, 0, 5)  # ends inside shard 1
-        compress, calls = w._encoders["tokens"], []
+        compress, calls = w.stream.encoders["tokens"], []
 
         def crashing(values):
             calls.append(values)
@@ -164,7 +164,7 @@ def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(
                 raise RuntimeError("compressor crashed")
             return compress(values)
 
-        w._encoders["tokens"] = crashing
+        w.stream.encoders["tokens"] = crashing
         x = np.random.default_rng(1).standard_normal((7, *SHAPE)).astype(np.float32)
         vw = w.begin_video(VideoRecord("/v/bad.mp4", 1, "f" * 64, 30.0, 16, 1.0, 8, 8, "h264"))
         with pytest.raises(RuntimeError, match="compressor crashed"):
@@ -174,7 +174,7 @@ def test_a_window_lost_in_the_background_fails_its_video_and_spares_the_others(
                 vw.append(batch, batch.mean(axis=(1, 2, 3)), starts, 1, 4, starts / 15)
         with pytest.raises(StoreError, match="committed, failed or replaced"):
             vw.commit()
-        w._encoders["tokens"] = compress
+        w.stream.encoders["tokens"] = compress
         w.record_failure(vw.record, "compressor crashed")
         last = write_video(w, 2, 6)
     assert store.validate(path)["ok"]

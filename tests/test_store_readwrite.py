@@ -12,7 +12,7 @@ import zarr
 from ethoprism import store
 from ethoprism.store import Layout, StoreError, StoreIdentityError, VideoRecord
 from ethoprism.store.bench import activation_like
-from ethoprism.store.codecs import decode_tokens, encode_tokens, pool_spatial
+from ethoprism.store.codecs import pool_spatial
 
 ENCODER = {
     "name": "videoprism-tiny",
@@ -76,9 +76,7 @@ def test_round_trip_every_layout(tmp_path, layout, bound):
     got = ds.tokens.values
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= bound
     # bit-identical to the pure codec: the store adds no error of its own
-    np.testing.assert_array_equal(
-        got, decode_tokens(encode_tokens(x, layout.dtype, layout.pool), layout.dtype)
-    )
+    np.testing.assert_array_equal(got, layout.decode(layout.encode(x)))
     np.testing.assert_array_equal(ds.embedding.values, x.mean(axis=(1, 2, 3)))
     idx = [12, 0, 6, 6, 3]
     np.testing.assert_array_equal(store.read_windows(ds, idx), got[idx])
@@ -100,7 +98,7 @@ def test_dataset_names_and_selection(tmp_path):
         write_video(w, 1, 4, fps=25.0)
         w.record_failure(record(2), "truncated at frame 17")
     ds = store.open(path)
-    assert set(ds.dims) == {"window", "t", "h", "w", "c", "videos"}
+    assert set(ds.dims) == {"window", "t", "h", "w", "c", "videos", "frame"}
     assert list(ds.video_name.values) == ["clip0.mp4"] * 6 + ["clip1.mp4"] * 4
     assert list(ds.video_status.values) == ["complete", "complete", "failed"]
     assert list(ds.video_first_window.values) == [0, 6, -1]
@@ -298,7 +296,7 @@ def test_extending_a_shard_keeps_earlier_chunks_bytes_in_place(tmp_path):
 def test_embeddings_are_stored_in_chunks_of_many_windows(tmp_path, monkeypatch):
     """Large embedding chunks (fast full reads) still give exact random and per-window reads,
     across chunk boundaries, parts and repeated or unsorted indices."""
-    monkeypatch.setattr(store.writer, "EMBED_CHUNK", 8)
+    monkeypatch.setattr("ethoprism.store.stream.EMBED_CHUNK", 8)
     path = tmp_path / "s.zarr"
     xs = []
     with open_w(path, part="a", windows_per_shard=3) as w:
@@ -313,9 +311,7 @@ def test_embeddings_are_stored_in_chunks_of_many_windows(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ds.embedding.values, want)
     idx = np.random.default_rng(0).integers(0, len(want), 40)
     np.testing.assert_array_equal(store.read_windows(ds, idx, var="embedding"), want[idx])
-    tokens = np.concatenate(
-        [decode_tokens(encode_tokens(x, "float16-round7", 1), "float16-round7") for x in xs]
-    )
+    tokens = np.concatenate([Layout().decode(Layout().encode(x)) for x in xs])
     np.testing.assert_array_equal(store.read_windows(ds, idx[:8]), tokens[idx[:8]])
     sub = ds.isel(window=slice(10, 30))
     np.testing.assert_array_equal(
@@ -365,6 +361,6 @@ def test_a_refused_batch_leaves_the_video_as_it_was(tmp_path):
         vw.append(x[2:], x[2:].mean(axis=(1, 2, 3)), starts, 1, 4, starts / 10)
         vw.commit()
     ds = store.open(path)
-    want = decode_tokens(encode_tokens(x, "float16-round7", 1), "float16-round7")
+    want = Layout().decode(Layout().encode(x))
     np.testing.assert_array_equal(ds.tokens.values, want)
     np.testing.assert_array_equal(ds.start_frame.values, 2 * np.arange(7))

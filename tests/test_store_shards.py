@@ -11,8 +11,7 @@ from test_store_readwrite import SHAPE, open_w, record
 from ethoprism import store
 from ethoprism.store import Layout, StoreError, shards
 from ethoprism.store.bench import activation_like
-from ethoprism.store.codecs import encode_tokens
-from ethoprism.store.writer import _compressors
+from ethoprism.store.stream import _compressors
 
 PER_SHARD = 4
 
@@ -28,7 +27,7 @@ def _zarr_shards(tmp_path, layout: str, values: np.ndarray) -> zarr.Array:
         dtype=values.dtype,
         chunks=(1, *values.shape[1:]),
         shards=(PER_SHARD, *values.shape[1:]),
-        compressors=_compressors(layout, values.dtype),
+        compressors=_compressors(Layout(layout), "tokens"),
         fill_value=0,
     ).with_config({"write_empty_chunks": True})
     arr[:] = values
@@ -45,7 +44,7 @@ def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype, writer):
     """zarr writes the same windows through its own sharding codec; the files must be equal,
     a full shard and a shard holding only its first windows (a commit's tail) alike."""
     layout = "float16-round7" if dtype == "float16" else "int8"
-    values = encode_tokens(activation_like(6, SHAPE), layout, 1)["tokens"]
+    values = Layout(layout, 1).encode(activation_like(6, SHAPE))["tokens"]
     arr = _zarr_shards(tmp_path, layout, values)
     encode = shards.chunk_encoder(arr.metadata.to_dict())
     chunks = [encode(values[i : i + 1]) for i in range(6)]
@@ -67,7 +66,7 @@ def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype, writer):
 
 
 def test_windows_after_a_commit_extend_the_shard_and_a_discard_leaves_it_as_committed(tmp_path):
-    values = encode_tokens(activation_like(7, SHAPE), "float16-round7", 1)["tokens"]
+    values = Layout().encode(activation_like(7, SHAPE))["tokens"]
     arr = _zarr_shards(tmp_path, "float16-round7", values)
     encode = shards.chunk_encoder(arr.metadata.to_dict())
     chunks = [encode(values[i : i + 1]) for i in range(7)]
@@ -107,7 +106,7 @@ def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
             dtype="float16",
             chunks=(1, 4),
             shards=(PER_SHARD, 4),
-            compressors=_compressors("float16-round7", np.dtype("float16")),
+            compressors=_compressors(Layout("float16-round7"), "tokens"),
         ).metadata.to_dict()
     )
     path = tmp_path / "shard"
@@ -128,7 +127,7 @@ def test_tokens_coded_before_the_store_give_the_same_store(tmp_path, layout):
     """The extraction codes float16 tokens on the accelerator; the stored bytes must be those
     of the store coding float32 tokens itself."""
     x = activation_like(7, SHAPE)
-    coded = encode_tokens(x, layout.dtype, layout.pool)["tokens"]
+    coded = layout.encode(x)["tokens"]
     for name, tokens in (("host", x), ("device", coded)):
         with open_w(
             tmp_path / f"{name}.zarr", part="w", layout=layout, windows_per_shard=PER_SHARD
@@ -149,7 +148,7 @@ def test_tokens_coded_before_the_store_give_the_same_store(tmp_path, layout):
 @pytest.mark.parametrize("writeable", [True, False])  # copied while checked; checked in place
 def test_coded_tokens_that_the_layout_cannot_hold_are_refused(tmp_path, writeable):
     x = activation_like(3, SHAPE)
-    coded = encode_tokens(x, "float16-round7", 1)["tokens"]
+    coded = Layout().encode(x)["tokens"]
     emb = x.mean(axis=(1, 2, 3))
     with open_w(tmp_path / "s.zarr", part="w") as w:
         vw = w.begin_video(record(0))
@@ -179,7 +178,7 @@ def test_tokens_changed_by_the_caller_after_append_are_stored_as_appended(tmp_pa
     """append returns before its windows are compressed, so writable tokens must be copied: a
     caller reusing its buffer for the next batch must not change the stored windows."""
     x = activation_like(16, SHAPE)
-    coded = encode_tokens(x, "float16-round7", 1)["tokens"]
+    coded = Layout().encode(x)["tokens"]
     buffer = np.empty_like(coded[:8])
     with open_w(tmp_path / "s.zarr", part="w", windows_per_shard=PER_SHARD) as w:
         vw = w.begin_video(record(0))

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
+from ethoprism.probe import defaults
 from ethoprism.probe import labels as L
 from ethoprism.probe.artifacts import SavedHead, check_store, load_head, save_head
 from ethoprism.probe.classify.heads import HEAD_KINDS, HeadConfig
@@ -39,6 +40,7 @@ from ethoprism.probe.classify.train import (
 )
 from ethoprism.probe.metrics import classification_metrics
 from ethoprism.probe.report import confusion_png, ethogram_png
+from ethoprism.store import geometry
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -147,8 +149,8 @@ def train_probe(
     labels: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    label_column: str = "action",
-    background: str = "none",
+    label_column: str = defaults.LABEL_COLUMN,
+    background: str = defaults.BACKGROUND,
     head: str = "map",
     align: str = "centre",
     multi_label: bool = False,
@@ -299,7 +301,7 @@ def train_probe(
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
-    head = load_head(head_dir)
+    head = load_head(head_dir, HeadConfig)
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
@@ -327,7 +329,9 @@ def predict_store(
         if v not in rows:
             raise EthoprismError(f"video {v!r} is not a complete video of the store")
     table = (
-        L.read_labels(labels, head.labels["column"], head.background or "none") if labels else None
+        L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
+        if labels
+        else None
     )
     if table is not None:
         L.check_videos(ds, table)
@@ -339,7 +343,8 @@ def predict_store(
         n_frames, fps = rows[v]["n_frames"], rows[v]["fps"]
         frame_prob, _ = video_frame_probabilities(ds, video_windows(ds, v), probs[v][0], n_frames)
         stem = Path(v).stem
-        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, fps)
+        times = geometry.video_frame_times(ds, rows[v]["row"])
+        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, times)
         expert = None
         if table is not None and v in table.videos:
             truth = _truth(table, v, n_frames, head.multi_label, head.classes)
@@ -373,7 +378,7 @@ def evaluate_head(
     Writes out/metrics.json and out/confusion.png; returns the metrics.
     """
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
-    table = L.read_labels(labels, head.labels["column"], head.background or "none")
+    table = L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
     L.check_videos(ds, table)
     split = head.training.get("split") or {}
     chosen = (

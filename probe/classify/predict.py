@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ethoprism.store import geometry
+
 
 def frame_probabilities(
     prob: np.ndarray,
@@ -30,9 +32,14 @@ def frame_probabilities(
     counts."""
     prob = np.asarray(prob, np.float64)
     first = np.asarray(start_frame, np.int64)
-    last = np.minimum(
-        first + (np.asarray(n_valid, np.int64) - 1) * np.asarray(frame_step, np.int64), n_frames - 1
+    geo = geometry.Windows(
+        video=np.zeros(len(first), np.int64),
+        start_frame=first,
+        frame_step=np.asarray(frame_step, np.int64),
+        n_valid=np.asarray(n_valid, np.int64),
+        frame_time=np.zeros((len(first), 0)),
     )
+    last = np.minimum(geo.last_frame, n_frames - 1)
     total = np.zeros((n_frames + 1, prob.shape[1]))
     count = np.zeros(n_frames + 1, np.int64)
     # difference arrays: +p at a window's first frame, -p one past its last, then a running sum
@@ -55,13 +62,8 @@ def video_frame_probabilities(
 ) -> tuple[np.ndarray, np.ndarray]:
     """frame_probabilities for one video's windows (positions on `window`) and their
     probabilities."""
-    return frame_probabilities(
-        prob,
-        ds["start_frame"].values[windows],
-        ds["frame_step"].values[windows],
-        ds["n_valid_frames"].values[windows],
-        n_frames,
-    )
+    geo = geometry.windows(ds, windows, times=False)
+    return frame_probabilities(prob, geo.start_frame, geo.frame_step, geo.n_valid, n_frames)
 
 
 def frame_labels(frame_prob: np.ndarray) -> np.ndarray:
@@ -71,9 +73,10 @@ def frame_labels(frame_prob: np.ndarray) -> np.ndarray:
 
 
 def write_frame_csv(
-    path: str | os.PathLike, frame_prob: np.ndarray, classes: list[str], fps: float
+    path: str | os.PathLike, frame_prob: np.ndarray, classes: list[str], times: np.ndarray
 ) -> Path:
-    """CSV: frame, time (frame / fps, seconds), label, one probability column per class."""
+    """CSV: frame, time (seconds, `times[frame]`: the stored times, `store.geometry.
+    video_frame_times`), label, one probability column per class."""
     path = Path(path)
     labels = frame_labels(frame_prob)
     with open(path, "w", newline="") as f:
@@ -83,7 +86,7 @@ def write_frame_csv(
             w.writerow(
                 [
                     i,
-                    f"{i / fps:.4f}",
+                    f"{times[i]:.4f}",
                     classes[lab] if lab >= 0 else "",
                     *("" if np.isnan(v) else f"{v:.5f}" for v in p),
                 ]

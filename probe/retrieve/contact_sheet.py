@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 
 import av
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from ethoprism.probe import defaults
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.hitk import table_for_store
 from ethoprism.probe.retrieve.knn import Neighbours
@@ -102,7 +101,10 @@ def contact_sheet(
     stores = [index_ds] if query_ds is None else [query_ds, index_ds]
     local = VideoResolver(stores, videos_root).require(needed)
     rows, cols = len(query.names), 1 + n_results
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.0 * rows), squeeze=False)
+    # A figure of its own on the Agg canvas: no process-wide backend, no pyplot state.
+    fig = Figure(figsize=(2.4 * cols, 2.0 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for qi in range(rows):
         q_label = query_labels[qi] if query_labels else None
         path, seconds = query.frames[qi]
@@ -131,7 +133,6 @@ def contact_sheet(
             _tile(ax, local[path], seconds, title, colour)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return os.fspath(out_path)
 
 
@@ -152,8 +153,8 @@ def sheet_for(
     *,
     n_results: int = 3,
     labels: str | None = None,
-    column: str = "action",
-    background: str = "none",
+    column: str = defaults.LABEL_COLUMN,
+    background: str = defaults.BACKGROUND,
     videos_root=None,
 ) -> str:
     """The contact sheet of a query result, captioned from a label file when one is given."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethoprism import store
+from ethoprism.probe import defaults
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.knn import RetrievalError, exact_search
 
@@ -217,8 +218,8 @@ def evaluate_stores(
     index_store: str | None = None,
     split: str | None = None,
     test_fraction: float = 0.25,
-    column: str = "action",
-    background: str = "none",
+    column: str = defaults.LABEL_COLUMN,
+    background: str = defaults.BACKGROUND,
     align: str = "centre",
     ks=DEFAULT_KS,
     fraction: float = 1.0,

@@ -19,6 +19,7 @@ from ethoprism.probe.retrieve.select import (
     video_groups,
     window_at,
 )
+from ethoprism.store import geometry
 
 
 @dataclass(frozen=True)
@@ -44,36 +45,29 @@ def query_windows(ds, windows) -> Query:
         if windows
         else np.zeros((0, ds.sizes["c"]), np.float32)
     )
-    rows = ds["video"].values[windows]
+    geo = geometry.windows(ds, windows)
+    paths = [str(ds["video_path"].values[v]) for v in geo.video]
     return Query(
         vectors=vectors,
-        names=[_describe(ds, w) for w in windows],
-        sha256=[str(ds["video_sha256"].values[r]) for r in rows],
+        names=[
+            f"{os.path.basename(p)}@{t:.2f}s #{f} (window {w})"
+            for p, t, f, w in zip(paths, geo.start_time, geo.start_frame, windows, strict=True)
+        ],
+        sha256=[str(ds["video_sha256"].values[v]) for v in geo.video],
         windows=windows,
-        frames=[middle_frame(ds, w) for w in windows],
+        frames=[(p, float(t)) for p, t in zip(paths, geo.middle_time, strict=True)],
         identity=store.identity(ds),
     )
 
 
 def middle_frame(ds, w) -> tuple[str, float]:
-    """(video path, seconds) of window w's middle valid frame, (n_valid - 1) // 2."""
-    v = int(ds["video"].values[w])
-    offset = (int(ds["n_valid_frames"].values[w]) - 1) // 2 * int(ds["frame_step"].values[w])
-    return str(ds["video_path"].values[v]), float(ds["start_time"].values[w]) + offset / float(
-        ds["video_fps"].values[v]
-    )
+    """(video path, stored seconds) of window w's middle valid frame, (n_valid - 1) // 2."""
+    geo = geometry.windows(ds, [w])
+    return str(ds["video_path"].values[geo.video[0]]), float(geo.middle_time[0])
 
 
 def query_moments(ds, moments: list[str]) -> Query:
     return query_windows(ds, [window_at(ds, parse_moment(m)) for m in moments])
-
-
-def _describe(ds, w):
-    name = os.path.basename(str(ds["video_path"].values[ds["video"].values[w]]))
-    return (
-        f"{name}@{float(ds['start_time'].values[w]):.2f}s "
-        f"#{int(ds['start_frame'].values[w])} (window {w})"
-    )
 
 
 def results_table(ds, query: Query, found: Neighbours) -> list[dict]:

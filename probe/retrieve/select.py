@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethoprism.probe.retrieve.knn import RetrievalError
+from ethoprism.store import geometry
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,6 @@ def parse_span(text: str) -> VideoSpan:
     return VideoSpan(video, start, end)
 
 
-def window_length(ds) -> int:
-    return int(ds.attrs.get("preprocessing", {}).get("window_length", ds.sizes.get("t", 16)))
-
-
 def find_video(ds, name: str) -> int:
     """The row of the video table named by its path, file name or sha256 prefix (>= 8 hex)."""
     paths = [str(p) for p in ds["video_path"].values]
@@ -95,13 +92,9 @@ def find_video(ds, name: str) -> int:
 
 
 def _window_spans(ds, windows):
-    """(first, last) frame and (first, last) time covered by each window."""
-    step = ds["frame_step"].values[windows]
-    last = (ds["n_valid_frames"].values[windows] - 1) * step
-    first_frame = ds["start_frame"].values[windows]
-    fps = ds["video_fps"].values[ds["video"].values[windows]]
-    t0 = ds["start_time"].values[windows]
-    return (first_frame, first_frame + last), (t0, t0 + last / fps)
+    """(first, last) frame and (first, last) time covered by each window, as stored."""
+    geo = geometry.windows(ds, windows)
+    return (geo.start_frame, geo.last_frame), (geo.start_time, geo.end_time)
 
 
 def window_at(ds, moment: Moment) -> int:
