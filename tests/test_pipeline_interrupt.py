@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ethoprism import store
-from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.encoder import default_preprocessing
 from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
@@ -24,7 +24,7 @@ DATA = Path(__file__).parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 WHEEL = str(DATA / "videos" / "mouse_wheel_250fps.mp4")  # 994 frames
 FIVE = str(DATA / "videos" / "mouse_cage_5frames.mp4")
-PREP = Preprocessing(frame_size=72, window_stride=16)
+PREP = default_preprocessing("videoprism-tiny", frame_size=72, window_stride=16)  # as the CLI
 N_WHEEL = len(plan_windows(994, PREP)[0])
 ARGS = ["--model", "videoprism-tiny", "--checkpoint", CHECKPOINT, "--frame-size", "72"]
 ARGS += ["--stride", "16", "--batch-size", "4", "--decode-workers", "1", "--json"]
