@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from ethoprism.cli_options import (
     Align,
     AlignOpt,
     BackgroundOpt,
+    CacheOpt,
     CheckpointOpt,
     ColumnAliasOpt,
     Dtype,
@@ -120,11 +122,16 @@ def main(
 
 
 def _print_summary(summary) -> None:
+    from ethoprism.store.provenance import checkpoint_label
+
     rate = summary.windows / summary.seconds if summary.seconds else 0.0
     print_figures(
         f"extracted into {summary.store}",
         [
-            ("model", f"{summary.model} (checkpoint sha256 {summary.checkpoint_sha256[:12]})"),
+            (
+                "model",
+                f"{summary.model} (checkpoint {checkpoint_label(summary.checkpoint_sha256)})",
+            ),
             ("devices", str(summary.devices)),
             (
                 "videos",
@@ -186,6 +193,13 @@ def extract(
         int | None,
         typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
     ] = None,
+    interpolation: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize filter: area, bilinear (stores made before area was the default) or "
+            "bicubic; part of the store's identity. Default: the store's, else area."
+        ),
+    ] = None,
     layout: Annotated[
         TokenLayout | None,
         typer.Option(help="Token storage: float16-round7 (default), float16 or int8."),
@@ -201,6 +215,13 @@ def extract(
     decode_workers: Annotated[
         int, typer.Option(help="Decoding processes running ahead of the encoder.")
     ] = 2,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="auto (the GPU's NVDEC where a CUDA device and PyNvVideoCodec are present and "
+            "the store allows its frames), cpu (FFmpeg) or nvdec."
+        ),
+    ] = "auto",
     scheduler: SchedulerOpt = None,
     save_every: Annotated[
         float,
@@ -244,14 +265,16 @@ def extract(
             resize=resize.value if resize else None,
             window_stride=stride,
             frame_step=frame_step,
+            interpolation=interpolation,
         ),
         layout=dict(dtype=layout.value if layout else None, pool=pool),
         batch_size=batch_size,
         decode_workers=decode_workers,
         piece_seconds=save_every,
+        decoder=decoder,
     )
     if dry_run:
-        plan = plan_run(find_videos(archive), cfg)
+        plan = plan_run(find_videos(archive), cfg, store_path=store)
         if as_json:
             print_json(plan.to_dict())
             return
@@ -268,6 +291,13 @@ def extract(
             f"encoder {plan.windows_per_s:.2f} windows/s "
             f"here, so about {plan.seconds / 3600:.2f} h"
         )
+        if plan.cores_needed is not None:
+            console.print(
+                f"host: about {plan.host_ms_per_window:.1f} ms of CPU per window "
+                f"({plan.decoder} decoding), so feeding {plan.devices} device(s) at "
+                f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
+                f"cores; this host has {os.cpu_count()}"
+            )
         return
     reporter = None if as_json else RichReporter(console=err_console)
     if log_json:
@@ -344,18 +374,106 @@ def bench_extract(
     )
 
 
+@bench_app.command("host")
+def bench_host(
+    model: Annotated[str, typer.Option(help="Encoder config (sets the token shape).")] = (
+        "videoprism-b"
+    ),
+    frames: Annotated[int, typer.Option(help="Frames decoded per clip and repeat.")] = 96,
+    windows: Annotated[int, typer.Option(help="Windows through the store's stages.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Decode runs per clip (the best counts).")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="Decoder threads per video (0: FFmpeg chooses), as extract uses.")
+    ] = 0,
+    accelerator_rate: Annotated[
+        float,
+        typer.Option(
+            help="Encoder windows/s per accelerator, used where JAX sees no accelerator "
+            "(450: VideoPrism-B bf16 on an H100-class device)."
+        ),
+    ] = 450.0,
+    directory: Annotated[
+        str | None, typer.Option(help="Temporary clips and shards on this directory's disk.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Host CPU milliseconds per window, stage by stage, and the cores one accelerator needs.
+
+    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264
+    and 720p MJPEG clips: decode, colour conversion + resize, batching, token check,
+    compression, checksum, disk write; totals at stride 8 and 16. Targets: decode + convert +
+    resize <= 1.25x decode alone; everything after decoding <= 5 ms per window. The NVDEC
+    column is an estimate: demuxing replaces decoding and conversion.
+    """
+    from ethoprism.pipeline.host_bench import STAGES
+    from ethoprism.pipeline.host_bench import bench_host as run_bench
+
+    r = run_bench(
+        model=model,
+        frames=frames,
+        windows=windows,
+        repeats=repeats,
+        threads=threads,
+        rate=accelerator_rate,
+        directory=directory,
+    )
+    if as_json:
+        print_json(r)
+        return
+    rate = r["accelerator"]["windows_per_s"]
+    for stride in r["strides"]:
+        table = Table(
+            title=f"bench host: CPU ms per window at stride {stride}, {model}",
+            caption=f"cores: to feed one accelerator at {rate:.0f} windows/s "
+            f"({r['accelerator']['source']}); NVDEC: estimated",
+        )
+        short = ("decode", "conv", "batch", "check", "compr", "crc", "write")  # STAGES, narrow
+        for col in ("source", *short, "total", "cores/100w/s", "cores", "NVDEC cores"):
+            table.add_column(col, no_wrap=col == "source")
+        for label, clip in r["clips"].items():
+            x = clip["strides"][stride]
+            table.add_row(
+                label,
+                *(f"{x['stages_ms'][k]:.1f}" for k in STAGES),
+                f"{x['total_ms']:.1f}",
+                f"{x['cores_per_100_windows_per_s']:.1f}",
+                f"{x['cores_per_accelerator']:.1f}",
+                f"{x['nvdec_cores_per_accelerator']:.1f}",
+            )
+        console.print(table)
+    rows = [
+        (
+            f"{label}: decode+convert / decode",
+            f"{clip['decode_convert_vs_decode']:.2f}  (target <= 1.25; "
+            f"decode {clip['decode_ms_per_frame']:.2f} ms/frame)",
+        )
+        for label, clip in r["clips"].items()
+    ]
+    after = r["strides"][next(iter(r["strides"]))]["after_decode_ms"]
+    rows.append(("after decoding", f"{after:.1f} ms/window  (target <= 5)"))
+    rows.append(("store writer, whole", f"{r['store']['writer_ms_per_window']:.1f} ms/window"))
+    print_figures("bench host: targets", rows)
+
+
 # --- store ------------------------------------------------------------------------------------
 
 store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
 
+def _cached(cache: str | None) -> dict | None:
+    from ethoprism.store.cache import cache_options
+
+    return cache_options(cache)
+
+
 @store_app.command("info")
-def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
+def store_info(store: StoreArg, as_json: JsonOpt = False, cache: CacheOpt = None) -> None:
     """Identity, videos complete and failed, windows, bytes on disk and per window, layout."""
     from ethoprism.store import info
+    from ethoprism.store.provenance import checkpoint_label
 
-    r = info(store)
+    r = info(store, _cached(cache))
     if as_json:
         print_json(r)
         return
@@ -368,7 +486,7 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
     encoder = r["encoder"] or {}
     table.add_row(
         "encoder",
-        f"{encoder.get('name')} checkpoint sha256 {str(encoder.get('checkpoint_sha256'))[:12]} "
+        f"{encoder.get('name')} checkpoint {checkpoint_label(encoder.get('checkpoint_sha256'))} "
         f"dtype {encoder.get('dtype')}",
     )
     table.add_row("preprocessing", json.dumps(r["preprocessing"]))
@@ -376,6 +494,11 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
         "layout", f"{r['layout']['dtype']}, pool {r['layout']['pool']}, tokens {r['token_shape']}"
     )
     table.add_row("parts", ", ".join(f"{p['name']} ({p['windows']} windows)" for p in r["parts"]))
+    table.add_row(
+        "embeddings",
+        ", ".join(r["embeddings"])
+        + (" (searchable by text)" if len(r["embeddings"]) > 1 else " (no text-aligned one)"),
+    )
     table.add_row("videos", f"{r['videos_complete']} complete, {len(r['videos_failed'])} failed")
     for v in r["videos_failed"]:
         table.add_row("  failed", f"{v['path']}: {v['reason']}")
@@ -389,14 +512,14 @@ def store_info(store: StoreArg, as_json: JsonOpt = False) -> None:
 
 
 @store_app.command("validate")
-def store_validate(store: StoreArg, as_json: JsonOpt = False) -> None:
+def store_validate(store: StoreArg, as_json: JsonOpt = False, cache: CacheOpt = None) -> None:
     """Read every committed window; check counts, finiteness and the video tables.
 
     Exits 1 with a report naming the part, window and video of every problem found.
     """
     from ethoprism.store import validate
 
-    r = validate(store)
+    r = validate(store, _cached(cache))
     if as_json:
         print_json(r)
     elif r["ok"]:
@@ -431,6 +554,166 @@ def store_push(
         print_json({"store": store, "url": url, "files": n_files})
     else:
         console.print(f"pushed {n_files} files of {store} to {url}", highlight=False)
+
+
+# --- sharing between labs (store/publish.py, store/manifest.py, store/merge.py) -----------------
+
+
+def _bytes_progress(what: str, shown: bool = True):
+    """A rich progress bar over bytes, and its update(done, total) callback (none if not shown:
+    --json output stays parsable)."""
+    import contextlib
+
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    if not shown:
+        return contextlib.nullcontext(), lambda done, total=None: None
+
+    bar = Progress(
+        *Progress.get_default_columns(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+    )
+    task = bar.add_task(what, total=None)
+
+    def update(done: int, total: int | None = None) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+@store_app.command("publish")
+def store_publish(
+    store: Annotated[str, typer.Argument(help="The feature store to publish.")],
+    dest: Annotated[
+        str, typer.Argument(help="Where to: a new directory, s3://bucket/prefix or an fsspec URL.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a store as ONE plain Zarr dataset with consolidated metadata and a manifest.
+
+    Anyone can then read it with `xarray.open_zarr(DEST)` (local, https://, s3://). Token
+    windows are copied as stored (no recompression); rerunning after an interruption copies
+    only what is missing. Then check a copy with `ethoprism store verify DEST`.
+    """
+    from ethoprism.store.publish import publish
+
+    bar, update = _bytes_progress("publishing tokens", shown=not as_json)
+    copied = [0]
+
+    def progress(nbytes: int, windows: int) -> None:
+        copied[0] += nbytes
+        update(copied[0])
+
+    with bar:
+        r = publish(store, dest, progress=progress)
+    if as_json:
+        print_json(r)
+    elif r["up_to_date"]:
+        console.print(f"{dest} already holds this publish ({r['windows']} windows)")
+    else:
+        console.print(
+            f"published {r['windows']} windows of {r['videos']} videos to {dest}: "
+            f"{r['objects']} objects, {r['bytes'] / 1e6:.1f} MB, manifest.json beside them",
+            highlight=False,
+        )
+
+
+@store_app.command("verify")
+def store_verify(store: StoreArg, as_json: JsonOpt = False) -> None:
+    """Check a published store against its manifest.json (every object's size and sha256).
+
+    Names every missing, extra or altered object and the videos and windows it holds;
+    exits 1 on any damage. Streams: memory stays bounded whatever the store's size.
+    """
+    from ethoprism.store.manifest import verify
+
+    bar, update = _bytes_progress("verifying", shown=not as_json)
+    with bar:
+        r = verify(store, progress=update)
+    if as_json:
+        print_json(r)
+    else:
+        for kind in ("missing", "altered", "extra"):
+            for item in r[kind]:
+                err_console.print(
+                    f"[red]{kind}:[/] {item['path']} ({item['holds']})", highlight=False
+                )
+        if r["ok"]:
+            console.print(f"[green]ok[/]: {r['objects']} objects, {r['bytes'] / 1e6:.1f} MB")
+        if not r["extra_checked"]:
+            console.print("extra objects not checked: the server does not list directories")
+    if not r["ok"]:
+        raise typer.Exit(code=1)
+
+
+@store_app.command("merge")
+def store_merge(
+    stores: Annotated[list[str], typer.Argument(help="Stores to merge (same identity), then OUT.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge stores of one identity (encoder, checkpoint, preprocessing, layout) into a new one.
+
+    The last argument is the new store's directory. Videos present in several stores (same
+    content fingerprint) are reported and kept once. Stores of another identity are refused,
+    naming the field that differs. `ethoprism.store.open([A, B])` reads the same without copying.
+    """
+    from ethoprism.store.merge import merge
+
+    if len(stores) < 2:
+        raise EthoprismError("give at least one store and the output directory")
+    r = merge(stores[:-1], stores[-1])
+    if as_json:
+        print_json(r)
+        return
+    for d in r["duplicates"]:
+        console.print(
+            f"duplicate: {d['path']} (sha256 {d['sha256'][:12]}) kept from part {d['kept_from']}, "
+            f"also in {', '.join(d['also_in'])}",
+            highlight=False,
+        )
+    console.print(
+        f"merged {len(stores) - 1} stores into {r['out']}: {r['parts']} parts, "
+        f"{r['videos']} videos, {r['windows']} windows",
+        highlight=False,
+    )
+
+
+@bench_app.command("share")
+def bench_share(
+    windows: Annotated[int, typer.Option(help="Windows in the benchmark store.")] = 96,
+    token_shape: Annotated[
+        str, typer.Option(help="Token shape t,h,w,c of each window.")
+    ] = "8,16,16,128",
+    batch: Annotated[int, typer.Option(help="Windows per random minibatch.")] = 16,
+    s3_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Also publish to and read from this empty S3 prefix (endpoint and "
+            "credentials from the environment: ETHOPRISM_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish vs raw copy; remote random-minibatch reads vs local (with and without the cache);
+    verify vs sha256sum. Targets: publish >= 0.8x raw copy, warm-cache reads >= 0.8x local,
+    verify >= 0.8x sha256sum."""
+    from ethoprism.store.bench_share import bench_share as run_bench
+
+    r = run_bench(
+        windows=windows,
+        token_shape=_numbers(token_shape, int, "--token-shape"),
+        batch=batch,
+        s3_url=s3_url,
+    )
+    if as_json:
+        print_json(r)
+        return
+    print_figures(
+        f"bench share: {r['windows']} windows, {r['token_bytes'] / 1e6:.1f} MB of tokens",
+        [(name, value) for name, value in r["lines"]],
+    )
 
 
 @bench_app.command("store")
@@ -532,12 +815,33 @@ def retrieve_query(
             "preprocessing; each of its windows is a query."
         ),
     ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A text prompt (repeatable): windows ranked by cosine similarity of their "
+            "text-aligned embedding (stores of a videoprism-lvt model)."
+        ),
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help="How --text is wrapped before encoding ('{}' keeps it as is).")
+    ] = "a video of {}.",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="SentencePiece model for --text (offline; else downloaded once)."),
+    ] = None,
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
     index_store: Annotated[
         str | None, typer.Option(help="Search this store instead (same identity).")
     ] = None,
     exclude_same_video: Annotated[
         bool, typer.Option(help="Skip windows of the query's own video.")
+    ] = False,
+    include_overlapping: Annotated[
+        bool,
+        typer.Option(
+            help="Let a query window find itself and the windows sharing frames with it "
+            "(left out by default: they are near copies of it)."
+        ),
     ] = False,
     videos: Annotated[
         list[str] | None,
@@ -561,8 +865,10 @@ def retrieve_query(
         ),
     ] = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
-    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip."""
+    """The k nearest windows (L2 on the pooled embedding) of moments, windows or a new clip; or
+    the windows most similar to text prompts (--text, on a videoprism-lvt store)."""
     from ethoprism.probe import retrieve as retrieval
     from ethoprism.probe.retrieve.contact_sheet import sheet_for
 
@@ -573,7 +879,19 @@ def retrieve_query(
         "scheduler": scheduler,
         "approx": approx,
     }
-    if clip:
+    if text:
+        from ethoprism.probe.retrieve.text import run_text_query
+
+        del search["exclude_same_video"]
+        result = run_text_query(
+            index_store or store,
+            text,
+            template=template,
+            checkpoint=checkpoint,
+            tokenizer=tokenizer,
+            **search,
+        )
+    elif clip:
         from ethoprism.pipeline.clip_query import run_clip_query
 
         result = run_clip_query(
@@ -585,6 +903,8 @@ def retrieve_query(
             query_store=store,
             moments=moment or [],
             windows=window or [],
+            include_overlapping=include_overlapping,
+            storage_options=_cached(cache),
             **search,
         )
     if sheet:
@@ -596,10 +916,21 @@ def retrieve_query(
             column=column or label_column,
             videos_root=videos_root,
         )
-    rows = result.table()
+    if text:
+        from ethoprism.probe.retrieve.text import text_table
+
+        rows = text_table(result)
+    else:
+        rows = result.table()
     if as_json:
         print_json(rows)
         return
+    from ethoprism.store import identity
+    from ethoprism.store.provenance import weights_warning
+
+    warning = weights_warning(identity(result.index))
+    if warning:
+        err_console.print(f"[bold yellow]{warning}[/]", highlight=False)
     table = Table(
         "query",
         "rank",
@@ -607,7 +938,7 @@ def retrieve_query(
         "start time (s)",
         "start frame",
         "window",
-        "distance",
+        "cosine" if text else "distance",
         title=f"nearest windows in {result.index.attrs.get('source', index_store or store)}",
     )
     for r in rows:
@@ -618,7 +949,7 @@ def retrieve_query(
             f"{r['start_time']:.3f}",
             str(r["start_frame"]),
             str(r["window"]),
-            f"{r['distance']:.4g}",
+            f"{r['cosine' if text else 'distance']:.4g}",
         )
     console.print(table)
     if sheet:
@@ -634,6 +965,14 @@ def retrieve_build_index(
     nlist: Annotated[
         int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")
     ] = None,
+    embedding: Annotated[
+        str,
+        typer.Option(
+            help="Which embedding to index: embedding (moment queries), or video_embedding "
+            "for text queries on a videoprism-lvt store (written beside it as "
+            "STORE.video_embedding.ann)."
+        ),
+    ] = "embedding",
     as_json: JsonOpt = False,
 ) -> None:
     """Build the approximate (FAISS IVF-Flat) index of a store and report its recall@10 vs exact."""
@@ -641,14 +980,14 @@ def retrieve_build_index(
 
     from ethoprism.probe.retrieve.ann import build_index, index_dir
 
-    info = build_index(store, nlist=nlist)
+    info = build_index(store, nlist=nlist, var=embedding)
     if as_json:
         print_json(asdict(info))
         return
     console.print(
-        f"{index_dir(store)}: {info.kind}, {info.n_windows} windows, nlist {info.nlist}, nprobe "
-        f"{info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} on {info.recall_queries} "
-        f"windows; built in {info.build_seconds:.1f} s",
+        f"{index_dir(store, embedding)}: {info.kind}, {info.n_windows} windows, "
+        f"nlist {info.nlist}, nprobe {info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} "
+        f"on {info.recall_queries} windows; built in {info.build_seconds:.1f} s",
         highlight=False,
     )
 
@@ -688,6 +1027,7 @@ def retrieve_eval(
     seed: Annotated[int, typer.Option(help="Seed for the split and the query subsampling.")] = 0,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """mean Hit@K as in Sun et al. 2024: test windows query the train windows, averaged over
     classes."""
@@ -707,10 +1047,23 @@ def retrieve_eval(
         runs=runs,
         seed=seed,
         scheduler=scheduler,
+        storage_options=_cached(cache),
     )
     if as_json:
         print_json(r.to_dict())
-        return
+    else:
+        _print_hits(r)
+    if r.absent:
+        raise EthoprismError(
+            f"class(es) {', '.join(r.absent)} have no window in the index, so their Hit@K is "
+            "0 by construction and the mean is not a measurement; use a split whose index "
+            "holds every queried class (--split, --test-fraction or --index-store)"
+        )
+
+
+def _print_hits(r) -> None:
+    if r.weights:
+        err_console.print(f"[bold yellow]{r.weights}[/]", highlight=False)
     table = Table(
         "",
         *[f"Hit@{k}" for k in r.ks],
@@ -737,38 +1090,105 @@ def bench_retrieve(
     ] = 250_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
+    text_n: Annotated[
+        int,
+        typer.Option(
+            help="Normalised text-aligned embeddings for the text-query figures (1000000 for an "
+            "archive-sized figure: ~6 GB; 0 skips them)."
+        ),
+    ] = 250_000,
+    prompts: Annotated[
+        int, typer.Option(help="Prompts encoded by the videoprism-lvt-b text tower (0 skips).")
+    ] = 1000,
+    lvt_tower: Annotated[
+        bool,
+        typer.Option(
+            help="Also time the videoprism-lvt-b video tower against the plain encoder at the "
+            "base shape (16 x 288 x 288; minutes on a CPU)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Exact search vs FAISS IndexFlatL2 on the same embeddings (target >= 0.8x), and the IVF
-    index's speedup over exact search and its recall@10."""
+    index's speedup over exact search and its recall@10; text queries/s over text-aligned
+    embeddings (exact and IVF), prompts encoded/s, and the LvT video tower's extra cost."""
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
+    from ethoprism.probe.retrieve.bench import bench_text_search
 
-    with err_console.status(f"bench retrieve: {n} embeddings of width {dim}, exact and FAISS"):
-        r = run_bench(n=n, dim=dim, queries=queries)
+    r = {}
+    if n:
+        with err_console.status(f"bench retrieve: {n} embeddings of width {dim}, exact and FAISS"):
+            r = run_bench(n=n, dim=dim, queries=queries)
+    if text_n:
+        with err_console.status(f"bench retrieve: text queries over {text_n} embeddings"):
+            r.update(bench_text_search(n=text_n, dim=dim))
+    if prompts or lvt_tower:
+        from ethoprism.extract import lvt_bench
+
+        if prompts:
+            with err_console.status(f"bench retrieve: encoding {prompts} prompts"):
+                r.update(lvt_bench.bench_prompts(n=prompts))
+        if lvt_tower:
+            with err_console.status("bench retrieve: the videoprism-lvt-b video tower"):
+                r.update(lvt_bench.bench_video_tower())
     if as_json:
         print_json(r)
         return
-    print_figures(
-        (
-            f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, k {r['k']}, "
-            f"{r['threads']} threads"
-        ),
-        [
-            ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
-            ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
-            ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
-            ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+    if n:
+        print_figures(
             (
-                "IVF-Flat",
-                (
-                    f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, "
-                    f"built in {r['ivf_build_s']:.1f} s"
-                ),
+                f"bench retrieve: {r['n']} x {r['dim']} float32, {r['queries']} queries, "
+                f"k {r['k']}, {r['threads']} threads"
             ),
-            ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
-            ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
-        ],
-    )
+            [
+                ("exact (blocked GEMM)", f"{r['exact_queries_per_s']:.1f} queries/s"),
+                ("FAISS IndexFlatL2", f"{r['faiss_flat_queries_per_s']:.1f} queries/s"),
+                ("exact vs FAISS flat", f"{r['exact_vs_faiss_flat']:.2f}x  (target >= 0.8)"),
+                ("same ids as FAISS", f"{r['same_ids_as_faiss']:.4f}"),
+                (
+                    "IVF-Flat",
+                    (
+                        f"nlist {r['ivf_nlist']}, nprobe {r['ivf_nprobe']}, "
+                        f"built in {r['ivf_build_s']:.1f} s"
+                    ),
+                ),
+                ("IVF speedup vs exact", f"{r['ivf_speedup_vs_exact']:.1f}x"),
+                ("IVF recall@10", f"{r['ivf_recall_at_10']:.3f}"),
+            ],
+        )
+    text = []
+    if text_n:
+        text += [
+            (
+                f"text queries, exact ({r['text_n']} x {dim})",
+                f"{r['text_exact_queries_per_s']:.1f}/s",
+            ),
+            (
+                f"text queries, IVF (nprobe {r['text_ivf_nprobe']})",
+                f"{r['text_ivf_queries_per_s']:.1f}/s, recall@{r['text_k']} "
+                f"{r['text_ivf_recall']:.3f}",
+            ),
+        ]
+    if prompts:
+        text.append(
+            (
+                f"prompts encoded ({r['model']})",
+                f"{r['prompts_per_s']:.1f}/s ({r['prompts_per_cpu_s']:.1f} per CPU second; "
+                f"{r['gflop_per_position']:.2f} GFLOP per token position)",
+            )
+        )
+    if lvt_tower:
+        text += [
+            ("plain encoder, s/window", f"{r['plain_s_per_window']:.2f}"),
+            ("LvT video tower, s/window", f"{r['lvt_s_per_window']:.2f}"),
+            (
+                "LvT extra cost per window",
+                f"{100 * r['lvt_extra_time']:+.0f}% time, "
+                f"{100 * r['lvt_extra_flops']:+.0f}% FLOPs ({r['lvt_extra_gflop']:.0f} GFLOP)",
+            ),
+        ]
+    if text:
+        print_figures("bench retrieve: text (video-text models)", text)
 
 
 # --- probe ------------------------------------------------------------------------------------
@@ -777,6 +1197,8 @@ probe_app = typer.Typer(
     help="Train heads on a store, predict per-frame ethograms, evaluate.", no_args_is_help=True
 )
 app.add_typer(probe_app, name="probe")
+
+
 HeadDirArg = Annotated[
     str, typer.Argument(help="A saved head directory (from `probe train`: OUT/heads/NAME).")
 ]
@@ -855,8 +1277,12 @@ def probe_train(
         int, typer.Option(help="Seeds per setting (few-shot samples and initialisation).")
     ] = 1,
     lr: Annotated[
-        str, typer.Option(help="Learning rate(s), comma-separated; one head per value.")
-    ] = "5e-5",
+        str | None,
+        typer.Option(
+            help="Learning rate(s), comma-separated; one head per value. Default: try 5e-5, "
+            "3e-4, 1e-3 and 3e-3 in the same pass and keep the lowest validation loss."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs (cosine decay over them).")] = 30,
     batch_size: Annotated[
         int, typer.Option(help="Windows per minibatch, read once for all heads.")
@@ -872,22 +1298,33 @@ def probe_train(
         float, typer.Option(help="Share of labelled videos held out for testing.")
     ] = 0.25,
     val_fraction: Annotated[
-        float, typer.Option(help="Share of labelled videos for early stopping.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            help="Share of labelled videos (or windows, split by time) for validation: early "
+            "stopping and the learning rate choice. Default 0.2 without --lr, else 0."
+        ),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Split file: CSV video,split (train|val|test).")
     ] = None,
     split_seed: Annotated[int, typer.Option(help="Seed of the random split by video.")] = 0,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """Train heads on the store's tokens: one per few-shot size x seed x learning rate, in one pass.
 
-    Videos are split whole into train / val / test; test metrics are per frame (window
-    probabilities averaged over the windows covering each frame), mAP without the background.
+    Videos are split whole into train / val / test; when that leaves a class without training
+    windows, videos are kept in training per class, and with too few videos each class's last
+    windows in time are held out (frames shared with held-out windows never trained on). Test
+    metrics are per frame (window probabilities averaged over the windows covering each frame),
+    mAP without the background, and always on held-out frames.
     """
     from ethoprism.probe.classify.jobs import train_probe
 
-    shot_sizes, learning_rates = _numbers(shots, int, "--shots"), _numbers(lr, float, "--lr")
+    shot_sizes, learning_rates = (
+        _numbers(shots, int, "--shots"),
+        _numbers(lr, float, "--lr") if lr is not None else None,
+    )
     bar, update = _training_progress()
     with bar:
         summary = train_probe(
@@ -912,15 +1349,42 @@ def probe_train(
             split=split,
             split_seed=split_seed,
             progress=update,
+            storage_options=_cached(cache),
         )
     if as_json:
         print_json(summary)
         return
+    if summary["weights"]:
+        err_console.print(f"[bold yellow]{summary['weights']}[/]", highlight=False)
+    n = summary["n_windows"]
+    console.print(
+        f"split {summary['split_how']}: {n['train']} training, {n['val']} validation, "
+        f"{n['test']} test windows ({n['gap']} left out beside held-out ones)",
+        highlight=False,
+    )
+    for h in summary["heads"]:
+        choice = h["learning_rate_choice"]
+        if choice:
+            tried = ", ".join(
+                f"{lr} ({'-' if v is None else f'{v:.4f}'})"
+                for lr, v in choice["candidates"].items()
+            )
+            console.print(
+                f"{h['name']}: learning rate {choice['chosen']:g}, {choice['by']} among {tried}",
+                highlight=False,
+            )
+    test_videos = ", ".join(summary["test_videos"]) or "none"
     table = Table(
         title=f"{len(summary['heads'])} head(s), classes {', '.join(summary['classes'])}; "
-        f"test videos: {', '.join(summary['test_videos']) or 'none'}"
+        f"metrics on {summary['metrics_on']}: {test_videos}"
     )
-    for col in ("head", "mAP", "macro acc", "accuracy", "saved in"):
+    for col in (
+        "head",
+        "mAP (held-out)",
+        "macro acc (held-out)",
+        "accuracy (held-out)",
+        "saved in",
+    ):
         table.add_column(col)
 
     def fmt(v):
@@ -959,11 +1423,12 @@ def probe_predict(
         list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
     ] = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """Per-frame ethogram of each video: CSV (frame, time, label, probabilities) and a PNG strip."""
     from ethoprism.probe.classify.jobs import predict_store
 
-    r = predict_store(store, head, out, labels=labels, videos=video)
+    r = predict_store(store, head, out, labels=labels, videos=video, storage_options=_cached(cache))
     if as_json:
         print_json(r)
         return
@@ -982,15 +1447,20 @@ def probe_eval(
         str, typer.Option("--out", help="Output directory: metrics.json and confusion.png.")
     ],
     videos: Annotated[
-        Videos, typer.Option(help="test: the head's held-out videos; all: every labelled video.")
+        Videos,
+        typer.Option(
+            help="test: the head's held-out videos and frames (its training videos, labelled "
+            "so, when it has none); all: every labelled video."
+        ),
     ] = Videos.test,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """mAP (behaviours of interest, no background), macro accuracy, accuracy, per-class F1,
-    confusion matrix."""
+    confusion matrix; each says whether it is held-out or training (not held out)."""
     from ethoprism.probe.classify.jobs import evaluate_head
 
-    r = evaluate_head(store, head, labels, out, videos=videos.value)
+    r = evaluate_head(store, head, labels, out, videos=videos.value, storage_options=_cached(cache))
     if as_json:
         print_json(r)
         return
@@ -998,8 +1468,13 @@ def probe_eval(
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
 
+    if r["weights"]:
+        err_console.print(f"[bold yellow]{r['weights']}[/]", highlight=False)
+    if r["note"]:
+        err_console.print(f"[yellow]{r['note']}[/]", highlight=False)
     console.print(
-        f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips): mAP {fmt(r['mAP'])}, "
+        f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips), "
+        f"{r['evaluated_on']}: mAP {fmt(r['mAP'])}, "
         f"macro accuracy {fmt(r['macro_accuracy'])}, accuracy {fmt(r['accuracy'])}",
         highlight=False,
     )
@@ -1010,6 +1485,98 @@ def probe_eval(
         table.add_row(c, fmt(r["average_precision"][c]), fmt(r["f1"][c]))
     console.print(table)
     console.print(f"confusion matrix: {r['confusion_png']}", highlight=False)
+
+
+@probe_app.command("zero-shot")
+def probe_zero_shot(
+    store: StoreArg,
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated class names; each becomes one text prompt.")
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Output directory: VIDEO.csv and VIDEO.png per video, labels.csv, and with "
+            "--labels metrics.json and confusion.png.",
+        ),
+    ],
+    labels: Annotated[
+        str | None, typer.Option(help="Expert labels: drawn above the ethogram and scored.")
+    ] = None,
+    label_column: LabelColumnOpt = LABEL_COLUMN,
+    background: BackgroundOpt = BACKGROUND,
+    template: Annotated[
+        str, typer.Option(help="How each class name is wrapped ('{}' keeps it as is).")
+    ] = "a video of {}.",
+    video: Annotated[
+        list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="The store's LvT weights (offline; else the hub's).")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="SentencePiece model (offline; else downloaded once).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot ethogram of a videoprism-lvt store: every window scored against one text prompt
+    per class, averaged per frame like a trained head; with --labels, the metrics of `probe
+    eval`. labels.csv holds the result as a label file to correct and train on."""
+    from ethoprism.probe.classify.zeroshot import zero_shot
+
+    r = zero_shot(
+        store,
+        classes.split(","),
+        out,
+        labels=labels,
+        column=label_column,
+        background=background,
+        template=template,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer,
+        videos=video,
+    )
+    if as_json:
+        print_json(r)
+        return
+    for v in r["videos"]:
+        console.print(
+            f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False
+        )
+    console.print(f"labels file: {r['labels_file']}", highlight=False)
+    if "metrics" in r:
+        m = r["metrics"]
+        console.print(
+            f"mAP {m['mAP']:.3f}, macro accuracy {m['macro_accuracy']:.3f}, accuracy "
+            f"{m['accuracy']:.3f} over {m['n']} frames; confusion matrix: {m['confusion_png']}",
+            highlight=False,
+        )
+
+
+@probe_app.command("publish")
+def probe_publish(
+    head: Annotated[str, typer.Argument(help="A trained head's directory (heads/NAME).")],
+    dest: Annotated[
+        str, typer.Argument(help="Where to: a directory, s3://bucket/prefix or an fsspec URL.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a trained head with its provenance and a manifest, for other labs.
+
+    Its provenance travels in head.json: the training store's identity, the label file's
+    sha256 and label names, hyperparameters and metrics. Others run it with
+    `ethoprism probe predict STORE URL` on any store of a compatible identity.
+    """
+    from ethoprism.probe.share import publish_head
+
+    r = publish_head(head, dest)
+    if as_json:
+        print_json(r)
+    else:
+        console.print(
+            f"published head {r['name']} ({', '.join(r['classes'])}) to {dest}", highlight=False
+        )
 
 
 @bench_app.command("probe")
@@ -1136,8 +1703,9 @@ def bench_encoder(
             highlight=False,
         )
     console.print(
-        f"median: {r['windows_per_s']:.4f} windows/s, {r['gflops']:.1f} GFLOP/s = "
-        f"{r['ratio']:.0%} of the measured matmul peak {r['peak_gflops']:.1f} GFLOP/s "
+        f"median round ({r['median_round']}): {r['windows_per_s']:.4f} windows/s, "
+        f"{r['gflops']:.1f} GFLOP/s = {r['ratio']:.0%} of the measured matmul peak "
+        f"{r['peak_gflops']:.1f} GFLOP/s "
         f"(best round {r['best_ratio']:.0%}; target >= 60%); per CPU second {r['cpu_ratio']:.0%}",
         highlight=False,
     )
@@ -1215,10 +1783,16 @@ def demo(
             ("classes", ", ".join(result["classes"])),
             *[("ethogram", f"{e['csv']}  {e['png']}") for e in result["ethograms"]],
             (
-                "metrics (training videos)",
+                "learning rate",
+                f"{result['learning_rate']['chosen']:g} ({result['learning_rate']['by']})",
+            ),
+            ("split", result["split"]),
+            (
+                f"metrics ({m['evaluated_on']})",
                 (
                     f"mAP {m['mAP']:.3f}, accuracy {m['accuracy']:.3f}, "
                     f"macro accuracy {m['macro_accuracy']:.3f}"
+                    + (f" — {m['weights'].upper()}" if m["weights"] else "")
                 ),
             ),
             ("confusion matrix", m["confusion_png"]),

@@ -54,6 +54,14 @@ StoreArg = Annotated[
     str, typer.Argument(help="A feature store: a directory, http(s):// or s3:// URL.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+CacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Keep what is read from a remote store in this local directory (meant for "
+        "published stores, which never change: a store still being written is seen as it "
+        "was when first read)."
+    ),
+]
 ModelOpt = Annotated[
     str, typer.Option(help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny.")
 ]

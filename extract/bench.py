@@ -7,7 +7,9 @@ positional-embedding resize are not counted (they are < 1% of the matmul FLOPs o
 
 The peak is the best rate of a jit-compiled float32 2048x2048 @ 2048x2048 `jnp.dot`. The machine
 may be shared, so each round times the peak and one encoder batch back to back and the ratio is
-taken per round; the summary gives the median over rounds (and the best round). `cpu_ratio` is
+taken per round; the summary is the median round by that ratio (its windows/s, GFLOP/s, peak and
+ratio together, so the printed ratio is the printed GFLOP/s over the printed peak) and the best
+round. `cpu_ratio` is
 the same ratio per CPU second of this process instead of per wall second: time slices taken by
 other processes do not count against either side, so it is the steadier figure on a busy machine.
 """
@@ -108,6 +110,9 @@ def bench_encoder(
     def median(key):
         return statistics.median(r[key] for r in per_round)
 
+    # one round's figures, not medians of each column, which need not come from the same round
+    middle = sorted(per_round, key=lambda r: r["ratio"])[(len(per_round) - 1) // 2]
+
     return {
         "model": model,
         "dtype": dtype,
@@ -116,10 +121,11 @@ def bench_encoder(
         "gflop_per_window": flops / batch / 1e9,
         "compile_s": compile_s - warmup_s,
         "warmup_s": warmup_s,
-        "windows_per_s": median("windows_per_s"),
-        "gflops": median("gflops"),
-        "peak_gflops": median("peak_gflops"),
-        "ratio": median("ratio"),
+        "median_round": per_round.index(middle) + 1,
+        "windows_per_s": middle["windows_per_s"],
+        "gflops": middle["gflops"],
+        "peak_gflops": middle["peak_gflops"],
+        "ratio": middle["ratio"],
         "best_ratio": max(r["ratio"] for r in per_round),
         "cpu_ratio": median("cpu_ratio"),
         "speedup_vs_float32": median("speedup_vs_float32") if reference is not None else 1.0,

@@ -60,3 +60,10 @@ def code_tokens(tokens, layout):
         return tokens
     x = pool_spatial(tokens.astype(jnp.float32), layout.pool)
     return float16_round7(x) if layout.round7 else x.astype(jnp.float16)
+
+
+def tokens_finite(coded):
+    """(n,) bool per window: every coded value finite, which with the coding above is all the
+    store checks (round7 values are on the 7-bit grid by construction). Computed on the device,
+    so the host need not read the tokens a second time to check them."""
+    return jnp.isfinite(coded).reshape(coded.shape[0], -1).all(axis=1)

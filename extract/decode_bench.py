@@ -9,7 +9,7 @@ from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import iter_raw
 
 
-def _rate(path, n_frames: int, threads: int, convert) -> tuple[float, float]:
+def decode_rate(path, n_frames: int, threads: int, convert) -> tuple[float, float]:
     """(frames per wall second, frames per CPU second of this process, all threads) decoding the
     first n_frames of `path` and passing each to `convert`."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -42,8 +42,8 @@ def measure_decode(
     resize = Resizer(prep)
     raw, resized = (0.0, 0.0), (0.0, 0.0)
     for _ in range(repeats):
-        raw = max(raw, _rate(path, n_frames, threads, lambda frame: None))
-        resized = max(resized, _rate(path, n_frames, threads, resize))
+        raw = max(raw, decode_rate(path, n_frames, threads, lambda frame: None))
+        resized = max(resized, decode_rate(path, n_frames, threads, resize))
     return {
         "path": str(path),
         "frames": n_frames,

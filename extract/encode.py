@@ -17,12 +17,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ethoprism.extract.coding import code_tokens
+from ethoprism.extract.coding import code_tokens, tokens_finite
 
 
 class EncodedBatch(NamedTuple):
     tokens: np.ndarray  # (n, T, h, w, D) float32, or float16 coded for a store layout
     embedding: np.ndarray  # (n, D) float32
+    # (n,) bool: float16 tokens checked on the device (`coding.tokens_finite`); else None
+    checked: np.ndarray | None = None
+    aligned: dict | None = None  # a video-text model's text-aligned embeddings, name -> (n, ...)
 
 
 class ShardedEncoder:
@@ -52,16 +55,19 @@ class ShardedEncoder:
         lo, hi = pixel_range
         scale = (hi - lo) / 255.0
 
+        checks = store_layout is not None and store_layout.coded_on_device
+
         def forward(params, pixels):
             frames = pixels.astype(jnp.float32) * scale + lo
             out = encoder.apply(params, frames)
             tokens = out.tokens if store_layout is None else code_tokens(out.tokens, store_layout)
-            return tokens, out.embedding
+            aligned = out._asdict() | {"tokens": None, "embedding": None}
+            return tokens, out.embedding, tokens_finite(tokens) if checks else None, aligned
 
         self._forward = jax.jit(
             forward,
             in_shardings=(replicated, self._batch_sharding),
-            out_shardings=(self._batch_sharding, self._batch_sharding),
+            out_shardings=self._batch_sharding,  # every output: batch-sharded
         )
 
     @property
@@ -82,8 +88,12 @@ class ShardedEncoder:
     @staticmethod
     def fetch(handle) -> EncodedBatch:
         """Wait for a submitted batch and bring its real (unpadded) rows to host memory."""
-        n, (tokens, embedding) = handle
-        return EncodedBatch(np.asarray(tokens)[:n], np.asarray(embedding)[:n])
+        n, (tokens, embedding, checked, aligned) = handle
+        checked = None if checked is None else np.asarray(checked)[:n]
+        aligned = {k: np.asarray(v)[:n] for k, v in aligned.items() if v is not None}
+        return EncodedBatch(
+            np.asarray(tokens)[:n], np.asarray(embedding)[:n], checked, aligned or None
+        )
 
     def __call__(self, pixels: np.ndarray) -> EncodedBatch:
         return self.fetch(self.submit(pixels))

@@ -96,6 +96,20 @@ CONFIGS: dict[str, EncoderConfig] = {
     ]
 }
 
+# The video towers of the video-text (LvT) models: the same architectures with their own weights
+# (the text side is in `lvt.py`). Their tokens are what a plain model of that size gives.
+for _name, _base, _repo, _file in [
+    ("lvt-b", "b", "lvt-base-f16r288", "lvt_base_f16r288"),
+    ("lvt-l", "l", "lvt-large-f8r288", "lvt_large_f8r288"),
+    ("lvt-tiny", "tiny", None, None),
+]:
+    CONFIGS[f"videoprism-{_name}"] = dataclasses.replace(
+        CONFIGS[f"videoprism-{_base}"],
+        name=f"videoprism-{_name}",
+        hf_repo=_repo and f"google/videoprism-{_repo}",
+        hf_filename=_file and f"flax_{_file}_repeated.npz",
+    )
+
 
 def get_config(name: str) -> EncoderConfig:
     if name not in CONFIGS:

@@ -262,3 +262,25 @@ def iter_raw(
 
 def _seconds(pts, tb) -> str:
     return "unknown time" if pts is None or tb is None else f"{float(pts * tb):.3f} s"
+
+
+def demux_times(path) -> np.ndarray:
+    """Presentation times (seconds, in presentation order) of the frames of `path`, from its
+    packets alone: no decoding, so a small fraction of decoding's CPU. Decoders that do not
+    report times themselves (the hardware one) take them from here; a packet without a pts
+    gets the previous time plus one frame period, as in decoding."""
+    with _open_video(path) as (container, stream):
+        tb, rate = stream.time_base, _frame_rate(stream)
+        pts = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size and not packet.is_discard:
+                    pts.append(packet.pts)
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(path, f"read error while demuxing: {_describe(e)}") from None
+    known = sorted(p for p in pts if p is not None)
+    times = [float(p * tb) for p in known] if tb is not None else []
+    period = 1.0 / rate if rate else 0.0
+    while len(times) < len(pts):  # packets without pts come after the timed ones
+        times.append(times[-1] + period if times else 0.0)
+    return np.asarray(times, np.float64)

@@ -55,6 +55,10 @@ def load_encoder(
         checkpoint = os.environ[ENV_VAR]
         if not Path(checkpoint).expanduser().is_file():
             raise CheckpointError(f"{ENV_VAR} points at {checkpoint}, which is not a file")
+    if name.startswith("videoprism-lvt"):  # the video-text models: their own variable tree
+        from ethoprism.extract.videotext import load_video_text
+
+        return load_video_text(name, checkpoint, dtype)
     if isinstance(checkpoint, str) and checkpoint == RANDOM:
         params, sha = init_params(config, seed=0), RANDOM_SHA256
     else:
@@ -185,13 +189,17 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_checkpoint(path: str | os.PathLike, config: EncoderConfig) -> dict:
-    """The variables {"params": ...} of an official npz, checked key by key against `config`."""
+def load_checkpoint(
+    path: str | os.PathLike, config: EncoderConfig, shapes: dict | None = None
+) -> dict:
+    """The variables {"params": ...} of an official npz, checked key by key against `config`
+    (or against `shapes`, the variable tree of another model around that encoder)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; {_how_to_get(config)}")
     arrays = _read_npz(path)
-    expected = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(param_shapes(config)).items()}
+    shapes = shapes if shapes is not None else param_shapes(config)
+    expected = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(shapes).items()}
     problems = [
         f"missing key {k} (expected shape {s}, found none)"
         for k, s in expected.items()
@@ -223,6 +231,14 @@ def load_checkpoint(path: str | os.PathLike, config: EncoderConfig) -> dict:
     )
 
 
+def _param_count(config: EncoderConfig) -> int:
+    if config.name.startswith("videoprism-lvt"):  # both towers
+        from ethoprism.extract.videotext import param_count as video_text_params
+
+        return video_text_params(config.name)
+    return param_count(config)
+
+
 def list_models() -> list[dict]:
     """Each encoder config with its size and where its weights are, if they are on this machine."""
     return [
@@ -233,7 +249,7 @@ def list_models() -> list[dict]:
             "model_dim": c.model_dim,
             "spatial_layers": c.num_spatial_layers,
             "temporal_layers": c.num_temporal_layers,
-            "params": param_count(c),
+            "params": _param_count(c),
             "hf_repo": c.hf_repo,
             "hf_filename": c.hf_filename,
             "weights": weights_available(c.name),

@@ -10,13 +10,13 @@ window span, frames between windows belong to no window, by design.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
 
-from ethoprism.extract.preprocess import Preprocessing, Resizer
-from ethoprism.extract.video import iter_raw
+from ethoprism.extract.decoders import open_backend
+from ethoprism.extract.preprocess import Preprocessing
 
 
 @dataclass
@@ -49,11 +49,20 @@ class WindowAssembler:
     """Turns a stream of frames (in index order) into windows, keeping only one window span of them.
 
     `buffer` is a ring of window_span frames (frame f in slot f % span): its size depends on the
-    preprocessing, never on the video's length.
+    preprocessing, never on the video's length. `alloc()`, when given, returns the array each
+    window's pixels are written into (shared memory, say), instead of a new one. Windows before
+    `first_window` (a resumed video) are passed over: never gathered, never returned.
     """
 
-    def __init__(self, prep: Preprocessing):
+    def __init__(
+        self,
+        prep: Preprocessing,
+        alloc: Callable[[], np.ndarray] | None = None,
+        first_window: int = 0,
+    ):
         self.prep = prep
+        self._alloc = alloc
+        self._skip_before = first_window * prep.window_stride  # start frame of `first_window`
         span, size = prep.window_span, prep.frame_size
         self.buffer = np.zeros((span, size, size, 3), np.uint8)
         self._times = np.zeros(span, np.float64)
@@ -79,7 +88,7 @@ class WindowAssembler:
         self._times[slot] = time
         start = self._next_start
         if start + (self.prep.window_length - 1) * self.prep.frame_step == index:
-            return [self._emit(self.prep.window_length)]
+            return self._emitted(self.prep.window_length)
         return []
 
     def finish(self) -> list[Window]:
@@ -89,7 +98,13 @@ class WindowAssembler:
         previous_end = start - self.prep.window_stride + self.prep.window_span - 1
         if start > last or (start > 0 and previous_end >= last):
             return []
-        return [self._emit((last - start) // self.prep.frame_step + 1)]
+        return self._emitted((last - start) // self.prep.frame_step + 1)
+
+    def _emitted(self, n_valid: int) -> list[Window]:
+        if self._next_start < self._skip_before:  # resumed: an earlier run stored this one
+            self._next_start += self.prep.window_stride
+            return []
+        return [self._emit(n_valid)]
 
     def _emit(self, n_valid: int) -> Window:
         L, K, start = self.prep.window_length, self.prep.frame_step, self._next_start
@@ -100,15 +115,28 @@ class WindowAssembler:
             n_valid_frames=int(n_valid),
             start_time=float(self._times[start % len(self.buffer)]),
             frame_indices=indices,
-            pixels=self.buffer[indices % len(self.buffer)],  # fancy indexing copies
+            pixels=self._gather(indices % len(self.buffer)),
             frame_times=self._times[indices % len(self.buffer)],
         )
         self._next_start += self.prep.window_stride
         return window
 
+    def _gather(self, slots: np.ndarray) -> np.ndarray:
+        if self._alloc is None:
+            return np.take(self.buffer, slots, axis=0)  # a new array, 2x faster than buffer[slots]
+        out = self._alloc()
+        for j, slot in enumerate(slots):  # frame by frame: np.take(out=) is 4x slower
+            out[j] = self.buffer[slot]
+        return out
+
 
 def iter_windows(
-    path, prep: Preprocessing, threads: int = 0, first_window: int = 0
+    path,
+    prep: Preprocessing,
+    threads: int = 0,
+    decoder: str = "cpu",
+    alloc: Callable[[], np.ndarray] | None = None,
+    first_window: int = 0,
 ) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones).
 
@@ -116,13 +144,14 @@ def iter_windows(
     can differ from what the container's header claims. Streaming: memory is one window span of
     resized frames plus the decoder's own buffers. A damaged video raises VideoError after
     yielding the windows before the damage; callers must then discard the video's windows.
+    `decoder`: the backend, "cpu" or "nvdec" (`extract.decoders`); `alloc`: see WindowAssembler.
     `first_window` > 0 resumes a video: earlier windows are not yielded, and frames only they
     use are decoded but not resized.
     """
     skip_before = first_window * prep.window_stride  # start frame of window `first_window`
-    assembler = WindowAssembler(prep)
-    resize = Resizer(prep)
-    decoded = iter_raw(path, threads)
+    assembler = WindowAssembler(prep, alloc, first_window)
+    decode, resize = open_backend(decoder, prep, threads)
+    decoded = decode(path)
     while True:
         try:
             index, time, frame = next(decoded)
@@ -130,10 +159,6 @@ def iter_windows(
             n_frames, duration = end.value
             break
         rgb = resize(frame) if index >= skip_before and assembler.needs(index) else None
-        for window in assembler.push(index, time, rgb):
-            if window.start_frame >= skip_before:
-                yield window
-    for window in assembler.finish():
-        if window.start_frame >= skip_before:
-            yield window
+        yield from assembler.push(index, time, rgb)
+    yield from assembler.finish()
     return n_frames, duration

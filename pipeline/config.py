@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ethoprism.extract.decoders import (
+    NvdecSupport,
+    choose_decoder,
+    nvdec_support,
+    preprocessing_for,
+)
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.store.layout import Layout
 from ethoprism.store.schema import StoreError, check_schema
@@ -23,6 +31,7 @@ class RunConfig:
     # A long video's windows are made durable in pieces this often, so that an interrupted run
     # redoes at most this much of it (0: after every batch).
     piece_seconds: float = 30.0
+    decoder: str = "auto"  # "auto" | "cpu" | "nvdec" (`extract.decoders`); runs use a resolved one
 
     def __post_init__(self):
         if self.prep is None:
@@ -86,3 +95,24 @@ def _store_attrs(store_path: str) -> dict | None:
         raise StoreError(f"{store_path}: cannot read its zarr.json ({e})") from None
     check_schema(attrs, store_path)
     return attrs
+
+
+def resolve_decoder(
+    cfg: RunConfig, store_path: str | None = None, support: NvdecSupport | None = None
+) -> RunConfig:
+    """`cfg` with its decoder chosen ("cpu" or "nvdec") and its preprocessing as that decoder
+    makes it. The frames must match an existing store's; a new store takes the hardware
+    decoder's (under "auto", where it is available) unless the run names another filter than
+    the default one."""
+    constraint = None
+    if store_path is not None and os.path.exists(store_path):
+        from ethoprism import store
+
+        constraint = store.open(store_path).attrs["preprocessing"].get("interpolation")
+    elif cfg.prep.interpolation != Preprocessing().interpolation:
+        constraint = cfg.prep.interpolation
+    if support is None:  # "cpu" needs nothing detected
+        support = NvdecSupport(False, False) if cfg.decoder == "cpu" else nvdec_support()
+    decoder = choose_decoder(cfg.decoder, support, constraint)
+    prep = cfg.prep if decoder == "cpu" else preprocessing_for(cfg.prep, decoder)
+    return dataclasses.replace(cfg, decoder=decoder, prep=prep)

@@ -8,22 +8,33 @@ sizes (never by video length), and the windows of a video arrive in order.
 Workers are processes (spawned: JAX does not survive fork) unless the caller is itself a
 daemonic process, such as a Dask worker, which may not have children; then they are threads
 (PyAV releases the GIL while decoding and scaling, so threads still overlap with inference).
+A worker process writes each window's pixels straight into a slot of shared memory
+(`WindowSlots`) and sends only the slot's number: pickling 4 MB windows through a pipe cost
+four more copies of them than the one the consumer makes.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from multiprocessing import shared_memory
+
+import numpy as np
 
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import VideoInfo, probe_video
 from ethoprism.extract.windows import Window, iter_windows
+
+THROTTLE_ENV = "ETHOPRISM_TEST_DECODE_DELAY_S"  # test-only: slows every decoder down
 
 
 @dataclass
@@ -46,6 +57,42 @@ class Skip:
 class Windows:
     index: int
     windows: list[Window]
+    slots: list[int] | None = None  # from a worker process: pixels are in these slots
+
+
+class WindowSlots:
+    """Window-sized buffers in shared memory between one decode worker process and the consumer.
+
+    The worker takes a free slot for each window (waiting while none is: back-pressure), the
+    window assembler writes into it, and the consumer copies the window out and frees it.
+    Created by the consumer, which alone unlinks the memory (`close`).
+    """
+
+    def __init__(self, ctx, n: int, shape: tuple[int, ...]):
+        self.n, self.shape = n, tuple(shape)
+        self.memory = shared_memory.SharedMemory(create=True, size=n * int(np.prod(shape)))
+        self.free = ctx.Queue()
+        for i in range(n):
+            self.free.put(i)
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.ndarray((self.n, *self.shape), np.uint8, buffer=self.memory.buf)
+
+    def take(self) -> np.ndarray:
+        return self.array[self.free.get()]
+
+    def slot_of(self, pixels: np.ndarray) -> int:
+        nbytes = int(np.prod(self.shape))
+        return (pixels.ctypes.data - self.array.ctypes.data) // nbytes
+
+    def release(self, slot: int) -> None:
+        self.free.put(slot)
+
+    def close(self) -> None:
+        with suppress(BufferError):  # a view still alive somewhere: the unlink frees it later
+            self.memory.close()
+        self.memory.unlink()
 
 
 @dataclass
@@ -65,10 +112,22 @@ class Failed:
     reason: str
 
 
-def _decode_videos(jobs, out, prep, complete, threads, chunk, resume):
-    """Worker body: decode each (index, path) job into messages on `out`."""
+def _decode_videos(jobs, out, prep, complete, threads, chunk, resume, decoder="cpu", slots=None):
+    """Worker body: decode each (index, path) job into messages on `out` (window pixels in
+    `slots` when given); `resume`: sha256 -> the first window to yield."""
+
+    def send(index, pending):
+        if slots is None:
+            out.put(Windows(index, pending))
+            return
+        numbers = [slots.slot_of(w.pixels) for w in pending]
+        out.put(Windows(index, [replace(w, pixels=None) for w in pending], numbers))
+
+    # Tests starve the encoder on purpose with it: seconds slept per window decoded.
+    delay = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     for index, path in jobs:
         info = None
+        pending = []
         try:
             info = probe_video(path)
             if info.sha256 in complete:
@@ -76,26 +135,36 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk, resume):
                 continue
             out.put(Start(index, info))
             pending = []
-            windows = iter_windows(path, prep, threads, resume.get(info.sha256, 0))
+            alloc = None if slots is None else slots.take
+            first = resume.get(info.sha256, 0)
+            windows = iter_windows(
+                path, prep, threads=threads, decoder=decoder, alloc=alloc, first_window=first
+            )
             while True:
                 try:
                     pending.append(next(windows))
+                    if delay:
+                        time.sleep(delay)
                 except StopIteration as stop:
                     n_frames, duration = (
                         stop.value
                     )  # what decoding found, not what the header claims
                     break
                 if len(pending) == chunk:
-                    out.put(Windows(index, pending))
+                    send(index, pending)
                     pending = []
             if pending:
-                out.put(Windows(index, pending))
+                send(index, pending)
+                pending = []
             out.put(End(index, n_frames, duration))
         except EthoprismError as e:
             out.put(Failed(index, path, info, str(e)))
         except Exception as e:  # noqa: BLE001 (an unexpected bug must still cost only this video)
             detail = traceback.format_exception_only(e)[-1].strip()
             out.put(Failed(index, path, info, f"unexpected error while decoding {path}: {detail}"))
+        finally:
+            for w in pending if slots is not None else ():  # windows never sent
+                slots.release(slots.slot_of(w.pixels))
 
 
 def _decode_videos_in_process(*args):
@@ -127,16 +196,23 @@ class DecodePool:
         queue_windows: int = 16,
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
+        decoder: str = "cpu",
     ):
         self.paths = paths
         self.n_workers = max(1, min(workers, len(paths)))
         use_processes = (not _in_daemon()) if use_processes is None else use_processes
+        # The hardware decoder resizes on the accelerator: it runs where the JAX client is.
+        use_processes = use_processes and decoder == "cpu"
         chunk = 4
         maxsize = max(2, queue_windows // chunk)
+        self._slots: list[WindowSlots | None] = [None] * self.n_workers
         if use_processes:
             ctx = mp.get_context("spawn")
             self._queues = [ctx.Queue(maxsize) for _ in range(self.n_workers)]
             make, target = ctx.Process, _decode_videos_in_process
+            shape = (prep.window_length, prep.frame_size, prep.frame_size, 3)
+            # the queued windows, the chunk being filled and the one being read
+            self._slots = [WindowSlots(ctx, (maxsize + 2) * chunk, shape) for _ in self._slots]
         else:
             self._queues = [queue.Queue(maxsize) for _ in range(self.n_workers)]
             make, target = threading.Thread, _decode_videos
@@ -144,6 +220,7 @@ class DecodePool:
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
             args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, resume or {})
+            args += (decoder, self._slots[j])
             w = make(target=target, args=args, daemon=True)
             w.start()
             self._workers.append(w)
@@ -170,6 +247,11 @@ class DecodePool:
                     )
                 continue
             assert event.index == index, (event.index, index)
+            if isinstance(event, Windows) and event.slots is not None:
+                slots = self._slots[index % self.n_workers]
+                for window, slot in zip(event.windows, event.slots, strict=True):
+                    window.pixels = slots.array[slot].copy()
+                    slots.release(slot)
             return event
 
     def close(self) -> None:
@@ -178,6 +260,10 @@ class DecodePool:
                 w.terminate()
         for w in self._workers:
             w.join(timeout=5)
+        for slots in self._slots:
+            if slots is not None:
+                slots.close()
+        self._slots = [None] * self.n_workers
 
     def __enter__(self):
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -10,10 +11,11 @@ import numpy as np
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS, load_encoder
 from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.weights import RANDOM
 from ethoprism.extract.windows import plan_windows
-from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.config import RunConfig, resolve_decoder
 
 
 @dataclass
@@ -22,6 +24,16 @@ class Plan:
     windows: int = 0
     bytes_per_window: float = 0.0
     windows_per_s: float | None = None
+    decoder: str = "cpu"
+    devices: int = 1
+    host_ms_per_window: float | None = None  # CPU, measured on a sample of the videos
+
+    @property
+    def cores_needed(self) -> float | None:
+        """Host cores that keep the encoder on this machine's devices fed."""
+        if self.host_ms_per_window is None or not self.windows_per_s:
+            return None
+        return self.host_ms_per_window * self.windows_per_s / 1e3
 
     @property
     def store_bytes(self) -> float:
@@ -39,6 +51,11 @@ class Plan:
             "store_bytes": self.store_bytes,
             "windows_per_s": self.windows_per_s,
             "seconds": self.seconds,
+            "decoder": self.decoder,
+            "devices": self.devices,
+            "host_ms_per_window": self.host_ms_per_window,
+            "cores_needed": self.cores_needed,
+            "cores_here": os.cpu_count(),
         }
 
 
@@ -70,8 +87,45 @@ def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
     return batches * sharded.batch_size / (time.perf_counter() - t0)
 
 
-def plan_run(paths: list[str], cfg: RunConfig, measure: bool = True) -> Plan:
-    plan = Plan(bytes_per_window=bytes_per_window(cfg))
+def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, frames: int = 32):
+    """Host CPU ms per window of the run, weighted by windows: decoding and conversion measured
+    on the first `frames` frames of one video per (codec, size) (four at most), the stages
+    after decoding on the run's token shape (`pipeline.host_bench`). With the hardware decoder
+    only demuxing stays on the host."""
+    from ethoprism.pipeline import host_bench
+
+    if not infos:
+        return None
+    sample: dict[tuple, str] = {}
+    for path, _, kind in infos:
+        if len(sample) < 4:
+            sample.setdefault(kind, path)
+    # the CPU's conversion is measured with a CPU filter; the hardware decoder's is not used
+    prep = cfg.prep if cfg.decoder == "cpu" else Preprocessing(frame_size=cfg.prep.frame_size)
+    costs = {
+        kind: host_bench.frame_costs(path, prep, frames, 0, 1) for kind, path in sample.items()
+    }
+    shape = host_bench.token_shape(cfg.model, cfg.prep)
+    after = sum(host_bench.store_stage_ms(shape, cfg.layout, 8)["stages"].values())
+    after += host_bench.batching_ms(cfg.prep, 8, cfg.batch_size)
+    total = windows = 0
+    for _, n, kind in infos:
+        c = costs.get(kind) or next(iter(costs.values()))
+        if cfg.decoder == "nvdec":
+            per_frame = c["demux_ms_per_frame"]
+        else:
+            per_frame = c["decode_ms_per_frame"] + c["convert_ms_per_frame"]
+        total += n * (cfg.prep.window_stride * per_frame + after)
+        windows += n
+    return total / windows if windows else None
+
+
+def plan_run(
+    paths: list[str], cfg: RunConfig, measure: bool = True, store_path: str | None = None
+) -> Plan:
+    cfg = resolve_decoder(cfg, store_path)
+    plan = Plan(bytes_per_window=bytes_per_window(cfg), decoder=cfg.decoder)
+    infos = []
     for path in paths:
         try:
             info = probe_video(path)
@@ -81,6 +135,15 @@ def plan_run(paths: list[str], cfg: RunConfig, measure: bool = True) -> Plan:
         n = len(plan_windows(info.n_frames, cfg.prep)[0])
         plan.videos.append({"path": path, "frames": info.n_frames, "fps": info.fps, "windows": n})
         plan.windows += n
+        infos.append((path, n, (info.codec, info.width, info.height)))
     if measure:
         plan.windows_per_s = measure_rate(cfg)
+        plan.host_ms_per_window = host_ms_per_window(infos, cfg)
+    plan.devices = jax_device_count()
     return plan
+
+
+def jax_device_count() -> int:
+    import jax
+
+    return jax.local_device_count()

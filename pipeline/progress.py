@@ -8,17 +8,19 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ethoprism.pipeline.run import Reporter, VideoResult
+from ethoprism.pipeline.run import STARVED_SHARE, Reporter, VideoResult
 
 
 class RichReporter(Reporter):
-    """Frames done of all frames to extract, with an ETA; videos done/failed; the window rate.
+    """Frames done of all frames to extract, with an ETA; videos done/failed; the window rate;
+    a warning when the accelerator waits on the host's decoding more than `starved_share` of
+    the time.
 
     The total is in frames, as the videos' headers say; videos the decoders have not opened yet
     count as the mean of those opened so far, until they are opened.
     """
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, starved_share: float = STARVED_SHARE):
         self.progress = Progress(
             TextColumn("[bold]extract[/]"),
             BarColumn(),
@@ -26,6 +28,7 @@ class RichReporter(Reporter):
             TextColumn("{task.fields[videos]}/{task.fields[n_videos]} videos"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
             TextColumn("{task.fields[windows]} windows, {task.fields[rate]:.1f}/s"),
+            TextColumn("[yellow]{task.fields[starved]}[/]"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -33,6 +36,8 @@ class RichReporter(Reporter):
         )
         self.windows = self.failed = self.videos = 0
         self.opened = self.opened_frames = self.skipped = 0
+        self.starved_share = starved_share
+        self.warned = False
 
     def start(self, n_videos: int) -> None:
         self.t0 = time.perf_counter()
@@ -47,6 +52,7 @@ class RichReporter(Reporter):
             videos=0,
             n_videos=n_videos,
             frames="?",
+            starved="",
         )
 
     def _update_total(self) -> None:
@@ -64,6 +70,20 @@ class RichReporter(Reporter):
         self.windows += n
         rate = self.windows / max(time.perf_counter() - self.t0, 1e-9)
         self.progress.update(self.task, advance=frames, windows=self.windows, rate=rate)
+
+    def input_wait(self, share: float) -> None:
+        starved = share > self.starved_share
+        label = f"accelerator starved {share:.0%}" if starved else ""
+        self.progress.update(self.task, starved=label)
+        if starved and not self.warned:
+            self.warned = True
+            self.progress.console.print(
+                f"[yellow]warning:[/] the accelerator is starved by the host: its input waited "
+                f"for decoded windows {share:.0%} of the time (more than "
+                f"{self.starved_share:.0%}); more --decode-workers and cores would feed it "
+                "(`ethoprism bench host` and `extract --dry-run` say how many)",
+                highlight=False,
+            )
 
     def video_done(self, result: VideoResult) -> None:
         self.failed += result.status == "failed"
@@ -96,6 +116,9 @@ class JsonLinesReporter(Reporter):
 
     def windows_done(self, n: int, frames: int = 0) -> None:
         self.inner.windows_done(n, frames)
+
+    def input_wait(self, share: float) -> None:
+        self.inner.input_wait(share)
 
     def video_done(self, result: VideoResult) -> None:
         line = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result.__dict__)

@@ -28,7 +28,7 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
-from ethoprism.pipeline.config import RunConfig
+from ethoprism.pipeline.config import RunConfig, resolve_decoder
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
 from ethoprism.store.stream import keep_freed_memory
 
@@ -74,6 +74,11 @@ class ExtractSummary:
         return d
 
 
+# The share of the time the encoder's feeder may wait for decoded windows before the display
+# says the accelerator is starved by the host (more decode workers or cores would help).
+STARVED_SHARE = 0.25
+
+
 class Reporter:
     """Receives progress; the CLI's rich display and JSON-lines log implement it.
 
@@ -86,6 +91,9 @@ class Reporter:
     def video_started(self, path: str, frames: int) -> None: ...
     def windows_done(self, n: int, frames: int = 0) -> None: ...
     def video_done(self, result: VideoResult) -> None: ...
+    def input_wait(self, share: float) -> None:
+        """The share of the time since the first batch that the accelerator's input waited for
+        decoded windows (its queue empty); called at each batch."""
 
 
 class ExtractInterrupted(EthoprismError):
@@ -202,6 +210,10 @@ class _Writer(threading.Thread):
             n_valid_frames=np.array([w.n_valid_frames for w in windows], np.int64),
             start_time=np.array([w.start_time for w in windows], np.float64),
             frame_time=np.stack([w.frame_times for w in windows]),
+            # checked on the device; a window that failed there is checked again here, so
+            # the store refuses it by name as it would any other
+            checked=encoded.checked is not None and bool(encoded.checked[take].all()),
+            aligned={k: v[take] for k, v in (encoded.aligned or {}).items()},
         )
         video.windows += len(rows)
         position = min(windows[-1].start_frame + self.stride, video.n_frames)
@@ -232,6 +244,7 @@ def extract_local(
     """
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
+    cfg = resolve_decoder(cfg, store_path)
     if sharded is None:
         encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
         sharded = ShardedEncoder(
@@ -271,8 +284,9 @@ def extract_local(
                 resume=writer.unfinished(),
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
+                decoder=cfg.decoder,
             ) as pool:
-                _feed(pool, sharded, sink)
+                _feed(pool, sharded, sink, reporter)
         except KeyboardInterrupt:
             # The batches already sent are written and the open video saved as pieces; a second
             # Ctrl-C must not cut that short.
@@ -318,19 +332,33 @@ def _saved(writer) -> str:
     return f" (the unfinished video continues after its {sum(saved.values())} saved windows)"
 
 
-def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer) -> None:
+def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer, reporter: Reporter) -> None:
     """Main-thread loop: turn decode events into batches with their store operations."""
     ops: list[tuple] = []
     pixels: list[np.ndarray] = []
+    first_batch = None  # when the first batch went out: the decoders' start-up is not starving
+    waited = 0.0  # seconds since then spent waiting for the decoders
 
     def submit() -> None:
-        nonlocal ops, pixels
+        nonlocal ops, pixels, first_batch
         sink.check()
         handle = sharded.submit(np.stack(pixels)) if pixels else None
         sink.inbox.put((handle, ops))
         ops, pixels = [], []
+        now = time.perf_counter()
+        if first_batch is None:
+            first_batch = now
+        elif now > first_batch:
+            reporter.input_wait(waited / (now - first_batch))
 
-    for event in pool.events():
+    events = pool.events()
+    while True:
+        t0 = time.perf_counter()
+        event = next(events, None)
+        if first_batch is not None:
+            waited += time.perf_counter() - t0
+        if event is None:
+            break
         if isinstance(event, Start):
             ops.append(("start", event.index, store.VideoRecord.of(event.info)))
         elif isinstance(event, Skip):

@@ -77,8 +77,16 @@ def ethogram_png(
 def confusion_png(
     path: str | os.PathLike, confusion: np.ndarray, classes: list[str], title: str = ""
 ) -> Path:
-    """Row-normalised confusion matrix with the counts written in the cells."""
+    """Row-normalised confusion matrix (colour, labelled on the colour bar) with the counts
+    written in the cells."""
     path = Path(path)
+    fig = confusion_figure(confusion, classes, title)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str], title: str = ""):
+    """The figure of `confusion_png`: a plain Figure with an Agg canvas, not kept by pyplot."""
     cm = np.asarray(confusion)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
@@ -101,9 +109,9 @@ def confusion_png(
             fontsize=7,
             color="white" if norm[i, j] > 0.5 else "black",
         )
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("colour: fraction of the expert row; numbers: counts", fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return fig

@@ -77,7 +77,25 @@ ARRAY_ATTRS = {
         "units": "seconds",
         "description": "presentation time of the window's first frame from the video's start",
     },
+    # text-aligned arrays: video-text (LvT) models only (the encoder's 'aligned_arrays')
+    "video_embedding": {
+        "long_name": "text-aligned window embedding",
+        "units": "1",
+        "description": "attention-pooled output of the video-text model's auxiliary layers over "
+        "the window's tokens, in the text encoder's space (compare with cosine similarity)",
+    },
+    "frame_embeddings": {
+        "long_name": "text-aligned frame embeddings",
+        "units": "1",
+        "description": "the same pooler over each frame's tokens (window, t, c), in the text "
+        "encoder's space",
+    },
 }
+
+
+def array_attrs(name: str) -> dict:
+    """An array's CF-style attributes (a generic description for an array not listed)."""
+    return ARRAY_ATTRS.get(name, {"long_name": name, "units": "1", "description": name})
 
 
 def _read(path: Path) -> dict:

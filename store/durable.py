@@ -23,6 +23,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from ethoprism.store import describe
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     PART_ATTR,
@@ -138,6 +139,11 @@ def open_root(root: Path, identity: dict, software_version: str) -> None:
             write_json_atomic(meta, group_doc(attrs))
         attrs = read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
+        if PUBLISHED_ATTR in attrs:
+            raise StoreError(
+                f"{root} is a published store, read-only by contract: extract into a working "
+                "store (another directory) and publish that"
+            )
         if attrs["schema_version"] != SCHEMA_VERSION:
             raise StoreError(
                 f"{root} has schema version {attrs['schema_version']}; this ethoprism "
@@ -177,8 +183,9 @@ def consolidate(root: Path) -> None:
         write_json_atomic(root / "zarr.json", doc)
 
 
-def shard_path(part_dir: Path, name: str, index: int) -> Path:
-    return part_dir.joinpath(name, "c", str(index), *["0"] * (len(ARRAY_DIMS[name]) - 1))
+def shard_path(part_dir: Path, name: str, index: int, ndim: int | None = None) -> Path:
+    ndim = ndim or len(ARRAY_DIMS[name])  # given for arrays not in ARRAY_DIMS (text-aligned)
+    return part_dir.joinpath(name, "c", str(index), *["0"] * (ndim - 1))
 
 
 class PartRecord:
@@ -247,7 +254,7 @@ class PartRecord:
             fsync_path(self.dir / name / "zarr.json")
             per_file = arr.shards[0] if arr.shards else arr.chunks[0]
             for i in range(start // per_file, (end - 1) // per_file + 1):
-                path = shard_path(self.dir, name, i)
+                path = shard_path(self.dir, name, i, arr.ndim)
                 if path.exists():
                     if name not in sharded:
                         fsync_path(path)

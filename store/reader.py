@@ -18,9 +18,17 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ethoprism.store.describe import ARRAY_ATTRS
+from ethoprism.store.damage import damaged
+from ethoprism.store.describe import array_attrs
 from ethoprism.store.geometry import nominal_frame_time
+from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.remote import is_url, zarr_store_for
+from ethoprism.store.safety import (
+    check_array_metadata,
+    check_part_names,
+    check_part_record,
+    check_root_document,
+)
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     FRAME_TIME,
@@ -30,8 +38,10 @@ from ethoprism.store.schema import (
     WINDOW_COORDS,
     Layout,
     StoreError,
+    aligned_arrays,
     check_schema,
     content_key,
+    jsonable,
     part_arrays,
 )
 
@@ -125,17 +135,23 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
     """Open a store's metadata and arrays (no window data is read)."""
     source = str(path_or_url)
     store = _zarr_store(source, storage_options)
+    check_root_document(store, source)  # a published store's arrays, before zarr parses them
     root = _open_group(store, "", source)
     attrs = dict(root.attrs)
     check_schema(attrs, source)
+    if PUBLISHED_ATTR in attrs:
+        from ethoprism.store.published import published_handle
+
+        return published_handle(store, source, attrs)
     layout = Layout.from_dict(attrs["layout"])
-    names = part_arrays(layout)
+    names = part_arrays(layout) + tuple(aligned_arrays(attrs["encoder"]))
     parts = []
-    for name in attrs.get("parts", []):
+    for name in check_part_names(attrs.get("parts", []), source):
         group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
         state = group.attrs.get(PART_ATTR)
         if state is None:
             raise StoreError(f"{source} part {name!r} has no commit record ({PART_ATTR} attribute)")
+        check_part_record(state, f"{source} part {name!r}")
         arrays = {}
         if state["n_windows"] > 0:
             try:
@@ -152,8 +168,12 @@ def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle
                 arrays = dict(zip(names, opened, strict=True))
             except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
                 raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
+            except (ValueError, TypeError) as e:  # metadata zarr cannot parse
+                raise StoreError(f"{source} part {name!r}: unreadable array ({e})") from None
             if frame_time.result() is not None:
                 arrays[FRAME_TIME] = frame_time.result()
+            for a, arr in arrays.items():  # before any chunk is decoded
+                check_array_metadata(jsonable(arr.metadata.to_dict()), f"{source} {name}/{a}")
         parts.append(Part(name, state, arrays))
     return StoreHandle(source, attrs, layout, parts)
 
@@ -217,10 +237,25 @@ def _lazy(arr: zarr.Array) -> da.Array:
 def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     """Open a store (local path, http(s):// or s3:// URL) as one lazy, dask-backed Dataset.
 
+    A list of stores of the same identity opens as their union (SPEC.md, "Merging stores").
+
     Dims `window, t, h, w, c` (h, w as stored: halved by pool 2) and `videos`; tokens are float32
     whatever the layout. Only committed videos' windows appear. Never writes anything.
     """
+    if isinstance(path_or_url, (list, tuple)):
+        from ethoprism.store.merge import open_union
+
+        return open_union(path_or_url, storage_options)
     handle = open_handle(path_or_url, storage_options)
+    if PUBLISHED_ATTR in handle.attrs:
+        from ethoprism.store.published import dataset_of
+
+        return dataset_of(handle)
+    return dataset(handle, storage_options)
+
+
+def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Dataset:
+    """The Dataset of an opened handle (its parts merged as SPEC.md says)."""
     rows, runs = merge_tables(handle.parts)
     attrs = {
         k: handle.attrs[k]
@@ -241,6 +276,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     for i, row in enumerate(rows):
         row_of[row["part"]][row["row"]] = i
     coords, stored = {name: [] for name in WINDOW_COORDS}, {}
+    aligned = aligned_arrays(handle.attrs["encoder"])
     part_idx, part_window, frame_time = [], [], []
     frames = _frames_per_window(handle)
     fps = np.array([row["fps"] for row in rows], np.float64)
@@ -257,7 +293,7 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
                 c["start_time"], c["frame_step"], c["n_valid_frames"], fps[c["video"]], frames
             )
             frame_time.append(da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames)))
-        for name in handle.layout.arrays + ("embedding",):
+        for name in handle.layout.arrays + ("embedding",) + tuple(aligned):
             stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
         part_idx.append(np.full(stop - start, p, dtype=np.int32))
         part_window.append(np.arange(start, stop, dtype=np.int64))
@@ -266,10 +302,15 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
         tokens = handle.layout.decode(stored)
         embedding = stored["embedding"]
+        aligned_vars = {name: (dims, stored[name]) for name, dims in aligned.items()}
     else:
         t, h, w, c = _empty_token_shape(handle)
         tokens = da.zeros((0, t, h, w, c), dtype=np.float32)
         embedding = da.zeros((0, c), dtype=np.float32)
+        aligned_vars = {
+            name: (dims, da.zeros((0, *({"t": t, "c": c}[d] for d in dims[1:])), np.float32))
+            for name, dims in aligned.items()
+        }
 
     def cat(chunks, dtype):
         return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
@@ -302,14 +343,15 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
         {
             "tokens": (ARRAY_DIMS["tokens"], tokens),
             "embedding": (ARRAY_DIMS["embedding"], embedding),
+            **aligned_vars,
         },
         coords={**window_coords, **table},
         attrs=attrs,
     )
-    for name in ("tokens", "embedding", *WINDOW_COORDS[1:]):
+    for name in ("tokens", "embedding", *WINDOW_COORDS[1:], *aligned_vars):
         ds[name].attrs.update(
-            {k: v for k, v in ARRAY_ATTRS[name].items() if k != "description"},
-            description=TOKENS_DECODED if name == "tokens" else ARRAY_ATTRS[name]["description"],
+            {k: v for k, v in array_attrs(name).items() if k != "description"},
+            description=TOKENS_DECODED if name == "tokens" else array_attrs(name)["description"],
         )
     if storage_options:
         ds.encoding["storage_options"] = dict(storage_options)
@@ -396,6 +438,10 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     to ordinary indexing.
     """
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
+    if PUBLISHED_ATTR in ds.attrs:
+        from ethoprism.store.published import read_published_windows
+
+        return read_published_windows(ds, indices, var)
     handle = _handle_of(ds) if var in ("tokens", "embedding") else None
     if handle is None or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)
@@ -414,7 +460,10 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     def one(run):
         arrays, got = parts[part_of[run[0]]].arrays, rows[run]
         lo, hi = int(got[0]), int(got[-1]) + 1
-        return {name: arrays[name][lo:hi][got - lo] for name in names}
+        try:
+            return {name: arrays[name][lo:hi][got - lo] for name in names}
+        except Exception as e:  # noqa: BLE001  checksum, codec or shard index: all mean damage
+            raise damaged(ds, indices[order][run], var, e) from None
 
     got = list(read_pool().map(one, runs))
     stacked = {}

@@ -42,6 +42,7 @@ def storage_options_for(url: str, storage_options: dict | None = None) -> dict:
     given or found by botocore the bucket is read anonymously (public datasets).
     """
     opts = dict(storage_options or {})
+    opts.pop("cache", None)  # ethoprism's own option (store/cache.py), not fsspec's
     if protocol_of(url) in ("s3", "s3a"):
         if "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
             endpoint = next((os.environ[v] for v in S3_ENDPOINT_ENV if os.environ.get(v)), None)
@@ -61,7 +62,13 @@ def _aws_credentials_found() -> bool:
 def zarr_store_for(
     url: str, storage_options: dict | None = None, read_only: bool = True
 ) -> zarr.storage.FsspecStore:
-    """A zarr v3 store over `url` (read-only by default), for zarr.open_group / xarray.open_zarr."""
+    """A zarr v3 store over `url` (read-only by default), for zarr.open_group / xarray.open_zarr.
+
+    The storage option `cache` (a directory) reads through a local block cache (store/cache.py).
+    """
+    from ethoprism.store.cache import cached, split_cache
+
+    cache_dir, storage_options = split_cache(storage_options)
     try:
         store = zarr.storage.FsspecStore.from_url(
             url.rstrip("/"),
@@ -79,7 +86,7 @@ def zarr_store_for(
         sync(store.get("zarr.json", default_buffer_prototype()))  # None (absent) is fine here
     except Exception as e:  # noqa: BLE001 - whatever the transport raises, the store is unreadable
         raise StoreError(f"cannot read {url}: {_explain(e, url)}") from None
-    return store
+    return cached(store, cache_dir, url.rstrip("/")) if cache_dir and read_only else store
 
 
 def _endpoint(url: str, options: dict) -> str:

@@ -137,6 +137,12 @@ def part_arrays(layout: Layout) -> tuple[str, ...]:
     return layout.arrays + ("embedding",) + WINDOW_COORDS
 
 
+def aligned_arrays(encoder: dict) -> dict[str, tuple[str, ...]]:
+    """The text-aligned embeddings a store of this encoder holds (a video-text model's, SPEC.md),
+    with their dimension names: what the encoder identity names under `aligned_arrays`."""
+    return {name: ("window", *dims) for name, dims in encoder.get("aligned_arrays", {}).items()}
+
+
 def content_key(row: dict) -> str:
     """What makes two video rows the same video: the file's sha256, else its path."""
     return row["sha256"] or f"path:{row['path']}"

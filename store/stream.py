@@ -127,8 +127,16 @@ class WindowStream:
     are compressed, while the caller goes on. (A pool of its own for the checks, which
     `append` waits for, measured slower: more threads than cores.)"""
 
-    def __init__(self, root: Path, layout: Layout, part: str, per_shard: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        part: str,
+        per_shard: int | None = None,
+        aligned: dict[str, tuple[str, ...]] | None = None,
+    ):
         self.root, self.layout, self.part = root, layout, part
+        self.aligned = aligned or {}  # text-aligned per-window arrays -> dimension names
         self.part_dir = root / PARTS / part
         self._per_shard = per_shard
         self.arrays: dict[str, zarr.Array] = {}
@@ -137,7 +145,8 @@ class WindowStream:
         )
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ethoprism-store-write")
         self._array_pool = ThreadPoolExecutor(
-            len(PER_WINDOW_ARRAYS) + 1, thread_name_prefix="ethoprism-store-arrays"
+            len(PER_WINDOW_ARRAYS) + 1 + len(self.aligned),
+            thread_name_prefix="ethoprism-store-arrays",
         )
         self.encoders: dict[str, Callable[[np.ndarray], shards.Chunk]] = {}
         self._shards: dict[str, shards.ShardWriter] = {}  # owned by the writer thread
@@ -186,6 +195,7 @@ class WindowStream:
             )
             for name in part_arrays(self.layout)
             + ((FRAME_TIME,) if (self.part_dir / FRAME_TIME).is_dir() else ())
+            + tuple(self.aligned)
         }
         self.encoders = {
             name: shards.chunk_encoder(self.arrays[name].metadata.to_dict())
@@ -193,30 +203,38 @@ class WindowStream:
         }
 
     def per_window_arrays(self) -> tuple[str, ...]:
-        """Embedding, coordinates and, in parts that have it, frame_time."""
-        return PER_WINDOW_ARRAYS + ((FRAME_TIME,) if FRAME_TIME in self.arrays else ())
+        """Embedding, coordinates, in parts that have it frame_time, and the text-aligned
+        embeddings of a video-text model's store."""
+        time = (FRAME_TIME,) if FRAME_TIME in self.arrays else ()
+        return PER_WINDOW_ARRAYS + time + tuple(self.aligned)
 
     def create_arrays(
-        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None, state: dict
+        self,
+        encoded: dict[str, np.ndarray],
+        channels: int,
+        frames: int | None,
+        state: dict,
+        aligned: dict[str, np.ndarray] | None = None,
     ) -> dict:
         """Create the part's arrays for tokens like `encoded`, frame_time too if `frames` (its
-        frames per window) is given; returns `state` with the token shape and windows per
-        shard set."""
+        frames per window) is given, the text-aligned arrays like `aligned`; returns `state`
+        with the token shape and windows per shard set."""
         token_shape = list(encoded["tokens"].shape[1:])
         per_shard = self._per_shard or windows_per_shard(token_shape, self.layout)
         store = zarr.storage.LocalStore(self.root)
-        specs = {name: (a.shape[1:], a.dtype) for name, a in encoded.items()}
+        specs = {name: (a.shape[1:], a.dtype) for name, a in {**encoded, **(aligned or {})}.items()}
         specs["embedding"] = ((channels,), np.dtype("float32"))
         if not frames:  # left by an earlier first batch that did give frame_time
             shutil.rmtree(self.part_dir / FRAME_TIME, ignore_errors=True)
-        for name in part_arrays(self.layout) + ((FRAME_TIME,) if frames else ()):
+        time = (FRAME_TIME,) if frames else ()
+        for name in part_arrays(self.layout) + time + tuple(self.aligned):
             if name == FRAME_TIME:
                 shape, dtype = (frames,), np.dtype("float64")
                 chunks, shard_shape = (COORD_CHUNK, frames), None
             elif name in WINDOW_COORDS:
                 shape, dtype = (), np.dtype(WINDOW_COORD_DTYPES[name])
                 chunks, shard_shape = (COORD_CHUNK,), None
-            elif name == "embedding":
+            elif name == "embedding" or name in self.aligned:
                 shape, dtype = specs[name]
                 chunks, shard_shape = (EMBED_CHUNK, *shape), None
             else:
@@ -231,8 +249,8 @@ class WindowStream:
                 shards=shard_shape,
                 fill_value=0,
                 compressors=_compressors(self.layout, name),
-                dimension_names=ARRAY_DIMS[name],
-                attributes=describe.ARRAY_ATTRS[name],
+                dimension_names=self.aligned.get(name) or ARRAY_DIMS[name],
+                attributes=describe.array_attrs(name),
                 overwrite=True,
             )
         self.open_arrays()

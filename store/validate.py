@@ -6,7 +6,7 @@ import numpy as np
 
 from ethoprism.store.reader import merge_tables, open_handle, read_pool
 from ethoprism.store.remote import stored_bytes
-from ethoprism.store.schema import FRAME_TIME, WINDOW_COORDS
+from ethoprism.store.schema import FRAME_TIME, WINDOW_COORDS, aligned_arrays
 
 
 def _values_problem(name: str, values: np.ndarray) -> str | None:
@@ -175,6 +175,8 @@ def info(path_or_url, storage_options: dict | None = None) -> dict:
         ],
         "windows": windows,
         "token_shape": token_shape,
+        # what retrieval can search: the pooled embedding, plus a video-text model's text-aligned
+        "embeddings": ["embedding", *aligned_arrays(attrs["encoder"])],
         "bytes_on_disk": stored,
         "bytes_per_window": stored / windows if windows else None,
     }

@@ -40,6 +40,7 @@ from ethoprism.store.schema import (
     StoreError,
     VideoRecord,
     absolute_path,
+    aligned_arrays,
     content_key,
 )
 from ethoprism.store.stream import Pending, WindowStream, Writes
@@ -57,12 +58,20 @@ class StoreWriter:
     writing them a `WindowStream` (stream.py); videos are written by a `VideoWriter`.
     """
 
-    def __init__(self, root: Path, layout: Layout, part: str, windows_per_shard: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        part: str,
+        windows_per_shard: int | None = None,
+        aligned: dict[str, tuple[str, ...]] | None = None,
+    ):
         self.root, self.layout, self.part = root, layout, part
+        self.aligned = aligned or {}  # a video-text store's text-aligned arrays -> dimensions
         self.video: VideoWriter | None = None  # the open video, if any
         self.record = PartRecord(root, part)
         self.part_dir = self.record.dir
-        self.stream = WindowStream(root, layout, part, windows_per_shard)
+        self.stream = WindowStream(root, layout, part, windows_per_shard, self.aligned)
         self._registered = False  # listed in the root's parts: consolidate at close
         try:
             self.stream.recover(self.record.state)
@@ -82,11 +91,18 @@ class StoreWriter:
         return self.record.is_complete(sha256)
 
     def create_arrays(
-        self, encoded: dict[str, np.ndarray], channels: int, frames: int | None
+        self,
+        encoded: dict[str, np.ndarray],
+        channels: int,
+        frames: int | None,
+        aligned: dict[str, np.ndarray] | None = None,
     ) -> None:
         """The part's arrays, for windows like `encoded` (its first window's stored arrays);
-        frame_time too if `frames` (its frames per window) is given."""
-        self.record.state = self.stream.create_arrays(encoded, channels, frames, self.record.state)
+        frame_time too if `frames` (its frames per window) is given; text-aligned like
+        `aligned`."""
+        self.record.state = self.stream.create_arrays(
+            encoded, channels, frames, self.record.state, aligned
+        )
 
     def make_durable(self, start: int, end: int) -> None:
         """The files holding windows [start, end) on disk (token shards are already)."""
@@ -231,10 +247,13 @@ class VideoWriter:
         n_valid_frames,
         start_time,
         frame_time=None,
+        checked: bool = False,
+        aligned: dict | None = None,
     ) -> None:
         """Add a batch of windows: tokens (n,t,h,w,c) and embedding (n,c); frame_time (n, frames)
         the presentation time of each window frame (padding repeats the last valid frame's),
-        given with every batch of a part or with none.
+        given with every batch of a part or with none; for a video-text model's store its
+        text-aligned arrays (`aligned`: name -> (n, ...)).
 
         Tokens are float32 at full resolution (the store codes them for its layout), or, for
         the float16 layouts, float16 already coded at the stored resolution (as the extraction
@@ -245,6 +264,10 @@ class VideoWriter:
         Writable float16 tokens are copied for that; read-only ones (numpy views of accelerator
         results, as the extraction passes) are not, so their memory must not be changed through
         another view before the video is committed.
+
+        `checked`: float16 tokens that were coded and found finite where they were made (the
+        extraction checks on the accelerator), so the host does not read them a second time to
+        check them. Never set it for tokens from anywhere else.
         """
         self._check_live()
         tokens = np.asarray(tokens)
@@ -272,9 +295,22 @@ class VideoWriter:
             raise self._error(
                 f"stored token shape {tuple(stored_shape)} differs from this part's {tuple(shape)}"
             )
+        aligned = {k: np.asarray(v, dtype=np.float32) for k, v in (aligned or {}).items()}
+        if set(aligned) != set(self.store.aligned):
+            raise self._error(
+                f"this store takes the text-aligned arrays {sorted(self.store.aligned) or 'none'}, "
+                f"got {sorted(aligned) or 'none'}"
+            )
+        for name, values in aligned.items():
+            if len(values) != n or len(values.shape) != len(self.store.aligned[name]):
+                raise self._error(f"{name} of shape {values.shape} for {n} windows")
+            if not np.isfinite(values).all():
+                bad = int(np.argmax(~np.isfinite(values.reshape(n, -1)).all(axis=1)))
+                raise self._error("not finite", bad, name)
         batch = {
             "embedding": embedding,
             "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
+            **aligned,
         }
         for name, values in (
             ("start_frame", start_frame),
@@ -301,7 +337,9 @@ class VideoWriter:
                     except ValueError as e:
                         raise self._error(str(e), 0) from None
                 frames = batch[FRAME_TIME].shape[1] if frame_time is not None else None
-                self.store.create_arrays(first, tokens.shape[-1], frames)
+                self.store.create_arrays(
+                    first, tokens.shape[-1], frames, {k: v[:1] for k, v in aligned.items()}
+                )
             arrays = self.store.stream.arrays
             has = FRAME_TIME in arrays
             if has and frame_time is None:
@@ -313,7 +351,7 @@ class VideoWriter:
                 )
             if not has:  # given to a part written before frame_time: read with nominal times
                 batch.pop(FRAME_TIME, None)
-            stored = self._prepare(tokens)
+            stored = self._prepare(tokens, checked and tokens.dtype == np.float16)
             if not np.isfinite(embedding).all():
                 bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
                 raise self._error("not finite", bad, "embedding")
@@ -332,9 +370,12 @@ class VideoWriter:
             self._done = True
             raise writable_error(self.store.root, e) from None
 
-    def _prepare(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+    def _prepare(self, tokens: np.ndarray, checked: bool = False) -> list[dict[str, np.ndarray]]:
         """Check (or code) each window of a batch in the store's thread pool, into arrays of
         the store's own; a window the layout cannot store refuses the batch, named."""
+        if checked:
+            own = tokens.copy() if tokens.flags.writeable else tokens
+            return [{"tokens": own[i : i + 1]} for i in range(len(own))]
         jobs = self.store.stream.prepare(tokens)
         for i, job in enumerate(jobs):
             if isinstance(job.exception(), ValueError):
@@ -466,6 +507,6 @@ def open_writer(
     identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
     try:
         open_root(root, identity, software_version)
-        return StoreWriter(root, layout, part, windows_per_shard)
+        return StoreWriter(root, layout, part, windows_per_shard, aligned_arrays(encoder))
     except OSError as e:
         raise writable_error(root, e) from None

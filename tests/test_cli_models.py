@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -16,7 +18,18 @@ def test_models_json():
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
-    assert set(rows) == {"videoprism-b", "videoprism-l", "videoprism-tiny"}
+    assert set(rows) == {
+        f"videoprism-{m}" for m in ("b", "l", "tiny", "lvt-b", "lvt-l", "lvt-tiny")
+    }
+    # the video-text base model: both towers, as many values as the official checkpoint holds
+    keys = Path(__file__).parent / "data" / "golden" / "videoprism-lvt-tiny"
+    keys = keys / "checkpoint_keys_base.txt"
+    official = sum(
+        math.prod(int(s) for s in line.split("\t")[1].strip("()").split(",") if s.strip())
+        for line in keys.read_text().splitlines()
+    )
+    assert rows["videoprism-lvt-b"]["params"] == official
+    assert rows["videoprism-lvt-b"]["hf_repo"] == "google/videoprism-lvt-base-f16r288"
     base = rows["videoprism-b"]
     assert (base["frames"], base["image_size"], base["model_dim"], base["params"]) == (
         16,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,7 +57,16 @@ def assert_close(ours, ref, what):
 
 def test_config_count_and_cases():
     assert len(CASES) == 7
-    assert set(CONFIGS) == {"videoprism-b", "videoprism-l", "videoprism-tiny"}
+    # the plain models, and the video towers of the video-text models (extract/lvt.py)
+    assert set(CONFIGS) == {
+        f"videoprism-{m}" for m in ("b", "l", "tiny", "lvt-b", "lvt-l", "lvt-tiny")
+    }
+
+    def architecture(name):
+        return dataclasses.replace(CONFIGS[name], name="", hf_repo=None, hf_filename=None)
+
+    for size in ("b", "l", "tiny"):
+        assert architecture(f"videoprism-lvt-{size}") == architecture(f"videoprism-{size}")
 
 
 @pytest.mark.parametrize("case", CASES)

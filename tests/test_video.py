@@ -448,3 +448,13 @@ def test_measure_decode_reports_both_rates():
     assert result["frames"] >= 1
     assert result["raw_fps"] > 0 and result["resize_fps"] > 0
     assert result["ratio"] == pytest.approx(result["resize_fps"] / result["raw_fps"])
+
+
+def test_area_interpolation_averages_source_pixels():
+    """The default filter, shrinking by exactly 2, is the 2x2 box mean (a numpy judge)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3), np.uint8)
+    prep = Preprocessing(frame_size=32)
+    assert prep.interpolation == "area"
+    box = img.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
+    assert np.abs(resize(img, prep).astype(float) - box).max() <= 1.0

@@ -22,13 +22,24 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.probe import defaults
 from ethoprism.probe import labels as L
-from ethoprism.probe.artifacts import SavedHead, check_store, load_head, save_head
+from ethoprism.probe.artifacts import SavedHead, check_store, save_head
 from ethoprism.probe.classify.heads import HEAD_KINDS, HeadConfig
 from ethoprism.probe.classify.predict import (
     frame_labels,
     video_frame_probabilities,
     video_windows,
     write_frame_csv,
+)
+from ethoprism.probe.classify.scoring import (
+    EVAL_VIDEOS,
+    HELD_OUT,
+    TRAINING,
+    evaluate_heads,
+    expert_frames,
+    figure_title,
+    frame_mask,
+    held_out,
+    video_role,
 )
 from ethoprism.probe.classify.train import (
     HeadSpec,
@@ -38,9 +49,11 @@ from ethoprism.probe.classify.train import (
     store_source,
     train_heads,
 )
-from ethoprism.probe.metrics import classification_metrics
 from ethoprism.probe.report import confusion_png, ethogram_png
+from ethoprism.probe.split import choose_split
 from ethoprism.store import geometry
+from ethoprism.store.cache import split_cache
+from ethoprism.store.provenance import weights_warning
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -63,68 +76,6 @@ def _per_video_probs(
     return out
 
 
-def _truth(
-    table: L.LabelTable, video: str, n_frames: int, multi_label: bool, classes: list[str]
-) -> np.ndarray:
-    """(n_frames, len(classes)) bool expert labels in the head's class order."""
-    t = L.frame_targets(table, video, n_frames, multi_label)
-    idx = {c: i for i, c in enumerate(table.classes)}
-    return np.stack([t[:, idx[c]] if c in idx else np.zeros(n_frames, bool) for c in classes], 1)
-
-
-def _eval_units(
-    ds,
-    table: L.LabelTable,
-    classes: list[str],
-    multi_label: bool,
-    video: str,
-    prob: np.ndarray,
-    n_frames: int,
-):
-    """(y_true, prob) of one video's evaluated units: covered frames, or the clip."""
-    frame_prob, count = video_frame_probabilities(ds, video_windows(ds, video), prob, n_frames)
-    truth = _truth(table, video, n_frames, multi_label, classes)
-    # leave out frames whose only class the head does not know (e.g. background it never saw)
-    known = truth.any(1) & (count > 0)
-    y, p = truth[known], frame_prob[known]
-    if table.per_clip:
-        y, p = y[:1], p.mean(0, keepdims=True)
-    return (y if multi_label else y.argmax(1)), p
-
-
-def _evaluate(
-    ds, table, classes, background, multi_label, videos, probs_by_video, store_rows
-) -> list:
-    """Metrics for each of N stacked heads over the given videos."""
-    n_heads = next(iter(probs_by_video.values())).shape[0]
-    results = []
-    for h in range(n_heads):
-        ys, ps = zip(
-            *(
-                _eval_units(
-                    ds,
-                    table,
-                    classes,
-                    multi_label,
-                    v,
-                    probs_by_video[v][h],
-                    store_rows[v]["n_frames"],
-                )
-                for v in videos
-            ),
-            strict=False,
-        )
-        results.append(
-            classification_metrics(
-                np.concatenate(ys),
-                np.concatenate(ps),
-                classes,
-                background=background if background in classes else None,
-            )
-        )
-    return results
-
-
 def _aggregate(rows: list[dict]) -> list[dict]:
     """mean and std of the test metrics over seeds, per (shots, learning rate)."""
     groups = defaultdict(list)
@@ -144,6 +95,37 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+LR_SWEEP = (5e-5, 3e-4, 1e-3, 3e-3)  # the paper's 5e-5 and larger steps for small label sets
+SWEEP_VAL_FRACTION = 0.2  # held out to choose the learning rate when none is given
+
+
+def _heads_dir(out: Path) -> Path:
+    return out if out.name == "heads" else out / "heads"
+
+
+def _choose_learning_rates(plan: list, result) -> tuple[list[int], dict[int, dict]]:
+    """Per (shots, seed), the head with the lowest validation loss among the learning rates.
+
+    Returns the kept head positions and, for each, {"chosen", "by", "candidates"}.
+    """
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (_name, k, seed, _lr, _subset) in enumerate(plan):
+        groups[(k, seed)].append(i)
+    kept, choice = [], {}
+    for members in groups.values():
+        loss = {
+            i: result.history[i][result.best_epoch[i]]["val_loss"] for i in members
+        }  # val loss of the parameters each head keeps
+        best = min(members, key=lambda i: np.inf if loss[i] is None else loss[i])
+        kept.append(best)
+        choice[best] = {
+            "chosen": plan[best][3],
+            "by": "lowest validation loss",
+            "candidates": {f"{plan[i][3]:g}": loss[i] for i in members},
+        }
+    return sorted(kept), choice
+
+
 def train_probe(
     store_source_: str | xr.Dataset,
     labels: str | os.PathLike,
@@ -156,7 +138,7 @@ def train_probe(
     multi_label: bool = False,
     shots: tuple[int, ...] = (),
     seeds: int = 1,
-    learning_rates: tuple[float, ...] = (5e-5,),
+    learning_rates: tuple[float, ...] | None = None,
     epochs: int = 30,
     batch_size: int = 32,
     dropout: float = 0.5,
@@ -164,7 +146,7 @@ def train_probe(
     balanced: bool = False,
     patience: int = 5,
     test_fraction: float = 0.25,
-    val_fraction: float = 0.0,
+    val_fraction: float | None = None,
     split: str | os.PathLike | None = None,
     split_seed: int = 0,
     storage_options: dict | None = None,
@@ -172,44 +154,58 @@ def train_probe(
 ) -> dict:
     """Train heads (shots x seeds x learning rates) in one pass, test them per frame, save them.
 
+    learning_rates None: each head is trained with every rate of LR_SWEEP (extra heads in the
+    same pass) and the one with the lowest validation loss is kept; validation windows are then
+    held out (val_fraction None: SWEEP_VAL_FRACTION, else 0). The split is `probe.split`'s.
     Writes out/heads/<name>/{params.npz, head.json} and out/summary.json; returns the summary.
     """
     if head not in HEAD_KINDS:
         raise EthoprismError(f"unknown head {head!r}; choose one of {', '.join(HEAD_KINDS)}")
+    sweep = learning_rates is None
+    lrs = LR_SWEEP if sweep else tuple(learning_rates)
+    if val_fraction is None:
+        val_fraction = SWEEP_VAL_FRACTION if sweep and not split else 0.0
     ds = _open(store_source_, storage_options)
     table = L.read_labels(labels, label_column, background)
     wl = L.align(ds, table, how=align, multi_label=multi_label)
-    videos = sorted(set(wl.video))
-    parts = (
-        L.read_split(split, videos)
-        if split
-        else L.split_by_video(videos, test_fraction, val_fraction, split_seed)
+    chosen_split = choose_split(
+        ds,
+        wl,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=split_seed,
+        split_file=split,
     )
-    part = np.array([parts.get(v, "unused") for v in wl.video])
+    part = chosen_split.part
     train_pos = np.flatnonzero(part == "train")
-    L.check_has_examples(wl, part == "train", "training set")
+    val_pos = np.flatnonzero(part == "val")
+    if sweep and not len(val_pos) and len(lrs) > 1:
+        raise EthoprismError(
+            "choosing the learning rate needs validation windows: pass --val-fraction > 0, "
+            "a --split file with val videos, or a fixed --lr"
+        )
     cfg = TrainConfig(
-        learning_rate=learning_rates[0],
+        learning_rate=lrs[0],
         weight_decay=weight_decay,
         epochs=epochs,
         batch_size=batch_size,
         balanced=balanced,
         multi_label=multi_label,
-        patience=patience if "val" in parts.values() else 0,
+        patience=patience if len(val_pos) else 0,
     )
     # heads: one per (shots, seed, learning rate); their pool is the union of their subsets
     plan = []
     for k in shots or (None,):
         for seed in range(seeds):
             subset = train_pos if k is None else L.sample_shots(wl, train_pos, k, seed)
-            for lr in learning_rates:
+            for lr in lrs:
                 name = "_".join(
                     x
                     for x in (
                         head,
                         f"shots{k}" if k else "",
                         f"seed{seed}",
-                        f"lr{lr:g}" if len(learning_rates) > 1 else "",
+                        f"lr{lr:g}" if len(lrs) > 1 and not sweep else "",
                     )
                     if x
                 )
@@ -223,39 +219,62 @@ def train_probe(
         ds.sizes["c"]
     )
     src = store_source(ds, head_cfg.input_var)
-    val_pos = np.flatnonzero(part == "val")
     val = (src, wl.window[val_pos], wl.target[val_pos]) if len(val_pos) else None
     result = train_heads(src, wl.window[pool], specs, head_cfg, cfg, val=val, progress=progress)
+    kept, lr_choice = (
+        _choose_learning_rates(plan, result) if sweep else (list(range(len(plan))), {})
+    )
+    kept_params = jax.tree_util.tree_map(lambda a: np.asarray(a)[kept], result.params)
 
-    test_videos = sorted(v for v, p in parts.items() if p == "test")
+    test_frames = {
+        v: frame_mask(chosen_split.test_frames.get(v), L.store_videos(ds)[v]["n_frames"])
+        for v in chosen_split.test_frames
+    }
+    test_videos = sorted(
+        {v for v, p in chosen_split.videos.items() if p == "test"} | set(test_frames)
+    )
     store_rows = L.store_videos(ds)
-    tests = [None] * len(specs)
+    tests = [None] * len(kept)
     if test_videos:
-        probs = _per_video_probs(ds, result.params, head_cfg, multi_label, test_videos, batch_size)
+        probs = _per_video_probs(ds, kept_params, head_cfg, multi_label, test_videos, batch_size)
         tests = [
-            m.to_dict()
-            for m in _evaluate(
-                ds, table, list(wl.classes), background, multi_label, test_videos, probs, store_rows
+            {**m.to_dict(), "evaluated_on": HELD_OUT}
+            for m in evaluate_heads(
+                ds,
+                table,
+                list(wl.classes),
+                background,
+                multi_label,
+                test_videos,
+                probs,
+                store_rows,
+                test_frames,
             )
         ]
     out = Path(out)
+    heads_dir = _heads_dir(out)
     rows = []
-    for i, ((name, k, seed, lr, subset), _spec) in enumerate(zip(plan, specs, strict=False)):
-        params = jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), result.params)
+    for j, i in enumerate(kept):
+        name, k, seed, lr, subset = plan[i]
+        params = jax.tree_util.tree_map(lambda a, j=j: np.asarray(a[j]), kept_params)
         training = {
             **dataclasses.asdict(cfg),
             "learning_rate": lr,
+            "learning_rate_choice": lr_choice.get(i),
             "seed": seed,
             "shots": k,
             "n_train_windows": len(subset),
-            "split": parts,
+            "n_val_windows": len(val_pos),
+            "split": chosen_split.videos,
+            "split_how": chosen_split.how,
+            "test_frames": chosen_split.test_frames,
             "align": align,
             "best_epoch": result.best_epoch[i],
             "epochs_run": result.epochs_run,
             "history": result.history[i],
         }
         save_head(
-            out / "heads" / name,
+            heads_dir / name,
             SavedHead(
                 name,
                 head_cfg,
@@ -271,7 +290,7 @@ def train_probe(
                     "align": align,
                 },
                 training,
-                {"test": tests[i]},
+                {"test": tests[j]},
             ),
         )
         rows.append(
@@ -280,9 +299,10 @@ def train_probe(
                 "shots": k,
                 "seed": seed,
                 "learning_rate": lr,
-                "dir": str(out / "heads" / name),
+                "learning_rate_choice": lr_choice.get(i),
+                "dir": str(heads_dir / name),
                 "best_epoch": result.best_epoch[i],
-                "test": tests[i],
+                "test": tests[j],
             }
         )
     summary = {
@@ -291,17 +311,25 @@ def train_probe(
         "label_column": label_column,
         "classes": list(wl.classes),
         "head": head,
-        "split": parts,
+        "split": chosen_split.videos,
+        "split_how": chosen_split.how,
+        "test_frames": chosen_split.test_frames,
+        "n_windows": {p: int((part == p).sum()) for p in ("train", "val", "test", "gap")},
         "test_videos": test_videos,
+        "metrics_on": HELD_OUT if test_videos else "none (no test windows held out)",
+        "weights": weights_warning(store.identity(ds)),
         "heads": rows,
         "aggregate": _aggregate(rows),
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
-    head = load_head(head_dir, HeadConfig)
+    from ethoprism.probe.share import load_any_head  # a head dir or a published head's URL
+
+    head = load_any_head(head_dir, split_cache(storage_options)[1], HeadConfig)
     ds = _open(store_source_, storage_options)
     check_store(head, ds, f" (head {head_dir})")
     stacked = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
@@ -347,7 +375,7 @@ def predict_store(
         csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, head.classes, times)
         expert = None
         if table is not None and v in table.videos:
-            truth = _truth(table, v, n_frames, head.multi_label, head.classes)
+            truth = expert_frames(table, v, n_frames, head.multi_label, head.classes)
             expert = np.where(truth.any(1), truth.argmax(1), -1)
         png = ethogram_png(
             out / f"{stem}.png",
@@ -355,7 +383,7 @@ def predict_store(
             frame_labels(frame_prob),
             expert,
             fps,
-            title=f"{v}: {head.name}",
+            title=figure_title(head, f"ethogram of {v}", video_role(head, v)),
             background=head.background,
         )
         written.append({"video": v, "csv": str(csv_path), "png": str(png), "frames": n_frames})
@@ -372,24 +400,31 @@ def evaluate_head(
     batch_size: int = 32,
     storage_options: dict | None = None,
 ) -> dict:
-    """Metrics of a saved head against labels, on its test videos ("test") or every labelled video
-    ("all").
+    """Metrics of a saved head against labels, on its held-out videos and frames ("test") or
+    every labelled video ("all").
 
+    With "test" and nothing held out among the labelled videos, the training videos are scored
+    and the result says so: every metric carries `evaluated_on`, HELD_OUT or TRAINING.
     Writes out/metrics.json and out/confusion.png; returns the metrics.
     """
+    if videos not in EVAL_VIDEOS:
+        raise EthoprismError(f"videos {videos!r}: choose one of {', '.join(EVAL_VIDEOS)}")
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
     table = L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
-    L.check_videos(ds, table)
-    split = head.training.get("split") or {}
-    chosen = (
-        sorted(v for v in table.videos if split.get(v) == "test")
-        if videos == "test"
-        else table.videos
-    )
-    if not chosen:
-        chosen = table.videos  # the head kept no test videos that these labels cover
+    rows = L.check_videos(ds, table)
+    held, test_frames = held_out(head, table.videos)
+    note = None
+    if videos == "test" and held:
+        chosen, evaluated_on = held, HELD_OUT
+        frames = {v: frame_mask(r, rows[v]["n_frames"]) for v, r in test_frames.items()}
+    else:
+        chosen, frames = table.videos, None
+        whole = set(held) - set(test_frames)
+        evaluated_on = HELD_OUT if set(chosen) <= whole else TRAINING
+        if videos == "test":
+            note = "no test videos or frames held out among these labels: scored on training videos"
     probs = _per_video_probs(ds, stacked, head.config, head.multi_label, chosen, batch_size)
-    metrics = _evaluate(
+    metrics = evaluate_heads(
         ds,
         table,
         head.classes,
@@ -397,12 +432,25 @@ def evaluate_head(
         head.multi_label,
         chosen,
         probs,
-        L.store_videos(ds),
+        rows,
+        frames,
     )[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"head": head.name, "videos": chosen, **metrics.to_dict()}
+    result = {
+        "head": head.name,
+        "videos": chosen,
+        "evaluated_on": evaluated_on,
+        "note": note,
+        "weights": weights_warning(head.store_identity),
+        **metrics.to_dict(),
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    confusion_png(out / "confusion.png", np.array(metrics.confusion), head.classes, title=head.name)
+    confusion_png(
+        out / "confusion.png",
+        np.array(metrics.confusion),
+        head.classes,
+        title=figure_title(head, "confusion matrix", evaluated_on),
+    )
     result["confusion_png"] = str(out / "confusion.png")
     return result

@@ -47,15 +47,16 @@ class AnnInfo:
     build_seconds: float
 
 
-def index_dir(store_path) -> str:
-    """Where the index of a local store lives: beside it, `<store>.ann`."""
+def index_dir(store_path, var: str = "embedding") -> str:
+    """Where the index of a local store lives: beside it, `<store>.ann` (for `embedding`) or
+    `<store>.<var>.ann` (for another embedding, e.g. a video-text store's `video_embedding`)."""
     path = os.fspath(store_path).removeprefix("file://").rstrip("/")
     if "://" in path:
         raise AnnError(
             f"{store_path}: an approximate index is built beside a local store, not a URL "
             "(copy the store locally, or search it exactly)"
         )
-    return path + ".ann"
+    return path + (".ann" if var == "embedding" else f".{var}.ann")
 
 
 def default_nlist(n: int) -> int:
@@ -83,16 +84,19 @@ def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False))
 
 
-def read_rows(ds, rows) -> np.ndarray:
+def read_rows(ds, rows, var: str = "embedding") -> np.ndarray:
     """Embeddings of the given sorted rows of a store: per-window reads when they are few, one
     pass over the blocks holding them when they are many."""
     n = ds.sizes["window"]
     if 8 * len(rows) < n:
-        return np.ascontiguousarray(store.read_windows(ds, rows, var="embedding"), np.float32)
+        return np.ascontiguousarray(store.read_windows(ds, rows, var=var), np.float32)
     wanted = np.zeros(n, bool)
     wanted[rows] = True
     return np.concatenate(
-        [block[wanted[i0 : i0 + len(block)]] for i0, block in read_blocks(ds, mask=wanted)]
+        [
+            block[wanted[i0 : i0 + len(block)]]
+            for i0, block in read_blocks(ds[var].data, mask=wanted)
+        ]
     )
 
 
@@ -115,13 +119,40 @@ def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss
     return index
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each query's true k neighbours that were found (both (q, k); -1 ignored)."""
-    hits = [
-        len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, int((t >= 0).sum()))
-        for f, t in zip(found, truth, strict=False)
-    ]
+TIE_RTOL = 1e-6  # distances closer than this (relative) are ties: either window is a right answer
+
+
+def recall_at_k(
+    found: np.ndarray,
+    truth: np.ndarray,
+    found_dist: np.ndarray | None = None,
+    truth_dist: np.ndarray | None = None,
+) -> float:
+    """Mean fraction of each query's true k neighbours that were found (both (q, k); -1 ignored).
+
+    With the exact distances of the found windows and of the true ones, a found window tied with
+    the true k-th (within TIE_RTOL) counts as found: which of tied windows comes back is arbitrary.
+    """
+    hits = []
+    for i, (f, t) in enumerate(zip(found, truth, strict=False)):
+        n_true = max(1, int((t >= 0).sum()))
+        if found_dist is None or truth_dist is None:
+            hits.append(len(set(f[f >= 0]) & set(t[t >= 0])) / n_true)
+            continue
+        kth = truth_dist[i][t >= 0].max(initial=0.0)
+        ok = (f >= 0) & (found_dist[i] <= kth * (1 + TIE_RTOL) + 1e-12)
+        hits.append(min(int(ok.sum()), n_true) / n_true)
     return float(np.mean(hits)) if hits else 0.0
+
+
+def exact_distances(queries: np.ndarray, ids: np.ndarray, vectors) -> np.ndarray:
+    """(q, k) float64 L2 distances of queries to windows `ids` (inf where -1); vectors(sorted
+    unique ids) -> their embeddings."""
+    wanted = np.unique(ids[ids >= 0])
+    rows = vectors(wanted).astype(np.float64) if len(wanted) else np.zeros((0, queries.shape[1]))
+    at = np.searchsorted(wanted, np.maximum(ids, 0))
+    diff = queries.astype(np.float64)[:, None, :] - rows[np.minimum(at, len(wanted) - 1)]
+    return np.where(ids >= 0, np.sqrt((diff**2).sum(-1)), np.inf)
 
 
 def tune_nprobe(
@@ -131,10 +162,13 @@ def tune_nprobe(
     k: int = 10,
     target: float = TARGET_RECALL,
     exclude: np.ndarray | None = None,
+    truth_dist: np.ndarray | None = None,
+    vectors=None,
 ) -> tuple[int, float]:
     """The smallest power-of-two nprobe whose recall@k reaches `target` (or nlist), and its recall.
 
     exclude: (q,) an id each query must not return (its own row, when queries come from the index).
+    truth_dist and vectors (ids -> embeddings): count ties with the true k-th as found.
     """
     nprobe = 1
     while True:
@@ -142,7 +176,12 @@ def tune_nprobe(
         _, ids = index.search(queries, k + (exclude is not None))
         if exclude is not None:
             ids = np.stack([row[row != own][:k] for row, own in zip(ids, exclude, strict=False)])
-        recall = recall_at_k(ids, truth)
+        found_dist = (
+            exact_distances(queries, ids, vectors)
+            if vectors is not None and truth_dist is not None
+            else None
+        )
+        recall = recall_at_k(ids, truth, found_dist, truth_dist)
         if recall >= target or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, index.nlist)
@@ -211,31 +250,43 @@ def build_index(
     recall_queries: int = RECALL_QUERIES,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
+    var: str = "embedding",
 ) -> AnnInfo:
-    """Build the IVF-Flat index of a local store, measure its recall@10, save it as
-    `<store>.ann/`."""
+    """Build the IVF-Flat index of a local store's `var` embeddings, measure its recall@10, save
+    it as `<store>.ann/` (see `index_dir`)."""
     t0 = time.perf_counter()
-    out = index_dir(store_path)
+    out = index_dir(store_path, var)
     ds = store.open(os.fspath(store_path))
-    n, dim = ds["embedding"].shape
+    if var not in ds or ds[var].ndim != 2:
+        raise AnnError(f"{store_path} has no per-window embedding {var!r} to index")
+    n, dim = ds[var].shape
     if n == 0:
         raise AnnError(f"{store_path} holds no windows to index")
     nlist = nlist or default_nlist(n)
     rng = np.random.default_rng(seed + 1)
     probe_rows = np.sort(rng.choice(n, min(n, recall_queries), replace=False))
-    queries = read_rows(ds, probe_rows)
+    queries = read_rows(ds, probe_rows, var)
     # exact neighbours of the sampled windows (each excluding itself, as a held-out query would),
     # found in the same pass over the store that fills the index
     exact = TopK(queries, 10, query_groups=probe_rows)
     index = build_ivf(
-        ds,
-        read_rows(ds, training_rows(n, nlist, seed)),
+        ds[var].data,
+        read_rows(ds, training_rows(n, nlist, seed), var),
         nlist,
         seed=seed,
         on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))),
     )
-    truth = exact.result().windows
-    nprobe, recall = tune_nprobe(index, queries, truth, 10, target_recall, exclude=probe_rows)
+    truth = exact.result()
+    nprobe, recall = tune_nprobe(
+        index,
+        queries,
+        truth.windows,
+        10,
+        target_recall,
+        exclude=probe_rows,
+        truth_dist=truth.distances,
+        vectors=lambda ids: read_rows(ds, ids),
+    )
     info = AnnInfo(
         "IVFFlat",
         nlist,
@@ -259,19 +310,19 @@ def build_index(
     return info
 
 
-def load_index(store_path, ds=None) -> AnnIndex:
-    """The saved index of a store, refused if it belongs to another store or an older state of
-    it."""
-    where = index_dir(store_path)
+def load_index(store_path, ds=None, var: str = "embedding") -> AnnIndex:
+    """The saved index of a store's `var` embeddings, refused if it belongs to another store or an
+    older state of it."""
+    where = index_dir(store_path, var)
+    build = f"`ethoprism retrieve build-index {store_path}" + (
+        "`" if var == "embedding" else f" --embedding {var}`"
+    )
     ds = store.open(os.fspath(store_path)) if ds is None else ds
     try:
         with open(os.path.join(where, META_FILE)) as f:
             meta = json.load(f)
     except FileNotFoundError:
-        raise AnnError(
-            f"no approximate index at {where}; build it with "
-            f"`ethoprism retrieve build-index {store_path}`"
-        ) from None
+        raise AnnError(f"no approximate index at {where}; build it with {build}") from None
     info = AnnInfo(**meta)
     try:
         store.check_same_identity(
@@ -279,14 +330,13 @@ def load_index(store_path, ds=None) -> AnnIndex:
         )
     except store.StoreIdentityError as e:
         raise AnnError(
-            f"{e}: the index was built from another store (foreign); rebuild it with "
-            f"`ethoprism retrieve build-index {store_path}`"
+            f"{e}: the index was built from another store (foreign); rebuild it with {build}"
         ) from None
     n = ds.sizes["window"]
     if info.n_windows != n or info.videos_fingerprint != videos_fingerprint(ds):
         raise AnnError(
             f"approximate index {where} is stale: built for {info.n_windows} windows, the store "
             f"now holds {n}{'' if info.n_windows != n else ' from different videos'}; rebuild it "
-            f"with `ethoprism retrieve build-index {store_path}`"
+            f"with {build}"
         )
     return AnnIndex(faiss.read_index(os.path.join(where, INDEX_FILE)), info)

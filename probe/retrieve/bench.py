@@ -80,3 +80,29 @@ def bench_retrieve(
         "ivf_speedup_vs_exact": t_exact / t_ivf,
         "ivf_recall_at_10": ann.recall_at_k(ivf_ids, ours.windows),
     }
+
+
+def bench_text_search(
+    n: int = 250_000, dim: int = 768, queries: int = 100, k: int = 20, seed: int = 0
+) -> dict:
+    """Text queries/s over n L2-normalised embeddings (what an LvT store's `video_embedding`
+    holds), exact and with an IVF-Flat index; the prompts' encoding is timed separately."""
+    rng = np.random.default_rng(seed)
+    data = clustered_embeddings(n + queries, dim, 1000, rng)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index_rows, q = data[:n], data[n:]
+    exact, t_exact = _timed(lambda: exact_search(q, index_rows, k))
+    nlist = ann.default_nlist(n)
+    ivf = ann.build_ivf(index_rows, index_rows[ann.training_rows(n, nlist, seed)], nlist)
+    nprobe, _ = ann.tune_nprobe(ivf, q, exact.windows, k)
+    ivf.nprobe = nprobe
+    (_, ivf_ids), t_ivf = _timed(lambda: ivf.search(q, k))
+    return {
+        "text_n": n,
+        "text_queries": queries,
+        "text_k": k,
+        "text_exact_queries_per_s": queries / t_exact,
+        "text_ivf_queries_per_s": queries / t_ivf,
+        "text_ivf_nprobe": nprobe,
+        "text_ivf_recall": ann.recall_at_k(ivf_ids, exact.windows),
+    }

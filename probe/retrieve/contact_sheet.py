@@ -1,7 +1,8 @@
 """Contact sheets of retrieval results (like Figs. 4-5 of Sun et al. 2024).
 
 One row per query: its middle frame, then the middle frames of its nearest windows, each
-titled with video, time, distance and, when known, the behaviour label (green when it matches
+titled with video, window start time and frame (the numbers of the results table), distance
+and, when known, the behaviour label (green when it matches
 the query's, red when not). The store holds no pixels: frames are read from the original video
 files named in the store's video table, one frame per tile, by seeking; they are found with
 `store.videos.VideoResolver` (recorded paths, then `videos_root`), and a sheet with videos that
@@ -22,7 +23,9 @@ from ethoprism.probe import defaults
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.hitk import table_for_store
 from ethoprism.probe.retrieve.knn import Neighbours
-from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame
+from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame, window_start
+from ethoprism.store import identity
+from ethoprism.store.provenance import weights_warning
 from ethoprism.store.videos import VideoResolver
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
@@ -76,6 +79,14 @@ def _tile(ax, path, seconds, title, colour="black"):
         )
 
 
+def caption(index_ds, w: int, rank: int, distance: float) -> str:
+    """A result tile's title: rank, distance, and the window's start time and frame, the numbers
+    of the results table (the tile itself shows the window's middle frame)."""
+    start, frame = window_start(index_ds, w)
+    name = os.path.basename(middle_frame(index_ds, w)[0])
+    return f"#{rank} d={distance:.3g}\n{name}@{start:.3f}s #{frame}"
+
+
 def contact_sheet(
     out_path,
     index_ds,
@@ -96,7 +107,7 @@ def contact_sheet(
     """
     n_results = min(n_results, found.windows.shape[1])
     shown = found.windows[:, :n_results]
-    needed = [path for path, _ in query.frames]
+    needed = [frame[0] for frame in query.frames if frame is not None]  # None: a text query
     needed += [middle_frame(index_ds, int(w))[0] for w in shown.ravel() if w >= 0]
     stores = [index_ds] if query_ds is None else [query_ds, index_ds]
     local = VideoResolver(stores, videos_root).require(needed)
@@ -107,13 +118,13 @@ def contact_sheet(
     axes = fig.subplots(rows, cols, squeeze=False)
     for qi in range(rows):
         q_label = query_labels[qi] if query_labels else None
-        path, seconds = query.frames[qi]
-        _tile(
-            axes[qi, 0],
-            local[path],
-            seconds,
-            "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else ""),
-        )
+        title = "query\n" + query.names[qi] + (f"\n[{q_label}]" if q_label else "")
+        if query.frames[qi] is None:  # a text query: the prompt is the whole query
+            axes[qi, 0].set_axis_off()
+            axes[qi, 0].text(0.5, 0.5, title, ha="center", va="center", wrap=True, fontsize=9)
+        else:
+            path, seconds = query.frames[qi]
+            _tile(axes[qi, 0], local[path], seconds, title)
         for r in range(n_results):
             w = int(found.windows[qi, r])
             ax = axes[qi, r + 1]
@@ -122,15 +133,20 @@ def contact_sheet(
                 continue
             path, seconds = middle_frame(index_ds, w)
             label = None if index_labels is None else index_labels[w]
-            title = (
-                f"#{r + 1} d={found.distances[qi, r]:.3g}\n{os.path.basename(path)}@{seconds:.2f}s"
-            )
+            title = caption(index_ds, w, r + 1, found.distances[qi, r])
             colour = "black"
             if label:
                 title += f"\n[{label}]"
                 if q_label:
                     colour = "green" if set(label.split("/")) & set(q_label.split("/")) else "red"
             _tile(ax, local[path], seconds, title, colour)
+    warning = weights_warning(identity(index_ds))
+    fig.suptitle(
+        ((warning.upper() + "\n") if warning else "")
+        + "tiles: each window's middle frame; captions: its start time and frame, as in the table",
+        fontsize=8,
+        color="red" if warning else "black",
+    )
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     return os.fspath(out_path)

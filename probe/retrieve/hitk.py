@@ -21,6 +21,7 @@ from ethoprism import store
 from ethoprism.probe import defaults
 from ethoprism.probe import labels as label_io
 from ethoprism.probe.retrieve.knn import RetrievalError, exact_search
+from ethoprism.store.provenance import weights_warning
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -104,6 +105,8 @@ class HitReport:
     n_index: int
     runs: int
     fraction: float
+    absent: tuple[str, ...] = ()  # scored classes with no index window: Hit@K 0 by construction
+    weights: str | None = None  # the random-weights mark of the stores searched, if any
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,6 +151,14 @@ def evaluate(
         raise RetrievalError(
             f"the index holds {int(in_index.sum())} labelled windows, fewer than K = {max(ks)}"
         )
+    query_classes = _classes(query_labels[scored], background)
+    absent = [c for c in query_classes if not (index_labels == c).any()]
+    if len(absent) == len(query_classes):
+        raise RetrievalError(
+            f"no query class has a window in the index ({', '.join(class_names[c] for c in absent)}"
+            "): every Hit@K would be 0; use a split (--split, --test-fraction or --index-store) "
+            "whose index holds the classes queried"
+        )
     per_run = len(scored) if fraction == 1 else max(1, round(fraction * len(scored)))
     rng = np.random.default_rng(seed)
     samples = [np.sort(rng.choice(scored, per_run, replace=False)) for _ in range(runs)]
@@ -181,6 +192,7 @@ def evaluate(
         n_index=int(in_index.sum()),
         runs=runs,
         fraction=fraction,
+        absent=tuple(class_names[c] for c in absent),
     )
 
 
@@ -226,6 +238,7 @@ def evaluate_stores(
     runs: int = 1,
     seed: int = 0,
     scheduler: str | None = None,
+    storage_options: dict | None = None,
 ) -> HitReport:
     """`ethoprism retrieve eval`: labelled test windows as queries, labelled train windows as index.
 
@@ -234,8 +247,8 @@ def evaluate_stores(
     (video, split) or a random `test_fraction` of the labelled videos (seeded).
     """
     table = label_io.read_labels(labels, column=column, background=background)
-    qds = store.open(query_store)
-    ids = store.open(index_store) if index_store else qds
+    qds = store.open(query_store, storage_options)
+    ids = store.open(index_store, storage_options) if index_store else qds
     if index_store:
         store.check_same_identity(
             store.identity(qds), store.identity(ids), "query store vs index store"
@@ -255,7 +268,7 @@ def evaluate_stores(
         q_lab, i_lab = np.where(test, q_lab, -1), np.where(train, i_lab, -1)
     queries = np.flatnonzero(q_lab >= 0)
     vectors = store.read_windows(qds, queries, var="embedding")
-    return evaluate(
+    report = evaluate(
         vectors,
         q_lab[queries],
         ids,
@@ -268,3 +281,4 @@ def evaluate_stores(
         seed=seed,
         scheduler=scheduler,
     )
+    return dataclasses.replace(report, weights=weights_warning(store.identity(ids)))

@@ -1,8 +1,10 @@
 """Exact L2 nearest neighbours over a store's window embeddings, read one block at a time.
 
 Distances are ||q||^2 - 2 q.x + ||x||^2 from one matrix product per index block, so the index
-never has to fit in memory; each block's candidates are re-scored as ||q - x||^2 before they are
-merged into a running top-k, so the reported distances carry no cancellation error. The same
+never has to fit in memory; that float32 form only picks candidates, with a slack that covers its
+rounding error, and each candidate is re-scored as ||q - x||^2 in float64 before it is merged into
+a running top-k (ties broken by window index). So the ids agree with a float64 brute force except
+between windows whose distances differ by less than float32 inputs can resolve. The same
 block function runs in this process or, given a scheduler address, as one task per block on a
 Dask distributed cluster.
 """
@@ -16,11 +18,13 @@ import numpy as np
 import xarray as xr
 
 from ethoprism.errors import EthoprismError
+from ethoprism.store.damage import first_damaged
 
 BLOCK_BYTES = (
     64 * 2**20
 )  # index rows read per block; the (queries, block) distance matrix follows it
 QUERY_BATCH = 4096  # queries per pass, bounding the distance matrix
+MAX_CANDIDATES = 32  # x k per query: re-scored candidates per block at most
 
 
 class RetrievalError(EthoprismError):
@@ -30,7 +34,7 @@ class RetrievalError(EthoprismError):
 @dataclass(frozen=True)
 class Neighbours:
     windows: np.ndarray  # (q, k) int64 window indices in the index; -1 where fewer than k exist
-    distances: np.ndarray  # (q, k) float32 L2 distances (not squared), ascending; inf where -1
+    distances: np.ndarray  # (q, k) float64 L2 distances (not squared), ascending; inf where -1
 
 
 # ---------------------------------------------------------------------------- the search kernel
@@ -45,7 +49,7 @@ def _augment(block):
 
 
 def _empty(q, k):
-    return np.full((q, k), np.inf, np.float32), np.full((q, k), -1, np.int64)
+    return np.full((q, k), np.inf, np.float64), np.full((q, k), -1, np.int64)
 
 
 def merge(state, rows, d2, ids, k):
@@ -65,19 +69,26 @@ def merge(state, rows, d2, ids, k):
     return out
 
 
-def update(state, queries, xa, row_ids, k, row_groups=None, query_groups=None):
+def update(
+    state, queries, xa, row_ids, k, row_groups=None, query_groups=None, block=None, centre=0
+):
     """The running top-k `state` of `queries` after one augmented index block `xa`.
 
+    xa augments the block's rows minus `centre` (distances do not change, and the float32
+    expanded form loses far less to cancellation around the data than around the origin);
+    `block` holds the rows themselves for exact re-scoring (default: xa's rows, centre 0).
     A query never gets a row of its own group (row_groups / query_groups: same-video exclusion).
-    Once every query holds k results, only rows closer than its current k-th can enter, which
-    one comparison finds; until then each query takes the block's k best.
+    Every row whose float32 score is within the rounding slack of the query's k-th distance (the
+    block's k-th best until the query holds k results) is re-scored exactly in float64.
     """
     q, dim = queries.shape
     if q == 0 or len(xa) == 0:
         return state
-    qn = np.einsum("ij,ij->i", queries, queries)
+    block = xa[:, :-1] if block is None else block
+    centred = queries - np.asarray(centre, np.float32)
+    qn = np.einsum("ij,ij->i", centred, centred)
     qa = np.empty((q, dim + 1), np.float32)
-    qa[:, :-1] = queries
+    qa[:, :-1] = centred
     qa[:, :-1] *= -2.0
     qa[:, -1] = 1.0
     # ||q||^2 is constant per query, so candidates are chosen on ||x||^2 - 2 q.x
@@ -89,28 +100,32 @@ def update(state, queries, xa, row_ids, k, row_groups=None, query_groups=None):
             sub[query_groups[:, None] == row_groups[shared][None, :]] = np.inf
             scores[:, shared] = sub
     kth = state[0][:, -1]
-    rows = None
-    if np.isfinite(kth).all():
-        # slack covers the float32 rounding of the expanded form; extra candidates are re-scored
-        limit = kth - qn + 1e-4 * (kth + 3 * qn)
-        hits = scores < limit[:, None]
-        if np.count_nonzero(hits) <= 8 * k * q:
-            rows, cols = np.nonzero(hits)
-    if rows is None:
+    if not np.isfinite(kth).all():
+        # until a query holds k results: the k-th best score of this block bounds its candidates
         kk = min(k, len(xa))
-        cols = np.argpartition(scores, kk - 1, axis=1)[:, :kk]
-        rows = np.repeat(np.arange(q), kk)
-        cols = cols.ravel()
-        finite = np.isfinite(scores[rows, cols])
-        rows, cols = rows[finite], cols[finite]
-    diff = queries[rows] - xa[cols, :-1]
+        block_kth = np.partition(scores, kk - 1, axis=1)[:, kk - 1] + qn
+        kth = np.where(np.isfinite(kth), np.minimum(kth, block_kth), block_kth)
+    # the slack covers the float32 rounding of the expanded form (relative to the norms, not to
+    # the distance); every candidate within it is re-scored exactly
+    limit = kth - qn + 1e-4 * (np.abs(kth) + 3 * qn)
+    hits = (scores <= limit[:, None]) & np.isfinite(scores)
+    if np.count_nonzero(hits) > MAX_CANDIDATES * k * q:
+        # a slack wider than the data (rows far from the centre): keep memory bounded with each
+        # query's MAX_CANDIDATES * k best float32 scores
+        kk = min(MAX_CANDIDATES * k, len(xa))
+        best = np.argpartition(scores, kk - 1, axis=1)[:, :kk]
+        keep = np.zeros_like(hits)
+        np.put_along_axis(keep, best, True, axis=1)
+        hits &= keep
+    rows, cols = np.nonzero(hits)
+    diff = queries[rows].astype(np.float64) - block[cols].astype(np.float64)
     d2 = np.einsum("ij,ij->i", diff, diff)
     return merge(state, rows, d2, np.asarray(row_ids, np.int64)[cols], k)
 
 
 def _finish(state):
     d2, ids = state
-    return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0.0)).astype(np.float32))
+    return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0.0)))
 
 
 def _embedding(index):
@@ -152,8 +167,13 @@ def read_blocks(index, block_rows=None, mask=None):
     spans = list(_blocks(emb.shape[0], _block_rows(emb.shape[1], block_rows), mask))
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(read_slice, emb, *spans[0]) if spans else None
-        for j, (i0, _) in enumerate(spans):
-            block = pending.result()
+        for j, (i0, i1) in enumerate(spans):
+            try:
+                block = pending.result()
+            except Exception as e:
+                if isinstance(index, xr.Dataset) and "part" in index.coords:
+                    raise first_damaged(index, "embedding", i0, i1, e) from None
+                raise
             if j + 1 < len(spans):
                 pending = pool.submit(read_slice, emb, *spans[j + 1])
             yield i0, block
@@ -165,7 +185,9 @@ def _search_block(queries, block, i0, k, mask=None, row_groups=None, query_group
     if mask is not None:
         block, ids = block[mask], ids[mask]
         row_groups = None if row_groups is None else row_groups[mask]
-    xa = _augment(np.asarray(block, np.float32))
+    block = np.asarray(block, np.float32)
+    centre = block.mean(0, dtype=np.float64).astype(np.float32) if len(block) else 0
+    xa = _augment(block - centre)
     state = _empty(len(queries), k) if state is None else state
     out = []
     for a in range(0, len(queries), QUERY_BATCH):
@@ -179,6 +201,8 @@ def _search_block(queries, block, i0, k, mask=None, row_groups=None, query_group
                 k,
                 row_groups,
                 None if query_groups is None else query_groups[a:b],
+                block,
+                centre,
             )
         )
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])

@@ -11,7 +11,7 @@ import xarray as xr
 
 from ethoprism import store
 from ethoprism.probe.retrieve.ann import load_index
-from ethoprism.probe.retrieve.knn import Neighbours, RetrievalError, exact_search, read_slice
+from ethoprism.probe.retrieve.knn import Neighbours, RetrievalError, exact_search
 from ethoprism.probe.retrieve.select import (
     parse_moment,
     parse_span,
@@ -41,7 +41,7 @@ def query_windows(ds, windows) -> Query:
     if bad:
         raise RetrievalError(f"window {bad[0]} is outside the store (windows 0..{n - 1})")
     vectors = (
-        np.stack([read_slice(ds["embedding"].data, w, w + 1)[0] for w in windows])
+        np.asarray(store.read_windows(ds, windows, var="embedding"), np.float32)
         if windows
         else np.zeros((0, ds.sizes["c"]), np.float32)
     )
@@ -50,7 +50,7 @@ def query_windows(ds, windows) -> Query:
     return Query(
         vectors=vectors,
         names=[
-            f"{os.path.basename(p)}@{t:.2f}s #{f} (window {w})"
+            f"{os.path.basename(p)}@{t:.3f}s #{f} (window {w})"
             for p, t, f, w in zip(paths, geo.start_time, geo.start_frame, windows, strict=True)
         ],
         sha256=[str(ds["video_sha256"].values[v]) for v in geo.video],
@@ -66,6 +66,47 @@ def middle_frame(ds, w) -> tuple[str, float]:
     return str(ds["video_path"].values[geo.video[0]]), float(geo.middle_time[0])
 
 
+def window_start(ds, w) -> tuple[float, int]:
+    """(start_time seconds, start_frame) of window w: what tables and sheet captions both show."""
+    return float(ds["start_time"].values[w]), int(ds["start_frame"].values[w])
+
+
+def overlapping(index_ds, query: Query, query_ds=None) -> list[np.ndarray]:
+    """Per query, the index windows sharing a frame with the query window (itself included):
+    same video (same store: same video row; another store: same content sha256) and
+    intersecting frame spans. Empty for queries that are not store windows (a clip)."""
+    start = index_ds["start_frame"].values.astype(np.int64)
+    end = start + index_ds["frame_step"].values.astype(np.int64) * (
+        np.maximum(index_ds["n_valid_frames"].values.astype(np.int64), 1) - 1
+    )
+    same_store = query_ds is index_ds
+    index_video = index_ds["video"].values
+    index_sha = np.asarray(index_ds["video_sha256"].values).astype(str)[index_video]
+    out = []
+    for qi, w in enumerate(query.windows):
+        if w is None or query_ds is None:
+            out.append(np.zeros(0, np.int64))
+            continue
+        q_start = int(query_ds["start_frame"].values[w])
+        q_end = q_start + int(query_ds["frame_step"].values[w]) * (
+            max(int(query_ds["n_valid_frames"].values[w]), 1) - 1
+        )
+        video = index_video == index_video[w] if same_store else index_sha == str(query.sha256[qi])
+        out.append(np.flatnonzero(video & (start <= q_end) & (end >= q_start)))
+    return out
+
+
+def _drop(found: Neighbours, excluded: list[np.ndarray], k: int) -> Neighbours:
+    """The first k results of each query that are not in its excluded windows."""
+    windows = np.full((len(excluded), k), -1, np.int64)
+    distances = np.full((len(excluded), k), np.inf)
+    for qi, skip in enumerate(excluded):
+        keep = (found.windows[qi] >= 0) & ~np.isin(found.windows[qi], skip)
+        w, d = found.windows[qi][keep][:k], found.distances[qi][keep][:k]
+        windows[qi, : len(w)], distances[qi, : len(d)] = w, d
+    return Neighbours(windows, distances)
+
+
 def query_moments(ds, moments: list[str]) -> Query:
     return query_windows(ds, [window_at(ds, parse_moment(m)) for m in moments])
 
@@ -78,6 +119,7 @@ def results_table(ds, query: Query, found: Neighbours) -> list[dict]:
             if w < 0:
                 continue
             v = int(ds["video"].values[w])
+            seconds, frame = window_start(ds, w)
             rows.append(
                 {
                     "query": query.names[qi],
@@ -85,8 +127,8 @@ def results_table(ds, query: Query, found: Neighbours) -> list[dict]:
                     "window": int(w),
                     "video": os.path.basename(str(ds["video_path"].values[v])),
                     "video_path": str(ds["video_path"].values[v]),
-                    "start_time": float(ds["start_time"].values[w]),
-                    "start_frame": int(ds["start_frame"].values[w]),
+                    "start_time": seconds,
+                    "start_frame": frame,
                     "distance": float(d),
                 }
             )
@@ -148,6 +190,7 @@ def run_query(
     windows=(),
     k: int = 10,
     exclude_same_video: bool = False,
+    include_overlapping: bool = False,
     videos: list[str] | None = None,
     scheduler: str | None = None,
     approx: bool = False,
@@ -155,7 +198,10 @@ def run_query(
 ) -> QueryResult:
     """`ethoprism retrieve query`: resolve moments / windows in `query_store` (default: the index
     store), or take a ready `query`, and search `index_store` exactly or with its saved ANN
-    index."""
+    index.
+
+    A query window is not its own result, nor are the windows sharing frames with it (they are
+    near copies of it), unless `include_overlapping`."""
     if approx and scheduler:
         raise RetrievalError(
             "--approx searches the saved index in this process; --scheduler is for exact search"
@@ -176,13 +222,19 @@ def run_query(
     index = None
     if approx:
         index = load_index(index_store, index_ds)
+    excluded = (
+        [np.zeros(0, np.int64)] * len(query.vectors)
+        if include_overlapping
+        else overlapping(index_ds, query, qds)
+    )
+    extra = max((len(e) for e in excluded), default=0)
     found = search(
         index_ds,
         query,
-        k,
+        k + extra,
         exclude_same_video=exclude_same_video,
         videos=videos,
         scheduler=scheduler,
         ann=index,
     )
-    return QueryResult(index_ds, query, found, qds)
+    return QueryResult(index_ds, query, _drop(found, excluded, k), qds)

@@ -1,0 +1,64 @@
+"""`bench host` code paths on tiny real inputs (figures are measured, never asserted)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ethoprism.extract.preprocess import Preprocessing
+from ethoprism.extract.video import demux_times, iter_frames, probe_video
+from ethoprism.pipeline.host_bench import STAGES, bench_host, cores, make_clips, token_shape
+
+VIDEOS = Path(__file__).parent / "data" / "videos"
+HORSE = VIDEOS / "horse_288x162.mp4"
+CAGE = VIDEOS / "mouse_cage_5frames.mp4"
+
+
+def test_make_clips_transcodes_720p_h264_and_mjpeg(tmp_path):
+    clips = make_clips(tmp_path, frames=3, source_384=HORSE)
+    assert list(clips) == ["384p h264", "720p h264", "720p mjpeg", "1080p h264"]
+    for label, codec in (("720p h264", "h264"), ("720p mjpeg", "mjpeg")):
+        info = probe_video(clips[label])
+        assert (info.codec, info.width, info.height) == (codec, 1280, 720)
+        assert sum(1 for _ in iter_frames(clips[label])) == 3
+
+
+def test_demux_times_equal_decoded_frame_times():
+    """The hardware decoder takes its times from the demuxer: they must be the decoder's."""
+    decoded = [f.time for f in iter_frames(HORSE, prep=Preprocessing(frame_size=8))]
+    np.testing.assert_array_equal(demux_times(HORSE), decoded)
+
+
+@pytest.mark.slow
+def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
+    prep = Preprocessing(frame_size=72)
+    r = bench_host(
+        model="videoprism-tiny",
+        prep=prep,
+        frames=6,
+        windows=4,
+        repeats=1,
+        rate=100.0,
+        clips={"horse": HORSE, "cage": CAGE},
+        directory=tmp_path,
+    )
+    assert r["token_shape"] == list(token_shape("videoprism-tiny", prep)) == [16, 4, 4, 64]
+    assert r["accelerator"]["windows_per_s"] == 100.0  # no accelerator here: the stated rate
+    assert set(r["strides"]) == {"8", "16"}
+    for clip in r["clips"].values():
+        assert clip["decode_ms_per_frame"] > 0 and clip["demux_ms_per_frame"] >= 0
+        for stride, x in clip["strides"].items():
+            assert list(x["stages_ms"]) == list(STAGES)
+            assert x["total_ms"] == pytest.approx(sum(x["stages_ms"].values()))
+            assert x["stages_ms"]["decode"] == pytest.approx(
+                int(stride) * clip["decode_ms_per_frame"]
+            )
+            assert x["cores_per_accelerator"] == pytest.approx(x["total_ms"] * 100.0 / 1e3)
+            assert x["cores_per_100_windows_per_s"] == pytest.approx(x["total_ms"] / 10)
+            assert x["nvdec_estimate_ms"] < x["total_ms"]
+    # the tiny tokens really went through the store: 16*4*4*64 float16 values, compressed
+    assert 0 < r["store"]["bytes_per_window"] < 16 * 4 * 4 * 64 * 2 * 1.1
+
+
+def test_cores():
+    assert cores(20.0, 450.0) == pytest.approx(9.0)
