@@ -10,6 +10,7 @@ window span, frames between windows belong to no window, by design.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -130,6 +131,75 @@ class WindowAssembler:
         return out
 
 
+def centred_start(frame: int, n_frames: int, prep: Preprocessing) -> int:
+    """Start of the window that serves `frame` as its frame of interest: the frame sits at
+    position L/2 - 1 (frames i-7..i+8 for 16), the window clamped to lie inside the video."""
+    L, K = prep.window_length, prep.frame_step
+    return max(0, min(frame - (L // 2 - 1) * K, n_frames - 1 - (L - 1) * K))
+
+
+class CentredAssembler(WindowAssembler):
+    """Only the windows centred on given frames (`centred_start`), once each, in start order.
+
+    A window is emitted as soon as its last frame arrives; those that the video's end clamps
+    are emitted by `finish`, from the ring buffer, which then holds the video's last frames.
+    The first `first_window` of them (a resumed video's stored ones) are passed over.
+    """
+
+    def __init__(
+        self,
+        prep: Preprocessing,
+        centres,
+        alloc: Callable[[], np.ndarray] | None = None,
+        first_window: int = 0,
+    ):
+        super().__init__(prep, alloc)
+        self._to_skip = first_window
+        self._centres = sorted({int(c) for c in centres})
+        self._pending = list(self._centres)
+        self._last_start = -1
+
+    def needs(self, index: int) -> bool:
+        k = bisect.bisect_left(self._centres, index - self.prep.window_span)
+        return k < len(self._centres) and self._centres[k] <= index + self.prep.window_span
+
+    def push(self, index: int, time: float, rgb: np.ndarray | None) -> list[Window]:
+        if index != self._n_frames:
+            raise ValueError(f"frames must arrive in order: expected {self._n_frames}, got {index}")
+        self._n_frames += 1
+        slot = index % len(self.buffer)
+        if rgb is not None:
+            self.buffer[slot] = rgb
+        self._times[slot] = time
+        out = []
+        L, K = self.prep.window_length, self.prep.frame_step
+        while self._pending:
+            start = max(0, self._pending[0] - (L // 2 - 1) * K)
+            if start + (L - 1) * K != index:
+                break
+            self._pending.pop(0)
+            out += self._centred(start, L)
+        return out
+
+    def finish(self) -> list[Window]:
+        n, out = self._n_frames, []
+        for c in self._pending:
+            if c < n:  # frames past the end are the annotations' error, reported there
+                start = centred_start(c, n, self.prep)
+                out += self._centred(start, (n - 1 - start) // self.prep.frame_step + 1)
+        self._pending = []
+        return out
+
+    def _centred(self, start: int, n_valid: int) -> list[Window]:
+        if start == self._last_start:
+            return []
+        self._last_start = self._next_start = start
+        if self._to_skip:  # resumed: an earlier run stored this one
+            self._to_skip -= 1
+            return []
+        return [self._emit(min(n_valid, self.prep.window_length))]
+
+
 def iter_windows(
     path,
     prep: Preprocessing,
@@ -137,19 +207,25 @@ def iter_windows(
     decoder: str = "cpu",
     alloc: Callable[[], np.ndarray] | None = None,
     first_window: int = 0,
+    centres=None,
 ) -> Generator[Window, None, tuple[int, float]]:
-    """Decode `path` and yield its windows in order (see the module docstring for which ones).
+    """Decode `path` and yield its windows in order (see the module docstring for which ones;
+    with `centres`, only the windows centred on those frames, see `CentredAssembler`).
 
     Returns (StopIteration.value) (n_frames, duration in seconds) as decoding found them, which
     can differ from what the container's header claims. Streaming: memory is one window span of
     resized frames plus the decoder's own buffers. A damaged video raises VideoError after
     yielding the windows before the damage; callers must then discard the video's windows.
     `decoder`: the backend, "cpu" or "nvdec" (`extract.decoders`); `alloc`: see WindowAssembler.
-    `first_window` > 0 resumes a video: earlier windows are not yielded, and frames only they
-    use are decoded but not resized.
+    `first_window` > 0 resumes a video: earlier windows are not yielded, and (off `centres`)
+    frames only they use are decoded but not resized.
     """
-    skip_before = first_window * prep.window_stride  # start frame of window `first_window`
-    assembler = WindowAssembler(prep, alloc, first_window)
+    if centres is None:
+        skip_before = first_window * prep.window_stride  # start frame of window `first_window`
+        assembler = WindowAssembler(prep, alloc, first_window)
+    else:  # centred windows are off the stride grid: every needed frame is resized
+        skip_before = 0
+        assembler = CentredAssembler(prep, centres, alloc, first_window)
     decode, resize = open_backend(decoder, prep, threads)
     decoded = decode(path)
     while True:

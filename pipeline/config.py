@@ -32,12 +32,22 @@ class RunConfig:
     # redoes at most this much of it (0: after every batch).
     piece_seconds: float = 30.0
     decoder: str = "auto"  # "auto" | "cpu" | "nvdec" (`extract.decoders`); runs use a resolved one
+    # extract --frames-from: only windows centred on these frames, per video file name
+    centres: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    frames_from: str | None = None  # the annotation file they came from (recorded in the store)
 
     def __post_init__(self):
         if self.prep is None:
             from ethoprism.extract.encoder import default_preprocessing  # jax: not for workers
 
             object.__setattr__(self, "prep", default_preprocessing(self.model))
+
+    @property
+    def windows(self) -> dict | None:
+        """The store's `windows` marker: None for windows at the regular stride."""
+        if not self.frames_from:
+            return None
+        return {"centred_on": "annotated frames", "frames_from": self.frames_from}
 
 
 def config_for_store(

@@ -112,7 +112,9 @@ class Failed:
     reason: str
 
 
-def _decode_videos(jobs, out, prep, complete, threads, chunk, resume, decoder="cpu", slots=None):
+def _decode_videos(
+    jobs, out, prep, complete, threads, chunk, resume, decoder="cpu", slots=None, centres=None
+):
     """Worker body: decode each (index, path) job into messages on `out` (window pixels in
     `slots` when given); `resume`: sha256 -> the first window to yield."""
 
@@ -137,8 +139,15 @@ def _decode_videos(jobs, out, prep, complete, threads, chunk, resume, decoder="c
             pending = []
             alloc = None if slots is None else slots.take
             first = resume.get(info.sha256, 0)
+            only = None if centres is None else centres.get(os.path.basename(path), ())
             windows = iter_windows(
-                path, prep, threads=threads, decoder=decoder, alloc=alloc, first_window=first
+                path,
+                prep,
+                threads=threads,
+                decoder=decoder,
+                alloc=alloc,
+                first_window=first,
+                centres=only,
             )
             while True:
                 try:
@@ -197,6 +206,7 @@ class DecodePool:
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
         decoder: str = "cpu",
+        centres: dict[str, tuple[int, ...]] | None = None,
     ):
         self.paths = paths
         self.n_workers = max(1, min(workers, len(paths)))
@@ -220,7 +230,7 @@ class DecodePool:
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
             args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, resume or {})
-            args += (decoder, self._slots[j])
+            args += (decoder, self._slots[j], centres)
             w = make(target=target, args=args, daemon=True)
             w.start()
             self._workers.append(w)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from ethoprism.errors import EthoprismError
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.distributed import extract_distributed
 from ethoprism.pipeline.inputs import find_videos
@@ -24,6 +27,10 @@ def run_extract(
     """
     cfg = cfg or RunConfig()
     paths = find_videos(inputs)
+    if cfg.frames_from:  # only the annotated videos
+        paths = [p for p in paths if os.path.basename(p) in dict(cfg.centres)]
+        if not paths:
+            raise EthoprismError(f"none of the videos given is annotated in {cfg.frames_from}")
     ensure_store_parent(store_path)
     if scheduler:
         return extract_distributed(paths, store_path, cfg, scheduler)

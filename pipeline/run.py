@@ -270,6 +270,7 @@ def extract_local(
         preprocessing=cfg.prep.to_dict(),
         layout=cfg.layout,
         part=part,
+        windows=cfg.windows,
     ) as writer:
         complete = complete_fingerprints(store_path)
         reporter.start(len(paths))  # once the store is known to be writable
@@ -285,6 +286,7 @@ def extract_local(
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
                 decoder=cfg.decoder,
+                centres=dict(cfg.centres) if cfg.frames_from else None,
             ) as pool:
                 _feed(pool, sharded, sink, reporter)
         except KeyboardInterrupt:

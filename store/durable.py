@@ -31,6 +31,7 @@ from ethoprism.store.schema import (
     SCHEMA,
     SCHEMA_VERSION,
     StoreError,
+    StoreIdentityError,
     check_same_identity,
     check_schema,
     jsonable,
@@ -109,7 +110,9 @@ def remove_temp_files(directory: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def open_root(root: Path, identity: dict, software_version: str) -> None:
+def open_root(
+    root: Path, identity: dict, software_version: str, windows: dict | None = None
+) -> None:
     """Create the store's root and parts groups, or check an existing root's schema and identity.
 
     Everything written at the root happens under the root directory's flock, so concurrent
@@ -136,6 +139,8 @@ def open_root(root: Path, identity: dict, software_version: str) -> None:
                 "created": now(),
                 "parts": [],
             }
+            if windows:  # windows not at the regular stride (extract --frames-from)
+                attrs["windows"] = jsonable(windows)
             write_json_atomic(meta, group_doc(attrs))
         attrs = read_json(meta).get("attributes", {})
         check_schema(attrs, str(root))
@@ -154,6 +159,11 @@ def open_root(root: Path, identity: dict, software_version: str) -> None:
             identity,
             f"store {root} (left) vs this writer (right)",
         )
+        if attrs.get("windows") != (jsonable(windows) if windows else None):
+            raise StoreIdentityError(
+                f"store {root} holds windows {attrs.get('windows') or 'at a regular stride'}; "
+                f"this writer writes {windows or 'windows at a regular stride'}: use another store"
+            )
         if not (parts / "zarr.json").exists():
             parts.mkdir(exist_ok=True)
             write_json_atomic(parts / "zarr.json", group_doc({}))

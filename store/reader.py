@@ -270,6 +270,8 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
         )
     }
     attrs.update(source=handle.source, parts=[p.name for p in handle.parts])
+    if handle.attrs.get("windows"):  # windows not at the regular stride (extract --frames-from)
+        attrs["windows"] = handle.attrs["windows"]
 
     # part-local video row -> row of the merged table (-1: dropped by the merge)
     row_of = [np.full(len(part.state["videos"]), -1, dtype=np.int64) for part in handle.parts]

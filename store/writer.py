@@ -489,12 +489,15 @@ def open_writer(
     part: str | None = None,
     software_version: str = __version__,
     windows_per_shard: int | None = None,
+    windows: dict | None = None,
 ) -> StoreWriter:
     """Create a store at `path` or open it for append, as one part (one writer process).
 
     A store with a different encoder, preprocessing or layout is refused (StoreIdentityError
     naming each differing field). Reopening a part by name resumes it after a crash.
     `windows_per_shard` applies to a new part (None: about 64 MiB of tokens per shard).
+    `windows` marks a store of windows chosen otherwise than at the regular stride (e.g.
+    `{"centred_on": "annotated frames", "frames_from": PATH}`); a store is never mixed.
     """
     if "://" in str(path):
         raise StoreError(
@@ -506,7 +509,7 @@ def open_writer(
     root = Path(path)
     identity = {"encoder": encoder, "preprocessing": preprocessing, "layout": layout.to_dict()}
     try:
-        open_root(root, identity, software_version)
+        open_root(root, identity, software_version, windows)
         return StoreWriter(root, layout, part, windows_per_shard, aligned_arrays(encoder))
     except OSError as e:
         raise writable_error(root, e) from None

@@ -21,13 +21,13 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.lvt import PROMPT_TEMPLATE
 from ethoprism.probe import labels as L
-from ethoprism.probe.classify.jobs import _evaluate, _truth
 from ethoprism.probe.classify.predict import (
     frame_labels,
     video_frame_probabilities,
     video_windows,
     write_frame_csv,
 )
+from ethoprism.probe.classify.scoring import evaluate_heads, expert_frames
 from ethoprism.probe.report import confusion_png, ethogram_png
 from ethoprism.probe.text import ALIGNED_VAR, TEMPERATURE, encode_prompts, require_aligned
 from ethoprism.store import geometry
@@ -107,7 +107,7 @@ def zero_shot(
         csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, classes, times)
         expert = None
         if table is not None and v in table.videos:
-            truth = _truth(table, v, n_frames, False, classes)
+            truth = expert_frames(table, v, n_frames, False, classes)
             expert = np.where(truth.any(1), truth.argmax(1), -1)
         png = ethogram_png(
             out / f"{stem}.png", classes, per_frame[v], expert, fps, title=f"{v}: {NAME}"
@@ -124,7 +124,7 @@ def zero_shot(
         chosen = [v for v in wanted if v in table.videos]
         if not chosen:
             raise EthoprismError(f"{labels}: labels none of the videos classified")
-        metrics = _evaluate(
+        metrics = evaluate_heads(
             ds,
             table,
             classes,
