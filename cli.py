@@ -167,37 +167,58 @@ def extract(
     store: Annotated[
         str, typer.Argument(help="The feature store to create or append to (a directory).")
     ],
-    model: ModelOpt = "videoprism-b",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny. "
+            "Default: an existing store's own (with its checkpoint and preprocessing), "
+            "else videoprism-b."
+        ),
+    ] = None,
     checkpoint: CheckpointOpt = None,
-    dtype: DtypeOpt = Dtype.float32,
-    stride: Annotated[int, typer.Option(help="Frames between consecutive window starts.")] = 8,
+    dtype: Annotated[
+        Dtype | None,
+        typer.Option(help="Matmul dtype: float32 or bfloat16. Default: the store's, else float32."),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Frames between consecutive window starts. Default: the store's, else 8."
+        ),
+    ] = None,
     window_length: Annotated[
         int | None,
-        typer.Option(help="Frames per window. Default: the encoder's (videoprism-l: 8)."),
+        typer.Option(help="Frames per window. Default: the store's, else the encoder's."),
     ] = None,
     frame_step: Annotated[
-        int, typer.Option(help="Frame step K inside a window: frames start + j*K.")
-    ] = 1,
+        int | None,
+        typer.Option(help="Frame step K inside a window: frames start + j*K. Default: 1."),
+    ] = None,
     resize: Annotated[
-        Resize, typer.Option(help="squash (to a square), pad (letterbox) or crop (centre).")
-    ] = Resize.squash,
+        Resize | None,
+        typer.Option(
+            help="squash (to a square), pad (letterbox) or crop (centre). Default: squash."
+        ),
+    ] = None,
     frame_size: Annotated[
         int | None,
         typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
     ] = None,
     interpolation: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Resize filter: area (default), bilinear (stores made before area was the "
-            "default) or bicubic; part of the store's identity."
+            help="Resize filter: area, bilinear (stores made before area was the default) or "
+            "bicubic; part of the store's identity. Default: the store's, else area."
         ),
-    ] = "area",
+    ] = None,
     layout: Annotated[
-        TokenLayout, typer.Option(help="Token storage: float16-round7, float16 or int8.")
-    ] = TokenLayout.float16_round7,
+        TokenLayout | None,
+        typer.Option(help="Token storage: float16-round7 (default), float16 or int8."),
+    ] = None,
     pool: Annotated[
-        int, typer.Option(help="Average-pool tokens spatially by 1, 2 or 4 before storing.")
-    ] = 1,
+        int | None,
+        typer.Option(help="Average-pool tokens spatially by 1, 2 or 4 before storing. Default: 1."),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(help="Windows per encoder call (rounded up to a multiple of the devices)."),
@@ -213,6 +234,13 @@ def extract(
         ),
     ] = "auto",
     scheduler: SchedulerOpt = None,
+    save_every: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between saves of a long video's windows: an interrupted run resumes "
+            "inside the video and redoes at most this much (0: after every batch)."
+        ),
+    ] = 30.0,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -237,30 +265,30 @@ def extract(
     A video that cannot be decoded is recorded as failed and the run goes on; the exit status
     is 1 when any video failed.
     """
-    from ethoprism.extract.encoder import default_preprocessing
     from ethoprism.pipeline import extract as pipeline_extract
-    from ethoprism.pipeline.config import RunConfig
+    from ethoprism.pipeline.config import config_for_store
     from ethoprism.pipeline.inputs import find_videos
     from ethoprism.pipeline.plan import plan_run
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
-    from ethoprism.store import Layout
+    from ethoprism.pipeline.run import ExtractInterrupted
 
-    cfg = RunConfig(
+    cfg = config_for_store(
+        store,
         model=model,
         checkpoint=checkpoint,
-        dtype=dtype.value,
-        prep=default_preprocessing(
-            model,
+        dtype=dtype.value if dtype else None,
+        prep=dict(
             window_length=window_length,
             frame_size=frame_size,
-            resize=resize.value,
+            resize=resize.value if resize else None,
             window_stride=stride,
             frame_step=frame_step,
             interpolation=interpolation,
         ),
-        layout=Layout(dtype=layout.value, pool=pool),
+        layout=dict(dtype=layout.value if layout else None, pool=pool),
         batch_size=batch_size,
         decode_workers=decode_workers,
+        piece_seconds=save_every,
         decoder=decoder,
         **_centres(frames_from),
     )
@@ -297,6 +325,9 @@ def extract(
         summary = pipeline_extract.run_extract(
             archive, store, cfg, scheduler=scheduler, reporter=reporter
         )
+    except ExtractInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code=130) from None
     finally:
         if reporter is not None:
             reporter.stop()
@@ -845,6 +876,13 @@ def retrieve_query(
     labels: Annotated[str | None, typer.Option(help="Label file to caption the sheet.")] = None,
     label_column: LabelColumnOpt = LABEL_COLUMN,
     column: ColumnAliasOpt = None,
+    videos_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the store's videos are now, if not at the paths recorded at extraction "
+            "(matched by relative path, then by content)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     cache: CacheOpt = None,
 ) -> None:
@@ -890,7 +928,12 @@ def retrieve_query(
         )
     if sheet:
         sheet_for(
-            result, sheet, n_results=sheet_results, labels=labels, column=column or label_column
+            result,
+            sheet,
+            n_results=sheet_results,
+            labels=labels,
+            column=column or label_column,
+            videos_root=videos_root,
         )
     if text:
         from ethoprism.probe.retrieve.text import text_table
@@ -1057,7 +1100,13 @@ def _print_hits(r) -> None:
 
 @bench_app.command("retrieve")
 def bench_retrieve(
-    n: Annotated[int, typer.Option(help="Index embeddings (generated in memory).")] = 1_000_000,
+    n: Annotated[
+        int,
+        typer.Option(
+            help="Index embeddings (generated in memory; the default keeps the run within "
+            "about 4 GB: 1000000 takes about 10 GB)."
+        ),
+    ] = 250_000,
     dim: Annotated[int, typer.Option(help="Embedding width.")] = 768,
     queries: Annotated[int, typer.Option(help="Queries searched at once.")] = 500,
     text_n: Annotated[
@@ -1085,16 +1134,22 @@ def bench_retrieve(
     from ethoprism.probe.retrieve.bench import bench_retrieve as run_bench
     from ethoprism.probe.retrieve.bench import bench_text_search
 
-    r = run_bench(n=n, dim=dim, queries=queries) if n else {}
+    r = {}
+    if n:
+        with err_console.status(f"bench retrieve: {n} embeddings of width {dim}, exact and FAISS"):
+            r = run_bench(n=n, dim=dim, queries=queries)
     if text_n:
-        r.update(bench_text_search(n=text_n, dim=dim))
+        with err_console.status(f"bench retrieve: text queries over {text_n} embeddings"):
+            r.update(bench_text_search(n=text_n, dim=dim))
     if prompts or lvt_tower:
         from ethoprism.extract import lvt_bench
 
         if prompts:
-            r.update(lvt_bench.bench_prompts(n=prompts))
+            with err_console.status(f"bench retrieve: encoding {prompts} prompts"):
+                r.update(lvt_bench.bench_prompts(n=prompts))
         if lvt_tower:
-            r.update(lvt_bench.bench_video_tower())
+            with err_console.status("bench retrieve: the videoprism-lvt-b video tower"):
+                r.update(lvt_bench.bench_video_tower())
     if as_json:
         print_json(r)
         return
@@ -1187,14 +1242,15 @@ def _training_progress():
         TimeRemainingColumn(),
         console=err_console,
     )
-    # hidden until the first step: before it there is no epoch, step count or loss to show
-    task = bar.add_task("train", total=None, epoch=0, loss="-", visible=False)
+    tasks = []  # added at the first step: nothing is shown before training starts
 
     def update(event: dict) -> None:
         if "step" in event:
+            if not tasks:
+                bar.start()  # a no-op inside `with bar`
+                tasks.append(bar.add_task("train", total=event["steps"], epoch=1, loss="-"))
             bar.update(
-                task,
-                visible=True,
+                tasks[0],
                 total=event["steps"],
                 completed=event["step"],
                 epoch=event["epoch"] + 1,
@@ -1559,13 +1615,16 @@ def bench_probe(
     (target <= 1.3), training windows/s at the base token shape."""
     from ethoprism.probe.classify.bench import bench_probe as run_bench
 
-    r = run_bench(
-        windows=windows,
-        heads=heads,
-        batch_size=batch_size,
-        shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
-        directory=directory,
-    )
+    with err_console.status(
+        f"bench probe: writing {windows} windows, then epochs of 1 and {heads} MAP heads"
+    ):
+        r = run_bench(
+            windows=windows,
+            heads=heads,
+            batch_size=batch_size,
+            shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
+            directory=directory,
+        )
     if as_json:
         print_json(r)
         return
@@ -1692,9 +1751,10 @@ def demo(
     Uses VideoPrism-B when its weights are on this machine (see `ethoprism models`), else the
     tiny encoder with random weights, which runs everything but learns nothing meaningful.
     """
-    from ethoprism.pipeline.demo import choose_encoder, run_demo
+    from ethoprism.pipeline.demo import check_out, choose_encoder, run_demo
     from ethoprism.pipeline.progress import RichReporter
 
+    check_out(out)
     choice = choose_encoder()
     if not choice.real:
         err_console.print(
@@ -1704,11 +1764,24 @@ def demo(
             highlight=False,
         )
     reporter = None if as_json else RichReporter(console=err_console)
+    bar, update = _training_progress()
+
+    def stage(text: str) -> None:
+        bar.stop()  # training's display, once training is over
+        if not as_json:
+            err_console.print(f"[bold]demo:[/] {text}", highlight=False)
+
     try:
-        result = run_demo(out, reporter=reporter)
+        result = run_demo(
+            out,
+            reporter=reporter,
+            stage=stage,
+            training_progress=None if as_json else update,
+        )
     finally:
         if reporter is not None:
             reporter.stop()
+        bar.stop()
     if as_json:
         print_json(result)
         return
@@ -1720,7 +1793,11 @@ def demo(
                 "encoder",
                 f"{choice.model} ({'official weights' if choice.real else 'RANDOM weights'})",
             ),
-            ("store", f"{result['store']}: {result['extraction']['windows']} windows"),
+            (
+                "store",
+                f"{result['store']}: {result['store_windows']} windows "
+                f"({result['extraction']['windows']} extracted by this run)",
+            ),
             ("head", result["head"]),
             ("classes", ", ".join(result["classes"])),
             *[("ethogram", f"{e['csv']}  {e['png']}") for e in result["ethograms"]],

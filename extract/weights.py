@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from ethoprism.extract.encoder import (
 ENV_VAR = "ETHOPRISM_CHECKPOINT"
 RANDOM = "random"
 RANDOM_SHA256 = "random-init-seed-0"
+# How long the hub may take to accept a connection before the machine counts as offline: the
+# hub client's own retries would otherwise spend ~30 s before failing.
+ONLINE_CHECK_SECONDS = 2.0
 
 
 class CheckpointError(EthoprismError):
@@ -79,17 +83,53 @@ def download(config: EncoderConfig) -> Path:
             f"{config.name} has no published weights: pass checkpoint=PATH, "
             f"set {ENV_VAR}=PATH, or use checkpoint='random'"
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    cached = weights_available(config.name)
+    if cached is not None:
+        return Path(cached)
+    missing = f"weights for {config.name} ({config.hf_filename}) are not in the Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"{missing} and HF_HUB_OFFLINE is set; {_how_to_get(config)}")
+    unreachable = _unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise CheckpointError(
+            f"{missing} and this machine is offline ({unreachable}); {_how_to_get(config)}"
+        )
     try:
         return Path(hf_hub_download(config.hf_repo, config.hf_filename))
     except (HfHubHTTPError, OSError) as e:
         raise CheckpointError(
-            f"weights for {config.name} ({config.hf_filename}) are not in the Hugging Face cache "
-            f"and could not be downloaded from {config.hf_repo} ({type(e).__name__}); "
-            f"{_how_to_get(config)}"
+            f"{missing} and could not be downloaded from {constants.ENDPOINT}/{config.hf_repo} "
+            f"({type(e).__name__}); {_how_to_get(config)}"
         ) from None
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why `endpoint` cannot be reached within ONLINE_CHECK_SECONDS, or None if it can.
+
+    The name lookup is inside the limit too (a resolver with no network can hang for longer),
+    so the check runs in a daemon thread that is abandoned if it overruns.
+    """
+    import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    why: list[str] = ["timed out"]
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=ONLINE_CHECK_SECONDS).close()
+            why[0] = ""
+        except OSError as e:
+            why[0] = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+
+    check = threading.Thread(target=connect, daemon=True)
+    check.start()
+    check.join(ONLINE_CHECK_SECONDS + 0.2)
+    return f"cannot connect to {host}:{port}: {why[0]}" if why[0] else None
 
 
 def weights_available(name: str) -> str | None:

@@ -51,12 +51,19 @@ class WindowAssembler:
 
     `buffer` is a ring of window_span frames (frame f in slot f % span): its size depends on the
     preprocessing, never on the video's length. `alloc()`, when given, returns the array each
-    window's pixels are written into (shared memory, say), instead of a new one.
+    window's pixels are written into (shared memory, say), instead of a new one. Windows before
+    `first_window` (a resumed video) are passed over: never gathered, never returned.
     """
 
-    def __init__(self, prep: Preprocessing, alloc: Callable[[], np.ndarray] | None = None):
+    def __init__(
+        self,
+        prep: Preprocessing,
+        alloc: Callable[[], np.ndarray] | None = None,
+        first_window: int = 0,
+    ):
         self.prep = prep
         self._alloc = alloc
+        self._skip_before = first_window * prep.window_stride  # start frame of `first_window`
         span, size = prep.window_span, prep.frame_size
         self.buffer = np.zeros((span, size, size, 3), np.uint8)
         self._times = np.zeros(span, np.float64)
@@ -82,7 +89,7 @@ class WindowAssembler:
         self._times[slot] = time
         start = self._next_start
         if start + (self.prep.window_length - 1) * self.prep.frame_step == index:
-            return [self._emit(self.prep.window_length)]
+            return self._emitted(self.prep.window_length)
         return []
 
     def finish(self) -> list[Window]:
@@ -92,7 +99,13 @@ class WindowAssembler:
         previous_end = start - self.prep.window_stride + self.prep.window_span - 1
         if start > last or (start > 0 and previous_end >= last):
             return []
-        return [self._emit((last - start) // self.prep.frame_step + 1)]
+        return self._emitted((last - start) // self.prep.frame_step + 1)
+
+    def _emitted(self, n_valid: int) -> list[Window]:
+        if self._next_start < self._skip_before:  # resumed: an earlier run stored this one
+            self._next_start += self.prep.window_stride
+            return []
+        return [self._emit(n_valid)]
 
     def _emit(self, n_valid: int) -> Window:
         L, K, start = self.prep.window_length, self.prep.frame_step, self._next_start
@@ -130,10 +143,18 @@ class CentredAssembler(WindowAssembler):
 
     A window is emitted as soon as its last frame arrives; those that the video's end clamps
     are emitted by `finish`, from the ring buffer, which then holds the video's last frames.
+    The first `first_window` of them (a resumed video's stored ones) are passed over.
     """
 
-    def __init__(self, prep: Preprocessing, centres, alloc: Callable[[], np.ndarray] | None = None):
+    def __init__(
+        self,
+        prep: Preprocessing,
+        centres,
+        alloc: Callable[[], np.ndarray] | None = None,
+        first_window: int = 0,
+    ):
         super().__init__(prep, alloc)
+        self._to_skip = first_window
         self._centres = sorted({int(c) for c in centres})
         self._pending = list(self._centres)
         self._last_start = -1
@@ -173,6 +194,9 @@ class CentredAssembler(WindowAssembler):
         if start == self._last_start:
             return []
         self._last_start = self._next_start = start
+        if self._to_skip:  # resumed: an earlier run stored this one
+            self._to_skip -= 1
+            return []
         return [self._emit(min(n_valid, self.prep.window_length))]
 
 
@@ -182,6 +206,7 @@ def iter_windows(
     threads: int = 0,
     decoder: str = "cpu",
     alloc: Callable[[], np.ndarray] | None = None,
+    first_window: int = 0,
     centres=None,
 ) -> Generator[Window, None, tuple[int, float]]:
     """Decode `path` and yield its windows in order (see the module docstring for which ones;
@@ -192,11 +217,15 @@ def iter_windows(
     resized frames plus the decoder's own buffers. A damaged video raises VideoError after
     yielding the windows before the damage; callers must then discard the video's windows.
     `decoder`: the backend, "cpu" or "nvdec" (`extract.decoders`); `alloc`: see WindowAssembler.
+    `first_window` > 0 resumes a video: earlier windows are not yielded, and (off `centres`)
+    frames only they use are decoded but not resized.
     """
     if centres is None:
-        assembler = WindowAssembler(prep, alloc)
-    else:
-        assembler = CentredAssembler(prep, centres, alloc)
+        skip_before = first_window * prep.window_stride  # start frame of window `first_window`
+        assembler = WindowAssembler(prep, alloc, first_window)
+    else:  # centred windows are off the stride grid: every needed frame is resized
+        skip_before = 0
+        assembler = CentredAssembler(prep, centres, alloc, first_window)
     decode, resize = open_backend(decoder, prep, threads)
     decoded = decode(path)
     while True:
@@ -205,7 +234,7 @@ def iter_windows(
         except StopIteration as end:
             n_frames, duration = end.value
             break
-        rgb = resize(frame) if assembler.needs(index) else None
+        rgb = resize(frame) if index >= skip_before and assembler.needs(index) else None
         yield from assembler.push(index, time, rgb)
     yield from assembler.finish()
     return n_frames, duration

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ethoprism.extract.decoders import (
     NvdecSupport,
@@ -14,6 +16,7 @@ from ethoprism.extract.decoders import (
 )
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.store.layout import Layout
+from ethoprism.store.schema import StoreError, check_schema
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class RunConfig:
     layout: Layout = field(default_factory=Layout)
     batch_size: int = 8
     decode_workers: int = 2
+    # A long video's windows are made durable in pieces this often, so that an interrupted run
+    # redoes at most this much of it (0: after every batch).
+    piece_seconds: float = 30.0
     decoder: str = "auto"  # "auto" | "cpu" | "nvdec" (`extract.decoders`); runs use a resolved one
     # extract --frames-from: only windows centred on these frames, per video file name
     centres: tuple[tuple[str, tuple[int, ...]], ...] = ()
@@ -42,6 +48,63 @@ class RunConfig:
         if not self.frames_from:
             return None
         return {"centred_on": "annotated frames", "frames_from": self.frames_from}
+
+
+def config_for_store(
+    store_path: str,
+    *,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    dtype: str | None = None,
+    prep: dict | None = None,
+    layout: dict | None = None,
+    **run,
+) -> RunConfig:
+    """The run's config: what was given, then (for an existing store) the store's own encoder,
+    checkpoint and preprocessing, then the defaults (the encoder's window length and frame
+    size). So appending to a store needs no options, and a store made with random weights
+    keeps getting random weights."""
+    from ethoprism.extract.encoder import default_preprocessing  # jax: not for workers
+    from ethoprism.extract.weights import RANDOM_SHA256
+
+    given_prep = {k: v for k, v in (prep or {}).items() if v is not None}
+    given_layout = {k: v for k, v in (layout or {}).items() if v is not None}
+    attrs = _store_attrs(store_path)
+    base_prep = None
+    if attrs is not None:
+        encoder = attrs.get("encoder", {})
+        if model is None:
+            model = encoder.get("name")
+            if checkpoint is None and encoder.get("checkpoint_sha256") == RANDOM_SHA256:
+                checkpoint = "random"
+        dtype = dtype or encoder.get("dtype")
+        base_prep = attrs.get("preprocessing")
+        given_layout = {**attrs.get("layout", {}), **given_layout}
+    defaults = RunConfig.__dataclass_fields__
+    model = model or defaults["model"].default
+    if base_prep is None:
+        base_prep = default_preprocessing(model).to_dict()
+    return RunConfig(
+        model=model,
+        checkpoint=checkpoint,
+        dtype=dtype or defaults["dtype"].default,
+        prep=Preprocessing.from_dict({**base_prep, **given_prep}),
+        layout=Layout.from_dict({**Layout().to_dict(), **given_layout}),
+        **run,
+    )
+
+
+def _store_attrs(store_path: str) -> dict | None:
+    """The root attributes of an existing local store, or None where there is none yet."""
+    meta = Path(store_path) / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{store_path}: cannot read its zarr.json ({e})") from None
+    check_schema(attrs, store_path)
+    return attrs
 
 
 def resolve_decoder(

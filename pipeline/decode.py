@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -112,10 +113,10 @@ class Failed:
 
 
 def _decode_videos(
-    jobs, out, prep, complete, threads, chunk, decoder="cpu", slots=None, centres=None
+    jobs, out, prep, complete, threads, chunk, resume, decoder="cpu", slots=None, centres=None
 ):
     """Worker body: decode each (index, path) job into messages on `out` (window pixels in
-    `slots` when given)."""
+    `slots` when given); `resume`: sha256 -> the first window to yield."""
 
     def send(index, pending):
         if slots is None:
@@ -137,9 +138,16 @@ def _decode_videos(
             out.put(Start(index, info))
             pending = []
             alloc = None if slots is None else slots.take
+            first = resume.get(info.sha256, 0)
             only = None if centres is None else centres.get(os.path.basename(path), ())
             windows = iter_windows(
-                path, prep, threads=threads, decoder=decoder, alloc=alloc, centres=only
+                path,
+                prep,
+                threads=threads,
+                decoder=decoder,
+                alloc=alloc,
+                first_window=first,
+                centres=only,
             )
             while True:
                 try:
@@ -168,12 +176,23 @@ def _decode_videos(
                 slots.release(slots.slot_of(w.pixels))
 
 
+def _decode_videos_in_process(*args):
+    """Process worker body: Ctrl-C (sent to the whole process group) is the parent's to handle;
+    the parent stops this worker when it has saved what it can."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _decode_videos(*args)
+
+
 def _in_daemon() -> bool:
     return mp.current_process().daemon
 
 
 class DecodePool:
-    """Iterate `events()` to receive Start/Skip/Windows/End/Failed for every video, in order."""
+    """Iterate `events()` to receive Start/Skip/Windows/End/Failed for every video, in order.
+
+    `complete`: sha256s of videos to skip; `resume`: sha256 -> windows already stored in
+    committed pieces, which a video's windows start after.
+    """
 
     def __init__(
         self,
@@ -182,6 +201,7 @@ class DecodePool:
         *,
         workers: int = 2,
         complete: frozenset[str] = frozenset(),
+        resume: dict[str, int] | None = None,
         queue_windows: int = 16,
         threads_per_worker: int = 0,
         use_processes: bool | None = None,
@@ -199,19 +219,19 @@ class DecodePool:
         if use_processes:
             ctx = mp.get_context("spawn")
             self._queues = [ctx.Queue(maxsize) for _ in range(self.n_workers)]
-            make = ctx.Process
+            make, target = ctx.Process, _decode_videos_in_process
             shape = (prep.window_length, prep.frame_size, prep.frame_size, 3)
             # the queued windows, the chunk being filled and the one being read
             self._slots = [WindowSlots(ctx, (maxsize + 2) * chunk, shape) for _ in self._slots]
         else:
             self._queues = [queue.Queue(maxsize) for _ in range(self.n_workers)]
-            make = threading.Thread
+            make, target = threading.Thread, _decode_videos
         self._workers = []
         for j in range(self.n_workers):
             jobs = [(i, p) for i, p in enumerate(paths) if i % self.n_workers == j]
-            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, decoder)
-            args += (self._slots[j], centres)
-            w = make(target=_decode_videos, args=args, daemon=True)
+            args = (jobs, self._queues[j], prep, complete, threads_per_worker, chunk, resume or {})
+            args += (decoder, self._slots[j], centres)
+            w = make(target=target, args=args, daemon=True)
             w.start()
             self._workers.append(w)
 

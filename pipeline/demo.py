@@ -7,9 +7,12 @@ and `probe eval`, on the two MammAlps clips and their transcribed labels in `dat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ethoprism import store
+from ethoprism.errors import EthoprismError
 from ethoprism.extract.encoder import default_preprocessing
 from ethoprism.extract.weights import ENV_VAR, weights_available
 from ethoprism.pipeline.config import RunConfig
@@ -36,8 +39,24 @@ def choose_encoder() -> EncoderChoice:
     return EncoderChoice("videoprism-tiny", "random", False)
 
 
-def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
+def check_out(out: str | os.PathLike) -> Path:
+    """The demo's output folder, refused up front if it cannot be one."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EthoprismError(f"--out {out} is a file; the demo writes a folder of results there")
+    return out
+
+
+def run_demo(
+    out: str | os.PathLike,
+    reporter=None,
+    epochs: int = 30,
+    stage: Callable[[str], None] = lambda _: None,
+    training_progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run the demo into `out`; `stage` hears each stage as it starts, `reporter` and
+    `training_progress` the progress of extraction and training."""
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     choice = choose_encoder()
     # Stride 4 gives the short wolf clip (110 frames) enough windows to learn from.
@@ -47,19 +66,31 @@ def run_demo(out: str | os.PathLike, reporter=None, epochs: int = 30) -> dict:
         prep=default_preprocessing(choice.model, window_stride=4),
     )
     store_path = str(out / "features.zarr")
+    stage(f"extracting {len(VIDEOS)} videos with {choice.model} into {store_path}")
     extraction = run_extract([str(v) for v in VIDEOS], store_path, cfg, reporter=reporter)
+    if hasattr(reporter, "stop"):
+        reporter.stop()  # one live display at a time: training's comes next
     # Defaults throughout, as a user's first `probe train` would run: the learning rate is chosen
     # on validation windows, and since each behaviour is filmed in one video only, the split
     # holds out each behaviour's last windows in time (the metrics say what they were measured on).
+    stage(f"training a MAP head for {epochs} epochs")
     training = train_probe(
-        store_path, LABELS, out / "probe", label_column=defaults.LABEL_COLUMN, epochs=epochs
+        store_path,
+        LABELS,
+        out / "probe",
+        label_column=defaults.LABEL_COLUMN,
+        epochs=epochs,
+        progress=training_progress,
     )
     head_dir = training["heads"][0]["dir"]
+    stage("predicting per-frame ethograms")
     ethograms = predict_store(store_path, head_dir, out / "ethograms", labels=LABELS)
+    stage("evaluating the head (on held-out windows)")
     metrics = evaluate_head(store_path, head_dir, LABELS, out / "metrics")
     return {
         "encoder": choice.__dict__,
         "store": store_path,
+        "store_windows": store.open(store_path).sizes["window"],  # this run's and earlier ones'
         "extraction": extraction.to_dict(),
         "head": head_dir,
         "learning_rate": training["heads"][0]["learning_rate_choice"],

@@ -13,6 +13,7 @@ from ethoprism.extract import CONFIGS, load_encoder
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
+from ethoprism.extract.weights import RANDOM
 from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig, resolve_decoder
 
@@ -68,8 +69,12 @@ def bytes_per_window(cfg: RunConfig) -> float:
 
 
 def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
-    """Encoder windows/s at the run's model, batch and dtype (after compiling)."""
-    encoder = load_encoder(cfg.model, cfg.checkpoint, cfg.dtype)
+    """Encoder windows/s at the run's model, batch and dtype (after compiling).
+
+    Measured with randomly initialised weights: the speed does not depend on their values, and
+    a dry run must not need (or download) the checkpoint.
+    """
+    encoder = load_encoder(cfg.model, RANDOM, cfg.dtype)
     sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout)
     size, length = cfg.prep.frame_size, cfg.prep.window_length
     pixels = np.random.default_rng(0).integers(

@@ -12,14 +12,20 @@ from ethoprism.pipeline.run import STARVED_SHARE, Reporter, VideoResult
 
 
 class RichReporter(Reporter):
-    """Videos done/failed/total with an ETA, and the window rate; a warning when the
-    accelerator waits on the host's decoding more than `starved_share` of the time."""
+    """Frames done of all frames to extract, with an ETA; videos done/failed; the window rate;
+    a warning when the accelerator waits on the host's decoding more than `starved_share` of
+    the time.
+
+    The total is in frames, as the videos' headers say; videos the decoders have not opened yet
+    count as the mean of those opened so far, until they are opened.
+    """
 
     def __init__(self, console: Console | None = None, starved_share: float = STARVED_SHARE):
         self.progress = Progress(
             TextColumn("[bold]extract[/]"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} videos"),
+            TextColumn("{task.completed:.0f}/{task.fields[frames]} frames"),
+            TextColumn("{task.fields[videos]}/{task.fields[n_videos]} videos"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
             TextColumn("{task.fields[windows]} windows, {task.fields[rate]:.1f}/s"),
             TextColumn("[yellow]{task.fields[starved]}[/]"),
@@ -28,22 +34,42 @@ class RichReporter(Reporter):
             TimeRemainingColumn(),
             console=console,
         )
-        self.windows = 0
-        self.failed = 0
+        self.windows = self.failed = self.videos = 0
+        self.opened = self.opened_frames = self.skipped = 0
         self.starved_share = starved_share
         self.warned = False
 
     def start(self, n_videos: int) -> None:
         self.t0 = time.perf_counter()
+        self.n_videos = n_videos
         self.progress.start()
         self.task = self.progress.add_task(
-            "extract", total=n_videos, failed=0, windows=0, rate=0.0, starved=""
+            "extract",
+            total=None,
+            failed=0,
+            windows=0,
+            rate=0.0,
+            videos=0,
+            n_videos=n_videos,
+            frames="?",
+            starved="",
         )
 
-    def windows_done(self, n: int) -> None:
+    def _update_total(self) -> None:
+        unopened = self.n_videos - self.opened - self.skipped
+        total = self.opened_frames + unopened * self.opened_frames / max(self.opened, 1)
+        frames = f"{total:.0f}" if not unopened else f"~{total:.0f}"
+        self.progress.update(self.task, total=total, frames=frames)
+
+    def video_started(self, path: str, frames: int) -> None:
+        self.opened += 1
+        self.opened_frames += frames
+        self._update_total()
+
+    def windows_done(self, n: int, frames: int = 0) -> None:
         self.windows += n
         rate = self.windows / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, windows=self.windows, rate=rate)
+        self.progress.update(self.task, advance=frames, windows=self.windows, rate=rate)
 
     def input_wait(self, share: float) -> None:
         starved = share > self.starved_share
@@ -61,7 +87,11 @@ class RichReporter(Reporter):
 
     def video_done(self, result: VideoResult) -> None:
         self.failed += result.status == "failed"
-        self.progress.update(self.task, advance=1, failed=self.failed)
+        self.videos += 1
+        if result.status == "skipped":  # already in the store: no work, not in the total
+            self.skipped += 1
+            self._update_total()
+        self.progress.update(self.task, videos=self.videos, failed=self.failed)
         if result.status == "failed":
             self.progress.console.print(
                 f"[red]failed[/] {result.path}: {result.reason}", highlight=False
@@ -81,8 +111,11 @@ class JsonLinesReporter(Reporter):
     def start(self, n_videos: int) -> None:
         self.inner.start(n_videos)
 
-    def windows_done(self, n: int) -> None:
-        self.inner.windows_done(n)
+    def video_started(self, path: str, frames: int) -> None:
+        self.inner.video_started(path, frames)
+
+    def windows_done(self, n: int, frames: int = 0) -> None:
+        self.inner.windows_done(n, frames)
 
     def input_wait(self, share: float) -> None:
         self.inner.input_wait(share)

@@ -13,8 +13,10 @@ store still sees every video begun, appended and committed in order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -78,14 +80,35 @@ STARVED_SHARE = 0.25
 
 
 class Reporter:
-    """Receives progress; the CLI's rich display and JSON-lines log implement it."""
+    """Receives progress; the CLI's rich display and JSON-lines log implement it.
+
+    Work is counted in source frames (what an ETA needs: videos differ in length by orders of
+    magnitude): `video_started` says how many frames a video has left to extract (all of them,
+    or those after its committed pieces), `windows_done` how many of them are done.
+    """
 
     def start(self, n_videos: int) -> None: ...
-    def windows_done(self, n: int) -> None: ...
+    def video_started(self, path: str, frames: int) -> None: ...
+    def windows_done(self, n: int, frames: int = 0) -> None: ...
     def video_done(self, result: VideoResult) -> None: ...
     def input_wait(self, share: float) -> None:
         """The share of the time since the first batch that the accelerator's input waited for
         decoded windows (its queue empty); called at each batch."""
+
+
+class ExtractInterrupted(EthoprismError):
+    """Ctrl-C during a run: committed videos and pieces are kept, and the same command
+    resumes."""
+
+
+@dataclass
+class _OpenVideo:
+    writer: store.VideoWriter
+    n_frames: int  # as the header says
+    position: int  # frames covered by the windows written so far
+    t0: float = field(default_factory=time.perf_counter)
+    windows: int = 0  # appended by this run
+    piece_t0: float = field(default_factory=time.perf_counter)  # since the last piece
 
 
 def complete_fingerprints(store_path: str) -> frozenset[str]:
@@ -102,12 +125,21 @@ def complete_fingerprints(store_path: str) -> frozenset[str]:
 class _Writer(threading.Thread):
     """Applies each batch's store operations in order; the only thread that touches the store."""
 
-    def __init__(self, writer, paths, reporter: Reporter, results: list[VideoResult]):
+    def __init__(
+        self,
+        writer,
+        paths,
+        reporter: Reporter,
+        results: list[VideoResult],
+        cfg: RunConfig,
+    ):
         super().__init__(name="ethoprism-writer", daemon=True)
         self.inbox: queue.Queue = queue.Queue(maxsize=2)  # back-pressure on the main thread
         self.writer, self.paths, self.reporter, self.results = writer, paths, reporter, results
+        self.stride, self.piece_seconds = cfg.prep.window_stride, cfg.piece_seconds
         self.error: BaseException | None = None
-        self._open: dict[int, tuple] = {}  # index -> (VideoWriter, windows so far, t0)
+        self.interrupted = False  # set by the main thread: save pieces of open videos, stop
+        self._open: dict[int, _OpenVideo] = {}
 
     def run(self) -> None:
         try:
@@ -115,6 +147,9 @@ class _Writer(threading.Thread):
                 handle, ops = item
                 encoded = ShardedEncoder.fetch(handle) if handle is not None else None
                 self._apply(ops, encoded)
+            if self.interrupted:
+                for video in self._open.values():
+                    video.writer.commit_piece()
         except BaseException as e:  # noqa: BLE001 (re-raised by check() on the main thread)
             self.error = e
             while self.inbox.get() is not None:  # drain so the main thread never blocks
@@ -137,11 +172,17 @@ class _Writer(threading.Thread):
                 i = j
                 continue
             if op == "start":
-                self._open[index] = (self.writer.begin_video(ops[i][2]), 0, time.perf_counter())
+                record = ops[i][2]
+                vw = self.writer.begin_video(record)
+                done = min(self.writer.resume_point(record.sha256) * self.stride, record.n_frames)
+                self._open[index] = _OpenVideo(vw, record.n_frames, done)
+                self.reporter.video_started(self.paths[index], record.n_frames - done)
             elif op == "end":
-                vw, n, t0 = self._open.pop(index)
-                vw.commit(n_frames=ops[i][2], duration=ops[i][3])
-                self._done(VideoResult(self.paths[index], "complete", n, time.perf_counter() - t0))
+                video = self._open.pop(index)
+                video.writer.commit(n_frames=ops[i][2], duration=ops[i][3])
+                self.reporter.windows_done(0, max(0, video.n_frames - video.position))
+                seconds = time.perf_counter() - video.t0
+                self._done(VideoResult(self.paths[index], "complete", video.windows, seconds))
             elif op == "skip":
                 self._done(VideoResult(self.paths[index], "skipped"))
             elif op == "fail":
@@ -150,16 +191,18 @@ class _Writer(threading.Thread):
                 self.writer.record_failure(
                     record if record is not None else self.paths[index], reason
                 )
-                seconds = time.perf_counter() - began[2] if began else 0.0
+                seconds = time.perf_counter() - began.t0 if began else 0.0
+                if began:
+                    self.reporter.windows_done(0, max(0, began.n_frames - began.position))
                 self._done(VideoResult(self.paths[index], "failed", 0, seconds, reason))
             i += 1
 
     def _append(self, index, rows, windows, encoded) -> None:
-        vw, n, t0 = self._open[index]
+        video = self._open[index]
         rows = np.asarray(rows)
         # consecutive rows (as usual) as a read-only view, which the store need not copy
         take = slice(rows[0], rows[-1] + 1) if (np.diff(rows) == 1).all() else rows
-        vw.append(
+        video.writer.append(
             tokens=encoded.tokens[take],
             embedding=encoded.embedding[take],
             start_frame=np.array([w.start_frame for w in windows], np.int64),
@@ -172,8 +215,13 @@ class _Writer(threading.Thread):
             checked=encoded.checked is not None and bool(encoded.checked[take].all()),
             aligned={k: v[take] for k, v in (encoded.aligned or {}).items()},
         )
-        self._open[index] = (vw, n + len(rows), t0)
-        self.reporter.windows_done(len(rows))
+        video.windows += len(rows)
+        position = min(windows[-1].start_frame + self.stride, video.n_frames)
+        self.reporter.windows_done(len(rows), max(0, position - video.position))
+        video.position = max(position, video.position)
+        if time.perf_counter() - video.piece_t0 >= self.piece_seconds:
+            video.writer.commit_piece()
+            video.piece_t0 = time.perf_counter()
 
     def _done(self, result: VideoResult) -> None:
         self.results.append(result)
@@ -211,8 +259,6 @@ def extract_local(
     summary = ExtractSummary(
         store_path, encoder.config.name, encoder.checkpoint_sha256, sharded.n_devices
     )
-    reporter.start(len(paths))
-
     # One stable part per host by default, so that a re-run resumes the part a killed run left
     # (the store locks a part: a second writer on this host is told to pick its own name).
     part = part or socket.gethostname()
@@ -227,7 +273,8 @@ def extract_local(
         windows=cfg.windows,
     ) as writer:
         complete = complete_fingerprints(store_path)
-        sink = _Writer(writer, paths, reporter, results)
+        reporter.start(len(paths))  # once the store is known to be writable
+        sink = _Writer(writer, paths, reporter, results, cfg)
         sink.start()
         try:
             with DecodePool(
@@ -235,20 +282,56 @@ def extract_local(
                 cfg.prep,
                 workers=cfg.decode_workers,
                 complete=complete,
+                resume=writer.unfinished(),
                 queue_windows=2 * sharded.batch_size,
                 use_processes=decode_in_processes,
                 decoder=cfg.decoder,
                 centres=dict(cfg.centres) if cfg.frames_from else None,
             ) as pool:
                 _feed(pool, sharded, sink, reporter)
+        except KeyboardInterrupt:
+            # The batches already sent are written and the open video saved as pieces; a second
+            # Ctrl-C must not cut that short.
+            sink.interrupted = True
+            with _sigint_ignored():
+                sink.inbox.put(None)
+                sink.join()
+            sink.check()
+            done = sum(r.status in ("complete", "skipped") for r in results)
+            raise ExtractInterrupted(
+                f"interrupted: {done} videos complete, rerun the same command to resume"
+                + _saved(writer)
+            ) from None
         finally:
-            sink.inbox.put(None)
-            sink.join()
+            if not sink.interrupted:
+                sink.inbox.put(None)
+                sink.join()
         sink.check()
 
     summary.videos = sorted(results, key=lambda r: paths.index(r.path))
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C while saving (only the main thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _saved(writer) -> str:
+    """What an interrupted run kept of its unfinished video, for the message."""
+    saved = writer.unfinished()
+    if not saved:
+        return ""
+    return f" (the unfinished video continues after its {sum(saved.values())} saved windows)"
 
 
 def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer, reporter: Reporter) -> None:

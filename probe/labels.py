@@ -75,6 +75,8 @@ def read_labels(
             header = list(rows[0].keys()) if rows else []
     except OSError as e:
         raise LabelError(f"{path}: cannot read label file: {e.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise LabelError(f"{path}: not a UTF-8 CSV label file ({e})") from None
     if not rows:
         raise LabelError(f"{path}: no label rows")
     per_clip = "start_frame" not in header and "end_frame" not in header

@@ -136,6 +136,8 @@ def bench_store(
     windows = max(windows, BATCH)
     tokens = activation_like(8, token_shape)
     out = {"windows": windows, "token_shape": list(token_shape), "layouts": []}
+    if directory is not None and not Path(directory).is_dir():
+        raise StoreError(f"--directory {directory} is not a directory")
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-") as tmp:
         tmp = Path(tmp)
         runs = [(layout, True) for layout in LAYOUTS] + [(Layout(), False)]

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 
+from ethoprism.store import describe
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -132,6 +133,7 @@ def open_root(
             attrs = {
                 "schema": SCHEMA,
                 "schema_version": SCHEMA_VERSION,
+                "README": describe.README,
                 **jsonable(identity),
                 "software_version": software_version,
                 "created": now(),
@@ -174,10 +176,21 @@ def register_part(root: Path, name: str) -> None:
     with dir_lock(root):
         doc = read_json(root / "zarr.json")
         parts = doc["attributes"].setdefault("parts", [])
-        if name not in parts:
-            parts.append(name)
-            parts.sort()
+        if name not in parts or "README" not in doc["attributes"]:
+            if name not in parts:
+                parts.append(name)
+                parts.sort()
+            doc["attributes"].setdefault("README", describe.README)  # stores made before it
             write_json_atomic(root / "zarr.json", doc)
+
+
+def consolidate(root: Path) -> None:
+    """Refresh the root's consolidated metadata (plain zarr and xarray read it to list the
+    store's groups and arrays in one request)."""
+    with dir_lock(root):
+        doc = read_json(root / "zarr.json")
+        doc["consolidated_metadata"] = describe.consolidated(root, doc["attributes"]["parts"])
+        write_json_atomic(root / "zarr.json", doc)
 
 
 def shard_path(part_dir: Path, name: str, index: int, ndim: int | None = None) -> Path:

@@ -19,6 +19,7 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.damage import damaged
+from ethoprism.store.describe import array_attrs
 from ethoprism.store.geometry import nominal_frame_time
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.remote import is_url, zarr_store_for
@@ -222,6 +223,7 @@ def merge_tables(parts: list[Part]) -> tuple[list[dict], list[tuple[int, int, in
 
 
 DASK_CHUNK_BYTES = 64 << 20
+TOKENS_DECODED = "the frozen encoder's output tokens per window (t, h, w, c), decoded to float32"
 
 
 def _lazy(arr: zarr.Array) -> da.Array:
@@ -332,7 +334,11 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
     window_coords["part"] = ("window", cat(part_idx, np.int32))
     window_coords["part_window"] = ("window", cat(part_window, np.int64))
     table = {
-        f"video_{col}": ("videos", np.array([row[col] for row in rows], dtype=_column_dtype(col)))
+        f"video_{col}": (
+            "videos",
+            # abs_path: absent from rows written before it was recorded
+            np.array([row.get(col, "") for row in rows], dtype=_column_dtype(col)),
+        )
         for col in VIDEO_COLUMNS
     }
     ds = xr.Dataset(
@@ -344,6 +350,11 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
         coords={**window_coords, **table},
         attrs=attrs,
     )
+    for name in ("tokens", "embedding", *WINDOW_COORDS[1:], *aligned_vars):
+        ds[name].attrs.update(
+            {k: v for k, v in array_attrs(name).items() if k != "description"},
+            description=TOKENS_DECODED if name == "tokens" else array_attrs(name)["description"],
+        )
     if storage_options:
         ds.encoding["storage_options"] = dict(storage_options)
     _remember(handle)
@@ -351,7 +362,7 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
 
 
 def _column_dtype(col: str):
-    if col in ("path", "sha256", "codec", "status", "reason"):
+    if col in ("path", "abs_path", "sha256", "codec", "status", "reason"):
         return object
     return np.float64 if col in ("fps", "duration") else np.int64
 

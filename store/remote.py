@@ -89,15 +89,23 @@ def zarr_store_for(
     return cached(store, cache_dir, url.rstrip("/")) if cache_dir and read_only else store
 
 
+def _endpoint(url: str, options: dict) -> str:
+    """Which server an S3 request went to, for error messages."""
+    if protocol_of(url) not in ("s3", "s3a"):
+        return ""
+    endpoint = options.get("endpoint_url") or options.get("client_kwargs", {}).get("endpoint_url")
+    return f" (S3 endpoint {endpoint or 'AWS default, s3.amazonaws.com'})"
+
+
 def _explain(e: Exception, url: str) -> str:
-    text = f"{type(e).__name__}: {e}"
+    text = " ".join(f"{type(e).__name__}: {e}".split())  # one line
     if isinstance(e, PermissionError) and protocol_of(url) in ("s3", "s3a"):
         text += (
             " (give credentials as storage_options key/secret or AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY; without any the bucket is read anonymously)"
         )
     elif isinstance(e, FileNotFoundError):
-        text = f"{url} not found (does the bucket or directory exist?)"
+        text = f"{url} not found ({e}; does the bucket or directory exist?)"
     return text
 
 
@@ -138,18 +146,25 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
     already at `url` is overwritten only if it has the same identity.
     """
     import fsspec
+    from fsspec.implementations.local import LocalFileSystem
 
     root = Path(local_path)
     if not (root / "zarr.json").is_file():
         raise StoreError(f"{root} is not a feature store (no zarr.json)")
     root_doc = (root / "zarr.json").read_bytes()
-    attrs = json.loads(root_doc).get("attributes", {})
-    parts = set(attrs.get("parts", []))
     try:
-        fs, base = fsspec.url_to_fs(url, **storage_options_for(url, storage_options))
+        attrs = json.loads(root_doc).get("attributes", {})
+    except ValueError as e:
+        raise StoreError(f"{root}/zarr.json is damaged (not JSON: {e})") from None
+    parts = set(attrs.get("parts", []))
+    options = storage_options_for(url, storage_options)
+    try:
+        fs, base = fsspec.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:
         raise StoreError(f"cannot write to {url}: {e}") from None
     base = base.rstrip("/")
+    # a local destination (a path or file://) needs its folders made; object stores have none
+    local = isinstance(fs, LocalFileSystem)
 
     def wanted(rel: tuple[str, ...]) -> bool:
         in_new_part = len(rel) > 2 and rel[0] == PARTS and rel[1] not in parts
@@ -172,6 +187,9 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
                     {k: attrs.get(k) for k in IDENTITY_KEYS},
                     f"store at {url} (left) vs {root} (right)",
                 )
+            targets = {f"{base}/{p.relative_to(root).as_posix()}" for p in files}
+            for folder in sorted({t.rsplit("/", 1)[0] for t in targets} | {base}) if local else ():
+                fs.makedirs(folder, exist_ok=True)
             for batch in (data, meta):
                 if batch:
                     fs.put(
@@ -179,8 +197,12 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
                         [f"{base}/{p.relative_to(root).as_posix()}" for p in batch],
                     )
             fs.pipe_file(f"{base}/zarr.json", root_doc)
-        except (OSError, NotImplementedError) as e:
-            raise StoreError(f"uploading {root} to {url} failed: {_explain(e, url)}") from None
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the transport raises, the push failed
+            raise StoreError(
+                f"uploading {root} to {url} failed{_endpoint(url, options)}: {_explain(e, url)}"
+            ) from None
     return len(files) + 1
 
 

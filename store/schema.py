@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 
 from ethoprism.store.errors import StoreError, StoreIdentityError
@@ -41,11 +42,21 @@ class VideoRecord:
     width: int
     height: int
     codec: str
+    abs_path: str = ""  # the path made absolute when recorded (URLs as given); "" in old stores
 
     @classmethod
     def of(cls, info) -> VideoRecord:
-        """From any object with these fields (e.g. extract's VideoInfo)."""
-        return cls(**{f.name: getattr(info, f.name) for f in dataclasses.fields(cls)})
+        """From any object with these fields but abs_path (e.g. extract's VideoInfo)."""
+        fields = {
+            f.name: getattr(info, f.name) for f in dataclasses.fields(cls) if f.name != "abs_path"
+        }
+        return cls(**fields, abs_path=absolute_path(fields["path"]))
+
+
+def absolute_path(path: str) -> str:
+    """The absolute form of a local path; URLs (anything with "://") as given."""
+    path = str(path)
+    return path if "://" in path else os.path.abspath(path)
 
 
 VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(VideoRecord))

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ethoprism.store import shards
+from ethoprism.store import describe, pieces, shards
 from ethoprism.store.durable import shard_path
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -158,8 +158,17 @@ class WindowStream:
         if state["token_shape"] is None:
             return
         self.open_arrays()
-        n = state["n_windows"]
+        # the committed windows, and those of the pieces of an unfinished video (pieces.py)
+        n = state["n_windows"] + pieces.windows_of(state)
         self.resize(n)
+        self._restart_shards(state, n)
+
+    def restart_shards(self, state: dict) -> None:
+        """Back to the part's committed windows, dropping pieces (on the writer thread)."""
+        self._io.submit(self._restart_shards, state, state["n_windows"]).result()
+
+    def _restart_shards(self, state: dict, n: int) -> None:
+        """Carry on filling the last shard after window n, its first windows kept as stored."""
         per_shard = state["windows_per_shard"]
         self._start_shards(
             {
@@ -241,6 +250,7 @@ class WindowStream:
                 fill_value=0,
                 compressors=_compressors(self.layout, name),
                 dimension_names=self.aligned.get(name) or ARRAY_DIMS[name],
+                attributes=describe.array_attrs(name),
                 overwrite=True,
             )
         self.open_arrays()

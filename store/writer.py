@@ -25,8 +25,10 @@ from typing import Self
 import numpy as np
 
 from ethoprism import __version__
+from ethoprism.store import pieces
 from ethoprism.store.durable import (
     PartRecord,
+    consolidate,
     default_part_name,
     open_root,
     writable_error,
@@ -37,6 +39,7 @@ from ethoprism.store.schema import (
     Layout,
     StoreError,
     VideoRecord,
+    absolute_path,
     aligned_arrays,
     content_key,
 )
@@ -69,9 +72,11 @@ class StoreWriter:
         self.record = PartRecord(root, part)
         self.part_dir = self.record.dir
         self.stream = WindowStream(root, layout, part, windows_per_shard, self.aligned)
+        self._registered = False  # listed in the root's parts: consolidate at close
         try:
             self.stream.recover(self.record.state)
             self.record.register()
+            self._registered = True
         except BaseException:
             self.close()
             raise
@@ -104,12 +109,35 @@ class StoreWriter:
         self.record.make_durable(self.stream.arrays, self.stream.encoders, start, end)
 
     def begin_video(self, record: VideoRecord) -> VideoWriter:
-        """Start writing a video; any previous uncommitted video of this writer is discarded."""
+        """Start writing a video; any previous uncommitted video of this writer is discarded.
+
+        If this part holds committed pieces of this very video (a run interrupted inside it),
+        the video continues after them: see `resume_point`.
+        """
         if not isinstance(record, VideoRecord):
             record = VideoRecord.of(record)
         self._drop_video()
-        self.video = VideoWriter(self, record)
+        done = self.resume_point(record.sha256)
+        if not done:
+            self._forget_pieces()
+        self.video = VideoWriter(self, record, done)
         return self.video
+
+    def resume_point(self, sha256: str) -> int:
+        """How many leading windows of the video with this content this part holds in committed
+        pieces (0 if none): a resumed run feeds `begin_video` the windows after them."""
+        return pieces.windows_of(self.state, sha256)
+
+    def unfinished(self) -> dict[str, int]:
+        """{sha256: windows in committed pieces} of the video this part holds unfinished."""
+        piece = self.state.get(pieces.KEY)
+        return {piece["sha256"]: pieces.windows_of(self.state)} if piece else {}
+
+    def _forget_pieces(self) -> None:
+        """Drop the pieces of an unfinished video: the next video starts at n_windows."""
+        if pieces.windows_of(self.state):
+            self.record.publish(pieces.without(self.state))
+            self.stream.restart_shards(self.state)
 
     def record_failure(self, record_or_path, reason: str) -> None:
         """Add (or update) a failed row for a video; discards its uncommitted windows if any."""
@@ -124,6 +152,7 @@ class StoreWriter:
                 "width": -1,
                 "height": -1,
                 "codec": "",
+                "abs_path": absolute_path(record_or_path),
             }
         else:
             row = dataclasses.asdict(
@@ -149,17 +178,27 @@ class StoreWriter:
             raise writable_error(self.root, e) from None
 
     def close(self) -> None:
-        """Release the part; an uncommitted video is dropped (as if the writer had been killed)."""
-        self._drop_video()
+        """Release the part; an uncommitted video is dropped (as if the writer had been killed),
+        its committed pieces kept for a later run to resume."""
+        self._drop_video(closing=True)
         self.stream.close()
+        if self._registered:
+            # a store that cannot be written already said so; its old metadata stays valid
+            with contextlib.suppress(OSError):
+                consolidate(self.root)
+            self._registered = False
         self.record.close()
 
-    def _drop_video(self) -> None:
-        """Forget the open uncommitted video, after its in-flight writes (errors moot) are done."""
+    def _drop_video(self, closing: bool = False) -> None:
+        """Forget the open uncommitted video, after its in-flight writes (errors moot) are done.
+
+        Its committed pieces go too, unless the writer is closing: a later run resumes them."""
         if self.video is not None:
             self.video.abandon()
             self.video = None
             self.stream.discard()
+            if not closing:
+                self._forget_pieces()
 
     def __enter__(self) -> Self:
         return self
@@ -171,10 +210,12 @@ class StoreWriter:
 class VideoWriter:
     """Buffers one video's windows, writes whole files as they fill, and commits the video."""
 
-    def __init__(self, store: StoreWriter, record: VideoRecord):
+    def __init__(self, store: StoreWriter, record: VideoRecord, resumed: int = 0):
         self.store, self.record = store, record
         self.first = store.state["n_windows"]
-        self.appended = self.first  # windows [first, appended) are appended, uncommitted
+        # windows [first, appended) are appended, uncommitted; the first `resumed` of them are
+        # in committed pieces (durable, not yet visible)
+        self.appended = self.first + resumed
         self._per_window: Pending | None = None  # made once the part's arrays exist
         # Trips to the writer thread not yet waited for, with their windows: a bounded queue
         self._inflight: collections.deque[tuple[Future, int]] = collections.deque()
@@ -319,7 +360,7 @@ class VideoWriter:
             if self._per_window is None:
                 names = self.store.stream.per_window_arrays()
                 per_file = self.store.stream.per_window_chunk()
-                self._per_window = Pending(names, self.first, per_file)
+                self._per_window = Pending(names, self.appended, per_file)
             self._per_window.add(batch, n)
             self.appended += n
             self._submit(Writes(windows))
@@ -367,6 +408,48 @@ class VideoWriter:
             self._done = True  # windows were lost: this video can only be failed or replaced
             raise
 
+    def _flush(self) -> None:
+        """Write and fsync every window appended so far, arrays sized to them (the durable
+        half of `commit` and `commit_piece`)."""
+        store = self.store
+        # The rest is done while the last windows are compressed and written: the per-window
+        # values, and arrays sized to the windows appended (tokens: grown; a discarded video
+        # may have left the others longer). Readers look no further than the commit record,
+        # so growing an array early is safe.
+        self._submit(Writes([], commit=True))
+        if self._per_window is not None and (tail := self._per_window.take(False)):
+            store.stream.write_per_window(*tail)
+        store.stream.resize(self.appended)
+        self._wait()
+        row = len(store.state["videos"])
+        if pieces.windows_of(store.state) and pieces.row_of(store.state) != row:
+            # pieces from an earlier run, when the table had other rows after them
+            n = pieces.windows_of(store.state)
+            store.stream.write_per_window(self.first, {"video": np.full(n, row, np.int64)})
+        store.make_durable(self.first, self.appended)
+
+    def commit_piece(self) -> None:
+        """Make the windows appended so far durable and recorded as pieces of this video
+        (store/pieces.py), still invisible to readers: an interrupted run resumes after them."""
+        self._check_live()
+        if self.appended == self.first:
+            return
+        store = self.store
+        try:
+            self._flush()
+            state = pieces.record(
+                store.state,
+                self.record.path,
+                self.record.sha256,
+                self.first,
+                self.appended - self.first,
+                len(store.state["videos"]),
+            )
+            store.record.publish(state)
+        except OSError as e:
+            self._done = True
+            raise writable_error(store.root, e) from None
+
     def commit(self, n_frames: int | None = None, duration: float | None = None) -> None:
         """Make the video visible: data made durable first, then the part's record replaced."""
         self._check_live()
@@ -374,16 +457,7 @@ class VideoWriter:
             raise self._error("no windows appended; record a failure instead")
         store = self.store
         try:
-            # The rest is done while the last windows are compressed and written: the
-            # per-window values, and arrays sized to the windows committed (tokens: grown; a
-            # discarded video may have left the others longer). Readers look no further than
-            # the commit record, so growing an array early is safe.
-            self._submit(Writes([], commit=True))
-            if self._per_window is not None and (tail := self._per_window.take(False)):
-                store.stream.write_per_window(*tail)
-            store.stream.resize(self.appended)
-            self._wait()
-            store.make_durable(self.first, self.appended)
+            self._flush()
             row = dataclasses.asdict(self.record)
             if n_frames is not None:
                 row["n_frames"] = int(n_frames)
@@ -395,7 +469,7 @@ class VideoWriter:
                 first_window=self.first,
                 n_windows=self.appended - self.first,
             )
-            state = store.state
+            state = pieces.without(store.state)
             store.record.publish(
                 {**state, "n_windows": self.appended, "videos": [*state["videos"], row]}
             )

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ethoprism import store
+from ethoprism.errors import EthoprismError
 from ethoprism.probe.classify.heads import HeadConfig
 from ethoprism.probe.classify.train import (
     HeadSpec,
@@ -99,6 +100,8 @@ def bench_probe(
     repeats: int = 2,
 ) -> dict:
     """Time one training epoch of 1 and `heads` MAP heads, from the store and from memory."""
+    if directory is not None and not Path(directory).is_dir():
+        raise EthoprismError(f"--directory {directory} is not a directory")
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-probe-") as tmp:
         path = Path(tmp) / "features.zarr"
         _write_synthetic_store(path, windows, shape)

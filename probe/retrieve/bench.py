@@ -34,7 +34,7 @@ def _timed(fn):
 
 
 def bench_retrieve(
-    n: int = 1_000_000,
+    n: int = 250_000,
     dim: int = 768,
     queries: int = 500,
     k: int = 10,

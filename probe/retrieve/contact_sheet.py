@@ -4,8 +4,10 @@ One row per query: its middle frame, then the middle frames of its nearest windo
 titled with video, window start time and frame (the numbers of the results table), distance
 and, when known, the behaviour label (green when it matches
 the query's, red when not). The store holds no pixels: frames are read from the original video
-files named in the store's video table, one frame per tile, by seeking. A file that is missing
-or unreadable becomes a grey tile naming it.
+files named in the store's video table, one frame per tile, by seeking; they are found with
+`store.videos.VideoResolver` (recorded paths, then `videos_root`), and a sheet with videos that
+cannot be found is refused, naming them. A frame that cannot be decoded becomes a grey tile
+naming its file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ethoprism.probe.retrieve.knn import Neighbours
 from ethoprism.probe.retrieve.query import Query, QueryResult, middle_frame, window_start
 from ethoprism.store import identity
 from ethoprism.store.provenance import weights_warning
+from ethoprism.store.videos import VideoResolver
 
 TILE_HEIGHT = 180  # pixels of each frame in the sheet
 
@@ -93,13 +96,21 @@ def contact_sheet(
     n_results: int = 3,
     query_labels: list[str | None] | None = None,
     index_labels=None,
+    videos_root=None,
+    query_ds=None,
 ) -> str:
     """Write the PNG and return its path.
 
     query_labels: a label per query (or None); index_labels: (n_windows,) labels of the index
-    windows ("" or None where unknown).
+    windows ("" or None where unknown); videos_root: where to look for videos not at their
+    recorded paths; query_ds: the store the query windows come from, if not the index.
     """
     n_results = min(n_results, found.windows.shape[1])
+    shown = found.windows[:, :n_results]
+    needed = [frame[0] for frame in query.frames if frame is not None]  # None: a text query
+    needed += [middle_frame(index_ds, int(w))[0] for w in shown.ravel() if w >= 0]
+    stores = [index_ds] if query_ds is None else [query_ds, index_ds]
+    local = VideoResolver(stores, videos_root).require(needed)
     rows, cols = len(query.names), 1 + n_results
     # A figure of its own on the Agg canvas: no process-wide backend, no pyplot state.
     fig = Figure(figsize=(2.4 * cols, 2.0 * rows))
@@ -112,7 +123,8 @@ def contact_sheet(
             axes[qi, 0].set_axis_off()
             axes[qi, 0].text(0.5, 0.5, title, ha="center", va="center", wrap=True, fontsize=9)
         else:
-            _tile(axes[qi, 0], *query.frames[qi], title)
+            path, seconds = query.frames[qi]
+            _tile(axes[qi, 0], local[path], seconds, title)
         for r in range(n_results):
             w = int(found.windows[qi, r])
             ax = axes[qi, r + 1]
@@ -127,7 +139,7 @@ def contact_sheet(
                 title += f"\n[{label}]"
                 if q_label:
                     colour = "green" if set(label.split("/")) & set(q_label.split("/")) else "red"
-            _tile(ax, path, seconds, title, colour)
+            _tile(ax, local[path], seconds, title, colour)
     warning = weights_warning(identity(index_ds))
     fig.suptitle(
         ((warning.upper() + "\n") if warning else "")
@@ -159,6 +171,7 @@ def sheet_for(
     labels: str | None = None,
     column: str = defaults.LABEL_COLUMN,
     background: str = defaults.BACKGROUND,
+    videos_root=None,
 ) -> str:
     """The contact sheet of a query result, captioned from a label file when one is given."""
     query_labels = index_labels = None
@@ -176,4 +189,6 @@ def sheet_for(
         n_results=n_results,
         query_labels=query_labels,
         index_labels=index_labels,
+        videos_root=videos_root,
+        query_ds=result.query_ds,
     )

@@ -86,14 +86,15 @@ def test_build_index_then_approximate_query(archive):
             "7",
             "--approx",
             "--json",
-            "--sheet",
-            str(sheet),
         ],
     )
     assert approx.exit_code == 0, approx.output
-    assert (
-        sheet.stat().st_size > 1000
-    )  # drawn with placeholders: the test store's videos do not exist
+    # the test store's videos do not exist: a sheet is refused, naming them
+    refused = runner.invoke(
+        app, ["retrieve", "query", str(archive), "--window", "7", "--sheet", str(sheet)]
+    )
+    assert refused.exit_code == 1 and "cannot find" in refused.output
+    assert not sheet.exists()
     ids = [r["window"] for r in json.loads(approx.stdout)]
     # the query window and the windows sharing frames with it are not results
     assert 7 not in ids and len(set(ids) & {r["window"] for r in json.loads(exact.stdout)}) >= 8

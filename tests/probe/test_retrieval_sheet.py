@@ -1,14 +1,16 @@
-"""Contact sheets read the right frame from the real videos; a missing video becomes a tile."""
+"""Contact sheets read the right frame from the real videos; a missing video is an error."""
 
 from pathlib import Path
 
 import av
 import matplotlib.image
 import numpy as np
+import pytest
 from test_retrieval import write_store
 
 from ethoprism.probe import retrieve as retrieval
 from ethoprism.probe.retrieve.contact_sheet import TILE_HEIGHT, contact_sheet, read_frame
+from ethoprism.store.videos import VideosNotFound
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 DEER = str(DATA / "S1_C1_E115_V0342.mp4")
@@ -54,10 +56,11 @@ def test_sheet_has_a_row_per_query_and_a_placeholder_for_a_missing_video(tmp_pat
     )
     image = matplotlib.image.imread(out)
     assert image.shape[0] >= 2 * TILE_HEIGHT * 0.9 and image.shape[1] > image.shape[0]
-    # the missing file is drawn, not raised: a query on it still gives a sheet
+    # a missing file is refused by name, not drawn as a grey tile
     gone = retrieval.query_windows(ds, [33])
-    out = contact_sheet(tmp_path / "gone.png", ds, gone, retrieval.search(ds, gone, 2))
-    assert Path(out).stat().st_size > 1000
+    with pytest.raises(VideosNotFound, match="gone.mp4"):
+        contact_sheet(tmp_path / "gone.png", ds, gone, retrieval.search(ds, gone, 2))
+    assert not (tmp_path / "gone.png").exists()
 
 
 def test_captions_join_overlapping_labels_of_the_centre_frame(tmp_path):
