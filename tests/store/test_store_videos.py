@@ -16,7 +16,7 @@ from ethoprism.cli import app
 from ethoprism.extract.video import probe_video
 from ethoprism.store.videos import VideoResolver, VideosNotFound
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 ENCODER = {
     "name": "videoprism-tiny",
     "config": {"model_dim": 8},

@@ -16,7 +16,7 @@ from ethoprism.cli import app
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.weights import ONLINE_CHECK_SECONDS, load_encoder
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 FIVE = str(DATA / "videos" / "mouse_cage_5frames.mp4")
 HORSE = str(DATA / "videos" / "horse_288x162.mp4")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ethoprism import store
 from ethoprism.cli import app
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 VIDEO = str(DATA / "videos" / "mouse_cage_5frames.mp4")
 UNREACHABLE = "http://127.0.0.1:1/features.zarr"  # nothing listens on port 1
 ENCODER = {"name": "videoprism-tiny", "config": {}, "checkpoint_sha256": "x", "dtype": "float32"}

@@ -20,7 +20,7 @@ from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 WHEEL = str(DATA / "videos" / "mouse_wheel_250fps.mp4")  # 994 frames
 FIVE = str(DATA / "videos" / "mouse_cage_5frames.mp4")
