@@ -93,14 +93,13 @@ def read_rows(ds, rows, var: str = "embedding") -> np.ndarray:
     wanted = np.zeros(n, bool)
     wanted[rows] = True
     return np.concatenate(
-        [
-            block[wanted[i0 : i0 + len(block)]]
-            for i0, block in read_blocks(ds[var].data, mask=wanted)
-        ]
+        [block[wanted[i0 : i0 + len(block)]] for i0, block in read_blocks(ds, mask=wanted, var=var)]
     )
 
 
-def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss.IndexIVFFlat:
+def build_ivf(
+    emb, sample, nlist: int, *, seed: int = 0, on_block=None, var: str = "embedding"
+) -> faiss.IndexIVFFlat:
     """An IVF-Flat index over the rows of `emb` (a store dataset or an (n, D) array), ids = rows.
 
     The coarse quantiser is trained on `sample` (rows of emb, see training_rows); rows are added
@@ -112,7 +111,7 @@ def build_ivf(emb, sample, nlist: int, *, seed: int = 0, on_block=None) -> faiss
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
     index.cp.seed = seed
     index.train(sample)
-    for i0, block in read_blocks(emb):
+    for i0, block in read_blocks(emb, var=var):
         index.add(np.ascontiguousarray(block))
         if on_block is not None:
             on_block(i0, block)
@@ -270,11 +269,12 @@ def build_index(
     # found in the same pass over the store that fills the index
     exact = TopK(queries, 10, query_groups=probe_rows)
     index = build_ivf(
-        ds[var].data,
+        ds,
         read_rows(ds, training_rows(n, nlist, seed), var),
         nlist,
         seed=seed,
         on_block=lambda i0, block: exact.add(block, i0, row_groups=np.arange(i0, i0 + len(block))),
+        var=var,
     )
     truth = exact.result()
     nprobe, recall = tune_nprobe(
@@ -285,7 +285,7 @@ def build_index(
         target_recall,
         exclude=probe_rows,
         truth_dist=truth.distances,
-        vectors=lambda ids: read_rows(ds, ids),
+        vectors=lambda ids: read_rows(ds, ids, var),
     )
     info = AnnInfo(
         "IVFFlat",

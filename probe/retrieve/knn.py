@@ -128,14 +128,14 @@ def _finish(state):
     return Neighbours(windows=ids, distances=np.sqrt(np.maximum(d2, 0.0)))
 
 
-def _embedding(index):
-    """The (n, D) embedding array of a dataset or a plain array, without reading it."""
+def _embedding(index, var: str = "embedding"):
+    """The (n, D) `var` array of a dataset, or a plain array, without reading it."""
     if isinstance(index, xr.Dataset):
-        if "embedding" not in index:
+        if var not in index:
             raise RetrievalError(
-                "the index dataset has no `embedding` variable (not an ethoprism store?)"
+                f"the index dataset has no `{var}` variable (not an ethoprism store?)"
             )
-        return index["embedding"].data
+        return index[var].data
     if getattr(index, "ndim", 0) != 2:
         raise RetrievalError(
             f"index embeddings must be 2-D (n, D), got shape {getattr(index, 'shape', None)}"
@@ -160,10 +160,11 @@ def _block_rows(dim, block_rows):
     return block_rows or max(1024, BLOCK_BYTES // (4 * max(dim, 1)))
 
 
-def read_blocks(index, block_rows=None, mask=None):
-    """Yield (first row, block (b, D) float32) over the index's embeddings, skipping blocks with
-    no row in `mask`; the next block is read while the caller works on this one."""
-    emb = _embedding(index)
+def read_blocks(index, block_rows=None, mask=None, var: str = "embedding"):
+    """Yield (first row, block (b, D) float32) over the index's `var` embeddings, skipping blocks
+    with no row in `mask`; the next block is read while the caller works on this one. A store
+    dataset's damaged chunk is named (part, windows, video)."""
+    emb = _embedding(index, var)
     spans = list(_blocks(emb.shape[0], _block_rows(emb.shape[1], block_rows), mask))
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(read_slice, emb, *spans[0]) if spans else None
@@ -172,7 +173,7 @@ def read_blocks(index, block_rows=None, mask=None):
                 block = pending.result()
             except Exception as e:
                 if isinstance(index, xr.Dataset) and "part" in index.coords:
-                    raise first_damaged(index, "embedding", i0, i1, e) from None
+                    raise first_damaged(index, var, i0, i1, e) from None
                 raise
             if j + 1 < len(spans):
                 pending = pool.submit(read_slice, emb, *spans[j + 1])
@@ -271,7 +272,7 @@ def exact_search(
     if scheduler is not None:
         blocks = list(_blocks(n, _block_rows(dim, block_rows), mask))
         return _distributed_search(top, emb, blocks, mask, index_groups, scheduler)
-    for i0, block in read_blocks(emb, block_rows, mask):
+    for i0, block in read_blocks(index, block_rows, mask):
         i1 = i0 + len(block)
         top.add(block, i0, part(mask, i0, i1), part(index_groups, i0, i1))
     return top.result()
