@@ -44,18 +44,18 @@ class SavedHead:
     metrics: dict
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def flatten_params(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
+            out.update(flatten_params(v, key + "/"))
         else:
             out[key] = np.asarray(v)
     return out
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     tree: dict = {}
     for key, v in flat.items():
         node = tree
@@ -69,7 +69,7 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
 def save_head(directory: str | os.PathLike, head: SavedHead) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    np.savez(d / "params.npz", **_flatten(head.params))
+    np.savez(d / "params.npz", **flatten_params(head.params))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -104,7 +104,7 @@ def load_head(
     try:
         meta = json.loads((d / "head.json").read_text())
         with np.load(d / "params.npz", allow_pickle=False) as z:
-            params = _unflatten({k: z[k] for k in z.files})
+            params = unflatten_params({k: z[k] for k in z.files})
     except FileNotFoundError as e:
         raise HeadFileError(
             f"{d}: not a saved head ({os.path.basename(e.filename)} is missing)"

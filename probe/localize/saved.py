@@ -18,6 +18,7 @@ import numpy as np
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
+from ethoprism.probe.artifacts import flatten_params, unflatten_params
 from ethoprism.probe.localize.model import DetectorConfig
 
 FORMAT = "ethoprism.localize.detector"
@@ -38,31 +39,10 @@ class SavedDetector:
     training: dict  # config, annotation file, loss
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = np.asarray(v)
-    return out
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, v in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 def save(directory: str | os.PathLike, det: SavedDetector) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    np.savez(d / "params.npz", **_flatten(det.params))
+    np.savez(d / "params.npz", **flatten_params(det.params))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -81,7 +61,7 @@ def load(directory: str | os.PathLike) -> SavedDetector:
     try:
         meta = json.loads((d / "head.json").read_text())
         with np.load(d / "params.npz", allow_pickle=False) as z:
-            params = _unflatten({k: z[k] for k in z.files})
+            params = unflatten_params({k: z[k] for k in z.files})
     except FileNotFoundError as e:
         raise DetectorFileError(
             f"{d}: not a saved detector ({os.path.basename(e.filename)} is missing)"
