@@ -32,11 +32,10 @@ def bench_extract(
     Targets: pipeline efficiency >= 0.9 on videoprism-b (compute dominates); decode+resize
     >= 0.5x raw decode. Run it with --model videoprism-tiny to see a decode-bound pipeline.
     """
-    from pathlib import Path
-
     from ethoprism.pipeline.bench import bench_extract as run_bench
+    from ethoprism.pipeline.demo import VIDEOS
 
-    video = video or str(Path(__file__).parents[1] / "data" / "S1_C1_E115_V0342.mp4")
+    video = video or str(VIDEOS[0])  # the bundled deer clip
     r = run_bench(
         video,
         model=model,

@@ -66,6 +66,12 @@ def print_figures(title: str, rows: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
+def caution(text: str | None) -> None:
+    """A warning that qualifies every figure printed (e.g. results of random weights)."""
+    if text:
+        err_console.print(f"[bold yellow]{text}[/]", highlight=False)
+
+
 def numbers(text: str, kind, what: str) -> tuple:
     try:
         return tuple(kind(x) for x in text.split(",") if x.strip())

@@ -11,7 +11,9 @@ from rich.table import Table
 from ethoprism.cli.boundary import console, err_console, print_figures, print_json
 from ethoprism.cli.options import (
     CheckpointOpt,
+    Decoder,
     Dtype,
+    Interpolation,
     JsonOpt,
     Resize,
     SchedulerOpt,
@@ -91,7 +93,7 @@ def extract(
         typer.Option(help="Side of the square frames the encoder sees. Default: the encoder's."),
     ] = None,
     interpolation: Annotated[
-        str | None,
+        Interpolation | None,
         typer.Option(
             help="Resize filter: area, bilinear (stores made before area was the default) or "
             "bicubic; part of the store's identity. Default: the store's, else area."
@@ -113,12 +115,12 @@ def extract(
         int, typer.Option(help="Decoding processes running ahead of the encoder.")
     ] = 2,
     decoder: Annotated[
-        str,
+        Decoder,
         typer.Option(
             help="auto (the GPU's NVDEC where a CUDA device and PyNvVideoCodec are present and "
             "the store allows its frames), cpu (FFmpeg) or nvdec."
         ),
-    ] = "auto",
+    ] = Decoder.auto,
     scheduler: SchedulerOpt = None,
     save_every: Annotated[
         float,
@@ -169,13 +171,13 @@ def extract(
             resize=resize.value if resize else None,
             window_stride=stride,
             frame_step=frame_step,
-            interpolation=interpolation,
+            interpolation=interpolation.value if interpolation else None,
         ),
         layout=dict(dtype=layout.value if layout else None, pool=pool),
         batch_size=batch_size,
         decode_workers=decode_workers,
         piece_seconds=save_every,
-        decoder=decoder,
+        decoder=decoder.value,
         **centred_on(frames_from),
     )
     if dry_run:

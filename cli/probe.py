@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ethoprism.cli.boundary import cached, console, err_console, numbers, print_json
+from ethoprism.cli.boundary import cached, caution, console, err_console, numbers, print_json
 from ethoprism.cli.options import (
     BACKGROUND,
     LABEL_COLUMN,
@@ -19,6 +19,7 @@ from ethoprism.cli.options import (
     JsonOpt,
     LabelColumnOpt,
     StoreArg,
+    VideoFilterOpt,
     Videos,
 )
 from ethoprism.cli.progress import training_progress
@@ -31,6 +32,69 @@ app = typer.Typer(
 HeadDirArg = Annotated[
     str, typer.Argument(help="A saved head directory (from `probe train`: OUT/heads/NAME).")
 ]
+
+
+def _score(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _print_ethograms(videos: list[dict]) -> None:
+    for v in videos:
+        console.print(
+            f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False
+        )
+
+
+def _print_trained(summary: dict) -> None:
+    caution(summary["weights"])
+    n = summary["n_windows"]
+    console.print(
+        f"split {summary['split_how']}: {n['train']} training, {n['val']} validation, "
+        f"{n['test']} test windows ({n['gap']} left out beside held-out ones)",
+        highlight=False,
+    )
+    for h in summary["heads"]:
+        choice = h["learning_rate_choice"]
+        if choice:
+            tried = ", ".join(
+                f"{lr} ({'-' if v is None else f'{v:.4f}'})"
+                for lr, v in choice["candidates"].items()
+            )
+            console.print(
+                f"{h['name']}: learning rate {choice['chosen']:g}, {choice['by']} among {tried}",
+                highlight=False,
+            )
+    test_videos = ", ".join(summary["test_videos"]) or "none"
+    table = Table(
+        title=f"{len(summary['heads'])} head(s), classes {', '.join(summary['classes'])}; "
+        f"metrics on {summary['metrics_on']}: {test_videos}"
+    )
+    for col in (
+        "head",
+        "mAP (held-out)",
+        "macro acc (held-out)",
+        "accuracy (held-out)",
+        "saved in",
+    ):
+        table.add_column(col)
+    for h in summary["heads"]:
+        t = h["test"] or {}
+        table.add_row(
+            h["name"],
+            _score(t.get("mAP")),
+            _score(t.get("macro_accuracy")),
+            _score(t.get("accuracy")),
+            h["dir"],
+        )
+    console.print(table)
+    for a in summary["aggregate"]:
+        if a["n_seeds"] > 1:
+            console.print(
+                f"shots {a['shots'] or 'all'}, lr {a['learning_rate']:g}: "
+                f"mAP {_score(a['mAP']['mean'])} ± {_score(a['mAP']['std'])} "
+                f"over {a['n_seeds']} seeds",
+                highlight=False,
+            )
 
 
 @app.command("train")
@@ -139,59 +203,7 @@ def probe_train(
     if as_json:
         print_json(summary)
         return
-    if summary["weights"]:
-        err_console.print(f"[bold yellow]{summary['weights']}[/]", highlight=False)
-    n = summary["n_windows"]
-    console.print(
-        f"split {summary['split_how']}: {n['train']} training, {n['val']} validation, "
-        f"{n['test']} test windows ({n['gap']} left out beside held-out ones)",
-        highlight=False,
-    )
-    for h in summary["heads"]:
-        choice = h["learning_rate_choice"]
-        if choice:
-            tried = ", ".join(
-                f"{lr} ({'-' if v is None else f'{v:.4f}'})"
-                for lr, v in choice["candidates"].items()
-            )
-            console.print(
-                f"{h['name']}: learning rate {choice['chosen']:g}, {choice['by']} among {tried}",
-                highlight=False,
-            )
-    test_videos = ", ".join(summary["test_videos"]) or "none"
-    table = Table(
-        title=f"{len(summary['heads'])} head(s), classes {', '.join(summary['classes'])}; "
-        f"metrics on {summary['metrics_on']}: {test_videos}"
-    )
-    for col in (
-        "head",
-        "mAP (held-out)",
-        "macro acc (held-out)",
-        "accuracy (held-out)",
-        "saved in",
-    ):
-        table.add_column(col)
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    for h in summary["heads"]:
-        t = h["test"] or {}
-        table.add_row(
-            h["name"],
-            fmt(t.get("mAP")),
-            fmt(t.get("macro_accuracy")),
-            fmt(t.get("accuracy")),
-            h["dir"],
-        )
-    console.print(table)
-    for a in summary["aggregate"]:
-        if a["n_seeds"] > 1:
-            console.print(
-                f"shots {a['shots'] or 'all'}, lr {a['learning_rate']:g}: "
-                f"mAP {fmt(a['mAP']['mean'])} ± {fmt(a['mAP']['std'])} over {a['n_seeds']} seeds",
-                highlight=False,
-            )
+    _print_trained(summary)
 
 
 @app.command("predict")
@@ -204,9 +216,7 @@ def probe_predict(
     labels: Annotated[
         str | None, typer.Option(help="Expert labels to draw above the predictions.")
     ] = None,
-    video: Annotated[
-        list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
-    ] = None,
+    video: VideoFilterOpt = None,
     as_json: JsonOpt = False,
     cache: CacheOpt = None,
 ) -> None:
@@ -217,10 +227,7 @@ def probe_predict(
     if as_json:
         print_json(r)
         return
-    for v in r["videos"]:
-        console.print(
-            f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False
-        )
+    _print_ethograms(r["videos"])
 
 
 @app.command("eval")
@@ -249,25 +256,20 @@ def probe_eval(
     if as_json:
         print_json(r)
         return
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    if r["weights"]:
-        err_console.print(f"[bold yellow]{r['weights']}[/]", highlight=False)
+    caution(r["weights"])
     if r["note"]:
         err_console.print(f"[yellow]{r['note']}[/]", highlight=False)
     console.print(
         f"{r['head']} on {', '.join(r['videos'])} ({r['n']} frames or clips), "
-        f"{r['evaluated_on']}: mAP {fmt(r['mAP'])}, "
-        f"macro accuracy {fmt(r['macro_accuracy'])}, accuracy {fmt(r['accuracy'])}",
+        f"{r['evaluated_on']}: mAP {_score(r['mAP'])}, "
+        f"macro accuracy {_score(r['macro_accuracy'])}, accuracy {_score(r['accuracy'])}",
         highlight=False,
     )
     table = Table()
     for col in ("class", "AP", "F1"):
         table.add_column(col)
     for c in r["classes"]:
-        table.add_row(c, fmt(r["average_precision"][c]), fmt(r["f1"][c]))
+        table.add_row(c, _score(r["average_precision"][c]), _score(r["f1"][c]))
     console.print(table)
     console.print(f"confusion matrix: {r['confusion_png']}", highlight=False)
 
@@ -294,9 +296,7 @@ def probe_zero_shot(
     template: Annotated[
         str, typer.Option(help="How each class name is wrapped ('{}' keeps it as is).")
     ] = "a video of {}.",
-    video: Annotated[
-        list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
-    ] = None,
+    video: VideoFilterOpt = None,
     checkpoint: Annotated[
         str | None, typer.Option(help="The store's LvT weights (offline; else the hub's).")
     ] = None,
@@ -325,10 +325,7 @@ def probe_zero_shot(
     if as_json:
         print_json(r)
         return
-    for v in r["videos"]:
-        console.print(
-            f"{v['video']}: {v['frames']} frames -> {v['csv']}, {v['png']}", highlight=False
-        )
+    _print_ethograms(r["videos"])
     console.print(f"labels file: {r['labels_file']}", highlight=False)
     if "metrics" in r:
         m = r["metrics"]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ethoprism.cli.boundary import cached, console, err_console, print_json
+from ethoprism.cli.boundary import cached, caution, console, print_json
 from ethoprism.cli.options import (
     BACKGROUND,
     LABEL_COLUMN,
@@ -166,18 +166,16 @@ def retrieve_query(
     from ethoprism.store import identity
     from ethoprism.store.provenance import weights_warning
 
-    warning = weights_warning(identity(result.index))
-    if warning:
-        err_console.print(f"[bold yellow]{warning}[/]", highlight=False)
+    caution(weights_warning(identity(result.index)))
+    source = result.index.attrs.get("source", index_store or store)
+    _print_neighbours(rows, f"nearest windows in {source}", "cosine" if text else "distance")
+    if sheet:
+        console.print(f"contact sheet: {sheet}", highlight=False)
+
+
+def _print_neighbours(rows: list[dict], title: str, score: str) -> None:
     table = Table(
-        "query",
-        "rank",
-        "video",
-        "start time (s)",
-        "start frame",
-        "window",
-        "cosine" if text else "distance",
-        title=f"nearest windows in {result.index.attrs.get('source', index_store or store)}",
+        "query", "rank", "video", "start time (s)", "start frame", "window", score, title=title
     )
     for r in rows:
         table.add_row(
@@ -187,11 +185,9 @@ def retrieve_query(
             f"{r['start_time']:.3f}",
             str(r["start_frame"]),
             str(r["window"]),
-            f"{r['cosine' if text else 'distance']:.4g}",
+            f"{r[score]:.4g}",
         )
     console.print(table)
-    if sheet:
-        console.print(f"contact sheet: {sheet}", highlight=False)
 
 
 @app.command("build-index")
@@ -300,8 +296,7 @@ def retrieve_eval(
 
 
 def _print_hits(r) -> None:
-    if r.weights:
-        err_console.print(f"[bold yellow]{r.weights}[/]", highlight=False)
+    caution(r.weights)
     table = Table(
         "",
         *[f"Hit@{k}" for k in r.ks],
