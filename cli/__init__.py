@@ -13,7 +13,6 @@ from ethoprism.cli.boundary import ErrorBoundary
 
 app = typer.Typer(
     cls=ErrorBoundary,
-    help="Frozen video foundation models for animal behaviour: extract once, probe many times.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

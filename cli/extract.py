@@ -48,6 +48,29 @@ def _print_summary(summary) -> None:
         err_console.print(f"[red]failed[/] {v.path}: {v.reason}", highlight=False)
 
 
+def _print_plan(plan) -> None:
+    table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
+    for v in plan.videos:
+        if "error" in v:
+            table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
+        else:
+            table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
+    console.print(table)
+    console.print(
+        f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
+        f"({plan.bytes_per_window / 1e6:.2f} MB/window); "
+        f"encoder {plan.windows_per_s:.2f} windows/s "
+        f"here, so about {plan.seconds / 3600:.2f} h"
+    )
+    if plan.cores_needed is not None:
+        console.print(
+            f"host: about {plan.host_ms_per_window:.1f} ms of CPU per window "
+            f"({plan.decoder} decoding), so feeding {plan.devices} device(s) at "
+            f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
+            f"cores; this host has {os.cpu_count()}"
+        )
+
+
 def extract(
     archive: Annotated[
         list[str], typer.Argument(help="Videos: files, directories (recursive) or glob patterns.")
@@ -184,27 +207,8 @@ def extract(
         plan = plan_run(find_videos(archive), cfg, store_path=store)
         if as_json:
             print_json(plan.to_dict())
-            return
-        table = Table("video", "frames", "fps", "windows", title="dry run: nothing written")
-        for v in plan.videos:
-            if "error" in v:
-                table.add_row(v["path"], "[red]unreadable[/]", "", v["error"])
-            else:
-                table.add_row(v["path"], str(v["frames"]), f"{v['fps']:.3g}", str(v["windows"]))
-        console.print(table)
-        console.print(
-            f"{plan.windows} windows, about {plan.store_bytes / 1e9:.2f} GB in the store "
-            f"({plan.bytes_per_window / 1e6:.2f} MB/window); "
-            f"encoder {plan.windows_per_s:.2f} windows/s "
-            f"here, so about {plan.seconds / 3600:.2f} h"
-        )
-        if plan.cores_needed is not None:
-            console.print(
-                f"host: about {plan.host_ms_per_window:.1f} ms of CPU per window "
-                f"({plan.decoder} decoding), so feeding {plan.devices} device(s) at "
-                f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
-                f"cores; this host has {os.cpu_count()}"
-            )
+        else:
+            _print_plan(plan)
         return
     reporter = None if as_json else RichReporter(console=err_console)
     if log_json:
