@@ -4,6 +4,8 @@ every option says what it is for, and the extraction enums mirror their owners' 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,15 @@ def test_the_chosen_interpolation_and_decoder_reach_the_run(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "'nvdec-linear' frames come from the hardware decoder" in lines[0]
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_python_m_ethoprism_cli_is_the_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "ethoprism.cli", "store", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Usage: ethoprism store" in out.stdout and "publish" in out.stdout
