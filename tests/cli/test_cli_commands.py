@@ -102,3 +102,16 @@ def test_python_m_ethoprism_cli_is_the_command():
     )
     assert out.returncode == 0, out.stderr
     assert "Usage: ethoprism store" in out.stdout and "publish" in out.stdout
+
+
+def test_the_command_tree_imports_nothing_heavy():
+    """Why the enums mirror their owners instead of importing them: building the tree (for
+    --help, for a typo) must not pay for JAX, numpy, xarray, zarr or PyAV."""
+    heavy = ("jax", "numpy", "xarray", "zarr", "av")
+    code = (
+        "import sys, ethoprism.cli; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    assert not set(heavy) & set(out.stdout.split()), out.stdout
