@@ -50,6 +50,18 @@ class RunConfig:
         return {"centred_on": "annotated frames", "frames_from": self.frames_from}
 
 
+def centred_on(frames_from: str | None) -> dict:
+    """RunConfig fields for a run that encodes only the windows centred on the frames annotated
+    in `frames_from` (`extract --frames-from`); none for a run at the regular stride."""
+    if frames_from is None:
+        return {}
+    from ethoprism.probe.localize.annotations import read
+
+    ann = read(frames_from)
+    centres = tuple((v, tuple(ann.frames_of(v))) for v in ann.videos)
+    return {"centres": centres, "frames_from": frames_from}
+
+
 def config_for_store(
     store_path: str,
     *,

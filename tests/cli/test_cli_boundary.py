@@ -7,8 +7,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ethoprism import cli_options
 from ethoprism.cli import app
+from ethoprism.cli import options as cli_options
 from ethoprism.extract.encoder import DTYPES
 from ethoprism.extract.preprocess import RESIZE_MODES
 from ethoprism.probe import defaults

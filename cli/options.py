@@ -34,6 +34,19 @@ class Resize(StrEnum):
     crop = "crop"
 
 
+class Interpolation(StrEnum):  # preprocess.INTERPOLATIONS
+    area = "area"
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nvdec_linear = "nvdec-linear"
+
+
+class Decoder(StrEnum):  # decoders.DECODERS
+    auto = "auto"
+    cpu = "cpu"
+    nvdec = "nvdec"
+
+
 class TokenLayout(StrEnum):
     float16_round7 = "float16-round7"
     float16 = "float16"
@@ -89,5 +102,8 @@ BackgroundOpt = Annotated[
 AlignOpt = Annotated[
     Align,
     typer.Option(help="Window label from its centre frame, majority or any (any: multi-label)."),
+]
+VideoFilterOpt = Annotated[
+    list[str] | None, typer.Option(help="Only this video (file name); repeatable.")
 ]
 LABEL_COLUMN, BACKGROUND = defaults.LABEL_COLUMN, defaults.BACKGROUND
