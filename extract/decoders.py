@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.preprocess import Preprocessing, Resizer, resize_geometry
+from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import VideoError, demux_times, iter_raw, probe_video
+from ethoprism.store.framing import resize_geometry
 
 DECODERS = ("auto", "cpu", "nvdec")
 NVDEC_INTERPOLATION = "nvdec-linear"

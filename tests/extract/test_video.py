@@ -21,10 +21,10 @@ from ethoprism.extract.preprocess import (
     PreprocessingError,
     Resizer,
     resize,
-    resize_geometry,
     to_float,
 )
 from ethoprism.extract.video import VideoError, iter_frames, iter_raw, probe_video
+from ethoprism.store.framing import resize_geometry
 
 VIDEOS = Path(__file__).parent.parent / "data" / "videos"
 HORSE = VIDEOS / "horse_288x162.mp4"  # 308 frames, 24 fps, 288x162 (not divisible by 16)
