@@ -267,7 +267,6 @@ def extract(
     """
     from ethoprism.pipeline import extract as pipeline_extract
     from ethoprism.pipeline.config import config_for_store
-    from ethoprism.pipeline.inputs import find_videos
     from ethoprism.pipeline.plan import plan_run
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
     from ethoprism.pipeline.run import ExtractInterrupted
@@ -293,7 +292,7 @@ def extract(
         **_centres(frames_from),
     )
     if dry_run:
-        plan = plan_run(find_videos(archive), cfg, store_path=store)
+        plan = plan_run(pipeline_extract.run_paths(archive, cfg), cfg, store_path=store)
         if as_json:
             print_json(plan.to_dict())
             return
