@@ -115,6 +115,12 @@ def _is_still(stream) -> bool:
     return name == "image2" or name.endswith("_pipe")
 
 
+def is_still(path) -> bool:
+    """Whether `path` is a still image (opens the container only: no hashing, no decoding)."""
+    with _open_video(path) as (_, stream):
+        return _is_still(stream)
+
+
 def _frame_rate(stream) -> float:
     if _is_still(stream):
         return 0.0
