@@ -133,6 +133,7 @@ def probe_video(path) -> VideoInfo:
     size)."""
     with _open_video(path) as (container, stream):
         codec = stream.codec_context
+        still = _is_still(stream)
         fps = _frame_rate(stream)
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -141,7 +142,7 @@ def probe_video(path) -> VideoInfo:
         else:
             duration = 0.0
         n_frames = stream.frames or round(duration * fps)
-        if _is_still(stream):
+        if still:
             n_frames, duration = 1, 0.0
         if n_frames <= 0:
             raise VideoError(path, "zero frames (the container declares no frames and no duration)")
@@ -151,7 +152,7 @@ def probe_video(path) -> VideoInfo:
             "duration": duration,
             "width": codec.width,
             "height": codec.height,
-            "codec": STILL_CODEC if _is_still(stream) else codec.name,
+            "codec": STILL_CODEC if still else codec.name,
             "pix_fmt": codec.pix_fmt or "unknown",
         }
     size, sha = _fingerprint(path)

@@ -7,8 +7,7 @@ i-7..i+8 as in the paper; at a video's ends the clamped window). A store extract
 its nearest-centred window. A window of one valid frame (a still image, or a one-frame video)
 shows that frame at every position, padding included, so it is served at position L/2 - 1 like
 any other frame of interest: the paper's still images repeated 16 times. Pooled layouts are
-refused: pooling averages away the spatial detail
-that boxes need.
+refused: pooling averages away the spatial detail that boxes need.
 """
 
 from __future__ import annotations
