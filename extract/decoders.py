@@ -24,8 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.preprocess import Preprocessing, Resizer, resize_geometry
-from ethoprism.extract.video import VideoError, demux_times, iter_raw, probe_video
+from ethoprism.extract.preprocess import Preprocessing, Resizer
+from ethoprism.extract.video import (
+    VideoError,
+    demux_times,
+    is_still,
+    iter_frames,
+    iter_raw,
+    probe_video,
+)
+from ethoprism.store.framing import resize_geometry
 
 DECODERS = ("auto", "cpu", "nvdec")
 NVDEC_INTERPOLATION = "nvdec-linear"
@@ -129,6 +137,8 @@ class NvdecBackend:
         self._resize: dict[tuple[int, int], Callable] = {}
 
     def decode(self, path) -> Decoded:
+        if is_still(path):
+            return (yield from self._decode_still(path))
         import PyNvVideoCodec as nvc
 
         times = demux_times(path)
@@ -151,6 +161,14 @@ class NvdecBackend:
                 yield start + k, float(times[start + k]), frame
         period = 1.0 / probe_video(path).fps if n else 0.0
         return n, float(times[-1] - times[0] + period) if n else 0.0
+
+    def _decode_still(self, path) -> Decoded:
+        """A still image has no bitstream for the hardware decoder: FFmpeg decodes it, and it is
+        resized on the device like every hardware frame, so the run's frames stay one kind."""
+        import jax
+
+        yield 0, 0.0, jax.device_put(next(iter_frames(path)).rgb)
+        return 1, 0.0
 
     def convert(self, frame) -> np.ndarray:
         """One decoded frame (RGB in device memory, DLPack) -> (S, S, 3) uint8 on the host."""

@@ -15,8 +15,8 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from ethoprism.errors import EthoprismError
+from ethoprism.store.framing import RESIZE_MODES, resize_geometry
 
-RESIZE_MODES = ("squash", "pad", "crop")
 # libswscale filters, and the hardware decoder's frames (`extract.decoders`), resized on the device
 INTERPOLATIONS = ("area", "bilinear", "bicubic", "nvdec-linear")
 
@@ -95,28 +95,6 @@ class Preprocessing:
                 f"known: {', '.join(sorted(known))}"
             )
         return cls(**d)
-
-
-def resize_geometry(
-    width: int, height: int, frame_size: int, mode: str
-) -> tuple[int, int, int, int]:
-    """Where a width x height picture goes: (scaled_w, scaled_h, x, y).
-
-    The picture is scaled to scaled_w x scaled_h, then placed with its top-left corner at (x, y)
-    of the frame_size x frame_size output: "pad" leaves black bars (x, y >= 0), "crop" cuts off
-    what falls outside (x, y <= 0).
-    """
-    if mode == "squash":
-        return frame_size, frame_size, 0, 0
-    if mode == "pad":
-        scale = frame_size / max(width, height)
-        sw, sh = (min(frame_size, max(1, round(v * scale))) for v in (width, height))
-        return sw, sh, (frame_size - sw) // 2, (frame_size - sh) // 2
-    if mode == "crop":
-        scale = frame_size / min(width, height)
-        sw, sh = (max(frame_size, round(v * scale)) for v in (width, height))
-        return sw, sh, -((sw - frame_size) // 2), -((sh - frame_size) // 2)
-    raise PreprocessingError(f"unknown resize mode {mode!r}; one of {', '.join(RESIZE_MODES)}")
 
 
 class Resizer:

@@ -6,6 +6,9 @@ Conventions (the store and every label file rely on them):
   through the video in a player sees. Its time is the frame's pts x the stream's time_base in
   seconds, as ffprobe reports it (`pts_time`); a frame without a pts gets the previous frame's
   time plus one frame period.
+- A still image (PNG, JPEG, ... : FFmpeg's image demuxers) is a one-frame video: frame 0 at
+  time 0, no frame rate (fps 0.0), duration 0, codec "image". Its one window repeats the frame
+  window_length times, as any video shorter than a window is padded (the paper's stills).
 - A damaged video is a failed video. A decode error, a packet the demuxer marks corrupt (a file
   cut short), or fewer frames than the container declares (threaded decoders drop damaged frames
   without an error) raise `VideoError` naming the file and the first frame that could not be
@@ -102,7 +105,25 @@ def _describe(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
+STILL_CODEC = "image"  # the codec recorded for still images
+
+
+def _is_still(stream) -> bool:
+    """A still image: FFmpeg opens those with `image2` or one of its `<format>_pipe` demuxers,
+    which make up a frame rate (25) for them."""
+    name = stream.container.format.name
+    return name == "image2" or name.endswith("_pipe")
+
+
+def is_still(path) -> bool:
+    """Whether `path` is a still image (opens the container only: no hashing, no decoding)."""
+    with _open_video(path) as (_, stream):
+        return _is_still(stream)
+
+
 def _frame_rate(stream) -> float:
+    if _is_still(stream):
+        return 0.0
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return float(rate) if rate else 0.0
 
@@ -112,6 +133,7 @@ def probe_video(path) -> VideoInfo:
     size)."""
     with _open_video(path) as (container, stream):
         codec = stream.codec_context
+        still = _is_still(stream)
         fps = _frame_rate(stream)
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -120,6 +142,8 @@ def probe_video(path) -> VideoInfo:
         else:
             duration = 0.0
         n_frames = stream.frames or round(duration * fps)
+        if still:
+            n_frames, duration = 1, 0.0
         if n_frames <= 0:
             raise VideoError(path, "zero frames (the container declares no frames and no duration)")
         info = {
@@ -128,7 +152,7 @@ def probe_video(path) -> VideoInfo:
             "duration": duration,
             "width": codec.width,
             "height": codec.height,
-            "codec": codec.name,
+            "codec": STILL_CODEC if still else codec.name,
             "pix_fmt": codec.pix_fmt or "unknown",
         }
     size, sha = _fingerprint(path)

@@ -138,6 +138,12 @@ def centred_start(frame: int, n_frames: int, prep: Preprocessing) -> int:
     return max(0, min(frame - (L // 2 - 1) * K, n_frames - 1 - (L - 1) * K))
 
 
+def centred_starts(centres, n_frames: int, prep: Preprocessing) -> list[int]:
+    """Starts of the windows `CentredAssembler` yields for `centres` in an n_frames video, in
+    order: one per distinct `centred_start`; frames past the end serve no window."""
+    return sorted({centred_start(int(c), n_frames, prep) for c in centres if 0 <= c < n_frames})
+
+
 class CentredAssembler(WindowAssembler):
     """Only the windows centred on given frames (`centred_start`), once each, in start order.
 

@@ -14,7 +14,7 @@ from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.weights import RANDOM
-from ethoprism.extract.windows import plan_windows
+from ethoprism.extract.windows import centred_starts, plan_windows
 from ethoprism.pipeline.config import RunConfig, resolve_decoder
 
 
@@ -132,7 +132,11 @@ def plan_run(
         except EthoprismError as e:
             plan.videos.append({"path": path, "error": str(e)})
             continue
-        n = len(plan_windows(info.n_frames, cfg.prep)[0])
+        if cfg.frames_from:  # only the windows centred on annotated frames
+            centres = dict(cfg.centres).get(os.path.basename(path), ())
+            n = len(centred_starts(centres, info.n_frames, cfg.prep))
+        else:
+            n = len(plan_windows(info.n_frames, cfg.prep)[0])
         plan.videos.append({"path": path, "frames": info.n_frames, "fps": info.fps, "windows": n})
         plan.windows += n
         infos.append((path, n, (info.codec, info.width, info.height)))

@@ -17,9 +17,11 @@ import numpy as np
 
 def nominal_frame_time(start_time, frame_step, n_valid, fps, frames: int) -> np.ndarray:
     """(n, frames) times of stores without `frame_time`: from each window's stored start_time
-    at its video's nominal rate; padding repeats the last valid frame's time."""
+    at its video's nominal rate; padding repeats the last valid frame's time. A video without a
+    rate (fps 0: a still image) has every frame at its start_time."""
     j = np.minimum(np.arange(frames), np.asarray(n_valid)[:, None] - 1)
-    step = np.asarray(frame_step, np.float64) / np.asarray(fps, np.float64)
+    fps = np.asarray(fps, np.float64)
+    step = np.where(fps > 0, np.asarray(frame_step, np.float64) / np.where(fps > 0, fps, 1), 0.0)
     return np.asarray(start_time, np.float64)[:, None] + j * step[:, None]
 
 

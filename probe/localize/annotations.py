@@ -1,10 +1,12 @@
 """Box annotations in three formats, read into one table of boxes per annotated frame.
 
 - COCO JSON: `images` each name their video and frame (`video` or `video_name`, and `frame`,
-  `frame_index` or `frame_id`); `annotations[].bbox` is [x, y, w, h]; `categories` give the
-  class names. An image with no annotation is an annotated frame with no animal.
+  `frame_index` or `frame_id`), or are still images (`file_name` alone: frame 0 of that image
+  file); `annotations[].bbox` is [x, y, w, h]; `categories` give the class names. An image with
+  no annotation is an annotated frame with no animal.
 - CSV: header `video,frame,track,class,x,y,w,h` (original pixels, top-left corner and size;
-  `track` may be empty). A row with an empty class and box marks a frame with no animal.
+  `track` may be empty). A row with an empty class and box marks a frame with no animal. A
+  still image is a video of one frame: its rows say frame 0.
 - MammAlps per-frame JSON: `info.file_path` names the video, `frames[].frame_id` the frame,
   `frames[].detections[].bbox` is [x1, y1, x2, y2] and the class is a detection attribute
   (`species` by default).
@@ -162,9 +164,12 @@ def _read_coco(path: str, doc: dict) -> Annotations:
         where = f"image id {img.get('id')}"
         video = img.get("video", img.get("video_name"))
         frame = next((img[k] for k in ("frame", "frame_index", "frame_id") if k in img), None)
+        if video is None and frame is None and img.get("file_name"):  # a still image
+            video, frame = img["file_name"], 0
         if video is None or frame is None:
             raise AnnotationError(
-                f"{path} {where}: an image must name its video ('video') and frame ('frame')"
+                f"{path} {where}: an image must name its video ('video') and frame ('frame'), "
+                "or be a still image ('file_name' alone)"
             )
         frame = _number(frame, path, where, "frame", int)
         images[img.get("id")] = (os.path.basename(str(video)), frame)

@@ -1,8 +1,8 @@
-"""`ethoprism bench localize`: the detector's training and inference speed at the base token map
-(16 x 16 x 768), and its inference time per window over the encoder's, measured in one run.
+"""The detector's own speed: training steps/s and inference frames/s at a given token map.
 
-One frame of interest per window, so the head's cost per window is its cost per frame.
-The encoder runs with random weights (speed does not depend on them).
+One frame of interest per window, so the head's cost per window is its cost per frame. The ratio
+to the encoder (`ethoprism bench localize`) is taken in `pipeline.localize_bench`, which may
+import the encoder; this wing may not.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ethoprism.probe.localize.model import Detector, DetectorConfig, level_grids
 from ethoprism.probe.localize.train import make_train_step
 
 
-def _rate(fn, n_items: int, repeat: int) -> float:
+def rate(fn, n_items: int, repeat: int) -> float:
+    """Items/s of `fn` (one call = n_items), after one call that compiles it."""
     jax.block_until_ready(fn())  # compile
     t0 = time.perf_counter()
     for _ in range(repeat):
@@ -26,14 +27,11 @@ def _rate(fn, n_items: int, repeat: int) -> float:
     return repeat * n_items / (time.perf_counter() - t0)
 
 
-def bench_localize(small: bool = False, batch_size: int = 16, repeat: int = 3) -> dict:
-    from ethoprism.extract import load_encoder  # the encoder only to time it
-
-    model_name, frame_size = ("videoprism-tiny", 72) if small else ("videoprism-b", 288)
-    encoder = load_encoder(model_name, "random")
-    cfg = encoder.config
-    side = frame_size // cfg.patch_size
-    h, w, d = side, side, cfg.model_dim
+def head_rates(
+    map_shape: tuple[int, int, int], frame_size: int, batch_size: int = 16, repeat: int = 3
+) -> dict:
+    """Training steps/s and inference frames/s of a two-class detector on (h, w, D) maps."""
+    h, w, d = map_shape
     config = DetectorConfig(n_classes=2)
     model = Detector(config)
     rng = np.random.default_rng(0)
@@ -53,21 +51,10 @@ def bench_localize(small: bool = False, batch_size: int = 16, repeat: int = 3) -
         )
         return loss
 
-    train_steps = _rate(train_once, 1, repeat)
-
     infer = jax.jit(lambda p, x: peaks(model.apply({"params": p}, x)[0], frame_size, 100))
-    frames_per_s = _rate(lambda: infer(params, tokens), batch_size, repeat)
-
-    windows = max(1, min(batch_size, 2 if not small else 16))
-    length = 16
-    pixels = jnp.asarray(rng.random((windows, length, frame_size, frame_size, 3)), jnp.float32)
-    encoder_windows = _rate(lambda: encoder(pixels), windows, 1)
     return {
-        "model": model_name,
         "map_shape": [h, w, d],
         "batch_size": batch_size,
-        "train_steps_per_s": train_steps,
-        "frames_per_s": frames_per_s,
-        "encoder_windows_per_s": encoder_windows,
-        "head_vs_encoder": encoder_windows / frames_per_s,
+        "train_steps_per_s": rate(train_once, 1, repeat),
+        "frames_per_s": rate(lambda: infer(params, tokens), batch_size, repeat),
     }

@@ -2,7 +2,7 @@
 
 Boxes are (x, y, w, h) float64 arrays, top-left corner and size, in pixels with the COCO
 convention (pixel k covers [k, k+1)). The mapping between an original width x height frame and
-the square encoder input is the one `extract.preprocess.resize_geometry` applies to the pixels:
+the square encoder input is `store.framing`'s, the one the extraction placed the pixels with:
 the picture is scaled to scaled_w x scaled_h (each axis by its own factor, as libswscale does)
 and placed with its top-left corner at (x0, y0). Both directions are affine, so a round trip is
 exact up to float64 rounding, for every resize mode and any frame size.
@@ -12,15 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ethoprism.extract.preprocess import resize_geometry
-
-
-def frame_transform(
-    width: int, height: int, frame_size: int, resize: str
-) -> tuple[float, float, float, float]:
-    """(scale_x, scale_y, x0, y0): input = original * scale + offset, per axis."""
-    sw, sh, x0, y0 = resize_geometry(width, height, frame_size, resize)
-    return sw / width, sh / height, float(x0), float(y0)
+from ethoprism.store.framing import frame_transform
 
 
 def to_input(boxes, width: int, height: int, frame_size: int, resize: str) -> np.ndarray:

@@ -4,8 +4,10 @@ Frame i is served by the window that centres it best: among the stored windows o
 encoded frame i, the one where i sits nearest position L/2 - 1 (7 of 16, so the window covers
 i-7..i+8 as in the paper; at a video's ends the clamped window). A store extracted with
 `--frames-from ANNOTATIONS` holds exactly those windows; a regular store serves every frame from
-its nearest-centred window. Pooled layouts are refused: pooling averages away the spatial detail
-that boxes need.
+its nearest-centred window. A window of one valid frame (a still image, or a one-frame video)
+shows that frame at every position, padding included, so it is served at position L/2 - 1 like
+any other frame of interest: the paper's still images repeated 16 times. Pooled layouts are
+refused: pooling averages away the spatial detail that boxes need.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def locate(ds: xr.Dataset, frames: list[tuple[str, int]]) -> FrameRefs:
                 f"frame {frame} of {video!r} was encoded in no window of the store; "
                 "extract with --frames-from ANNOTATIONS (or --stride 1)"
             )
-        pos = offset[covers] // step[cand][covers]
+        pos = np.where(valid[cand][covers] == 1, centre, offset[covers] // step[cand][covers])
         best = int(np.argmin(np.abs(pos - centre)))  # first (earliest) on a tie
         windows[k], ts[k] = cand[covers][best], pos[best]
     return FrameRefs(

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 from ethoprism.cli import app
 from ethoprism.cli import options as cli_options
 from ethoprism.extract.encoder import DTYPES
-from ethoprism.extract.preprocess import RESIZE_MODES
 from ethoprism.probe import defaults
 from ethoprism.probe.classify.heads import HEAD_KINDS
 from ethoprism.probe.labels import ALIGN_MODES
+from ethoprism.store.framing import RESIZE_MODES
 from ethoprism.store.layout import LAYOUT_DTYPES
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.extract.windows import CentredAssembler
+from ethoprism.extract.windows import CentredAssembler, centred_starts
 
 
 def brute(centres, n, L, K):
@@ -34,6 +34,7 @@ def test_centred_windows_match_brute_force(n, step):
     got += asm.finish()
     want = brute(centres, n, 16, step)
     assert [list(w.frame_indices) for w in got] == want
+    assert [w.start_frame for w in got] == centred_starts(centres, n, prep)  # what dry runs count
     for w in got:  # the pixels are those of the frames named, and the centre sits at 7
         assert (w.pixels[:, 0, 0, 0] == np.array(w.frame_indices) % 256).all()
         assert w.n_valid_frames == len(set(w.frame_indices))

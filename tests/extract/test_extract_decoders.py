@@ -100,3 +100,24 @@ def test_cpu_backend_is_the_unchanged_cpu_path():
 def test_hardware_frames_are_not_made_on_the_cpu():
     with pytest.raises(PreprocessingError, match="hardware decoder"):
         Resizer(Preprocessing(interpolation=NVDEC_INTERPOLATION))
+
+
+def test_hardware_backend_takes_still_images_through_ffmpeg(tmp_path):
+    """No bitstream for NVDEC in a PNG: FFmpeg decodes it, the device resizes it (here JAX's
+    CPU stands in for the GPU), so a run's frames stay the hardware decoder's kind."""
+    from PIL import Image
+
+    from ethoprism.extract.decoders import NvdecBackend
+
+    rgb = np.random.default_rng(0).integers(0, 256, (45, 61, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "still.png")
+    prep = Preprocessing(frame_size=36, resize="pad", interpolation=NVDEC_INTERPOLATION)
+    backend = NvdecBackend(prep)
+    decoded = backend.decode(tmp_path / "still.png")
+    frames = list(decoded)
+    assert [(i, t) for i, t, _ in frames] == [(0, 0.0)]
+    out = backend.convert(frames[0][2])
+    cpu = Resizer(Preprocessing(frame_size=36, resize="pad"))(rgb)
+    assert out.shape == (36, 36, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:4], cpu[:4])  # the same black bars (pad geometry)
+    assert np.abs(out.astype(int) - cpu).mean() < 40  # another filter, the same picture

@@ -21,10 +21,10 @@ from ethoprism.extract.preprocess import (
     PreprocessingError,
     Resizer,
     resize,
-    resize_geometry,
     to_float,
 )
 from ethoprism.extract.video import VideoError, iter_frames, iter_raw, probe_video
+from ethoprism.store.framing import resize_geometry
 
 VIDEOS = Path(__file__).parent.parent / "data" / "videos"
 HORSE = VIDEOS / "horse_288x162.mp4"  # 308 frames, 24 fps, 288x162 (not divisible by 16)
@@ -458,3 +458,26 @@ def test_area_interpolation_averages_source_pixels():
     assert prep.interpolation == "area"
     box = img.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
     assert np.abs(resize(img, prep).astype(float) - box).max() <= 1.0
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_a_still_image_is_a_one_frame_video_repeated_in_its_window(tmp_path, suffix):
+    from PIL import Image
+
+    from ethoprism.extract.windows import iter_windows
+
+    path = tmp_path / f"still.{suffix}"
+    Image.fromarray(picture(61, 45)).save(path, quality=95)
+    info = probe_video(path)
+    assert (info.codec, info.n_frames, info.fps, info.duration) == ("image", 1, 0.0, 0.0)
+    assert (info.width, info.height) == (61, 45)
+    prep = Preprocessing(frame_size=36, resize="pad")
+    windows = iter_windows(path, prep)
+    (window,) = list(windows)
+    assert (window.start_frame, window.n_valid_frames) == (0, 1)
+    np.testing.assert_array_equal(window.frame_indices, np.zeros(16))
+    np.testing.assert_array_equal(window.frame_times, np.zeros(16))
+    still = next(iter_frames(path, prep=prep)).rgb
+    np.testing.assert_array_equal(window.pixels, np.repeat(still[None], 16, axis=0))
+    if suffix == "png":  # lossless and decoded as RGB: the saved picture, resized
+        np.testing.assert_array_equal(still, resize(picture(61, 45), prep))

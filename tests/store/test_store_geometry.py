@@ -174,3 +174,10 @@ def test_extract_imports_the_store_constants_without_zarr_or_dask():
         "assert not {'zarr', 'dask', 'xarray'} & set(sys.modules), sys.modules.keys()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nominal_times_of_a_video_without_a_rate_stay_at_its_start():
+    """A still image records fps 0: nominal times (stores without frame_time) must not divide
+    by it; a video with a rate steps by frame_step / fps, padding repeating the last time."""
+    t = geometry.nominal_frame_time([0.0, 2.0], [1, 2], [1, 3], [0.0, 4.0], 5)
+    np.testing.assert_array_equal(t, [[0, 0, 0, 0, 0], [2.0, 2.5, 3.0, 3.0, 3.0]])
