@@ -1663,7 +1663,7 @@ def bench_probe(
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
     """List the encoder configs and whether their weights are on this machine (no network)."""
-    from ethoprism.extract.weights import list_models
+    from ethoprism.extract.models import list_models
 
     rows = list_models()
     if as_json:
