@@ -191,6 +191,17 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
     return table
 
 
+def complete_videos(ds: xr.Dataset, videos: list[str] | None) -> tuple[dict[str, dict], list[str]]:
+    """The store's complete videos (store_videos rows) and the names of those asked for (None:
+    all, sorted); a name that is not a complete video is refused."""
+    rows = {k: r for k, r in store_videos(ds).items() if r["status"] == "complete"}
+    wanted = videos or sorted(rows)
+    for v in wanted:
+        if v not in rows:
+            raise EthoprismError(f"video {v!r} is not a complete video of the store")
+    return rows, wanted
+
+
 def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
     """Every labelled video must be a complete video of the store; returns store_videos(ds)."""
     videos = store_videos(ds)

@@ -1,8 +1,9 @@
 """An opened store in memory, and what every reader of one shares.
 
-`Part` and `StoreHandle` are a store's metadata as committed (no window data); `read_pool` is the
-thread pool all chunk reads go through; `lazy` is the dask view of one stored array. Working
-stores (reader), published ones (published) and unions of stores (handle) are built from these.
+`Part` and `StoreHandle` are a store's metadata as committed (no window data). `read_pool` is the
+thread pool all chunk reads go through; `read_rows` and `gather` read random windows with it, one
+slice per stored chunk; `lazy` is the dask view of one stored array. Working stores (reader),
+published ones (published) and unions of stores (handle) are built from these.
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ def lazy(arr: zarr.Array) -> da.Array:
     file_bytes = per_file * arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
     per_chunk = per_file * max(1, DASK_CHUNK_BYTES // max(file_bytes, 1))
     return da.from_zarr(arr, chunks=(per_chunk,) + arr.shape[1:])
+
+
+def read_rows(arrays: dict[str, zarr.Array], names, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The sorted `rows` of each named array, by one slice over them (they share a chunk)."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    return {name: arrays[name][lo:hi][rows - lo] for name in names}
+
+
+def gather(read_run, runs: list[np.ndarray], order: np.ndarray, layout: Layout, var: str):
+    """`var` (tokens or embedding) of the windows asked for, in the order asked: each run of
+    them read by `read_run` (-> {array: values}) in the read pool, in sorted order, where
+    `order` gives the asked position of each."""
+    got = list(read_pool().map(read_run, runs))
+    stacked = {}
+    for name in got[0]:
+        values = np.concatenate([g[name] for g in got])
+        stacked[name] = np.empty_like(values)
+        stacked[name][order] = values
+    return stacked["embedding"] if var == "embedding" else layout.decode(stacked)
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -15,7 +15,7 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.layout import Layout
-from ethoprism.store.parts import Part, StoreHandle, lazy, read_pool
+from ethoprism.store.parts import Part, StoreHandle, gather, lazy, read_rows
 from ethoprism.store.safety import check_array_metadata
 from ethoprism.store.schema import ARRAY_DIMS, VIDEO_COLUMNS, WINDOW_COORDS, StoreError, jsonable
 
@@ -89,21 +89,7 @@ def read_published_windows(ds: xr.Dataset, indices: np.ndarray, var: str) -> np.
     rows = pos[order]
     chunk = rows // pub.arrays[names[0]].chunks[0]
     runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(chunk)) + 1)
-
-    def one(run):
-        got = rows[run]
-        lo, hi = int(got[0]), int(got[-1]) + 1
-        return {name: pub.arrays[name][lo:hi][got - lo] for name in names}
-
-    got = list(read_pool().map(one, runs))
-    stacked = {}
-    for name in names:
-        values = np.concatenate([g[name] for g in got])
-        stacked[name] = np.empty_like(values)
-        stacked[name][order] = values
-    if var == "embedding":
-        return stacked["embedding"]
-    return pub.layout.decode(stacked)
+    return gather(lambda run: read_rows(pub.arrays, names, rows[run]), runs, order, pub.layout, var)
 
 
 def published_handle(zstore, source: str, attrs: dict) -> StoreHandle:

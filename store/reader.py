@@ -19,7 +19,7 @@ from ethoprism.store.damage import damaged
 from ethoprism.store.describe import array_attrs
 from ethoprism.store.geometry import nominal_frame_time
 from ethoprism.store.handle import open_handle, union_handle
-from ethoprism.store.parts import Part, StoreHandle, lazy, read_pool
+from ethoprism.store.parts import Part, StoreHandle, gather, lazy, read_rows
 from ethoprism.store.published import PUBLISHED_ATTR, dataset_of, read_published_windows
 from ethoprism.store.schema import (
     ARRAY_DIMS,
@@ -308,19 +308,9 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(part_of) | np.diff(chunk)) + 1)
 
     def one(run):
-        arrays, got = parts[part_of[run[0]]].arrays, rows[run]
-        lo, hi = int(got[0]), int(got[-1]) + 1
         try:
-            return {name: arrays[name][lo:hi][got - lo] for name in names}
+            return read_rows(parts[part_of[run[0]]].arrays, names, rows[run])
         except Exception as e:  # noqa: BLE001  checksum, codec or shard index: all mean damage
             raise damaged(ds, indices[order][run], var, e) from None
 
-    got = list(read_pool().map(one, runs))
-    stacked = {}
-    for name in names:
-        sorted_values = np.concatenate([g[name] for g in got])
-        stacked[name] = np.empty_like(sorted_values)
-        stacked[name][order] = sorted_values
-    if var == "embedding":
-        return stacked["embedding"]
-    return handle.layout.decode(stacked)
+    return gather(one, runs, order, handle.layout, var)
