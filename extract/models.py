@@ -27,10 +27,10 @@ from ethoprism.extract.weights import (
     RANDOM_SHA256,
     CheckpointError,
     download,
-    file_sha256,
     load_checkpoint,
     weights_available,
 )
+from ethoprism.store.schema import file_sha256
 
 
 def load_encoder(

@@ -7,7 +7,6 @@ axis), which is exactly `FactorizedEncoder`'s variable tree. Files are never unp
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import zipfile
@@ -106,14 +105,6 @@ def weights_available(name: str) -> str | None:
 
     path = try_to_load_from_cache(config.hf_repo, config.hf_filename)
     return path if isinstance(path, str) else None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ Videos are matched by file name (the store's `video_name`). Frame indices are de
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import xarray as xr
 from ethoprism.errors import EthoprismError
 from ethoprism.probe.defaults import BACKGROUND, LABEL_COLUMN
 from ethoprism.store import geometry
+from ethoprism.store.schema import file_sha256
 
 ALIGN_MODES = ("centre", "majority", "any")
 
@@ -54,14 +54,6 @@ class LabelTable:
     @property
     def videos(self) -> list[str]:
         return sorted({s.video for s in self.segments})
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_labels(
@@ -110,7 +102,7 @@ def read_labels(
     behaviours = sorted({lab for s in segments for lab in s.labels})
     return LabelTable(
         path,
-        _sha256(path),
+        file_sha256(path),
         column,
         background,
         per_clip,

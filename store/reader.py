@@ -31,6 +31,16 @@ from ethoprism.store.schema import (
     content_key,
 )
 
+# the root attributes a Dataset carries (with its source, parts and irregular windows)
+DATASET_ATTRS = (
+    "schema",
+    "schema_version",
+    "encoder",
+    "preprocessing",
+    "layout",
+    "software_version",
+    "created",
+)
 COORD_CHUNK_READ = 65536  # windows per dask chunk of frame_time computed for older parts
 
 
@@ -125,50 +135,70 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
 def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Dataset:
     """The Dataset of an opened handle (its parts merged as SPEC.md says)."""
     rows, runs = merge_tables(handle.parts)
-    attrs = {
-        k: handle.attrs[k]
-        for k in (
-            "schema",
-            "schema_version",
-            "encoder",
-            "preprocessing",
-            "layout",
-            "software_version",
-            "created",
+    frames = _frames_per_window(handle)
+    columns, stored = _window_runs(handle, rows, runs, frames)
+    data_vars = _data_vars(handle, stored)
+    ds = xr.Dataset(
+        data_vars,
+        coords={**_window_coords(columns, rows, frames), **_video_table(rows)},
+        attrs=_dataset_attrs(handle),
+    )
+    for name in (*data_vars, *WINDOW_COORDS[1:]):
+        ds[name].attrs.update(
+            {k: v for k, v in array_attrs(name).items() if k != "description"},
+            description=TOKENS_DECODED if name == "tokens" else array_attrs(name)["description"],
         )
-    }
+    if storage_options:
+        ds.encoding["storage_options"] = dict(storage_options)
+    _remember(handle)
+    return ds
+
+
+def _dataset_attrs(handle: StoreHandle) -> dict:
+    attrs = {k: handle.attrs[k] for k in DATASET_ATTRS}
     attrs.update(source=handle.source, parts=[p.name for p in handle.parts])
     if handle.attrs.get("windows"):  # windows not at the regular stride (extract --frames-from)
         attrs["windows"] = handle.attrs["windows"]
+    return attrs
 
+
+def _window_runs(handle: StoreHandle, rows: list[dict], runs: list[tuple], frames: int):
+    """The merged window axis, run by run: ({coordinate: pieces}, {stored array: lazy pieces}).
+
+    Coordinates are read now (small); `video` is renumbered to the merged video table.
+    """
     # part-local video row -> row of the merged table (-1: dropped by the merge)
     row_of = [np.full(len(part.state["videos"]), -1, dtype=np.int64) for part in handle.parts]
     for i, row in enumerate(rows):
         row_of[row["part"]][row["row"]] = i
-    coords, stored = {name: [] for name in WINDOW_COORDS}, {}
-    aligned = aligned_arrays(handle.attrs["encoder"])
-    part_idx, part_window, frame_time = [], [], []
-    frames = _frames_per_window(handle)
+    columns = {name: [] for name in (*WINDOW_COORDS, FRAME_TIME, "part", "part_window")}
+    stored = {}
+    names = handle.layout.arrays + ("embedding",) + tuple(aligned_arrays(handle.attrs["encoder"]))
     fps = np.array([row["fps"] for row in rows], np.float64)
     for p, start, stop in runs:
         arrays = handle.parts[p].arrays
-        for name in WINDOW_COORDS:
-            coords[name].append(arrays[name][start:stop])
-        coords["video"][-1] = row_of[p][coords["video"][-1]]
+        c = {name: arrays[name][start:stop] for name in WINDOW_COORDS}
+        c["video"] = row_of[p][c["video"]]
         if FRAME_TIME in arrays:
-            frame_time.append(lazy(arrays[FRAME_TIME])[start:stop])
+            c[FRAME_TIME] = lazy(arrays[FRAME_TIME])[start:stop]
         else:  # a part written before frame_time
-            c = {name: v[-1] for name, v in coords.items()}
             nominal = nominal_frame_time(
                 c["start_time"], c["frame_step"], c["n_valid_frames"], fps[c["video"]], frames
             )
-            frame_time.append(da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames)))
-        for name in handle.layout.arrays + ("embedding",) + tuple(aligned):
+            c[FRAME_TIME] = da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames))
+        c["part"] = np.full(stop - start, p, dtype=np.int32)
+        c["part_window"] = np.arange(start, stop, dtype=np.int64)
+        for name, values in c.items():
+            columns[name].append(values)
+        for name in names:
             stored.setdefault(name, []).append(lazy(arrays[name])[start:stop])
-        part_idx.append(np.full(stop - start, p, dtype=np.int32))
-        part_window.append(np.arange(start, stop, dtype=np.int64))
+    return columns, stored
 
-    if runs:
+
+def _data_vars(handle: StoreHandle, stored: dict[str, list]) -> dict:
+    """tokens (decoded to float32), embedding and the aligned arrays, lazily."""
+    aligned = aligned_arrays(handle.attrs["encoder"])
+    if stored:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
         tokens = handle.layout.decode(stored)
         embedding = stored["embedding"]
@@ -181,27 +211,36 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
             name: (dims, da.zeros((0, *({"t": t, "c": c}[d] for d in dims[1:])), np.float32))
             for name, dims in aligned.items()
         }
+    return {
+        "tokens": (ARRAY_DIMS["tokens"], tokens),
+        "embedding": (ARRAY_DIMS["embedding"], embedding),
+        **aligned_vars,
+    }
 
+
+def _window_coords(columns: dict[str, list], rows: list[dict], frames: int) -> dict:
     def cat(chunks, dtype):
         return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
 
-    video = cat(coords["video"], np.int64)
-    names = np.array([os.path.basename(row["path"]) for row in rows] or [""], dtype=object)
-    window_coords = {
-        name: ("window", cat(coords[name], "float64" if name == "start_time" else "int64"))
+    coords = {
+        name: ("window", cat(columns[name], "float64" if name == "start_time" else "int64"))
         for name in WINDOW_COORDS
     }
-    window_coords["video_name"] = (
-        "window",
-        names[video] if len(video) else np.zeros(0, dtype=object),
-    )
-    window_coords[FRAME_TIME] = (
+    video = coords["video"][1]
+    names = np.array([os.path.basename(row["path"]) for row in rows] or [""], dtype=object)
+    coords["video_name"] = ("window", names[video] if len(video) else np.zeros(0, dtype=object))
+    frame_time = columns[FRAME_TIME]
+    coords[FRAME_TIME] = (
         ARRAY_DIMS[FRAME_TIME],
         da.concatenate(frame_time) if frame_time else da.zeros((0, frames), np.float64),
     )
-    window_coords["part"] = ("window", cat(part_idx, np.int32))
-    window_coords["part_window"] = ("window", cat(part_window, np.int64))
-    table = {
+    coords["part"] = ("window", cat(columns["part"], np.int32))
+    coords["part_window"] = ("window", cat(columns["part_window"], np.int64))
+    return coords
+
+
+def _video_table(rows: list[dict]) -> dict:
+    return {
         f"video_{col}": (
             "videos",
             # abs_path: absent from rows written before it was recorded
@@ -209,24 +248,6 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
         )
         for col in VIDEO_COLUMNS
     }
-    ds = xr.Dataset(
-        {
-            "tokens": (ARRAY_DIMS["tokens"], tokens),
-            "embedding": (ARRAY_DIMS["embedding"], embedding),
-            **aligned_vars,
-        },
-        coords={**window_coords, **table},
-        attrs=attrs,
-    )
-    for name in ("tokens", "embedding", *WINDOW_COORDS[1:], *aligned_vars):
-        ds[name].attrs.update(
-            {k: v for k, v in array_attrs(name).items() if k != "description"},
-            description=TOKENS_DECODED if name == "tokens" else array_attrs(name)["description"],
-        )
-    if storage_options:
-        ds.encoding["storage_options"] = dict(storage_options)
-    _remember(handle)
-    return ds
 
 
 def _column_dtype(col: str):

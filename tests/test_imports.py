@@ -2,7 +2,7 @@
 
 Every `import ethoprism.x` / `from ethoprism.x import y` / relative import counts, wherever it
 stands (function-level imports too: a lazy import still makes a cycle, it only hides it). The
-CLI may import everything and is left out; so are the tests.
+CLI may import everything and is left out; so are the tests. No cycle is allowed.
 """
 
 from __future__ import annotations
@@ -21,30 +21,36 @@ PROBE_MAY_IMPORT_FROM_EXTRACT = {
     "ethoprism.extract.preprocess",  # localize: resize_geometry (to move to store)
 }
 WINGS = ("classify", "retrieve", "localize")
+CLI = ("cli", "cli.py", "cli_options.py", "__main__.py")  # may import everything
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join((PACKAGE, *parts))
 
 
-def library_files() -> list[Path]:
+def library_files(root: Path) -> list[Path]:
     return sorted(
         p
-        for p in ROOT.rglob("*.py")
-        if p.relative_to(ROOT).parts[0] not in ("tests", "cli", "cli.py", ".venv", "build")
+        for p in root.rglob("*.py")
+        if p.relative_to(root).parts[0] not in (*CLI, "tests", ".venv", "build")
     )
 
 
-def imported(path: Path, modules: set[str]) -> set[str]:
+def imported(path: Path, root: Path, modules: set[str]) -> set[str]:
     """The package's modules that `path` imports (a name imported from a package counts as
-    its submodule when there is one, else as the package)."""
-    me = module_name(path)
+    its submodule when there is one, else as the package, whose lazy exports count as its
+    imports)."""
+    me = module_name(path, root)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if path.name == "__init__.py":  # a package's lazy exports name their modules as strings
+        lazy = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)} & modules
+        found |= lazy - {me}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -52,8 +58,9 @@ def imported(path: Path, modules: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
-            targets = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
-            targets = targets or [base]
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -64,10 +71,11 @@ def imported(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = library_files()
-    modules = {module_name(p) for p in files}
-    return {module_name(p): imported(p, modules) for p in files}
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """{module: the package's modules it imports} over the library below `root`."""
+    files = library_files(root)
+    modules = {module_name(p, root) for p in files}
+    return {module_name(p, root): imported(p, root, modules) for p in files}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -121,12 +129,7 @@ def test_graph_sees_function_level_and_relative_imports(tmp_path):
     (pkg / "store" / "__init__.py").write_text("")
     (pkg / "store" / "a.py").write_text("def f():\n    from ethoprism.store.b import g\n")
     (pkg / "store" / "b.py").write_text("from . import a\nfrom .a import f\n")
-    global ROOT
-    saved, ROOT = ROOT, pkg
-    try:
-        graph = import_graph()
-    finally:
-        ROOT = saved
+    graph = import_graph(pkg)
     assert graph["ethoprism.store.a"] == {"ethoprism.store.b"}
     assert graph["ethoprism.store.b"] == {"ethoprism.store.a"}
     assert cycles(graph) == [["ethoprism.store.a", "ethoprism.store.b"]]
