@@ -477,7 +477,7 @@ def bench_localize(
 ) -> None:
     """Detector training steps/s and inference frames/s at the base token map, and the head's
     inference time per window over the encoder's (target <= 5%)."""
-    from ethoprism.probe.localize.bench import bench_localize as run_bench
+    from ethoprism.pipeline.localize_bench import bench_localize as run_bench
 
     r = run_bench(small=small, batch_size=batch_size)
     if as_json:

@@ -178,7 +178,6 @@ def extract(
     """
     from ethoprism.pipeline import extract as pipeline_extract
     from ethoprism.pipeline.config import centred_on, config_for_store
-    from ethoprism.pipeline.inputs import find_videos
     from ethoprism.pipeline.plan import plan_run
     from ethoprism.pipeline.progress import JsonLinesReporter, RichReporter
     from ethoprism.pipeline.run import ExtractInterrupted
@@ -204,7 +203,7 @@ def extract(
         **centred_on(frames_from),
     )
     if dry_run:
-        plan = plan_run(find_videos(archive), cfg, store_path=store)
+        plan = plan_run(pipeline_extract.run_paths(archive, cfg), cfg, store_path=store)
         if as_json:
             print_json(plan.to_dict())
         else:
@@ -233,7 +232,7 @@ def extract(
 
 def models(as_json: JsonOpt = False) -> None:
     """List the encoder configs and whether their weights are on this machine (no network)."""
-    from ethoprism.extract.weights import list_models
+    from ethoprism.extract.models import list_models
 
     rows = list_models()
     if as_json:

@@ -9,7 +9,7 @@ _ENCODER_NAMES = {
     "Encoder": "ethoprism.extract.encoder",
     "EncoderConfig": "ethoprism.extract.encoder",
     "EncoderOutput": "ethoprism.extract.encoder",
-    "load_encoder": "ethoprism.extract.weights",
+    "load_encoder": "ethoprism.extract.models",
 }
 
 __all__ = ["CONFIGS", "Encoder", "EncoderConfig", "EncoderOutput", "load_encoder"]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ethoprism.extract.encoder import Encoder, EncoderConfig, get_config
-from ethoprism.extract.weights import load_encoder
+from ethoprism.extract.models import load_encoder
 
 PEAK_SIZE = 2048
 

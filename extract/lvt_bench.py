@@ -16,8 +16,9 @@ import numpy as np
 from ethoprism.extract.bench import encoder_flops
 from ethoprism.extract.encoder import FactorizedEncoder
 from ethoprism.extract.lvt import LVT_CONFIGS, TextTower
+from ethoprism.extract.models import load_encoder
 from ethoprism.extract.videotext import VideoTextEncoder, _video_fns
-from ethoprism.extract.weights import RANDOM_SHA256, load_encoder
+from ethoprism.extract.weights import RANDOM_SHA256
 
 WORDS = [
     "mouse", "rat", "fly", "fish", "larva", "rearing",

@@ -29,9 +29,9 @@ from ethoprism.extract.weights import (
     RANDOM_SHA256,
     CheckpointError,
     download,
-    file_sha256,
     load_checkpoint,
 )
+from ethoprism.store.schema import file_sha256
 
 Array = jax.Array
 

@@ -7,7 +7,6 @@ axis), which is exactly `FactorizedEncoder`'s variable tree. Files are never unp
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import zipfile
@@ -18,16 +17,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.encoder import (
-    CONFIGS,
-    Encoder,
-    EncoderConfig,
-    check_dtype,
-    get_config,
-    init_params,
-    param_count,
-    param_shapes,
-)
+from ethoprism.extract.encoder import EncoderConfig, get_config, param_shapes
 
 ENV_VAR = "ETHOPRISM_CHECKPOINT"
 RANDOM = "random"
@@ -39,32 +29,6 @@ ONLINE_CHECK_SECONDS = 2.0
 
 class CheckpointError(EthoprismError):
     """A checkpoint that cannot be found, read, or does not fit the encoder config."""
-
-
-def load_encoder(
-    name: str, checkpoint: str | os.PathLike | None = None, dtype: str = "float32"
-) -> Encoder:
-    """The encoder `name` with its weights.
-
-    checkpoint: a path to an official npz; None -> $ETHOPRISM_CHECKPOINT if set, else the file
-    from the Hugging Face hub (cached by huggingface_hub, downloaded on first use);
-    "random" -> the official initialisation with seed 0 (for demos and tests without weights).
-    """
-    config, dtype = get_config(name), check_dtype(dtype)
-    if checkpoint is None and os.environ.get(ENV_VAR):
-        checkpoint = os.environ[ENV_VAR]
-        if not Path(checkpoint).expanduser().is_file():
-            raise CheckpointError(f"{ENV_VAR} points at {checkpoint}, which is not a file")
-    if name.startswith("videoprism-lvt"):  # the video-text models: their own variable tree
-        from ethoprism.extract.videotext import load_video_text
-
-        return load_video_text(name, checkpoint, dtype)
-    if isinstance(checkpoint, str) and checkpoint == RANDOM:
-        params, sha = init_params(config, seed=0), RANDOM_SHA256
-    else:
-        path = Path(checkpoint).expanduser() if checkpoint is not None else download(config)
-        params, sha = load_checkpoint(path, config), file_sha256(path)
-    return Encoder(config=config, params=params, dtype=dtype, checkpoint_sha256=sha)
 
 
 def _how_to_get(config: EncoderConfig) -> str:
@@ -141,14 +105,6 @@ def weights_available(name: str) -> str | None:
 
     path = try_to_load_from_cache(config.hf_repo, config.hf_filename)
     return path if isinstance(path, str) else None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -229,30 +185,3 @@ def load_checkpoint(
     return unflatten_dict(
         {tuple(k.split("/")): jnp.asarray(a, jnp.float32) for k, a in arrays.items()}
     )
-
-
-def _param_count(config: EncoderConfig) -> int:
-    if config.name.startswith("videoprism-lvt"):  # both towers
-        from ethoprism.extract.videotext import param_count as video_text_params
-
-        return video_text_params(config.name)
-    return param_count(config)
-
-
-def list_models() -> list[dict]:
-    """Each encoder config with its size and where its weights are, if they are on this machine."""
-    return [
-        {
-            "name": c.name,
-            "frames": c.num_frames,
-            "image_size": c.image_size,
-            "model_dim": c.model_dim,
-            "spatial_layers": c.num_spatial_layers,
-            "temporal_layers": c.num_temporal_layers,
-            "params": _param_count(c),
-            "hf_repo": c.hf_repo,
-            "hf_filename": c.hf_filename,
-            "weights": weights_available(c.name),
-        }
-        for c in CONFIGS.values()
-    ]

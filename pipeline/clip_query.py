@@ -18,10 +18,11 @@ from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
-from ethoprism.extract.weights import RANDOM, RANDOM_SHA256, file_sha256
+from ethoprism.extract.weights import RANDOM, RANDOM_SHA256
 from ethoprism.extract.windows import iter_windows
 from ethoprism.probe import retrieve as retrieval
 from ethoprism.store import geometry
+from ethoprism.store.schema import file_sha256
 
 BATCH = 8
 

@@ -35,7 +35,9 @@ from ethoprism.extract.encoder import get_config
 from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import demux_times, probe_video
 from ethoprism.extract.windows import WindowAssembler
+from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.decode import Windows, WindowSlots
+from ethoprism.pipeline.rate import measure_rate
 from ethoprism.store import Layout
 from ethoprism.store.bench import activation_like, writer_input
 from ethoprism.store.schema import VideoRecord
@@ -245,9 +247,6 @@ def accelerator_rate(model: str, prep: Preprocessing, layout: Layout, rate: floa
     backend = jax.default_backend()
     if backend == "cpu":
         return {"windows_per_s": rate, "source": "stated (--accelerator-rate), no accelerator"}
-    from ethoprism.pipeline.config import RunConfig
-    from ethoprism.pipeline.plan import measure_rate
-
     cfg = RunConfig(model=model, checkpoint="random", dtype="bfloat16", prep=prep, layout=layout)
     per_device = measure_rate(cfg, batches=4) / jax.local_device_count()
     return {"windows_per_s": per_device, "source": f"measured on {backend} (bf16, per device)"}

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ethoprism.errors import EthoprismError
-from ethoprism.extract import CONFIGS, load_encoder
-from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract import CONFIGS
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
-from ethoprism.extract.weights import RANDOM
 from ethoprism.extract.windows import centred_starts, plan_windows
+from ethoprism.pipeline import host_bench
 from ethoprism.pipeline.config import RunConfig, resolve_decoder
+from ethoprism.pipeline.rate import measure_rate
 
 
 @dataclass
@@ -33,7 +30,7 @@ class Plan:
         """Host cores that keep the encoder on this machine's devices fed."""
         if self.host_ms_per_window is None or not self.windows_per_s:
             return None
-        return self.host_ms_per_window * self.windows_per_s / 1e3
+        return host_bench.cores(self.host_ms_per_window, self.windows_per_s)
 
     @property
     def store_bytes(self) -> float:
@@ -68,32 +65,11 @@ def bytes_per_window(cfg: RunConfig) -> float:
     )  # embedding and per-window coordinates
 
 
-def measure_rate(cfg: RunConfig, batches: int = 2) -> float:
-    """Encoder windows/s at the run's model, batch and dtype (after compiling).
-
-    Measured with randomly initialised weights: the speed does not depend on their values, and
-    a dry run must not need (or download) the checkpoint.
-    """
-    encoder = load_encoder(cfg.model, RANDOM, cfg.dtype)
-    sharded = ShardedEncoder(encoder, cfg.batch_size, cfg.prep.pixel_range, store_layout=cfg.layout)
-    size, length = cfg.prep.frame_size, cfg.prep.window_length
-    pixels = np.random.default_rng(0).integers(
-        0, 256, (sharded.batch_size, length, size, size, 3), np.uint8
-    )
-    sharded(pixels)  # compile
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        sharded(pixels)
-    return batches * sharded.batch_size / (time.perf_counter() - t0)
-
-
 def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, frames: int = 32):
     """Host CPU ms per window of the run, weighted by windows: decoding and conversion measured
     on the first `frames` frames of one video per (codec, size) (four at most), the stages
     after decoding on the run's token shape (`pipeline.host_bench`). With the hardware decoder
     only demuxing stays on the host."""
-    from ethoprism.pipeline import host_bench
-
     if not infos:
         return None
     sample: dict[tuple, str] = {}

@@ -67,9 +67,6 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 
 def save_head(directory: str | os.PathLike, head: SavedHead) -> Path:
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    np.savez(d / "params.npz", **flatten_params(head.params))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -83,6 +80,14 @@ def save_head(directory: str | os.PathLike, head: SavedHead) -> Path:
         "training": head.training,
         "metrics": head.metrics,
     }
+    return write_head_files(directory, head.params, meta)
+
+
+def write_head_files(directory: str | os.PathLike, params: dict, meta: dict) -> Path:
+    """directory/params.npz (the flattened parameters) and directory/head.json (`meta`)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / "params.npz", **flatten_params(params))
     (d / "head.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
     return d
 
@@ -101,20 +106,7 @@ def load_head(
     """The head saved in `directory`; its config built by `config_type` (the wing's config
     class) from the saved fields, or left as a dict."""
     d = Path(directory)
-    try:
-        meta = json.loads((d / "head.json").read_text())
-        with np.load(d / "params.npz", allow_pickle=False) as z:
-            params = unflatten_params({k: z[k] for k in z.files})
-    except FileNotFoundError as e:
-        raise HeadFileError(
-            f"{d}: not a saved head ({os.path.basename(e.filename)} is missing)"
-        ) from None
-    except (ValueError, OSError) as e:
-        raise HeadFileError(f"{d}: cannot read the saved head: {e}") from None
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise HeadFileError(
-            f"{d}/head.json: not an ethoprism head of format version <= {FORMAT_VERSION}"
-        )
+    meta, params = read_head_files(d, FORMAT, FORMAT_VERSION, "head", HeadFileError)
     try:
         config = meta["head"] if config_type is None else config_type(**meta["head"])
     except TypeError as e:
@@ -133,6 +125,26 @@ def load_head(
     )
 
 
+def read_head_files(
+    d: Path, format: str, version: int, what: str, error: type[EthoprismError]
+) -> tuple[dict, dict]:
+    """head.json and the parameters of a saved `what` (head, detector) of `format` up to
+    `version`, any fault raised as `error` naming the file."""
+    try:
+        meta = json.loads((d / "head.json").read_text())
+        with np.load(d / "params.npz", allow_pickle=False) as z:
+            params = unflatten_params({k: z[k] for k in z.files})
+    except FileNotFoundError as e:
+        raise error(
+            f"{d}: not a saved {what} ({os.path.basename(e.filename)} is missing)"
+        ) from None
+    except (ValueError, OSError) as e:
+        raise error(f"{d}: cannot read the saved {what}: {e}") from None
+    if meta.get("format") != format or meta.get("format_version", 0) > version:
+        raise error(f"{d}/head.json: not an ethoprism {what} of format version <= {version}")
+    return meta, params
+
+
 def _relevant(identity: dict) -> dict:
     """What changes the meaning or shape of tokens: encoder, preprocessing and spatial pooling.
 
@@ -148,8 +160,11 @@ def _relevant(identity: dict) -> dict:
 
 def check_store(head: SavedHead, ds, where: str = "") -> None:
     """Refuse a store whose tokens are not those the head was trained on."""
-    store.check_same_identity(
-        _relevant(head.store_identity),
-        _relevant(store.identity(ds)),
-        f"head {head.name!r} was trained on another store{where}",
-    )
+    message = f"head {head.name!r} was trained on another store{where}"
+    check_trained_on(head.store_identity, ds, message)
+
+
+def check_trained_on(identity: dict, ds, message: str) -> None:
+    """Refuse `ds` unless its tokens mean what they meant in the store of `identity` (and have
+    its geometry), with `message` naming what was trained there."""
+    store.check_same_identity(_relevant(identity), _relevant(store.identity(ds)), message)

@@ -13,7 +13,6 @@ Videos are matched by file name (the store's `video_name`). Frame indices are de
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import xarray as xr
 from ethoprism.errors import EthoprismError
 from ethoprism.probe.defaults import BACKGROUND, LABEL_COLUMN
 from ethoprism.store import geometry
+from ethoprism.store.schema import file_sha256
 
 ALIGN_MODES = ("centre", "majority", "any")
 
@@ -54,14 +54,6 @@ class LabelTable:
     @property
     def videos(self) -> list[str]:
         return sorted({s.video for s in self.segments})
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_labels(
@@ -110,7 +102,7 @@ def read_labels(
     behaviours = sorted({lab for s in segments for lab in s.labels})
     return LabelTable(
         path,
-        _sha256(path),
+        file_sha256(path),
         column,
         background,
         per_clip,
@@ -189,6 +181,17 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
         if name not in table or row["status"] == "complete":
             table[name] = row
     return table
+
+
+def complete_videos(ds: xr.Dataset, videos: list[str] | None) -> tuple[dict[str, dict], list[str]]:
+    """The store's complete videos (store_videos rows) and the names of those asked for (None:
+    all, sorted); a name that is not a complete video is refused."""
+    rows = {k: r for k, r in store_videos(ds).items() if r["status"] == "complete"}
+    wanted = videos or sorted(rows)
+    for v in wanted:
+        if v not in rows:
+            raise EthoprismError(f"video {v!r} is not a complete video of the store")
+    return rows, wanted
 
 
 def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:

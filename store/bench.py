@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ethoprism.store.handle import open_handle
 from ethoprism.store.reader import open as open_store
-from ethoprism.store.reader import open_handle, read_windows
+from ethoprism.store.reader import read_windows
 from ethoprism.store.schema import Layout, StoreError, VideoRecord
 from ethoprism.store.stream import keep_freed_memory
 from ethoprism.store.validate import info

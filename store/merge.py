@@ -1,10 +1,9 @@
-"""Combining stores of one identity: a union view that copies nothing, and `store merge`.
+"""`store merge`: the parts of stores of one identity copied into a new working store.
 
-Both take the stores in the order given and their parts in each store's `parts` order, each
-part renamed `sNN-<name>` (NN: the store's position), so parts of different stores never
-collide and sort in store order. The union view is the merged copy's Dataset: the reader's merge
-rules (SPEC.md, "Merging parts") keep a video present in several stores once (its first
-complete copy), and `duplicates` reports which.
+The copy holds the parts of `handle.union_handle` under the same names, so its Dataset is the
+union view's (`store.open([A, B, ...])`, which copies nothing): the reader's merge rules (SPEC.md,
+"Merging parts") keep a video present in several stores once (its first complete copy), and
+`duplicates` reports which.
 """
 
 from __future__ import annotations
@@ -14,58 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
-import xarray as xr
-
+from ethoprism.store.handle import open_handle, part_name, union_handle
+from ethoprism.store.parts import StoreHandle
 from ethoprism.store.published import PUBLISHED_ATTR
-from ethoprism.store.reader import (
-    Part,
-    StoreHandle,
-    dataset,
-    open_handle,
-)
+from ethoprism.store.reader import dataset
 from ethoprism.store.remote import is_url
-from ethoprism.store.schema import (
-    PART_ATTR,
-    PARTS,
-    StoreError,
-    check_same_identity,
-    content_key,
-    identity_of_attrs,
-)
-
-MAX_STORES = 100
-
-
-def _part_name(i: int, name: str) -> str:
-    return f"s{i:02d}-{name}"
-
-
-def union_handle(sources, storage_options: dict | None = None) -> StoreHandle:
-    """The stores' parts as one handle; refused unless all share one identity."""
-    sources = [str(s) for s in sources]
-    if not sources or len(sources) > MAX_STORES:
-        raise StoreError(f"give 1 to {MAX_STORES} stores to combine, not {len(sources)}")
-    handles = [open_handle(s, storage_options) for s in sources]
-    first = handles[0]
-    for h in handles[1:]:
-        check_same_identity(
-            identity_of_attrs(first.attrs),
-            identity_of_attrs(h.attrs),
-            f"stores {first.source} (left) and {h.source} (right) cannot be combined",
-        )
-    parts = [
-        Part(_part_name(i, p.name), p.state, p.arrays)
-        for i, h in enumerate(handles)
-        for p in h.parts
-    ]
-    attrs = {k: v for k, v in first.attrs.items() if k != PUBLISHED_ATTR}
-    attrs["parts"] = [p.name for p in parts]
-    return StoreHandle(" + ".join(sources), attrs, first.layout, parts)
-
-
-def open_union(sources, storage_options: dict | None = None) -> xr.Dataset:
-    """`store.open([A, B, ...])`: one Dataset over several stores, copying nothing."""
-    return dataset(union_handle(sources, storage_options))  # which remembers the handle
+from ethoprism.store.schema import PART_ATTR, PARTS, StoreError, content_key
 
 
 def duplicates(handle: StoreHandle) -> list[dict]:
@@ -114,12 +67,12 @@ def merge(sources, out, storage_options: dict | None = None) -> dict:
         zip([open_handle(s, storage_options) for s in sources], roots, strict=True)
     ):
         for part in source_handle.parts:
-            target = out / PARTS / _part_name(i, part.name)
+            target = out / PARTS / part_name(i, part.name)
             shutil.copytree(root / PARTS / part.name, target, ignore=ignore)
             doc = json.loads((target / "zarr.json").read_text())
             doc["attributes"][PART_ATTR] = {
                 **doc["attributes"][PART_ATTR],
-                "name": _part_name(i, part.name),
+                "name": part_name(i, part.name),
             }
             _write_doc(target / "zarr.json", doc["attributes"])
     _write_doc(out / "zarr.json", handle.attrs)  # last: the copy is a store from here on

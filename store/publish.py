@@ -34,10 +34,11 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from ethoprism.store.handle import open_handle
 from ethoprism.store.manifest import MANIFEST, put_object, write_manifest
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import open as open_store
-from ethoprism.store.reader import open_handle, read_windows
+from ethoprism.store.reader import read_windows
 from ethoprism.store.remote import is_url, storage_options_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,

@@ -15,8 +15,9 @@ import xarray as xr
 import zarr
 
 from ethoprism.store.layout import Layout
+from ethoprism.store.parts import Part, StoreHandle, gather, lazy, read_rows
 from ethoprism.store.safety import check_array_metadata
-from ethoprism.store.schema import ARRAY_DIMS, StoreError, jsonable
+from ethoprism.store.schema import ARRAY_DIMS, VIDEO_COLUMNS, WINDOW_COORDS, StoreError, jsonable
 
 PUBLISHED_ATTR = "ethoprism_published"  # the root attribute that makes a store a published one
 
@@ -51,9 +52,7 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
             raise StoreError(f"{source}: published store lacks array {name!r}")
         check_array_metadata(jsonable(metadata[name].to_dict()), f"{source} array {name!r}")
     arrays = {name: root[name] for name in names + coord_names}
-    from ethoprism.store.reader import _lazy
-
-    stored = {name: _lazy(arrays[name]) for name in names}
+    stored = {name: lazy(arrays[name]) for name in names}
     coords = {}
     for name in coord_names:
         values = arrays[name][:]
@@ -79,8 +78,6 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
 
 def read_published_windows(ds: xr.Dataset, indices: np.ndarray, var: str) -> np.ndarray:
     """`read_windows` on a dataset of a published store: one slice read per stored chunk."""
-    from ethoprism.store.reader import read_pool
-
     pub = _OPENED.get(ds.attrs["source"])
     if pub is None or var not in ("tokens", "embedding"):
         return np.asarray(ds[var].isel(window=indices).values)
@@ -92,29 +89,12 @@ def read_published_windows(ds: xr.Dataset, indices: np.ndarray, var: str) -> np.
     rows = pos[order]
     chunk = rows // pub.arrays[names[0]].chunks[0]
     runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(chunk)) + 1)
-
-    def one(run):
-        got = rows[run]
-        lo, hi = int(got[0]), int(got[-1]) + 1
-        return {name: pub.arrays[name][lo:hi][got - lo] for name in names}
-
-    got = list(read_pool().map(one, runs))
-    stacked = {}
-    for name in names:
-        values = np.concatenate([g[name] for g in got])
-        stacked[name] = np.empty_like(values)
-        stacked[name][order] = values
-    if var == "embedding":
-        return stacked["embedding"]
-    return pub.layout.decode(stacked)
+    return gather(lambda run: read_rows(pub.arrays, names, rows[run]), runs, order, pub.layout, var)
 
 
-def published_handle(zstore, source: str, attrs: dict):
+def published_handle(zstore, source: str, attrs: dict) -> StoreHandle:
     """A published store as a StoreHandle of one part (for info and validate): its windows
     are the part's, its video table the part's commit record."""
-    from ethoprism.store.reader import Part, StoreHandle
-    from ethoprism.store.schema import VIDEO_COLUMNS, WINDOW_COORDS
-
     ds = open_published(zstore, source, attrs)
     pub = _OPENED[source]
     table = {col: pub.arrays[f"video_{col}"][:] for col in VIDEO_COLUMNS}
@@ -136,7 +116,7 @@ def published_handle(zstore, source: str, attrs: dict):
 _DATASETS: dict[int, xr.Dataset] = {}
 
 
-def dataset_of(handle) -> xr.Dataset:
+def dataset_of(handle: StoreHandle) -> xr.Dataset:
     """The Dataset opened with a handle from `published_handle` (what `store.open` returns)."""
     return _DATASETS.pop(id(handle))
 

@@ -10,66 +10,38 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
 
 from ethoprism.store.damage import damaged
 from ethoprism.store.describe import array_attrs
 from ethoprism.store.geometry import nominal_frame_time
-from ethoprism.store.published import PUBLISHED_ATTR
-from ethoprism.store.remote import is_url, zarr_store_for
-from ethoprism.store.safety import (
-    check_array_metadata,
-    check_part_names,
-    check_part_record,
-    check_root_document,
-)
+from ethoprism.store.handle import open_handle, union_handle
+from ethoprism.store.parts import Part, StoreHandle, gather, lazy, read_rows
+from ethoprism.store.published import PUBLISHED_ATTR, dataset_of, read_published_windows
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     FRAME_TIME,
-    PART_ATTR,
-    PARTS,
     VIDEO_COLUMNS,
     WINDOW_COORDS,
-    Layout,
     StoreError,
     aligned_arrays,
-    check_schema,
     content_key,
-    jsonable,
-    part_arrays,
 )
 
-READ_THREADS = 16
+# the root attributes a Dataset carries (with its source, parts and irregular windows)
+DATASET_ATTRS = (
+    "schema",
+    "schema_version",
+    "encoder",
+    "preprocessing",
+    "layout",
+    "software_version",
+    "created",
+)
 COORD_CHUNK_READ = 65536  # windows per dask chunk of frame_time computed for older parts
-
-
-@dataclass
-class Part:
-    """One part as committed: its record and its arrays (opened read-only)."""
-
-    name: str
-    state: dict
-    arrays: dict[str, zarr.Array]
-
-    @property
-    def n_windows(self) -> int:
-        return int(self.state["n_windows"])
-
-
-@dataclass
-class StoreHandle:
-    """An opened store: root attributes, layout and committed parts."""
-
-    source: str
-    attrs: dict
-    layout: Layout
-    parts: list[Part]
 
 
 # store.open registers each opened store here, so read_windows can reach its zarr arrays
@@ -103,87 +75,6 @@ def _handle_of(ds: xr.Dataset) -> StoreHandle | None:
     handle = open_handle(source, ds.encoding.get("storage_options"))
     _remember(handle)
     return handle
-
-
-def _zarr_store(path_or_url: str, storage_options: dict | None):
-    if is_url(path_or_url):
-        return zarr_store_for(path_or_url, storage_options, read_only=True)
-    path = path_or_url.removeprefix("file://")
-    if not os.path.isdir(path):
-        raise StoreError(f"{path} does not exist or is not a directory: not a feature store")
-    if not os.path.exists(os.path.join(path, "zarr.json")):
-        raise StoreError(f"{path} is not a feature store (no zarr.json: not a zarr v3 group)")
-    return zarr.storage.LocalStore(path, read_only=True)
-
-
-def _open_group(store, path: str, where: str) -> zarr.Group:
-    try:
-        return zarr.open_group(store, path=path, mode="r", zarr_format=3)
-    except (
-        FileNotFoundError,
-        KeyError,
-        ValueError,
-        zarr.errors.GroupNotFoundError,
-        zarr.errors.NodeTypeValidationError,
-    ) as e:  # ValueError: unparsable zarr.json
-        raise StoreError(
-            f"{where}: not a feature store or part ({type(e).__name__}: {e})"
-        ) from None
-
-
-def open_handle(path_or_url, storage_options: dict | None = None) -> StoreHandle:
-    """Open a store's metadata and arrays (no window data is read)."""
-    source = str(path_or_url)
-    store = _zarr_store(source, storage_options)
-    check_root_document(store, source)  # a published store's arrays, before zarr parses them
-    root = _open_group(store, "", source)
-    attrs = dict(root.attrs)
-    check_schema(attrs, source)
-    if PUBLISHED_ATTR in attrs:
-        from ethoprism.store.published import published_handle
-
-        return published_handle(store, source, attrs)
-    layout = Layout.from_dict(attrs["layout"])
-    names = part_arrays(layout) + tuple(aligned_arrays(attrs["encoder"]))
-    parts = []
-    for name in check_part_names(attrs.get("parts", []), source):
-        group = _open_group(store, f"{PARTS}/{name}", f"{source} part {name!r}")
-        state = group.attrs.get(PART_ATTR)
-        if state is None:
-            raise StoreError(f"{source} part {name!r} has no commit record ({PART_ATTR} attribute)")
-        check_part_record(state, f"{source} part {name!r}")
-        arrays = {}
-        if state["n_windows"] > 0:
-            try:
-                # concurrently: each open is a round trip, which adds up over http and s3
-                opened = read_pool().map(
-                    lambda a, name=name: zarr.open_array(
-                        store, path=f"{PARTS}/{name}/{a}", mode="r", zarr_format=3
-                    ),
-                    names,
-                )
-                frame_time = read_pool().submit(
-                    _open_optional, store, f"{PARTS}/{name}/{FRAME_TIME}"
-                )
-                arrays = dict(zip(names, opened, strict=True))
-            except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as e:
-                raise StoreError(f"{source} part {name!r}: an array is missing ({e})") from None
-            except (ValueError, TypeError) as e:  # metadata zarr cannot parse
-                raise StoreError(f"{source} part {name!r}: unreadable array ({e})") from None
-            if frame_time.result() is not None:
-                arrays[FRAME_TIME] = frame_time.result()
-            for a, arr in arrays.items():  # before any chunk is decoded
-                check_array_metadata(jsonable(arr.metadata.to_dict()), f"{source} {name}/{a}")
-        parts.append(Part(name, state, arrays))
-    return StoreHandle(source, attrs, layout, parts)
-
-
-def _open_optional(store, path: str) -> zarr.Array | None:
-    """An array that parts written by earlier versions lack (frame_time)."""
-    try:
-        return zarr.open_array(store, path=path, mode="r", zarr_format=3)
-    except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError):
-        return None
 
 
 def merge_tables(parts: list[Part]) -> tuple[list[dict], list[tuple[int, int, int]]]:
@@ -222,16 +113,7 @@ def merge_tables(parts: list[Part]) -> tuple[list[dict], list[tuple[int, int, in
     return rows, runs
 
 
-DASK_CHUNK_BYTES = 64 << 20
 TOKENS_DECODED = "the frozen encoder's output tokens per window (t, h, w, c), decoded to float32"
-
-
-def _lazy(arr: zarr.Array) -> da.Array:
-    """Dask chunks of whole shards, several if shards are small (fewer tasks, same reads)."""
-    per_file = arr.shards[0] if arr.shards else arr.chunks[0]
-    file_bytes = per_file * arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
-    per_chunk = per_file * max(1, DASK_CHUNK_BYTES // max(file_bytes, 1))
-    return da.from_zarr(arr, chunks=(per_chunk,) + arr.shape[1:])
 
 
 def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
@@ -242,14 +124,10 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
     Dims `window, t, h, w, c` (h, w as stored: halved by pool 2) and `videos`; tokens are float32
     whatever the layout. Only committed videos' windows appear. Never writes anything.
     """
-    if isinstance(path_or_url, (list, tuple)):
-        from ethoprism.store.merge import open_union
-
-        return open_union(path_or_url, storage_options)
+    if isinstance(path_or_url, (list, tuple)):  # a union view: copies nothing
+        return dataset(union_handle(path_or_url, storage_options))
     handle = open_handle(path_or_url, storage_options)
     if PUBLISHED_ATTR in handle.attrs:
-        from ethoprism.store.published import dataset_of
-
         return dataset_of(handle)
     return dataset(handle, storage_options)
 
@@ -257,50 +135,70 @@ def open(path_or_url, storage_options: dict | None = None) -> xr.Dataset:
 def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Dataset:
     """The Dataset of an opened handle (its parts merged as SPEC.md says)."""
     rows, runs = merge_tables(handle.parts)
-    attrs = {
-        k: handle.attrs[k]
-        for k in (
-            "schema",
-            "schema_version",
-            "encoder",
-            "preprocessing",
-            "layout",
-            "software_version",
-            "created",
+    frames = _frames_per_window(handle)
+    columns, stored = _window_runs(handle, rows, runs, frames)
+    data_vars = _data_vars(handle, stored)
+    ds = xr.Dataset(
+        data_vars,
+        coords={**_window_coords(columns, rows, frames), **_video_table(rows)},
+        attrs=_dataset_attrs(handle),
+    )
+    for name in (*data_vars, *WINDOW_COORDS[1:]):
+        ds[name].attrs.update(
+            {k: v for k, v in array_attrs(name).items() if k != "description"},
+            description=TOKENS_DECODED if name == "tokens" else array_attrs(name)["description"],
         )
-    }
+    if storage_options:
+        ds.encoding["storage_options"] = dict(storage_options)
+    _remember(handle)
+    return ds
+
+
+def _dataset_attrs(handle: StoreHandle) -> dict:
+    attrs = {k: handle.attrs[k] for k in DATASET_ATTRS}
     attrs.update(source=handle.source, parts=[p.name for p in handle.parts])
     if handle.attrs.get("windows"):  # windows not at the regular stride (extract --frames-from)
         attrs["windows"] = handle.attrs["windows"]
+    return attrs
 
+
+def _window_runs(handle: StoreHandle, rows: list[dict], runs: list[tuple], frames: int):
+    """The merged window axis, run by run: ({coordinate: pieces}, {stored array: lazy pieces}).
+
+    Coordinates are read now (small); `video` is renumbered to the merged video table.
+    """
     # part-local video row -> row of the merged table (-1: dropped by the merge)
     row_of = [np.full(len(part.state["videos"]), -1, dtype=np.int64) for part in handle.parts]
     for i, row in enumerate(rows):
         row_of[row["part"]][row["row"]] = i
-    coords, stored = {name: [] for name in WINDOW_COORDS}, {}
-    aligned = aligned_arrays(handle.attrs["encoder"])
-    part_idx, part_window, frame_time = [], [], []
-    frames = _frames_per_window(handle)
+    columns = {name: [] for name in (*WINDOW_COORDS, FRAME_TIME, "part", "part_window")}
+    stored = {}
+    names = handle.layout.arrays + ("embedding",) + tuple(aligned_arrays(handle.attrs["encoder"]))
     fps = np.array([row["fps"] for row in rows], np.float64)
     for p, start, stop in runs:
         arrays = handle.parts[p].arrays
-        for name in WINDOW_COORDS:
-            coords[name].append(arrays[name][start:stop])
-        coords["video"][-1] = row_of[p][coords["video"][-1]]
+        c = {name: arrays[name][start:stop] for name in WINDOW_COORDS}
+        c["video"] = row_of[p][c["video"]]
         if FRAME_TIME in arrays:
-            frame_time.append(_lazy(arrays[FRAME_TIME])[start:stop])
+            c[FRAME_TIME] = lazy(arrays[FRAME_TIME])[start:stop]
         else:  # a part written before frame_time
-            c = {name: v[-1] for name, v in coords.items()}
             nominal = nominal_frame_time(
                 c["start_time"], c["frame_step"], c["n_valid_frames"], fps[c["video"]], frames
             )
-            frame_time.append(da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames)))
-        for name in handle.layout.arrays + ("embedding",) + tuple(aligned):
-            stored.setdefault(name, []).append(_lazy(arrays[name])[start:stop])
-        part_idx.append(np.full(stop - start, p, dtype=np.int32))
-        part_window.append(np.arange(start, stop, dtype=np.int64))
+            c[FRAME_TIME] = da.from_array(nominal, chunks=(COORD_CHUNK_READ, frames))
+        c["part"] = np.full(stop - start, p, dtype=np.int32)
+        c["part_window"] = np.arange(start, stop, dtype=np.int64)
+        for name, values in c.items():
+            columns[name].append(values)
+        for name in names:
+            stored.setdefault(name, []).append(lazy(arrays[name])[start:stop])
+    return columns, stored
 
-    if runs:
+
+def _data_vars(handle: StoreHandle, stored: dict[str, list]) -> dict:
+    """tokens (decoded to float32), embedding and the aligned arrays, lazily."""
+    aligned = aligned_arrays(handle.attrs["encoder"])
+    if stored:
         stored = {k: da.concatenate(v) for k, v in stored.items()}
         tokens = handle.layout.decode(stored)
         embedding = stored["embedding"]
@@ -313,27 +211,36 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
             name: (dims, da.zeros((0, *({"t": t, "c": c}[d] for d in dims[1:])), np.float32))
             for name, dims in aligned.items()
         }
+    return {
+        "tokens": (ARRAY_DIMS["tokens"], tokens),
+        "embedding": (ARRAY_DIMS["embedding"], embedding),
+        **aligned_vars,
+    }
 
+
+def _window_coords(columns: dict[str, list], rows: list[dict], frames: int) -> dict:
     def cat(chunks, dtype):
         return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
 
-    video = cat(coords["video"], np.int64)
-    names = np.array([os.path.basename(row["path"]) for row in rows] or [""], dtype=object)
-    window_coords = {
-        name: ("window", cat(coords[name], "float64" if name == "start_time" else "int64"))
+    coords = {
+        name: ("window", cat(columns[name], "float64" if name == "start_time" else "int64"))
         for name in WINDOW_COORDS
     }
-    window_coords["video_name"] = (
-        "window",
-        names[video] if len(video) else np.zeros(0, dtype=object),
-    )
-    window_coords[FRAME_TIME] = (
+    video = coords["video"][1]
+    names = np.array([os.path.basename(row["path"]) for row in rows] or [""], dtype=object)
+    coords["video_name"] = ("window", names[video] if len(video) else np.zeros(0, dtype=object))
+    frame_time = columns[FRAME_TIME]
+    coords[FRAME_TIME] = (
         ARRAY_DIMS[FRAME_TIME],
         da.concatenate(frame_time) if frame_time else da.zeros((0, frames), np.float64),
     )
-    window_coords["part"] = ("window", cat(part_idx, np.int32))
-    window_coords["part_window"] = ("window", cat(part_window, np.int64))
-    table = {
+    coords["part"] = ("window", cat(columns["part"], np.int32))
+    coords["part_window"] = ("window", cat(columns["part_window"], np.int64))
+    return coords
+
+
+def _video_table(rows: list[dict]) -> dict:
+    return {
         f"video_{col}": (
             "videos",
             # abs_path: absent from rows written before it was recorded
@@ -341,24 +248,6 @@ def dataset(handle: StoreHandle, storage_options: dict | None = None) -> xr.Data
         )
         for col in VIDEO_COLUMNS
     }
-    ds = xr.Dataset(
-        {
-            "tokens": (ARRAY_DIMS["tokens"], tokens),
-            "embedding": (ARRAY_DIMS["embedding"], embedding),
-            **aligned_vars,
-        },
-        coords={**window_coords, **table},
-        attrs=attrs,
-    )
-    for name in ("tokens", "embedding", *WINDOW_COORDS[1:], *aligned_vars):
-        ds[name].attrs.update(
-            {k: v for k, v in array_attrs(name).items() if k != "description"},
-            description=TOKENS_DECODED if name == "tokens" else array_attrs(name)["description"],
-        )
-    if storage_options:
-        ds.encoding["storage_options"] = dict(storage_options)
-    _remember(handle)
-    return ds
 
 
 def _column_dtype(col: str):
@@ -412,24 +301,6 @@ def select(
     return ds.isel(window=np.flatnonzero(keep))
 
 
-_pool: ThreadPoolExecutor | None = None
-
-
-def read_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ethoprism-read")
-    return _pool
-
-
-def _forget_pool_after_fork() -> None:
-    global _pool
-    _pool = None  # its threads do not exist in a forked child: submitting there would hang
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
 def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     """ds[var] at the given window positions as numpy, fast for random minibatches.
 
@@ -441,8 +312,6 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     """
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
     if PUBLISHED_ATTR in ds.attrs:
-        from ethoprism.store.published import read_published_windows
-
         return read_published_windows(ds, indices, var)
     handle = _handle_of(ds) if var in ("tokens", "embedding") else None
     if handle is None or "part_window" not in ds.coords:
@@ -460,19 +329,9 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(part_of) | np.diff(chunk)) + 1)
 
     def one(run):
-        arrays, got = parts[part_of[run[0]]].arrays, rows[run]
-        lo, hi = int(got[0]), int(got[-1]) + 1
         try:
-            return {name: arrays[name][lo:hi][got - lo] for name in names}
+            return read_rows(parts[part_of[run[0]]].arrays, names, rows[run])
         except Exception as e:  # noqa: BLE001  checksum, codec or shard index: all mean damage
             raise damaged(ds, indices[order][run], var, e) from None
 
-    got = list(read_pool().map(one, runs))
-    stacked = {}
-    for name in names:
-        sorted_values = np.concatenate([g[name] for g in got])
-        stacked[name] = np.empty_like(sorted_values)
-        stacked[name][order] = sorted_values
-    if var == "embedding":
-        return stacked["embedding"]
-    return handle.layout.decode(stacked)
+    return gather(one, runs, order, handle.layout, var)

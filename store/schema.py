@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -141,6 +142,15 @@ def aligned_arrays(encoder: dict) -> dict[str, tuple[str, ...]]:
     """The text-aligned embeddings a store of this encoder holds (a video-text model's, SPEC.md),
     with their dimension names: what the encoder identity names under `aligned_arrays`."""
     return {name: ("window", *dims) for name, dims in encoder.get("aligned_arrays", {}).items()}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a local file: a video's content fingerprint, a checkpoint's identity."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 def content_key(row: dict) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ethoprism.store.reader import merge_tables, open_handle, read_pool
+from ethoprism.store.handle import open_handle
+from ethoprism.store.parts import read_pool
+from ethoprism.store.reader import merge_tables
 from ethoprism.store.remote import stored_bytes
 from ethoprism.store.schema import FRAME_TIME, WINDOW_COORDS, aligned_arrays
 

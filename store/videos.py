@@ -14,11 +14,10 @@ URLs are used as they are. Videos found nowhere are reported together, by name, 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-from ethoprism.store.schema import StoreError
+from ethoprism.store.schema import StoreError, file_sha256
 
 
 class VideosNotFound(StoreError):
@@ -30,14 +29,6 @@ def _is_file_of_size(path: Path, size: int) -> bool:
         return path.is_file() and (size < 0 or path.stat().st_size == size)
     except OSError:
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 class VideoResolver:
@@ -109,7 +100,7 @@ class VideoResolver:
                 return str(self.root / tail)
         if row["sha256"] and size >= 0:
             for path in self._files_by_size().get(size, []):
-                if _sha256(path) == row["sha256"]:
+                if file_sha256(path) == row["sha256"]:
                     return str(path)
         return None
 

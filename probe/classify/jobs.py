@@ -163,8 +163,7 @@ def train_probe(
         raise EthoprismError(f"unknown head {head!r}; choose one of {', '.join(HEAD_KINDS)}")
     sweep = learning_rates is None
     lrs = LR_SWEEP if sweep else tuple(learning_rates)
-    if val_fraction is None:
-        val_fraction = SWEEP_VAL_FRACTION if sweep and not split else 0.0
+    val_fraction = _val_fraction(val_fraction, sweep, split)
     ds = _open(store_source_, storage_options)
     table = L.read_labels(labels, label_column, background)
     wl = L.align(ds, table, how=align, multi_label=multi_label)
@@ -193,118 +192,46 @@ def train_probe(
         multi_label=multi_label,
         patience=patience if len(val_pos) else 0,
     )
-    # heads: one per (shots, seed, learning rate); their pool is the union of their subsets
-    plan = []
-    for k in shots or (None,):
-        for seed in range(seeds):
-            subset = train_pos if k is None else L.sample_shots(wl, train_pos, k, seed)
-            for lr in lrs:
-                name = "_".join(
-                    x
-                    for x in (
-                        head,
-                        f"shots{k}" if k else "",
-                        f"seed{seed}",
-                        f"lr{lr:g}" if len(lrs) > 1 and not sweep else "",
-                    )
-                    if x
-                )
-                plan.append((name, k, seed, lr, subset))
-    pool = np.unique(np.concatenate([p[4] for p in plan]))
-    specs = [
-        HeadSpec(name, seed, np.isin(pool, subset), wl.target[pool], lr)
-        for name, k, seed, lr, subset in plan
-    ]
+    plan = _plan_heads(head, wl, train_pos, shots, seeds, lrs, sweep)
     head_cfg = HeadConfig(head, num_classes=len(wl.classes), dropout=dropout).for_width(
         ds.sizes["c"]
     )
-    src = store_source(ds, head_cfg.input_var)
-    val = (src, wl.window[val_pos], wl.target[val_pos]) if len(val_pos) else None
-    result = train_heads(src, wl.window[pool], specs, head_cfg, cfg, val=val, progress=progress)
+    result = _train(ds, wl, plan, head_cfg, cfg, val_pos, progress)
     kept, lr_choice = (
         _choose_learning_rates(plan, result) if sweep else (list(range(len(plan))), {})
     )
     kept_params = jax.tree_util.tree_map(lambda a: np.asarray(a)[kept], result.params)
-
-    test_frames = {
-        v: frame_mask(chosen_split.test_frames.get(v), L.store_videos(ds)[v]["n_frames"])
-        for v in chosen_split.test_frames
-    }
-    test_videos = sorted(
-        {v for v, p in chosen_split.videos.items() if p == "test"} | set(test_frames)
+    test_videos, tests = _test_heads(
+        ds, table, wl, chosen_split, kept_params, head_cfg, background, multi_label, batch_size
     )
-    store_rows = L.store_videos(ds)
-    tests = [None] * len(kept)
-    if test_videos:
-        probs = _per_video_probs(ds, kept_params, head_cfg, multi_label, test_videos, batch_size)
-        tests = [
-            {**m.to_dict(), "evaluated_on": HELD_OUT}
-            for m in evaluate_heads(
-                ds,
-                table,
-                list(wl.classes),
-                background,
-                multi_label,
-                test_videos,
-                probs,
-                store_rows,
-                test_frames,
-            )
-        ]
     out = Path(out)
-    heads_dir = _heads_dir(out)
-    rows = []
-    for j, i in enumerate(kept):
-        name, k, seed, lr, subset = plan[i]
-        params = jax.tree_util.tree_map(lambda a, j=j: np.asarray(a[j]), kept_params)
-        training = {
-            **dataclasses.asdict(cfg),
-            "learning_rate": lr,
-            "learning_rate_choice": lr_choice.get(i),
-            "seed": seed,
-            "shots": k,
-            "n_train_windows": len(subset),
-            "n_val_windows": len(val_pos),
-            "split": chosen_split.videos,
-            "split_how": chosen_split.how,
-            "test_frames": chosen_split.test_frames,
+    common = SavedHead(
+        name="",
+        config=head_cfg,
+        classes=list(wl.classes),
+        background=background if background in wl.classes else None,
+        multi_label=multi_label,
+        params=None,
+        store_identity=store.identity(ds),
+        labels={
+            "path": str(labels),
+            "sha256": table.sha256,
+            "column": label_column,
             "align": align,
-            "best_epoch": result.best_epoch[i],
-            "epochs_run": result.epochs_run,
-            "history": result.history[i],
-        }
-        save_head(
-            heads_dir / name,
-            SavedHead(
-                name,
-                head_cfg,
-                list(wl.classes),
-                background if background in wl.classes else None,
-                multi_label,
-                params,
-                store.identity(ds),
-                {
-                    "path": str(labels),
-                    "sha256": table.sha256,
-                    "column": label_column,
-                    "align": align,
-                },
-                training,
-                {"test": tests[j]},
-            ),
-        )
-        rows.append(
-            {
-                "name": name,
-                "shots": k,
-                "seed": seed,
-                "learning_rate": lr,
-                "learning_rate_choice": lr_choice.get(i),
-                "dir": str(heads_dir / name),
-                "best_epoch": result.best_epoch[i],
-                "test": tests[j],
-            }
-        )
+        },
+        training=dataclasses.asdict(cfg),
+        metrics={},
+    )
+    split_record = {
+        "n_val_windows": len(val_pos),
+        "split": chosen_split.videos,
+        "split_how": chosen_split.how,
+        "test_frames": chosen_split.test_frames,
+        "align": align,
+    }
+    rows = _save_heads(
+        _heads_dir(out), common, split_record, plan, kept, kept_params, result, lr_choice, tests
+    )
     summary = {
         "store": str(store_source_) if not isinstance(store_source_, xr.Dataset) else None,
         "labels": str(labels),
@@ -324,6 +251,131 @@ def train_probe(
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _save_heads(
+    heads_dir: Path,
+    common: SavedHead,
+    split_record: dict,
+    plan: list[tuple],
+    kept: list[int],
+    kept_params,
+    result,
+    lr_choice: dict,
+    tests: list[dict],
+) -> list[dict]:
+    """Each kept head saved as heads_dir/<name> (what it shares with the others in `common`);
+    returns the summary's row of each."""
+    rows = []
+    for j, i in enumerate(kept):
+        name, k, seed, lr, subset = plan[i]
+        test = tests[j] if tests else None
+        training = {
+            **common.training,
+            "learning_rate": lr,
+            "learning_rate_choice": lr_choice.get(i),
+            "seed": seed,
+            "shots": k,
+            "n_train_windows": len(subset),
+            **split_record,
+            "best_epoch": result.best_epoch[i],
+            "epochs_run": result.epochs_run,
+            "history": result.history[i],
+        }
+        params = jax.tree_util.tree_map(lambda a, j=j: np.asarray(a[j]), kept_params)
+        save_head(
+            heads_dir / name,
+            dataclasses.replace(
+                common, name=name, params=params, training=training, metrics={"test": test}
+            ),
+        )
+        rows.append(
+            {
+                "name": name,
+                "shots": k,
+                "seed": seed,
+                "learning_rate": lr,
+                "learning_rate_choice": lr_choice.get(i),
+                "dir": str(heads_dir / name),
+                "best_epoch": result.best_epoch[i],
+                "test": test,
+            }
+        )
+    return rows
+
+
+def _val_fraction(val_fraction: float | None, sweep: bool, split) -> float:
+    """The fraction held out for validation; None: enough to choose a learning rate when one is
+    to be chosen and no split file says which videos validate, else none."""
+    if val_fraction is not None:
+        return val_fraction
+    return SWEEP_VAL_FRACTION if sweep and not split else 0.0
+
+
+def _plan_heads(head: str, wl, train_pos, shots, seeds: int, lrs, sweep: bool) -> list[tuple]:
+    """One (name, shots, seed, learning rate, training windows) per head to train."""
+    plan = []
+    for k in shots or (None,):
+        for seed in range(seeds):
+            subset = train_pos if k is None else L.sample_shots(wl, train_pos, k, seed)
+            for lr in lrs:
+                named_lr = len(lrs) > 1 and not sweep  # a sweep keeps one head per (shots, seed)
+                plan.append(
+                    (_head_name(head, k, seed, lr if named_lr else None), k, seed, lr, subset)
+                )
+    return plan
+
+
+def _head_name(head: str, shots: int | None, seed: int, lr: float | None) -> str:
+    parts = (
+        head,
+        f"shots{shots}" if shots else "",
+        f"seed{seed}",
+        f"lr{lr:g}" if lr is not None else "",
+    )
+    return "_".join(x for x in parts if x)
+
+
+def _train(ds, wl, plan, head_cfg: HeadConfig, cfg: TrainConfig, val_pos, progress):
+    """All the plan's heads in one pass over the union of their training windows."""
+    pool = np.unique(np.concatenate([p[4] for p in plan]))
+    specs = [
+        HeadSpec(name, seed, np.isin(pool, subset), wl.target[pool], lr)
+        for name, k, seed, lr, subset in plan
+    ]
+    src = store_source(ds, head_cfg.input_var)
+    val = (src, wl.window[val_pos], wl.target[val_pos]) if len(val_pos) else None
+    return train_heads(src, wl.window[pool], specs, head_cfg, cfg, val=val, progress=progress)
+
+
+def _test_heads(
+    ds, table, wl, chosen_split, params, head_cfg, background, multi_label, batch_size
+) -> tuple[list[str], list[dict | None]]:
+    """The test videos, and each kept head's metrics on their held-out frames (none if nothing
+    is held out)."""
+    store_rows = L.store_videos(ds)
+    test_frames = {
+        v: frame_mask(chosen_split.test_frames.get(v), store_rows[v]["n_frames"])
+        for v in chosen_split.test_frames
+    }
+    test_videos = sorted(
+        {v for v, p in chosen_split.videos.items() if p == "test"} | set(test_frames)
+    )
+    if not test_videos:
+        return test_videos, []
+    probs = _per_video_probs(ds, params, head_cfg, multi_label, test_videos, batch_size)
+    metrics = evaluate_heads(
+        ds,
+        table,
+        list(wl.classes),
+        background,
+        multi_label,
+        test_videos,
+        probs,
+        store_rows,
+        test_frames,
+    )
+    return test_videos, [{**m.to_dict(), "evaluated_on": HELD_OUT} for m in metrics]
 
 
 def _head_and_store(store_source_, head_dir, storage_options):
@@ -351,11 +403,7 @@ def predict_store(
     With `labels`, the PNG draws the expert strip above the predictions.
     """
     head, ds, stacked = _head_and_store(store_source_, head_dir, storage_options)
-    rows = {k: r for k, r in L.store_videos(ds).items() if r["status"] == "complete"}
-    wanted = videos or sorted(rows)
-    for v in wanted:
-        if v not in rows:
-            raise EthoprismError(f"video {v!r} is not a complete video of the store")
+    rows, wanted = L.complete_videos(ds, videos)
     table = (
         L.read_labels(labels, head.labels["column"], head.background or defaults.BACKGROUND)
         if labels

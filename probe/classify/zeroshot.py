@@ -81,11 +81,7 @@ def zero_shot(
     if not isinstance(ds, xr.Dataset):
         ds = store.open(store_source, storage_options)
     require_aligned(ds)
-    rows = {k: r for k, r in L.store_videos(ds).items() if r["status"] == "complete"}
-    wanted = videos or sorted(rows)
-    for v in wanted:
-        if v not in rows:
-            raise EthoprismError(f"video {v!r} is not a complete video of the store")
+    rows, wanted = L.complete_videos(ds, videos)
     table = L.read_labels(labels, column, background) if labels else None
     if table is not None:
         L.check_videos(ds, table)

@@ -7,7 +7,6 @@ training then decayed to 0 on a cosine, weight decay 1e-5, batch 64, no augmenta
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from ethoprism.probe.localize import annotations as ann_io
 from ethoprism.probe.localize import boxes as box_ops
 from ethoprism.probe.localize import features, saved
 from ethoprism.probe.localize.model import Detector, DetectorConfig, level_grids, loss_fn, targets
+from ethoprism.store.schema import file_sha256
 
 CACHE_BYTES = 2 << 30  # token maps up to this size are read once and kept in memory
 
@@ -113,11 +113,6 @@ def frame_set(ds, ann: ann_io.Annotations, config: DetectorConfig, classes) -> F
     return FrameSet(refs, stacked, cached)
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def train_detector(
     store_path: str,
     annotations: str,
@@ -186,7 +181,7 @@ def train_detector(
             (h, w, d),
             {
                 "config": dataclasses.asdict(cfg),
-                "annotations": {"path": str(annotations), "sha256": _sha256(str(annotations))},
+                "annotations": {"path": str(annotations), "sha256": file_sha256(annotations)},
                 "loss": loss,
                 "steps": total,
             },

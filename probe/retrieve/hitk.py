@@ -132,6 +132,38 @@ def evaluate(
     array; index_labels (n,) int, -1 for rows that are not in the index. fraction/runs: score
     a random `fraction` of the queries, `runs` times, and average.
     """
+    ks = _check_ks(ks, fraction, runs)
+    query_labels, index_labels = np.asarray(query_labels), np.asarray(index_labels)
+    scored = _scored_queries(query_labels, background)
+    absent = _absent_classes(query_labels[scored], index_labels, ks, background, class_names)
+    samples = _draw_queries(scored, fraction, runs, seed)
+    needed = np.unique(np.concatenate(samples))  # searched once, however many runs draw it
+    found = _neighbour_labels(np.asarray(query_vectors)[needed], index, index_labels, ks, scheduler)
+    results = [
+        class_hits(query_labels[s], found[np.searchsorted(needed, s)], ks, background)
+        for s in samples
+    ]
+    classes = sorted({c for r in results for c in r[ks[0]]})
+    means = np.array([[np.mean(list(r[k].values())) for k in ks] for r in results])
+    return HitReport(
+        ks=ks,
+        classes=tuple(class_names[c] for c in classes),
+        mean_hit={k: float(m) for k, m in zip(ks, means.mean(0), strict=False)},
+        std_hit={k: float(s) for k, s in zip(ks, means.std(0), strict=False)},
+        per_class=_per_class(results, classes, ks, class_names),
+        index_count={class_names[c]: int((index_labels == c).sum()) for c in classes},
+        random=random_hit_at_k(query_labels[scored], index_labels, ks, background),
+        n_queries=len(scored),
+        n_queries_per_run=len(samples[0]),
+        n_index=int((index_labels >= 0).sum()),
+        runs=runs,
+        fraction=fraction,
+        absent=tuple(class_names[c] for c in absent),
+    )
+
+
+def _check_ks(ks, fraction: float, runs: int) -> tuple[int, ...]:
+    """The Ks, sorted and unique, once they and the sampling are valid."""
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:
         raise RetrievalError(f"K must be positive integers, got {ks}")
@@ -139,19 +171,29 @@ def evaluate(
         raise RetrievalError(
             f"query fraction must be in (0, 1] and runs >= 1, got {fraction}, {runs}"
         )
-    query_labels, index_labels = np.asarray(query_labels), np.asarray(index_labels)
+    return ks
+
+
+def _scored_queries(query_labels: np.ndarray, background: int | None) -> np.ndarray:
+    """Positions of the labelled, non-background queries."""
     scored = query_labels >= 0
     if background is not None:
         scored &= query_labels != background
     scored = np.flatnonzero(scored)
-    in_index = index_labels >= 0
     if not len(scored):
         raise RetrievalError("no labelled non-background query windows to evaluate")
-    if in_index.sum() < max(ks):
+    return scored
+
+
+def _absent_classes(scored_labels, index_labels, ks, background, class_names) -> list[int]:
+    """The query classes with no window in the index, refused when that is all of them (or
+    when the index holds fewer labelled windows than the largest K)."""
+    in_index = int((index_labels >= 0).sum())
+    if in_index < max(ks):
         raise RetrievalError(
-            f"the index holds {int(in_index.sum())} labelled windows, fewer than K = {max(ks)}"
+            f"the index holds {in_index} labelled windows, fewer than K = {max(ks)}"
         )
-    query_classes = _classes(query_labels[scored], background)
+    query_classes = _classes(scored_labels, background)
     absent = [c for c in query_classes if not (index_labels == c).any()]
     if len(absent) == len(query_classes):
         raise RetrievalError(
@@ -159,41 +201,29 @@ def evaluate(
             "): every Hit@K would be 0; use a split (--split, --test-fraction or --index-store) "
             "whose index holds the classes queried"
         )
+    return absent
+
+
+def _draw_queries(scored: np.ndarray, fraction: float, runs: int, seed: int) -> list[np.ndarray]:
+    """Each run's queries: a seeded random `fraction` of the scored ones, sorted."""
     per_run = len(scored) if fraction == 1 else max(1, round(fraction * len(scored)))
     rng = np.random.default_rng(seed)
-    samples = [np.sort(rng.choice(scored, per_run, replace=False)) for _ in range(runs)]
-    # each query is searched once, however many runs draw it
-    needed = np.unique(np.concatenate(samples))
-    found = exact_search(
-        np.asarray(query_vectors)[needed], index, max(ks), mask=in_index, scheduler=scheduler
-    ).windows
-    neighbour_labels = np.where(found >= 0, index_labels[np.maximum(found, 0)], -1)
-    row_of = {q: i for i, q in enumerate(needed)}
-    results = []
-    for sample in samples:
-        rows = [row_of[q] for q in sample]
-        results.append(class_hits(query_labels[sample], neighbour_labels[rows], ks, background))
-    classes = sorted({c for r in results for c in r[ks[0]]})
-    means = np.array([[np.mean(list(r[k].values())) for k in ks] for r in results])
-    per_class = {
+    return [np.sort(rng.choice(scored, per_run, replace=False)) for _ in range(runs)]
+
+
+def _neighbour_labels(vectors, index, index_labels, ks, scheduler) -> np.ndarray:
+    """(q, max K) labels of each query's nearest labelled index windows, nearest first (-1 =
+    no neighbour)."""
+    found = exact_search(vectors, index, max(ks), mask=index_labels >= 0, scheduler=scheduler)
+    return np.where(found.windows >= 0, index_labels[np.maximum(found.windows, 0)], -1)
+
+
+def _per_class(results, classes, ks, class_names) -> dict[str, dict[int, float]]:
+    """Hit@K of each class averaged over the runs that drew a query of it."""
+    return {
         class_names[c]: {k: float(np.mean([r[k][c] for r in results if c in r[k]])) for k in ks}
         for c in classes
     }
-    return HitReport(
-        ks=ks,
-        classes=tuple(class_names[c] for c in classes),
-        mean_hit={k: float(m) for k, m in zip(ks, means.mean(0), strict=False)},
-        std_hit={k: float(s) for k, s in zip(ks, means.std(0), strict=False)},
-        per_class=per_class,
-        index_count={class_names[c]: int((index_labels == c).sum()) for c in classes},
-        random=random_hit_at_k(query_labels[scored], index_labels, ks, background),
-        n_queries=len(scored),
-        n_queries_per_run=per_run,
-        n_index=int(in_index.sum()),
-        runs=runs,
-        fraction=fraction,
-        absent=tuple(class_names[c] for c in absent),
-    )
 
 
 # ------------------------------------------------------------------ from stores and label files

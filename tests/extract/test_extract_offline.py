@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from ethoprism import store
 from ethoprism.cli import app
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.weights import ONLINE_CHECK_SECONDS, load_encoder
+from ethoprism.extract.models import load_encoder
+from ethoprism.extract.weights import ONLINE_CHECK_SECONDS
 
 DATA = Path(__file__).parent.parent / "data"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")

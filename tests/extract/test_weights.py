@@ -18,7 +18,8 @@ import pytest
 
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import CONFIGS
-from ethoprism.extract.weights import load_checkpoint, load_encoder, weights_available
+from ethoprism.extract.models import load_encoder
+from ethoprism.extract.weights import load_checkpoint, weights_available
 
 CHECKPOINT = Path(__file__).parent.parent / "data" / "golden" / "checkpoint.npz"
 TINY = CONFIGS["videoprism-tiny"]
@@ -183,7 +184,8 @@ def _offline(tmp_path, code: str) -> subprocess.CompletedProcess:
 def test_offline_without_cache_then_with_cached_file(tmp_path):
     code = """
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.weights import load_encoder, weights_available
+from ethoprism.extract.models import load_encoder
+from ethoprism.extract.weights import weights_available
 print("available:", weights_available("videoprism-b"))
 try:
     load_encoder("videoprism-b")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from ethoprism import store
+from ethoprism.extract import load_encoder
 from ethoprism.extract.coding import tokens_finite
 from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.extract.weights import load_encoder
 from ethoprism.extract.windows import iter_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.run import extract_local

@@ -16,7 +16,8 @@ from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.windows import iter_windows
 from ethoprism.pipeline.config import RunConfig
-from ethoprism.pipeline.plan import bytes_per_window, measure_rate, plan_run
+from ethoprism.pipeline.plan import bytes_per_window, plan_run
+from ethoprism.pipeline.rate import measure_rate
 from ethoprism.store import Layout
 
 DATA = Path(__file__).parent.parent / "data"
