@@ -122,16 +122,20 @@ def resize_geometry(
 class Resizer:
     """Converts decoded frames to frame_size x frame_size RGB uint8 as `prep` says.
 
-    Holds its libswscale contexts, reused across frames of the same shape; not thread-safe.
+    `single_channel`: frames of grayscale sources (pixel format gray*) come out as one channel
+    (S, S, 1), equal to each channel of the RGB frame they would otherwise give; the device
+    repeats it (`extract.encode`). Holds its libswscale contexts, reused across frames of the
+    same shape; not thread-safe.
     """
 
-    def __init__(self, prep: Preprocessing):
+    def __init__(self, prep: Preprocessing, single_channel: bool = False):
         if prep.interpolation == "nvdec-linear":
             raise PreprocessingError(
                 "interpolation 'nvdec-linear' frames are made by the hardware decoder "
                 "(--decoder nvdec), not on the CPU"
             )
         self.prep = prep
+        self.single_channel = single_channel
         self._interpolation = prep.interpolation.upper()
         self._scaler = VideoReformatter()  # one context per step: each keeps its configuration
         self._to_rgb = VideoReformatter()
@@ -147,14 +151,24 @@ class Resizer:
         # less work than swscale's combined scale+convert path. One thread each: decoding is
         # already threaded and the pipeline runs several decoders.
         small = self._scaler.reformat(frame, sw, sh, interpolation=self._interpolation, threads=1)
-        scaled = self._to_rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
+        scaled = self._pixels(small)
         if (sw, sh) == (size, size):
             return scaled
         if self.prep.resize == "pad":  # centred on black
-            out = np.zeros((size, size, 3), np.uint8)
+            out = np.zeros((size, size, scaled.shape[-1]), np.uint8)
             out[y : y + sh, x : x + sw] = scaled
             return out
         return np.ascontiguousarray(scaled[-y : -y + size, -x : -x + size])  # crop the centre
+
+    def _pixels(self, small: av.VideoFrame) -> np.ndarray:
+        name = small.format.name
+        if self.single_channel and name == "gray":  # swscale's gray -> RGB copies the value
+            return small.to_ndarray()[..., None]
+        rgb = self._to_rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
+        if self.single_channel and name.startswith("gray"):
+            # deeper grays: swscale rounds to 8 bits differently going to gray than to rgb24
+            return np.ascontiguousarray(rgb[..., :1])
+        return rgb
 
 
 def resize(frame: av.VideoFrame | np.ndarray, prep: Preprocessing) -> np.ndarray:
