@@ -115,7 +115,7 @@ def open_backend(decoder: str, prep: Preprocessing, threads: int = 0):
     if decoder == "nvdec":
         backend = NvdecBackend(prep)
         return backend.decode, backend.convert
-    return (lambda path: iter_raw(path, threads)), Resizer(prep, single_channel=True)
+    return (lambda path: iter_raw(path, threads, prep)), Resizer(prep, single_channel=True)
 
 
 class NvdecBackend:

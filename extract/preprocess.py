@@ -17,8 +17,13 @@ from av.video.reformatter import VideoReformatter
 from ethoprism.errors import EthoprismError
 
 RESIZE_MODES = ("squash", "pad", "crop")
-# libswscale filters, and the hardware decoder's frames (`extract.decoders`), resized on the device
-INTERPOLATIONS = ("area", "bilinear", "bicubic", "nvdec-linear")
+# libswscale filters; "area-lowres": "area" after the decoder shrank the picture itself where it
+# can (`decoder_lowres`); and the hardware decoder's frames (`extract.decoders`), resized on the
+# device
+INTERPOLATIONS = ("area", "bilinear", "bicubic", "area-lowres", "nvdec-linear")
+# Decoders whose own downscaler (FFmpeg's `lowres`: MJPEG's reduced-size inverse DCT) decodes
+# at 1/2, 1/4 or 1/8 size for less CPU than decoding at full size (`ethoprism bench host`)
+LOWRES_CODECS = ("mjpeg",)
 
 
 class PreprocessingError(EthoprismError):
@@ -39,7 +44,8 @@ class Preprocessing:
     # libswscale filter; changes the features, so it is identity. "area" (a box filter) is the
     # cheapest that averages every source pixel when shrinking: 25-50% less CPU than "bilinear"
     # from 720p and 1080p sources (`ethoprism bench host`). Stores made before it was the
-    # default say "bilinear"; pass that to append to them.
+    # default say "bilinear"; pass that to append to them. "area-lowres" lets MJPEG sources of
+    # at least twice the frame size be decoded smaller (`decoder_lowres`): other pixels.
     interpolation: str = "area"
 
     def __post_init__(self):
@@ -119,6 +125,20 @@ def resize_geometry(
     raise PreprocessingError(f"unknown resize mode {mode!r}; one of {', '.join(RESIZE_MODES)}")
 
 
+def decoder_lowres(prep: Preprocessing, codec: str, width: int, height: int) -> int:
+    """The power of two by which a `codec` decoder may shrink a width x height picture itself
+    under `prep` (FFmpeg's `lowres`; 0: full size). Only with interpolation "area-lowres", for
+    `LOWRES_CODECS`, at most 3 (FFmpeg's limit), and never below the size the picture is
+    resized to, so that the area filter still only shrinks."""
+    if prep.interpolation != "area-lowres" or codec not in LOWRES_CODECS:
+        return 0
+    sw, sh, _, _ = resize_geometry(width, height, prep.frame_size, prep.resize)
+    k = 0
+    while k < 3 and -(-width >> (k + 1)) >= sw and -(-height >> (k + 1)) >= sh:
+        k += 1
+    return k
+
+
 class Resizer:
     """Converts decoded frames to frame_size x frame_size RGB uint8 as `prep` says.
 
@@ -136,7 +156,7 @@ class Resizer:
             )
         self.prep = prep
         self.single_channel = single_channel
-        self._interpolation = prep.interpolation.upper()
+        self._interpolation = prep.interpolation.removesuffix("-lowres").upper()
         self._scaler = VideoReformatter()  # one context per step: each keeps its configuration
         self._to_rgb = VideoReformatter()
 

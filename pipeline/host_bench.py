@@ -9,7 +9,9 @@ whatever the host's core count. Stages, measured in one run:
   time);
 - convert + resize: decode with the pipeline's conversion to encoder frames, minus decode;
   grayscale sources are kept one channel (`extract.windows`), and also measured as the RGB
-  path takes them ("as RGB"), which is what keeping them gray saves;
+  path takes them ("as RGB"), which is what keeping them gray saves; sources whose decoder can
+  shrink them itself are also measured under interpolation "area-lowres" (its decode counted
+  in convert + resize, against decoding at full size; `preprocess.decoder_lowres`);
 - batching: frames into the window ring, windows out of it, through the decode pool's process
   queue (pickled), stacked into encoder batches;
 - token check, compression, checksum, disk write: the store's own code on tokens of the
@@ -22,6 +24,7 @@ conversion, which run on the GPU; everything after decoding stays on the host.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import tempfile
@@ -35,7 +38,7 @@ import numpy as np
 
 from ethoprism.extract.decode_bench import decode_rate
 from ethoprism.extract.encoder import get_config
-from ethoprism.extract.preprocess import Preprocessing, Resizer
+from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
 from ethoprism.extract.video import demux_times, probe_video
 from ethoprism.extract.windows import WindowAssembler, stack_windows
 from ethoprism.pipeline.decode import Windows, WindowSlots
@@ -96,14 +99,14 @@ def _transcode(source, target: Path, codec: str, pix_fmt: str, frames: int) -> P
 def frame_costs(
     path, prep: Preprocessing, frames: int, threads: int, repeats: int, single_channel=True
 ) -> dict:
-    """CPU ms per frame: decode alone, and decode + convert + resize (best of `repeats`,
-    alternating), and demuxing alone (for the hardware decoder's estimate). `single_channel`:
-    grayscale sources kept one channel, as extraction does."""
+    """CPU ms per frame: decode alone (at full size), and decode + convert + resize as `prep`
+    says (best of `repeats`, alternating), and demuxing alone (for the hardware decoder's
+    estimate). `single_channel`: grayscale sources kept one channel, as extraction does."""
     resize = Resizer(prep, single_channel)
     raw = converted = 0.0
     for _ in range(repeats):
         raw = max(raw, decode_rate(path, frames, threads, lambda frame: None)[1])
-        converted = max(converted, decode_rate(path, frames, threads, resize)[1])
+        converted = max(converted, decode_rate(path, frames, threads, resize, prep)[1])
     cpu = time.process_time()
     n = len(demux_times(path))
     demux_ms = (time.process_time() - cpu) / max(n, 1) * 1e3
@@ -288,6 +291,7 @@ def bench_host(
     prep = prep or Preprocessing()
     layout = layout or Layout()
     shape = token_shape(model, prep)
+    lowres = dataclasses.replace(prep, interpolation="area-lowres")
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-clips-") as tmp:
         sources = clips if clips is not None else make_clips(Path(tmp), frames)
         per_clip = {}
@@ -296,7 +300,10 @@ def bench_host(
             n = min(frames, info.n_frames)
             gray = info.pix_fmt.startswith("gray")
             # a gray source also as the RGB path takes it: what keeping it gray saves
-            for name, channels in ((label, 1), (f"{label} as RGB", 3)) if gray else ((label, 3),):
+            rows = [(label, 1, prep), (f"{label} as RGB", 3, prep)] if gray else [(label, 3, prep)]
+            if lowres != prep and decoder_lowres(lowres, info.codec, info.width, info.height):
+                rows.append((f"{label} area-lowres", 1 if gray else 3, lowres))
+            for name, channels, row_prep in rows:
                 per_clip[name] = {
                     "path": str(path),
                     "codec": info.codec,
@@ -304,7 +311,8 @@ def bench_host(
                     "width": info.width,
                     "height": info.height,
                     "channels": channels,
-                    **frame_costs(path, prep, n, threads, repeats, single_channel=channels == 1),
+                    "interpolation": row_prep.interpolation,
+                    **frame_costs(path, row_prep, n, threads, repeats, channels == 1),
                 }
     store = store_stage_ms(shape, layout, windows, directory)
     accel = accelerator_rate(model, prep, layout, rate)
