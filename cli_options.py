@@ -37,6 +37,7 @@ class Resize(StrEnum):
 class TokenLayout(StrEnum):
     float16_round7 = "float16-round7"
     float16 = "float16"
+    float16_uncompressed = "float16-uncompressed"
     int8 = "int8"
 
 
