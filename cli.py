@@ -207,8 +207,10 @@ def extract(
     interpolation: Annotated[
         str | None,
         typer.Option(
-            help="Resize filter: area, bilinear (stores made before area was the default) or "
-            "bicubic; part of the store's identity. Default: the store's, else area."
+            help="Resize filter: area, bilinear (stores made before area was the default), "
+            "bicubic, or area-lowres (MJPEG of at least twice the frame size decoded smaller "
+            "by its decoder: less CPU); part of the store's identity. Default: the store's, "
+            "else area."
         ),
     ] = None,
     layout: Annotated[
@@ -421,9 +423,10 @@ def bench_host(
 ) -> None:
     """Host CPU milliseconds per window, stage by stage, and the cores one accelerator needs.
 
-    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264
-    and 720p MJPEG clips: decode, colour conversion + resize, batching, token check,
-    compression, checksum, disk write; totals at stride 8 and 16. Targets: decode + convert +
+    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264,
+    720p MJPEG (also as area-lowres) and 720p gray FFV1 (also as RGB) clips: decode, colour
+    conversion + resize, batching, token check, compression, checksum, disk write; totals at
+    stride 8 and 16. Targets: decode + convert +
     resize <= 1.25x decode alone; everything after decoding <= 5 ms per window. The NVDEC
     column is an estimate: demuxing replaces decoding and conversion.
     """
