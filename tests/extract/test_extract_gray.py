@@ -21,6 +21,7 @@ from ethoprism.store import Layout
 
 DATA = Path(__file__).parent.parent / "data"
 HORSE = DATA / "videos" / "horse_288x162.mp4"
+CAGE = DATA / "videos" / "mouse_cage_5frames.mp4"
 CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 PREP = Preprocessing(frame_size=72, window_stride=8)
 
@@ -91,7 +92,7 @@ def test_assembler_widens_to_three_channels_when_colour_follows_gray():
 def test_gray_tokens_equal_the_rgb_paths_and_an_extracted_store_holds_them(tmp_path):
     """One channel to the device, three made there: the same tokens (as the store codes them)
     and embeddings, bit for bit; and a real run (decode worker process, shared-memory slots)
-    stores those tokens for a gray video."""
+    stores those tokens for a gray video, in a batch shared with a colour video's window."""
     path = gray_video(tmp_path / "gray.mkv")
     gray = np.stack([w.pixels for w in iter_windows(path, PREP)])
     rgb = np.stack(rgb_windows(path, PREP))
@@ -105,7 +106,11 @@ def test_gray_tokens_equal_the_rgb_paths_and_an_extracted_store_holds_them(tmp_p
     cfg = RunConfig(
         model="videoprism-tiny", checkpoint=CHECKPOINT, prep=PREP, batch_size=4, decode_workers=1
     )
-    summary = extract_local([str(path)], str(tmp_path / "gray.zarr"), cfg, part="p")
-    assert summary.windows == 3
+    summary = extract_local([str(path), str(CAGE)], str(tmp_path / "gray.zarr"), cfg, part="p")
+    assert summary.windows == 4  # 3 gray and 1 colour: one batch
     ds = store.open(str(tmp_path / "gray.zarr"))
-    np.testing.assert_array_equal(ds["tokens"].values, from_rgb.tokens.astype(np.float32))
+    np.testing.assert_array_equal(ds["tokens"].values[:3], from_rgb.tokens.astype(np.float32))
+    (cage,) = [w.pixels for w in iter_windows(CAGE, PREP)]
+    np.testing.assert_array_equal(
+        ds["tokens"].values[3], sharded(cage[None]).tokens[0].astype(np.float32)
+    )
