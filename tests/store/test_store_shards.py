@@ -230,3 +230,26 @@ def test_uncompressed_tokens_are_stored_as_their_own_bytes(tmp_path):
     np.testing.assert_array_equal(tokens[:], coded)
     chunks = shards.read_chunks(_shard_file(tokens, 0), PER_SHARD, PER_SHARD)
     assert [bytes(c[0]) for c in chunks] == [coded[i].tobytes() for i in range(PER_SHARD)]
+
+
+def test_an_uncompressed_store_publishes_and_reads_back_with_plain_xarray(tmp_path):
+    import xarray as xr
+
+    from ethoprism.store.publish import publish
+
+    coded = Layout("float16-uncompressed").encode(activation_like(6, SHAPE))["tokens"]
+    with open_w(
+        tmp_path / "s.zarr",
+        part="w",
+        layout=Layout("float16-uncompressed"),
+        windows_per_shard=PER_SHARD,
+    ) as w:
+        for i, rows in enumerate((slice(0, 4), slice(4, 6))):
+            vw = w.begin_video(record(i))
+            batch = coded[rows]
+            starts = 2 * np.arange(len(batch))
+            vw.append(batch, batch.astype(np.float32).mean(axis=(1, 2, 3)), starts, 1, 4, 0.0)
+            vw.commit()
+    publish(str(tmp_path / "s.zarr"), str(tmp_path / "pub.zarr"))
+    plain = xr.open_zarr(tmp_path / "pub.zarr")
+    np.testing.assert_array_equal(plain.tokens.values, coded)
