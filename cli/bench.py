@@ -93,11 +93,12 @@ def bench_host(
 ) -> None:
     """Host CPU milliseconds per window, stage by stage, and the cores one accelerator needs.
 
-    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264
-    and 720p MJPEG clips: decode, colour conversion + resize, batching, token check,
-    compression, checksum, disk write; totals at stride 8 and 16. Targets: decode + convert +
-    resize <= 1.25x decode alone; everything after decoding <= 5 ms per window. The NVDEC
-    column is an estimate: demuxing replaces decoding and conversion.
+    Measured in one run (CPU time of this process, all threads) on 384p, 720p and 1080p H.264,
+    720p MJPEG (also as area-lowres) and 720p gray FFV1 (also as RGB) clips: decode, colour
+    conversion + resize, batching, token check, compression, checksum, disk write; totals at
+    stride 8 and 16. Targets: decode + convert + resize <= 1.25x decode alone; everything after
+    decoding <= 5 ms per window. The NVDEC column is an estimate: demuxing replaces decoding and
+    conversion.
     """
     from ethoprism.pipeline.host_bench import STAGES
     from ethoprism.pipeline.host_bench import bench_host as run_bench

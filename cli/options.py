@@ -38,6 +38,7 @@ class Interpolation(StrEnum):  # preprocess.INTERPOLATIONS
     area = "area"
     bilinear = "bilinear"
     bicubic = "bicubic"
+    area_lowres = "area-lowres"
     nvdec_linear = "nvdec-linear"
 
 
@@ -50,6 +51,7 @@ class Decoder(StrEnum):  # decoders.DECODERS
 class TokenLayout(StrEnum):
     float16_round7 = "float16-round7"
     float16 = "float16"
+    float16_uncompressed = "float16-uncompressed"
     int8 = "int8"
 
 

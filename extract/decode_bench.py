@@ -9,12 +9,13 @@ from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import iter_raw
 
 
-def decode_rate(path, n_frames: int, threads: int, convert) -> tuple[float, float]:
+def decode_rate(path, n_frames: int, threads: int, convert, prep=None) -> tuple[float, float]:
     """(frames per wall second, frames per CPU second of this process, all threads) decoding the
-    first n_frames of `path` and passing each to `convert`."""
+    first n_frames of `path` and passing each to `convert` (decoded smaller where `prep` lets
+    the decoder shrink them: `preprocess.decoder_lowres`)."""
     wall, cpu = time.perf_counter(), time.process_time()
     n = 0
-    for _, _, frame in iter_raw(path, threads):
+    for _, _, frame in iter_raw(path, threads, prep):
         convert(frame)
         n += 1
         if n >= n_frames:

@@ -118,11 +118,12 @@ Decoded = Generator[tuple[int, float, object], None, tuple[int, float]]
 
 
 def open_backend(decoder: str, prep: Preprocessing, threads: int = 0):
-    """(decode(path) -> Decoded, convert(frame) -> (S, S, 3) uint8) for a chosen backend."""
+    """(decode(path) -> Decoded, convert(frame) -> (S, S, 3) uint8, or (S, S, 1) for grayscale
+    sources on the CPU) for a chosen backend."""
     if decoder == "nvdec":
         backend = NvdecBackend(prep)
         return backend.decode, backend.convert
-    return (lambda path: iter_raw(path, threads)), Resizer(prep)
+    return (lambda path: iter_raw(path, threads, prep)), Resizer(prep, single_channel=True)
 
 
 class NvdecBackend:

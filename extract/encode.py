@@ -3,8 +3,9 @@
 One jit-compiled function per run: the batch axis is sharded over a 1-D `data` mesh of all
 local devices, parameters are replicated, and every call has the same shape (a short last batch
 is padded), so nothing recompiles between batches. Frames travel to the device as uint8 (4x less
-host-to-device traffic than float32) and are scaled to the pixel range there; tokens can be coded
-for the store's layout there too (`extract.coding`), so they travel back as float16.
+host-to-device traffic than float32), grayscale ones as one channel (3x less again; one more
+compilation for their shape), and are scaled to the pixel range and made RGB there; tokens can
+be coded for the store's layout there too (`extract.coding`), so they travel back as float16.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class EncodedBatch(NamedTuple):
 
 
 class ShardedEncoder:
-    """Runs `encoder` on uint8 windows (n, T, S, S, 3), n <= batch_size, over all local devices.
+    """Runs `encoder` on uint8 windows (n, T, S, S, 3), or (n, T, S, S, 1) gray, n <= batch_size,
+    over all local devices.
 
     `store_layout` (a `store.Layout`) has the tokens coded for that layout on the device where
     the layout says so (`extract.coding`); None returns them as float32.
@@ -59,6 +61,7 @@ class ShardedEncoder:
 
         def forward(params, pixels):
             frames = pixels.astype(jnp.float32) * scale + lo
+            frames = jnp.broadcast_to(frames, (*frames.shape[:-1], 3))  # gray: R = G = B
             out = encoder.apply(params, frames)
             tokens = out.tokens if store_layout is None else code_tokens(out.tokens, store_layout)
             aligned = out._asdict() | {"tokens": None, "embedding": None}

@@ -17,8 +17,13 @@ from av.video.reformatter import VideoReformatter
 from ethoprism.errors import EthoprismError
 from ethoprism.store.framing import RESIZE_MODES, resize_geometry
 
-# libswscale filters, and the hardware decoder's frames (`extract.decoders`), resized on the device
-INTERPOLATIONS = ("area", "bilinear", "bicubic", "nvdec-linear")
+# libswscale filters; "area-lowres": "area" after the decoder shrank the picture itself where it
+# can (`decoder_lowres`); and the hardware decoder's frames (`extract.decoders`), resized on the
+# device
+INTERPOLATIONS = ("area", "bilinear", "bicubic", "area-lowres", "nvdec-linear")
+# Decoders whose own downscaler (FFmpeg's `lowres`: MJPEG's reduced-size inverse DCT) decodes
+# at 1/2, 1/4 or 1/8 size for less CPU than decoding at full size (`ethoprism bench host`)
+LOWRES_CODECS = ("mjpeg",)
 
 
 class PreprocessingError(EthoprismError):
@@ -39,7 +44,8 @@ class Preprocessing:
     # libswscale filter; changes the features, so it is identity. "area" (a box filter) is the
     # cheapest that averages every source pixel when shrinking: 25-50% less CPU than "bilinear"
     # from 720p and 1080p sources (`ethoprism bench host`). Stores made before it was the
-    # default say "bilinear"; pass that to append to them.
+    # default say "bilinear"; pass that to append to them. "area-lowres" lets MJPEG sources of
+    # at least twice the frame size be decoded smaller (`decoder_lowres`): other pixels.
     interpolation: str = "area"
 
     def __post_init__(self):
@@ -97,20 +103,38 @@ class Preprocessing:
         return cls(**d)
 
 
+def decoder_lowres(prep: Preprocessing, codec: str, width: int, height: int) -> int:
+    """The power of two by which a `codec` decoder may shrink a width x height picture itself
+    under `prep` (FFmpeg's `lowres`; 0: full size). Only with interpolation "area-lowres", for
+    `LOWRES_CODECS`, at most 3 (FFmpeg's limit), and never below the size the picture is
+    resized to, so that the area filter still only shrinks."""
+    if prep.interpolation != "area-lowres" or codec not in LOWRES_CODECS:
+        return 0
+    sw, sh, _, _ = resize_geometry(width, height, prep.frame_size, prep.resize)
+    k = 0
+    while k < 3 and -(-width >> (k + 1)) >= sw and -(-height >> (k + 1)) >= sh:
+        k += 1
+    return k
+
+
 class Resizer:
     """Converts decoded frames to frame_size x frame_size RGB uint8 as `prep` says.
 
-    Holds its libswscale contexts, reused across frames of the same shape; not thread-safe.
+    `single_channel`: frames of grayscale sources (pixel format gray*) come out as one channel
+    (S, S, 1), equal to each channel of the RGB frame they would otherwise give; the device
+    repeats it (`extract.encode`). Holds its libswscale contexts, reused across frames of the
+    same shape; not thread-safe.
     """
 
-    def __init__(self, prep: Preprocessing):
+    def __init__(self, prep: Preprocessing, single_channel: bool = False):
         if prep.interpolation == "nvdec-linear":
             raise PreprocessingError(
                 "interpolation 'nvdec-linear' frames are made by the hardware decoder "
                 "(--decoder nvdec), not on the CPU"
             )
         self.prep = prep
-        self._interpolation = prep.interpolation.upper()
+        self.single_channel = single_channel
+        self._interpolation = prep.interpolation.removesuffix("-lowres").upper()
         self._scaler = VideoReformatter()  # one context per step: each keeps its configuration
         self._to_rgb = VideoReformatter()
 
@@ -125,14 +149,24 @@ class Resizer:
         # less work than swscale's combined scale+convert path. One thread each: decoding is
         # already threaded and the pipeline runs several decoders.
         small = self._scaler.reformat(frame, sw, sh, interpolation=self._interpolation, threads=1)
-        scaled = self._to_rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
+        scaled = self._pixels(small)
         if (sw, sh) == (size, size):
             return scaled
         if self.prep.resize == "pad":  # centred on black
-            out = np.zeros((size, size, 3), np.uint8)
+            out = np.zeros((size, size, scaled.shape[-1]), np.uint8)
             out[y : y + sh, x : x + sw] = scaled
             return out
         return np.ascontiguousarray(scaled[-y : -y + size, -x : -x + size])  # crop the centre
+
+    def _pixels(self, small: av.VideoFrame) -> np.ndarray:
+        name = small.format.name
+        if self.single_channel and name == "gray":  # swscale's gray -> RGB copies the value
+            return small.to_ndarray()[..., None]
+        rgb = self._to_rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
+        if self.single_channel and name.startswith("gray"):
+            # deeper grays: swscale rounds to 8 bits differently going to gray than to rgb24
+            return np.ascontiguousarray(rgb[..., :1])
+        return rgb
 
 
 def resize(frame: av.VideoFrame | np.ndarray, prep: Preprocessing) -> np.ndarray:

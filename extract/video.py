@@ -28,7 +28,7 @@ import numpy as np
 from fsspec import open as fsspec_open
 
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.preprocess import Preprocessing, Resizer
+from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
 
 _HASH_CHUNK = 1 << 20
 
@@ -275,12 +275,16 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 
 def iter_raw(
-    path, threads: int = 0
+    path, threads: int = 0, prep: Preprocessing | None = None
 ) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
     """Yields (index, time, PyAV frame) in the decoder's own pixel format, for callers that convert
-    frames themselves; returns (n_frames, duration in seconds) as decoding found them."""
+    frames themselves; returns (n_frames, duration in seconds) as decoding found them. With
+    `prep`, the decoder shrinks the picture itself where `prep` allows (`decoder_lowres`)."""
     with _open_video(path) as (container, stream):
         _configure_threads(stream, threads)
+        codec = stream.codec_context
+        if prep is not None and (k := decoder_lowres(prep, codec.name, codec.width, codec.height)):
+            codec.options = {**codec.options, "lowres": str(k)}  # read when decoding starts
         return (yield from _decode(path, container, stream))
 
 

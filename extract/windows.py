@@ -6,6 +6,10 @@ j = 0..window_length-1). Windows continue while they start inside the video; the
 the first that reaches the last frame. Positions past the end repeat the window's last real frame
 (its `frame_indices` say so), and `n_valid_frames` counts the real ones. With S larger than the
 window span, frames between windows belong to no window, by design.
+
+Windows of grayscale sources (pixel format gray*) have one channel, not three: a third of the
+bytes to assemble, queue and send to the device, which makes the three equal RGB channels
+(`extract.encode`). Their values are those of any channel of the RGB path, so tokens are equal.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class Window:
     frame_indices: (
         np.ndarray
     )  # (window_length,) int64 source frames; padding repeats the last valid one
-    pixels: np.ndarray  # (window_length, frame_size, frame_size, 3) uint8 RGB
+    pixels: np.ndarray  # (window_length, frame_size, frame_size, 3 or 1) uint8 RGB, or gray
     frame_times: np.ndarray  # (window_length,) float64 pts seconds of frame_indices' frames
 
 
@@ -50,9 +54,11 @@ class WindowAssembler:
     """Turns a stream of frames (in index order) into windows, keeping only one window span of them.
 
     `buffer` is a ring of window_span frames (frame f in slot f % span): its size depends on the
-    preprocessing, never on the video's length. `alloc()`, when given, returns the array each
-    window's pixels are written into (shared memory, say), instead of a new one. Windows before
-    `first_window` (a resumed video) are passed over: never gathered, never returned.
+    preprocessing, never on the video's length; it takes the channels of the first frame (one
+    for grayscale sources) and widens to three if a colour frame follows. `alloc(channels)`,
+    when given, returns the array each window's pixels are written into (shared memory, say),
+    instead of a new one. Windows before `first_window` (a resumed video) are passed over: never
+    gathered, never returned.
     """
 
     def __init__(
@@ -64,9 +70,9 @@ class WindowAssembler:
         self.prep = prep
         self._alloc = alloc
         self._skip_before = first_window * prep.window_stride  # start frame of `first_window`
-        span, size = prep.window_span, prep.frame_size
-        self.buffer = np.zeros((span, size, size, 3), np.uint8)
-        self._times = np.zeros(span, np.float64)
+        self._span = prep.window_span
+        self.buffer: np.ndarray | None = None  # (span, size, size, channels), from the first frame
+        self._times = np.zeros(self._span, np.float64)
         self._next_start = 0  # the first window not yet emitted
         self._n_frames = 0
 
@@ -80,17 +86,26 @@ class WindowAssembler:
     def push(self, index: int, time: float, rgb: np.ndarray | None) -> list[Window]:
         """Add frame `index` (rgb None when `needs(index)` is false); returns the windows it
         completes."""
-        if index != self._n_frames:
-            raise ValueError(f"frames must arrive in order: expected {self._n_frames}, got {index}")
-        self._n_frames += 1
-        slot = index % len(self.buffer)
-        if rgb is not None:
-            self.buffer[slot] = rgb
-        self._times[slot] = time
+        self._store(index, time, rgb)
         start = self._next_start
         if start + (self.prep.window_length - 1) * self.prep.frame_step == index:
             return self._emitted(self.prep.window_length)
         return []
+
+    def _store(self, index: int, time: float, rgb: np.ndarray | None) -> None:
+        if index != self._n_frames:
+            raise ValueError(f"frames must arrive in order: expected {self._n_frames}, got {index}")
+        self._n_frames += 1
+        slot = index % self._span
+        self._times[slot] = time
+        if rgb is None:
+            return
+        if self.buffer is None:
+            size = self.prep.frame_size
+            self.buffer = np.zeros((self._span, size, size, rgb.shape[-1]), np.uint8)
+        elif rgb.shape[-1] > self.buffer.shape[-1]:  # a colour frame after gray ones
+            self.buffer = np.repeat(self.buffer, rgb.shape[-1], axis=-1)
+        self.buffer[slot] = rgb
 
     def finish(self) -> list[Window]:
         """After the last frame: the padded window that reaches it, if one is still open."""
@@ -114,10 +129,10 @@ class WindowAssembler:
             start_frame=start,
             frame_step=K,
             n_valid_frames=int(n_valid),
-            start_time=float(self._times[start % len(self.buffer)]),
+            start_time=float(self._times[start % self._span]),
             frame_indices=indices,
-            pixels=self._gather(indices % len(self.buffer)),
-            frame_times=self._times[indices % len(self.buffer)],
+            pixels=self._gather(indices % self._span),
+            frame_times=self._times[indices % self._span],
         )
         self._next_start += self.prep.window_stride
         return window
@@ -125,7 +140,7 @@ class WindowAssembler:
     def _gather(self, slots: np.ndarray) -> np.ndarray:
         if self._alloc is None:
             return np.take(self.buffer, slots, axis=0)  # a new array, 2x faster than buffer[slots]
-        out = self._alloc()
+        out = self._alloc(self.buffer.shape[-1])
         for j, slot in enumerate(slots):  # frame by frame: np.take(out=) is 4x slower
             out[j] = self.buffer[slot]
         return out
@@ -170,13 +185,7 @@ class CentredAssembler(WindowAssembler):
         return k < len(self._centres) and self._centres[k] <= index + self.prep.window_span
 
     def push(self, index: int, time: float, rgb: np.ndarray | None) -> list[Window]:
-        if index != self._n_frames:
-            raise ValueError(f"frames must arrive in order: expected {self._n_frames}, got {index}")
-        self._n_frames += 1
-        slot = index % len(self.buffer)
-        if rgb is not None:
-            self.buffer[slot] = rgb
-        self._times[slot] = time
+        self._store(index, time, rgb)
         out = []
         L, K = self.prep.window_length, self.prep.frame_step
         while self._pending:
@@ -204,6 +213,14 @@ class CentredAssembler(WindowAssembler):
             self._to_skip -= 1
             return []
         return [self._emit(min(n_valid, self.prep.window_length))]
+
+
+def stack_windows(pixels: list[np.ndarray]) -> np.ndarray:
+    """Windows' pixels as one encoder batch. Gray windows keep their one channel unless the
+    batch also holds colour ones; then every window has three (gray repeated)."""
+    if len({p.shape[-1] for p in pixels}) > 1:
+        pixels = [np.broadcast_to(p, (*p.shape[:-1], 3)) for p in pixels]
+    return np.stack(pixels)
 
 
 def iter_windows(

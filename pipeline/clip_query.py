@@ -19,7 +19,7 @@ from ethoprism.extract.encode import ShardedEncoder
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import probe_video
 from ethoprism.extract.weights import RANDOM, RANDOM_SHA256
-from ethoprism.extract.windows import iter_windows
+from ethoprism.extract.windows import iter_windows, stack_windows
 from ethoprism.probe import retrieve as retrieval
 from ethoprism.store import geometry
 from ethoprism.store.schema import file_sha256
@@ -66,10 +66,10 @@ def _encode(path, store_ds, checkpoint):
         windows.append(window)
         batch.append(window.pixels)
         if len(batch) == BATCH:
-            out.append(sharded(np.stack(batch)).embedding)
+            out.append(sharded(stack_windows(batch)).embedding)
             batch = []
     if batch:
-        out.append(sharded(np.stack(batch)).embedding)
+        out.append(sharded(stack_windows(batch)).embedding)
     if not out:
         raise ClipQueryError(f"{path}: no frames decoded, nothing to search with")
     return np.concatenate(out), windows

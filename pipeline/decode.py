@@ -58,6 +58,7 @@ class Windows:
     index: int
     windows: list[Window]
     slots: list[int] | None = None  # from a worker process: pixels are in these slots
+    channels: list[int] | None = None  # and have these channels (1: a grayscale source)
 
 
 class WindowSlots:
@@ -79,8 +80,14 @@ class WindowSlots:
     def array(self) -> np.ndarray:
         return np.ndarray((self.n, *self.shape), np.uint8, buffer=self.memory.buf)
 
-    def take(self) -> np.ndarray:
-        return self.array[self.free.get()]
+    def take(self, channels: int = 3) -> np.ndarray:
+        return self.view(self.free.get(), channels)
+
+    def view(self, slot: int, channels: int = 3) -> np.ndarray:
+        """Slot `slot` as a window of `channels` (fewer than the slot's: its leading bytes)."""
+        flat = self.array[slot].reshape(-1)
+        window = (*self.shape[:-1], channels)
+        return flat[: int(np.prod(window))].reshape(window)
 
     def slot_of(self, pixels: np.ndarray) -> int:
         nbytes = int(np.prod(self.shape))
@@ -123,7 +130,8 @@ def _decode_videos(
             out.put(Windows(index, pending))
             return
         numbers = [slots.slot_of(w.pixels) for w in pending]
-        out.put(Windows(index, [replace(w, pixels=None) for w in pending], numbers))
+        channels = [w.pixels.shape[-1] for w in pending]
+        out.put(Windows(index, [replace(w, pixels=None) for w in pending], numbers, channels))
 
     # Tests starve the encoder on purpose with it: seconds slept per window decoded.
     delay = float(os.environ.get(THROTTLE_ENV, "0") or 0)
@@ -259,8 +267,10 @@ class DecodePool:
             assert event.index == index, (event.index, index)
             if isinstance(event, Windows) and event.slots is not None:
                 slots = self._slots[index % self.n_workers]
-                for window, slot in zip(event.windows, event.slots, strict=True):
-                    window.pixels = slots.array[slot].copy()
+                for window, slot, channels in zip(
+                    event.windows, event.slots, event.channels, strict=True
+                ):
+                    window.pixels = slots.view(slot, channels).copy()
                     slots.release(slot)
             return event
 

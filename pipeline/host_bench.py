@@ -4,9 +4,14 @@ keep one accelerator busy.
 Every figure is CPU time of this process (all its threads: `time.process_time`), not wall time,
 so other work on a shared machine disturbs it little, and it says what a window costs the host
 whatever the host's core count. Stages, measured in one run:
-- decode: the decoder alone, per frame, on each source clip (384p, 720p and 1080p H.264, and
-  720p MJPEG; the 720p clips are transcoded from the shared 1080p clip at bench time);
+- decode: the decoder alone, per frame, on each source clip (384p, 720p and 1080p H.264, 720p
+  MJPEG and 720p gray FFV1; the 720p clips are transcoded from the shared 1080p clip at bench
+  time);
 - convert + resize: decode with the pipeline's conversion to encoder frames, minus decode;
+  grayscale sources are kept one channel (`extract.windows`), and also measured as the RGB
+  path takes them ("as RGB"), which is what keeping them gray saves; sources whose decoder can
+  shrink them itself are also measured under interpolation "area-lowres" (its decode counted
+  in convert + resize, against decoding at full size; `preprocess.decoder_lowres`);
 - batching: frames into the window ring, windows out of it, through the decode pool's process
   queue (pickled), stacked into encoder batches;
 - token check, compression, checksum, disk write: the store's own code on tokens of the
@@ -19,6 +24,7 @@ conversion, which run on the GPU; everything after decoding stays on the host.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import tempfile
@@ -32,9 +38,9 @@ import numpy as np
 
 from ethoprism.extract.decode_bench import decode_rate
 from ethoprism.extract.encoder import get_config
-from ethoprism.extract.preprocess import Preprocessing, Resizer
+from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
 from ethoprism.extract.video import demux_times, probe_video
-from ethoprism.extract.windows import WindowAssembler
+from ethoprism.extract.windows import WindowAssembler, stack_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.decode import Windows, WindowSlots
 from ethoprism.pipeline.rate import measure_rate
@@ -62,11 +68,13 @@ STAGES = (
 
 def make_clips(directory: Path, frames: int = 96, source_384=SOURCE_384, source_1080=SOURCE_1080):
     """{label: path}: the two shared H.264 clips as they are, and the first `frames` frames of
-    the 1080p one transcoded to 720p H.264 and to 720p MJPEG in `directory`."""
+    the 1080p one transcoded to 720p H.264, 720p MJPEG and 720p gray FFV1 in `directory`.
+    (H.264 has no gray pixel format in FFmpeg's decoder: monochrome streams decode as yuv420p.)"""
     clips = {"384p h264": Path(source_384)}
     for label, name, codec, pix_fmt in (
         ("720p h264", "clip_720p.mp4", "libx264", "yuv420p"),
         ("720p mjpeg", "clip_720p.avi", "mjpeg", "yuvj420p"),
+        ("720p gray", "clip_720p_gray.mkv", "ffv1", "gray"),
     ):
         clips[label] = _transcode(source_1080, Path(directory) / name, codec, pix_fmt, frames)
     clips["1080p h264"] = Path(source_1080)
@@ -90,14 +98,17 @@ def _transcode(source, target: Path, codec: str, pix_fmt: str, frames: int) -> P
     return target
 
 
-def frame_costs(path, prep: Preprocessing, frames: int, threads: int, repeats: int) -> dict:
-    """CPU ms per frame: decode alone, and decode + convert + resize (best of `repeats`,
-    alternating), and demuxing alone (for the hardware decoder's estimate)."""
-    resize = Resizer(prep)
+def frame_costs(
+    path, prep: Preprocessing, frames: int, threads: int, repeats: int, single_channel=True
+) -> dict:
+    """CPU ms per frame: decode alone (at full size), and decode + convert + resize as `prep`
+    says (best of `repeats`, alternating), and demuxing alone (for the hardware decoder's
+    estimate). `single_channel`: grayscale sources kept one channel, as extraction does."""
+    resize = Resizer(prep, single_channel)
     raw = converted = 0.0
     for _ in range(repeats):
         raw = max(raw, decode_rate(path, frames, threads, lambda frame: None)[1])
-        converted = max(converted, decode_rate(path, frames, threads, resize)[1])
+        converted = max(converted, decode_rate(path, frames, threads, resize, prep)[1])
     cpu = time.process_time()
     n = len(demux_times(path))
     demux_ms = (time.process_time() - cpu) / max(n, 1) * 1e3
@@ -118,17 +129,22 @@ def _cpu_ms_per(n: int, fn) -> float:
 
 
 def batching_ms(
-    prep: Preprocessing, windows: int, batch_size: int, shared_memory: bool = True
+    prep: Preprocessing,
+    windows: int,
+    batch_size: int,
+    shared_memory: bool = True,
+    channels: int = 3,
 ) -> float:
     """CPU ms per window of the path from resized frames to an encoder batch, as the decode
     pool runs it: frames into the ring buffer, each window out of it into a shared-memory slot,
     its number through a queue, copied out and stacked into batches (both processes' work).
-    `shared_memory=False`: the path before slots, windows pickled through the queue."""
+    `shared_memory=False`: the path before slots, windows pickled through the queue;
+    `channels`: 1 for a grayscale source's windows."""
     from multiprocessing import get_context
 
     rng = np.random.default_rng(0)
     size = prep.frame_size
-    frames = rng.integers(0, 256, (4, size, size, 3), np.uint8)
+    frames = rng.integers(0, 256, (4, size, size, channels), np.uint8)
     n_frames = (windows - 1) * prep.window_stride + prep.window_span
     shape = (prep.window_length, size, size, 3)
     # as many slots as the pool gives a worker, reused from run to run as the pool reuses them
@@ -139,7 +155,7 @@ def batching_ms(
             return [w.pixels for w in pickle.loads(pickle.dumps(Windows(0, chunk))).windows]
         out = []
         for n in pickle.loads(pickle.dumps([slots.slot_of(w.pixels) for w in chunk])):
-            out.append(slots.array[n].copy())
+            out.append(slots.view(n, channels).copy())
             slots.release(n)
         return out
 
@@ -153,7 +169,7 @@ def batching_ms(
                 chunk = []
         pixels += receive(chunk) if chunk else []
         for k in range(0, len(pixels), batch_size):
-            np.stack(pixels[k : k + batch_size])
+            stack_windows(pixels[k : k + batch_size])
 
     try:
         run()  # first touch of the memory, once per run in the pool
@@ -274,19 +290,29 @@ def bench_host(
     prep = prep or Preprocessing()
     layout = layout or Layout()
     shape = token_shape(model, prep)
+    lowres = dataclasses.replace(prep, interpolation="area-lowres")
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-clips-") as tmp:
         sources = clips if clips is not None else make_clips(Path(tmp), frames)
         per_clip = {}
         for label, path in sources.items():
             info = probe_video(path)
-            costs = frame_costs(path, prep, min(frames, info.n_frames), threads, repeats)
-            per_clip[label] = {
-                "path": str(path),
-                "codec": info.codec,
-                "width": info.width,
-                "height": info.height,
-                **costs,
-            }
+            n = min(frames, info.n_frames)
+            gray = info.pix_fmt.startswith("gray")
+            # a gray source also as the RGB path takes it: what keeping it gray saves
+            rows = [(label, 1, prep), (f"{label} as RGB", 3, prep)] if gray else [(label, 3, prep)]
+            if lowres != prep and decoder_lowres(lowres, info.codec, info.width, info.height):
+                rows.append((f"{label} area-lowres", 1 if gray else 3, lowres))
+            for name, channels, row_prep in rows:
+                per_clip[name] = {
+                    "path": str(path),
+                    "codec": info.codec,
+                    "pix_fmt": info.pix_fmt,
+                    "width": info.width,
+                    "height": info.height,
+                    "channels": channels,
+                    "interpolation": row_prep.interpolation,
+                    **frame_costs(path, row_prep, n, threads, repeats, channels == 1),
+                }
     store = store_stage_ms(shape, layout, windows, directory)
     accel = accelerator_rate(model, prep, layout, rate)
     out = {
@@ -306,12 +332,15 @@ def bench_host(
         assembler = WindowAssembler(sprep)
         start = sprep.window_span  # steady state: frames a new window brings
         converted = sum(assembler.needs(i) for i in range(start, start + stride))
-        batch = batching_ms(sprep, min(windows, 16), batch_size)
+        batch = {
+            c: batching_ms(sprep, min(windows, 16), batch_size, channels=c)
+            for c in sorted({clip["channels"] for clip in per_clip.values()} | {3})
+        }
         pickled = batching_ms(sprep, min(windows, 16), batch_size, shared_memory=False)
-        after = {"batching": batch, **store["stages"]}
-        after_ms = sum(after.values())
+        after_ms = batch[3] + sum(store["stages"].values())
         out["strides"][str(stride)] = {
-            "batching_ms": batch,
+            "batching_ms": batch[3],
+            "batching_gray_ms": batch.get(1),
             "batching_pickled_ms": pickled,
             "after_decode_ms": after_ms,
         }
@@ -319,15 +348,17 @@ def bench_host(
             stages = {
                 "decode": stride * clip["decode_ms_per_frame"],
                 "convert_resize": converted * clip["convert_ms_per_frame"],
-                **after,
+                "batching": batch[clip["channels"]],
+                **store["stages"],
             }
             stages = {k: stages[k] for k in STAGES}
             total = sum(stages.values())
-            nvdec = stride * clip["demux_ms_per_frame"] + after_ms
+            after_clip = total - stages["decode"] - stages["convert_resize"]
+            nvdec = stride * clip["demux_ms_per_frame"] + after_ms  # RGB frames, gray or not
             clip.setdefault("strides", {})[str(stride)] = {
                 "stages_ms": stages,
                 "total_ms": total,
-                "after_decode_ms": after_ms,
+                "after_decode_ms": after_clip,
                 "cores_per_100_windows_per_s": cores(total, 100.0),
                 "cores_per_accelerator": cores(total, windows_per_s),
                 "nvdec_estimate_ms": nvdec,

@@ -28,6 +28,7 @@ from ethoprism import store
 from ethoprism.errors import EthoprismError
 from ethoprism.extract import load_encoder
 from ethoprism.extract.encode import ShardedEncoder
+from ethoprism.extract.windows import stack_windows
 from ethoprism.pipeline.config import RunConfig, resolve_decoder
 from ethoprism.pipeline.decode import DecodePool, End, Failed, Skip, Start, Windows
 from ethoprism.store.stream import keep_freed_memory
@@ -344,7 +345,7 @@ def _feed(pool: DecodePool, sharded: ShardedEncoder, sink: _Writer, reporter: Re
     def submit() -> None:
         nonlocal ops, pixels, first_batch
         sink.check()
-        handle = sharded.submit(np.stack(pixels)) if pixels else None
+        handle = sharded.submit(stack_windows(pixels)) if pixels else None
         sink.inbox.put((handle, ops))
         ops, pixels = [], []
         now = time.perf_counter()

@@ -33,6 +33,7 @@ BASE_TOKEN_SHAPE = (16, 16, 16, 768)
 LAYOUTS = (
     Layout("float16-round7"),
     Layout("float16"),
+    Layout("float16-uncompressed"),
     Layout("int8"),
     Layout("float16-round7", 2),
     Layout("float16-round7", 4),

@@ -32,11 +32,13 @@ class TokenFormat:
     """One row of SPEC.md's token-layout table."""
 
     arrays: dict[str, tuple[str, tuple[str, ...]]]  # stored array -> (dtype, dimension names)
-    compressor: dict  # of the `tokens` array; the scales and every other array take ZSTD
+    # of the `tokens` array (None: stored as they are, crc32c only); the scales and every other
+    # array take ZSTD
+    compressor: dict | None
     coded_on_device: bool  # float16 coded by the extraction on the accelerator (extract.coding)
     round7: bool  # values on the 7-mantissa-bit grid
     # stored / raw bytes of VideoPrism-B activations: float16-round7 in blosc lz4 + bitshuffle
-    # (5.12 / 6.29 MB per base window), the others in zstd (SPEC.md)
+    # (5.12 / 6.29 MB per base window), the others in zstd, float16-uncompressed none (SPEC.md)
     compression: float
     encode: Callable[[np.ndarray], dict]  # pooled float32 tokens -> the stored arrays
     decode: Callable[[dict], object]  # the stored arrays (numpy or dask) -> float32 tokens
@@ -60,6 +62,17 @@ FORMATS = {
         coded_on_device=True,
         round7=False,
         compression=0.93,
+        encode=lambda x: {"tokens": codecs.encode_float16(x, round7=False)},
+        decode=lambda s: codecs.decode_float16(s["tokens"]),
+    ),
+    # float16 not compressed: the host's cheapest layout (no compressor pass, ~4 ms less CPU per
+    # base window than float16-round7 in `ethoprism bench host`) for 23% more disk
+    "float16-uncompressed": TokenFormat(
+        arrays={"tokens": ("float16", _TOKENS)},
+        compressor=None,
+        coded_on_device=True,
+        round7=False,
+        compression=1.0,
         encode=lambda x: {"tokens": codecs.encode_float16(x, round7=False)},
         decode=lambda s: codecs.decode_float16(s["tokens"]),
     ),
@@ -88,7 +101,8 @@ TOKEN_ARRAY_DIMS = {name: dims for f in FORMATS.values() for name, (_, dims) in 
 class Layout:
     """How tokens are stored; chosen when a store is created and recorded in its attributes."""
 
-    dtype: str = "float16-round7"  # | "float16" | "int8" (per token, after per-channel RMS)
+    # | "float16" | "float16-uncompressed" | "int8" (per token, after per-channel RMS)
+    dtype: str = "float16-round7"
     pool: int = 1  # spatial average pooling 1 | 2 | 4 before storing
 
     def __post_init__(self):
@@ -135,8 +149,9 @@ class Layout:
     def round7(self) -> bool:
         return self.format.round7
 
-    def compressor(self, name: str) -> dict:
-        """The compressor of stored array `name` (zarr v3 metadata), crc32c aside."""
+    def compressor(self, name: str) -> dict | None:
+        """The compressor of stored array `name` (zarr v3 metadata; None: none), crc32c
+        aside."""
         return self.format.compressor if name == "tokens" else ZSTD
 
     def stored_shape(self, token_shape) -> tuple[int, ...]:

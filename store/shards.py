@@ -28,7 +28,8 @@ from ethoprism.store.schema import StoreError
 
 EMPTY = np.iinfo(np.uint64).max  # offset and nbytes of a chunk the shard does not hold
 
-Chunk = tuple[bytes, ...]  # one encoded inner chunk, as the buffers written back to back
+# one encoded inner chunk, as the buffers written back to back (bytes, or uint8 arrays)
+Chunk = tuple[bytes | np.ndarray, ...]
 
 
 def _crc32c(data) -> bytes:
@@ -61,11 +62,17 @@ def _compressor(codec: dict) -> Callable[[np.ndarray], bytes]:
     raise StoreError(f"token arrays compressed with {name!r} are not written by this ethoprism")
 
 
+def _as_bytes(values: np.ndarray) -> np.ndarray:
+    """Uncompressed: the values' own bytes (uint8), not copied: the writer owns the tokens it
+    holds."""
+    return values.reshape(-1).view(np.uint8)
+
+
 def chunk_encoder(metadata: dict) -> Callable[[np.ndarray], Chunk]:
     """The encoder of one inner chunk for an array with zarr v3 metadata `metadata` (a dict).
 
     Supported chains: sharding_indexed (index at the end, index codecs bytes + crc32c) over
-    bytes (little-endian) -> [blosc | zstd] -> crc32c, as `writer` creates them.
+    bytes (little-endian) -> [blosc | zstd | nothing] -> crc32c, as `writer` creates them.
     """
     (sharding,) = metadata["codecs"]
     conf = sharding["configuration"]
@@ -75,13 +82,13 @@ def chunk_encoder(metadata: dict) -> Callable[[np.ndarray], Chunk]:
         sharding["name"] != "sharding_indexed"
         or conf.get("index_location", "end") != "end"
         or index_names != ["bytes", "crc32c"]
-        or len(names) != 3
+        or len(names) not in (2, 3)
         or names[0] != "bytes"
-        or names[2] != "crc32c"
+        or names[-1] != "crc32c"
         or conf["codecs"][0].get("configuration", {}).get("endian", "little") != "little"
     ):
         raise StoreError(f"unsupported codec chain for direct shard writes: {conf}")
-    compress = _compressor(conf["codecs"][1])
+    compress = _compressor(conf["codecs"][1]) if len(names) == 3 else _as_bytes
 
     def encode(values: np.ndarray) -> Chunk:
         data = compress(np.ascontiguousarray(values))

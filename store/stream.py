@@ -48,6 +48,8 @@ def _compressors(layout: Layout, name: str) -> list:
     """zarr's codecs for stored array `name`: the layout's compressor (SPEC.md says why each),
     then crc32c."""
     codec = layout.compressor(name)
+    if codec is None:
+        return [Crc32cCodec()]
     return [_CODECS[codec["name"]](**codec["configuration"]), Crc32cCodec()]
 
 

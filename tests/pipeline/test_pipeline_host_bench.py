@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -16,10 +17,14 @@ CAGE = VIDEOS / "mouse_cage_5frames.mp4"
 
 def test_make_clips_transcodes_720p_h264_and_mjpeg(tmp_path):
     clips = make_clips(tmp_path, frames=3, source_384=HORSE)
-    assert list(clips) == ["384p h264", "720p h264", "720p mjpeg", "1080p h264"]
-    for label, codec in (("720p h264", "h264"), ("720p mjpeg", "mjpeg")):
+    assert list(clips) == ["384p h264", "720p h264", "720p mjpeg", "720p gray", "1080p h264"]
+    for label, codec, pix_fmt in (
+        ("720p h264", "h264", "yuv420p"),
+        ("720p mjpeg", "mjpeg", "yuvj420p"),
+        ("720p gray", "ffv1", "gray"),
+    ):
         info = probe_video(clips[label])
-        assert (info.codec, info.width, info.height) == (codec, 1280, 720)
+        assert (info.codec, info.pix_fmt, info.width, info.height) == (codec, pix_fmt, 1280, 720)
         assert sum(1 for _ in iter_frames(clips[label])) == 3
 
 
@@ -29,9 +34,20 @@ def test_demux_times_equal_decoded_frame_times():
     np.testing.assert_array_equal(demux_times(HORSE), decoded)
 
 
+def gray_clip(path: Path, frames: int = 6) -> Path:
+    with av.open(str(HORSE)) as src, av.open(str(path), "w") as dst:
+        out = dst.add_stream("ffv1", rate=30)
+        out.width, out.height, out.pix_fmt = 288, 162, "gray"
+        for _, frame in zip(range(frames), src.decode(video=0), strict=False):
+            dst.mux(out.encode(frame.reformat(format="gray")))
+        dst.mux(out.encode(None))
+    return path
+
+
 @pytest.mark.slow
 def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
     prep = Preprocessing(frame_size=72)
+    gray = gray_clip(tmp_path / "gray.mkv")
     r = bench_host(
         model="videoprism-tiny",
         prep=prep,
@@ -39,9 +55,21 @@ def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
         windows=4,
         repeats=1,
         rate=100.0,
-        clips={"horse": HORSE, "cage": CAGE},
+        clips={"horse": HORSE, "cage": CAGE, "gray": gray},
         directory=tmp_path,
     )
+    # a gray source is measured kept gray (one channel) and as the RGB path takes it
+    assert list(r["clips"]) == ["horse", "cage", "gray", "gray as RGB"]
+    assert [c["channels"] for c in r["clips"].values()] == [3, 3, 1, 3]
+    for stride, x in r["strides"].items():
+        assert (
+            r["clips"]["gray"]["strides"][stride]["stages_ms"]["batching"]
+            == (x["batching_gray_ms"])
+        )
+        assert (
+            r["clips"]["gray as RGB"]["strides"][stride]["stages_ms"]["batching"]
+            == (x["batching_ms"])
+        )
     assert r["token_shape"] == list(token_shape("videoprism-tiny", prep)) == [16, 4, 4, 64]
     assert r["accelerator"]["windows_per_s"] == 100.0  # no accelerator here: the stated rate
     assert set(r["strides"]) == {"8", "16"}

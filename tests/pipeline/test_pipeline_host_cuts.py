@@ -107,7 +107,7 @@ def test_windows_written_into_given_buffers_equal_new_ones():
     slots = np.zeros((64, 16, 24, 24, 3), np.uint8)
     taken = iter(range(64))
     plain = list(iter_windows(HORSE, prep))
-    given = list(iter_windows(HORSE, prep, alloc=lambda: slots[next(taken)]))
+    given = list(iter_windows(HORSE, prep, alloc=lambda channels: slots[next(taken)]))
     assert len(plain) == len(given) == 38
     for a, b in zip(plain, given, strict=True):
         assert b.pixels.base is slots or b.pixels.base is slots.base

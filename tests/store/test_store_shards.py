@@ -38,12 +38,11 @@ def _shard_file(arr: zarr.Array, index: int):
     return arr.store.root / "c" / str(index) / "0" / "0" / "0" / "0"
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("layout", ["float16-round7", "int8", "float16-uncompressed"])
 @pytest.mark.parametrize("writer", [shards.ShardWriter, SmallStaging])
-def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype, writer):
+def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, layout, writer):
     """zarr writes the same windows through its own sharding codec; the files must be equal,
     a full shard and a shard holding only its first windows (a commit's tail) alike."""
-    layout = "float16-round7" if dtype == "float16" else "int8"
     values = Layout(layout, 1).encode(activation_like(6, SHAPE))["tokens"]
     arr = _zarr_shards(tmp_path, layout, values)
     encode = shards.chunk_encoder(arr.metadata.to_dict())
@@ -59,7 +58,7 @@ def test_a_shard_is_byte_identical_to_zarrs_own(tmp_path, dtype, writer):
             path = tmp_path / f"shard{index}-{direct}"
             assert path.read_bytes() == _shard_file(arr, index).read_bytes()
             assert shards.read_chunks(path, len(window_range), PER_SHARD) == [
-                chunks[i] for i in window_range
+                tuple(bytes(b) for b in chunks[i]) for i in window_range
             ]
         assert ours.direct == direct or not hasattr(os, "O_DIRECT")
         assert sorted(p.name for p in tmp_path.glob("*.tmp")) == []
@@ -122,7 +121,9 @@ def test_a_damaged_shard_is_refused_when_resuming(tmp_path):
         shards.read_chunks(tmp_path / "nothing", 1, PER_SHARD)
 
 
-@pytest.mark.parametrize("layout", [Layout("float16-round7"), Layout("float16", 2)])
+@pytest.mark.parametrize(
+    "layout", [Layout("float16-round7"), Layout("float16", 2), Layout("float16-uncompressed")]
+)
 def test_tokens_coded_before_the_store_give_the_same_store(tmp_path, layout):
     """The extraction codes float16 tokens on the accelerator; the stored bytes must be those
     of the store coding float32 tokens itself."""
@@ -197,12 +198,58 @@ def test_bench_store_runs_and_measures_what_it_says(tmp_path):
 
     r = bench_store(windows=40, directory=str(tmp_path), repeats=1, token_shape=(2, 8, 8, 32))
     rows = {(x["layout"]["dtype"], x["layout"]["pool"], x["tokens_in"]): x for x in r["layouts"]}
-    assert len(rows) == 7
+    assert len(rows) == 8
     full, int8 = rows[("float16-round7", 1, "coded")], rows[("int8", 1, "float32")]
     assert int8["bytes_per_window"] < full["bytes_per_window"] < 2 * 2 * 8 * 8 * 32 + 1000
+    raw = rows[("float16-uncompressed", 1, "coded")]["bytes_per_window"]
+    assert 2 * 2 * 8 * 8 * 32 < raw < 2 * 2 * 8 * 8 * 32 + 1000  # the values, index, checksums
     assert rows[("float16-round7", 2, "coded")]["bytes_per_window"] < full["bytes_per_window"] / 2
     # the same windows coded on the host or before the store take the same bytes
     assert rows[("float16-round7", 1, "float32")]["bytes_per_window"] == full["bytes_per_window"]
     assert all(x["write_vs_raw"] > 0 and x["cores_for_disk_speed"] > 0 for x in rows.values())
     assert r["reads"]["speedup_vs_oindex"] > 0
     assert r["write_vs_raw"] == full["write_vs_raw"]
+
+
+def test_uncompressed_tokens_are_stored_as_their_own_bytes(tmp_path):
+    """float16-uncompressed: codecs bytes + crc32c inside the shard, each window's chunk its
+    float16 bytes as they are, read back equal by zarr itself."""
+    coded = Layout("float16-uncompressed").encode(activation_like(5, SHAPE))["tokens"]
+    with open_w(
+        tmp_path / "s.zarr",
+        part="w",
+        layout=Layout("float16-uncompressed"),
+        windows_per_shard=PER_SHARD,
+    ) as w:
+        vw = w.begin_video(record(0))
+        vw.append(coded, coded.astype(np.float32).mean(axis=(1, 2, 3)), 2 * np.arange(5), 1, 4, 0.0)
+        vw.commit()
+    tokens = zarr.open_array(tmp_path / "s.zarr" / "parts" / "w" / "tokens", mode="r")
+    (sharding,) = tokens.metadata.to_dict()["codecs"]
+    assert [c["name"] for c in sharding["configuration"]["codecs"]] == ["bytes", "crc32c"]
+    np.testing.assert_array_equal(tokens[:], coded)
+    chunks = shards.read_chunks(_shard_file(tokens, 0), PER_SHARD, PER_SHARD)
+    assert [bytes(c[0]) for c in chunks] == [coded[i].tobytes() for i in range(PER_SHARD)]
+
+
+def test_an_uncompressed_store_publishes_and_reads_back_with_plain_xarray(tmp_path):
+    import xarray as xr
+
+    from ethoprism.store.publish import publish
+
+    coded = Layout("float16-uncompressed").encode(activation_like(6, SHAPE))["tokens"]
+    with open_w(
+        tmp_path / "s.zarr",
+        part="w",
+        layout=Layout("float16-uncompressed"),
+        windows_per_shard=PER_SHARD,
+    ) as w:
+        for i, rows in enumerate((slice(0, 4), slice(4, 6))):
+            vw = w.begin_video(record(i))
+            batch = coded[rows]
+            starts = 2 * np.arange(len(batch))
+            vw.append(batch, batch.astype(np.float32).mean(axis=(1, 2, 3)), starts, 1, 4, 0.0)
+            vw.commit()
+    publish(str(tmp_path / "s.zarr"), str(tmp_path / "pub.zarr"))
+    plain = xr.open_zarr(tmp_path / "pub.zarr")
+    np.testing.assert_array_equal(plain.tokens.values, coded)
