@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ethoprism.store.durable import fsync_path
-from ethoprism.store.remote import protocol_of, storage_options_for
+from ethoprism.store.remote import is_local_fs, protocol_of, storage_options_for
 from ethoprism.store.safety import check_relative_path
 from ethoprism.store.schema import StoreError
 
@@ -36,7 +36,7 @@ def put_object(fs, path: str, data: bytes | list, durable: bool = False) -> None
     """Write one object whole (`data`: bytes, or buffers to write back to back): a local file
     appears only complete (temp, rename), and with `durable` is on the disk when this returns."""
     pieces = [data] if isinstance(data, bytes) else data
-    if "file" in fs.protocol or "local" in fs.protocol:
+    if is_local_fs(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
         with open(tmp, "wb") as f:

@@ -38,7 +38,7 @@ from ethoprism.store.manifest import MANIFEST, put_object, write_manifest
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import open_handle, read_windows
-from ethoprism.store.remote import storage_options_for
+from ethoprism.store.remote import is_local_fs, storage_options_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     FRAME_TIME,
@@ -46,7 +46,7 @@ from ethoprism.store.schema import (
     StoreError,
     jsonable,
 )
-from ethoprism.store.shard_copy import copy_token_shards, is_local
+from ethoprism.store.shard_copy import copy_token_shards
 
 PUBLISHING_ATTR = "ethoprism_publishing"  # root attribute while a publish is under way
 FORMAT = "ethoprism.published"
@@ -200,7 +200,7 @@ def _put_all(fs, base: str, objects: dict[str, bytes], pool) -> dict[str, tuple[
 def _make_durable(fs, base: str, paths) -> None:
     """fsync every object written (or found by a rerun) and their directories, once, before the
     root document and the manifest vouch for them; an object store's PUT is durable already."""
-    if not is_local(fs):
+    if not is_local_fs(fs):
         return
     directories = {base}
     for p in paths:  # each directory, and every one made for it (their entries are new too)

@@ -4,34 +4,31 @@ Token arrays hold one window per inner chunk, so a window travels from a source 
 published one as its encoded bytes (compressed, with their crc32c), unchanged: only the shard
 index is new. Publishing must also check each window's crc32c (a damaged source window must not
 travel under a manifest that vouches for it) and sha256 each published object (the manifest).
-All three happen in ONE pass over each window's bytes, while they are in the CPU's cache: check,
-hash, write. A local source shard is mapped (mmap), so its bytes are never copied into Python
-before the write; a remote one is one ranged GET per run of windows. The checksum and hash
-libraries take numpy views and release the GIL on large buffers, so shards copy in threads.
+A local source shard is mapped (mmap), so its bytes are never copied in Python: they are
+checked and hashed in place and written from there; a remote one is one ranged GET per run of
+windows. The checksum and hash take numpy views and release the GIL on large buffers, so
+shards copy in threads. Measured on 150 MB of shards: about 2.5x the CPU of a kernel copy
+(`cp`), nearly all of it sha256, which no copy of a manifest's objects can skip.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import mmap
 import os
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import google_crc32c
 import numpy as np
 
+from ethoprism.store.manifest import put_object
+from ethoprism.store.remote import is_local_fs
 from ethoprism.store.schema import PARTS, StoreError
 from ethoprism.store.shards import EMPTY, shard_index
 
 INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: (offset, nbytes) as <u8
-
-
-def is_local(fs) -> bool:
-    return "file" in fs.protocol or "local" in fs.protocol
 
 
 def _crc_ok(chunk: memoryview) -> bool:
@@ -48,7 +45,7 @@ class SourceShard:
         tail = INDEX_ENTRY * per_shard + 4
         self._whole = None
         try:
-            if is_local(fs):
+            if is_local_fs(fs):
                 with open(path, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
                     if size < tail:
@@ -83,32 +80,6 @@ class SourceShard:
         return [span[int(o) - lo : int(o + k) - lo] for o, k in rows]
 
 
-@contextlib.contextmanager
-def _sink(fs, path: str, exists: bool):
-    """`write` for one object's bytes, stored whole at the end: nowhere when it `exists`, a
-    local temp file synced then renamed into place (a shard that is there is on the disk,
-    which a rerun trusts; the sync of one shard overlaps the hashing of the next ones in the
-    other threads), or one PUT."""
-    if exists:
-        yield lambda _: None
-    elif is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                yield f.write
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        pieces = []
-        yield pieces.append
-        fs.pipe_file(path, b"".join(pieces))
-
-
 def write_shard(
     fs,
     path: str,
@@ -117,21 +88,22 @@ def write_shard(
     where: Callable[[int], str],
     exists: bool,
 ) -> tuple[int, str]:
-    """Write `chunks` (window i of the shard = chunks[i]) as the shard at `path`; returns its
+    """Write `chunks` (window i of the shard = chunks[i]) as the shard at `path`, synced to the
+    disk before it is renamed into place (a shard that is there is whole, which a rerun
+    trusts; one shard's sync overlaps the hashing of others in the other threads); returns its
     (size, sha256). Each chunk's crc32c is checked first (`where(i)` names a damaged one).
     With `exists` (a rerun found the object at its size) nothing is written, but the chunks are
     still checked and hashed: the manifest vouches for the source's bytes, and verify compares
     what is there against them."""
     index = shard_index([(c,) for c in chunks], per_shard)
     digest = hashlib.sha256()
-    with _sink(fs, path, exists) as write:
-        for i, chunk in enumerate(chunks):
-            if not _crc_ok(chunk):
-                raise StoreError(f"{where(i)} fails its crc32c (damaged source)")
-            digest.update(chunk)
-            write(chunk)
-        digest.update(index)
-        write(index)
+    for i, chunk in enumerate(chunks):
+        if not _crc_ok(chunk):
+            raise StoreError(f"{where(i)} fails its crc32c (damaged source)")
+        digest.update(chunk)
+    digest.update(index)
+    if not exists:
+        put_object(fs, path, [*chunks, index], durable=True)
     return sum(len(c) for c in chunks) + len(index), digest.hexdigest()
 
 
