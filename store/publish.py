@@ -186,15 +186,23 @@ def _embedding(handle, ds: xr.Dataset) -> Iterator[dict[str, bytes]]:
         yield _taken(objects)
 
 
-def _put_all(fs, base: str, objects: dict[str, bytes], pool) -> dict[str, tuple[int, str]]:
-    """Write encoded objects (path -> bytes) under `base` in `pool`; {path: (size, sha256)}."""
+def _write_others(handle, ds, plans, fs, base: str) -> tuple[dict, dict]:
+    """Every published object but the token shards, written under `base` (in threads: on S3
+    each is a round trip); (the arrays' metadata documents by name, {path: (size, sha256)})."""
+    metadata, written = {}, {}
 
-    def one(item):
+    def put(item):
         path, data = item
         put_object(fs, f"{base}/{path}", data)
         return path, (len(data), hashlib.sha256(data).hexdigest())
 
-    return dict(pool.map(one, objects.items()))
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        for objects in itertools.chain([_small_objects(handle, ds, plans)], _embedding(handle, ds)):
+            for key, data in objects.items():
+                if key.endswith("/zarr.json"):
+                    metadata[key.removesuffix("/zarr.json")] = json.loads(data)
+            written.update(pool.map(put, objects.items()))
+    return metadata, written
 
 
 def _make_durable(fs, base: str, paths) -> None:
@@ -265,20 +273,15 @@ def publish(
         _group_doc({PUBLISHING_ATTR: plan_digest}),
     )
     fs_src, base_src = _fs(source, storage_options)
-    metadata, written = {}, {}
-    with ThreadPoolExecutor(COPY_THREADS) as pool:
-        for objects in itertools.chain([_small_objects(handle, ds, plans)], _embedding(handle, ds)):
-            for key, data in objects.items():
-                if key.endswith("/zarr.json"):
-                    metadata[key.removesuffix("/zarr.json")] = json.loads(data)
-            written.update(_put_all(fs_dst, base_dst, objects, pool))
-    started = time.perf_counter()
-    written.update(
-        copy_token_shards(
+    with ThreadPoolExecutor(1) as side:  # the other arrays are written while the shards copy
+        others = side.submit(_write_others, handle, ds, plans, fs_dst, base_dst)
+        started = time.perf_counter()
+        written = copy_token_shards(
             handle, ds, plans, (fs_src, base_src), (fs_dst, base_dst), progress, COPY_THREADS
         )
-    )
-    token_seconds = time.perf_counter() - started
+        token_seconds = time.perf_counter() - started
+        metadata, more = others.result()
+    written.update(more)
     _make_durable(fs_dst, base_dst, written)
 
     # every root attribute of the source (store.open shows some), then the Dataset's
