@@ -4,19 +4,17 @@ Token arrays hold one window per inner chunk, so a window travels from a source 
 published one as its encoded bytes (compressed, with their crc32c), unchanged: only the shard
 index is new. Publishing must also check each window's crc32c (a damaged source window must not
 travel under a manifest that vouches for it) and sha256 each published object (the manifest).
-A local source shard is mapped (mmap), so its bytes are never copied in Python: they are
-checked and hashed in place and written from there; a remote one is one ranged GET per run of
-windows. The checksum and hash take numpy views and release the GIL on large buffers, so
-shards copy in threads. Measured on 150 MB of shards: about 2.5x the CPU of a kernel copy
-(`cp`), nearly all of it sha256, which no copy of a manifest's objects can skip.
+Each run of windows is one read (one ranged GET remotely); the checks and the hash work on views
+of it (numpy views: google_crc32c refuses memoryviews) and release the GIL on large buffers, so
+shards copy in threads. Measured on 150 MB of shards in the page cache: about 2.5x the CPU of a
+kernel copy (`cp`), most of it sha256, which no copy that writes a manifest can skip (mapping
+local shards with mmap instead of reading them saved about 7%: not worth a second way to read).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import mmap
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +22,6 @@ import google_crc32c
 import numpy as np
 
 from ethoprism.store.manifest import put_object
-from ethoprism.store.remote import is_local_fs
 from ethoprism.store.schema import PARTS, StoreError
 from ethoprism.store.shards import EMPTY, shard_index
 
@@ -38,44 +35,31 @@ def _crc_ok(chunk: memoryview) -> bool:
 
 
 class SourceShard:
-    """One source shard file: its checked index, and views of the encoded chunks it holds."""
+    """One source shard file: its checked index, and the encoded chunks of chosen windows."""
 
     def __init__(self, fs, path: str, per_shard: int, where: str):
         self.fs, self.path, self.per_shard, self.where = fs, path, per_shard, where
         tail = INDEX_ENTRY * per_shard + 4
-        self._whole = None
         try:
-            if is_local_fs(fs):
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size < tail:
-                        raise StoreError(f"{where}: {size} bytes, shorter than its index")
-                    # MAP_POPULATE: the page cache is mapped in one call, not faulted page by page
-                    self._whole = memoryview(
-                        mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
-                                  prot=mmap.PROT_READ)
-                    )  # fmt: skip
-                index_bytes = self._whole[-tail:]
-            else:
-                index_bytes = memoryview(fs.cat_file(path, start=-tail))
+            index_bytes = fs.cat_file(path, start=-tail)
         except FileNotFoundError:
             raise StoreError(f"{where}: missing, but it holds committed windows") from None
-        if not _crc_ok(index_bytes):
+        if len(index_bytes) < tail:
+            raise StoreError(f"{where}: {len(index_bytes)} bytes, shorter than its index")
+        if not _crc_ok(memoryview(index_bytes)):
             raise StoreError(f"{where}: shard index fails its crc32c (damaged source)")
         self.index = np.frombuffer(index_bytes[:-4], dtype="<u8").reshape(per_shard, 2)
 
     def chunks(self, local: np.ndarray) -> list[memoryview]:
-        """Views of the encoded chunks of the shard's windows `local` (indices in the shard)."""
+        """The encoded chunks of the shard's windows `local` (indices in the shard), as views
+        of one read of the span holding them."""
         rows = self.index[local]
         if (rows[:, 0] == EMPTY).any():
             w = int(local[np.argmax(rows[:, 0] == EMPTY)])
             raise StoreError(f"{self.where}: committed window {w} of the shard is missing from it")
-        if self._whole is not None:
-            span, lo = self._whole, 0
-        else:
-            lo, hi = int(rows[:, 0].min()), int((rows[:, 0] + rows[:, 1]).max())
-            span = memoryview(self.fs.cat_file(self.path, start=lo, end=hi))
-        if int((rows[:, 0] + rows[:, 1]).max()) - lo > len(span):
+        lo, hi = int(rows[:, 0].min()), int((rows[:, 0] + rows[:, 1]).max())
+        span = memoryview(self.fs.cat_file(self.path, start=lo, end=hi))
+        if len(span) < hi - lo:
             raise StoreError(f"{self.where}: shard shorter than its index says (truncated)")
         return [span[int(o) - lo : int(o + k) - lo] for o, k in rows]
 
