@@ -10,7 +10,7 @@ no listing). SPEC.md, "Published stores", has the format.
 Token arrays hold one window per inner chunk, so a window's encoded bytes (compressed, with
 their crc32c) move from the source shard to the published shard unchanged: only the shard
 index is rewritten with the new offsets (shard_copy.py). The other arrays are encoded by zarr
-in memory, then written and hashed in one pass like the shards (no object is read back).
+in memory, then written and hashed by ethoprism, while the shards copy (none is read back).
 
 Resumable: each published object is written whole (renamed into place on a local disk, one
 PUT on S3), the plan is derived only from the source's commit records, and a rerun writes only
@@ -139,8 +139,8 @@ def _create(group: zarr.Group, name, dims, shape, dtype, chunk, attributes) -> z
 
 def _in_memory() -> tuple[zarr.Group, dict]:
     """A zarr group whose objects land in the returned dict: zarr encodes the published
-    arrays (its format, its codecs) without a round trip to the destination per object, and
-    ethoprism writes, hashes and syncs the objects in one pass like the token shards."""
+    arrays (its format, its codecs) without a round trip to the destination per zarr call, and
+    ethoprism writes and hashes the objects itself, like the token shards (none is read back)."""
     objects: dict = {}
     return zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3), objects
 
