@@ -152,7 +152,7 @@ def bench_host(
 
 @app.command("share")
 def bench_share(
-    windows: Annotated[int, typer.Option(help="Windows in the benchmark store.")] = 96,
+    windows: Annotated[int, typer.Option(help="Windows in the benchmark store.")] = 512,
     token_shape: Annotated[
         str, typer.Option(help="Token shape t,h,w,c of each window.")
     ] = "8,16,16,128",

@@ -77,6 +77,15 @@ CacheOpt = Annotated[
         "was when first read)."
     ),
 ]
+IndexDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--index-dir",
+        help="The approximate index's local directory (default: beside a local store, "
+        "STORE.ann; required for an http(s):// or s3:// store, which is never written to). "
+        "Given to `retrieve query`, it implies --approx.",
+    ),
+]
 ModelOpt = Annotated[
     str, typer.Option(help="Encoder config: videoprism-b, videoprism-l, videoprism-tiny.")
 ]

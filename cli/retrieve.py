@@ -16,9 +16,11 @@ from ethoprism.cli.options import (
     CacheOpt,
     CheckpointOpt,
     ColumnAliasOpt,
+    IndexDirOpt,
     JsonOpt,
     LabelColumnOpt,
     SchedulerOpt,
+    StoreArg,
 )
 from ethoprism.errors import EthoprismError
 
@@ -89,6 +91,7 @@ def retrieve_query(
     approx: Annotated[
         bool, typer.Option(help="Use the index built by `retrieve build-index`.")
     ] = False,
+    index_path: IndexDirOpt = None,
     checkpoint: CheckpointOpt = None,
     sheet: Annotated[str | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
     sheet_results: Annotated[int, typer.Option(help="Results per query on the sheet.")] = 3,
@@ -116,6 +119,7 @@ def retrieve_query(
         "videos": videos,
         "scheduler": scheduler,
         "approx": approx,
+        "index_path": index_path,
     }
     if text:
         from ethoprism.probe.retrieve.text import run_text_query
@@ -192,10 +196,7 @@ def _print_neighbours(rows: list[dict], title: str, score: str) -> None:
 
 @app.command("build-index")
 def retrieve_build_index(
-    store: Annotated[
-        str,
-        typer.Argument(help="A local feature store; the index is written beside it (STORE.ann)."),
-    ],
+    store: StoreArg,
     nlist: Annotated[
         int | None, typer.Option(help="Inverted lists (default ~sqrt(windows)).")
     ] = None,
@@ -207,19 +208,23 @@ def retrieve_build_index(
             "STORE.video_embedding.ann)."
         ),
     ] = "embedding",
+    index_path: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    cache: CacheOpt = None,
 ) -> None:
     """Build the approximate (FAISS IVF-Flat) index of a store and report its recall@10 vs exact."""
     from dataclasses import asdict
 
     from ethoprism.probe.retrieve.ann import build_index, index_dir
 
-    info = build_index(store, nlist=nlist, var=embedding)
+    info = build_index(
+        store, nlist=nlist, var=embedding, index_path=index_path, storage_options=cached(cache)
+    )
     if as_json:
         print_json(asdict(info))
         return
     console.print(
-        f"{index_dir(store, embedding)}: {info.kind}, {info.n_windows} windows, "
+        f"{index_dir(store, embedding, index_path)}: {info.kind}, {info.n_windows} windows, "
         f"nlist {info.nlist}, nprobe {info.nprobe}; recall@10 vs exact {info.recall_at_10:.3f} "
         f"on {info.recall_queries} windows; built in {info.build_seconds:.1f} s",
         highlight=False,

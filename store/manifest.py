@@ -16,8 +16,10 @@ import re
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from ethoprism.store.remote import protocol_of, storage_options_for
+from ethoprism.store.durable import fsync_path
+from ethoprism.store.remote import is_local_fs, protocol_of, storage_options_for
 from ethoprism.store.safety import check_relative_path
 from ethoprism.store.schema import StoreError
 
@@ -30,16 +32,21 @@ VERIFY_THREADS = 4
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def put_object(fs, path: str, data: bytes | list) -> None:
+def put_object(fs, path: str, data: bytes | list, durable: bool = False) -> None:
     """Write one object whole (`data`: bytes, or buffers to write back to back): a local file
-    appears only complete (temp, rename)."""
+    appears only complete (temp, rename), and with `durable` is on the disk when this returns."""
     pieces = [data] if isinstance(data, bytes) else data
-    if "file" in fs.protocol or "local" in fs.protocol:
+    if is_local_fs(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
         with open(tmp, "wb") as f:
             f.writelines(pieces)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_path(Path(path).parent, directory=True)
     else:
         fs.pipe_file(path, b"".join(pieces))
 
@@ -89,7 +96,7 @@ def write_manifest(
         "videos": videos,
         "objects": objects,
     }
-    put_object(fs, f"{base}/{MANIFEST}", json.dumps(manifest).encode())
+    put_object(fs, f"{base}/{MANIFEST}", json.dumps(manifest).encode(), durable=True)
     return manifest
 
 

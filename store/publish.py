@@ -9,46 +9,45 @@ no listing). SPEC.md, "Published stores", has the format.
 
 Token arrays hold one window per inner chunk, so a window's encoded bytes (compressed, with
 their crc32c) move from the source shard to the published shard unchanged: only the shard
-index is rewritten with the new offsets. The small arrays are re-chunked through zarr.
+index is rewritten with the new offsets (shard_copy.py). The other arrays are encoded by zarr
+in memory, then written and hashed by ethoprism, while the shards copy (none is read back).
 
 Resumable: each published object is written whole (renamed into place on a local disk, one
 PUT on S3), the plan is derived only from the source's commit records, and a rerun writes only
 the token shards that are not there yet. The root document, which makes the destination a
-store, and the manifest come last.
+store, and the manifest come last, after every object they vouch for is synced to the disk.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-import google_crc32c
 import numpy as np
 import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from ethoprism.store.durable import fsync_path
 from ethoprism.store.handle import open_handle
 from ethoprism.store.manifest import MANIFEST, put_object, write_manifest
 from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import open as open_store
 from ethoprism.store.reader import read_windows
-from ethoprism.store.remote import is_url, storage_options_for
+from ethoprism.store.remote import is_local_fs, storage_options_for
 from ethoprism.store.schema import (
     ARRAY_DIMS,
     FRAME_TIME,
-    PARTS,
     VIDEO_COLUMNS,
     StoreError,
     jsonable,
 )
-from ethoprism.store.shards import EMPTY, shard_index
+from ethoprism.store.shard_copy import copy_token_shards
 
 PUBLISHING_ATTR = "ethoprism_publishing"  # root attribute while a publish is under way
 FORMAT = "ethoprism.published"
@@ -67,6 +66,7 @@ WINDOW_COORDS_OUT = (
 )
 SMALL_CHUNK = 4096  # windows (or videos) per chunk of a coordinate
 EMBEDDING_CHUNK = 1024
+EMBEDDING_BATCH = 16 * EMBEDDING_CHUNK  # windows encoded in memory at a time
 COPY_THREADS = 4
 
 
@@ -77,16 +77,6 @@ def _fs(url: str, storage_options: dict | None):
         return fsspec.url_to_fs(url, **storage_options_for(url, storage_options))
     except (ImportError, ValueError) as e:
         raise StoreError(f"cannot open {url}: {e}") from None
-
-
-def _zarr_store(url: str, storage_options: dict | None):
-    if is_url(url):
-        return zarr.storage.FsspecStore.from_url(
-            url.rstrip("/"), storage_options=storage_options_for(url, storage_options)
-        )
-    path = url.removeprefix("file://")
-    os.makedirs(path, exist_ok=True)
-    return zarr.storage.LocalStore(path)
 
 
 def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
@@ -125,99 +115,6 @@ def _token_plan(handle, ds: xr.Dataset) -> dict[str, dict]:
     return plans
 
 
-def _crc32c(data) -> bytes:
-    return google_crc32c.value(bytes(data)).to_bytes(4, "little")  # it takes no memoryview
-
-
-class _SourceShards:
-    """Reads encoded inner chunks (one window each) out of the source's shard files."""
-
-    def __init__(self, handle, fs, base: str, name: str):
-        self.fs, self.base, self.name = fs, base.rstrip("/"), name
-        self.parts = handle.parts
-
-    def chunks(self, part: int, windows: np.ndarray) -> list[bytes]:
-        """Encoded chunks of consecutive part windows, in order (reads index, then one span)."""
-        arr = self.parts[part].arrays[self.name]
-        per_shard = arr.shards[0]
-        out = []
-        shard_of = windows // per_shard
-        for shard in np.unique(shard_of):
-            local = windows[shard_of == shard] - shard * per_shard
-            key = arr.metadata.encode_chunk_key((int(shard),) + (0,) * (arr.ndim - 1))
-            path = f"{self.base}/{PARTS}/{self.parts[part].name}/{self.name}/{key}"
-            where = f"part {self.parts[part].name!r} {self.name} shard {key}"
-            try:
-                index_bytes = self.fs.cat_file(path, start=-(16 * per_shard + 4))
-            except FileNotFoundError:
-                raise StoreError(f"{where}: missing, but it holds committed windows") from None
-            if _crc32c(index_bytes[:-4]) != index_bytes[-4:]:
-                raise StoreError(f"{where}: shard index fails its crc32c (damaged source)")
-            index = np.frombuffer(index_bytes[:-4], dtype="<u8").reshape(per_shard, 2)
-            rows = index[local]
-            if (rows[:, 0] == EMPTY).any():
-                w = int(local[np.argmax(rows[:, 0] == EMPTY)] + shard * per_shard)
-                raise StoreError(f"{where}: committed window {w} is missing from its shard")
-            lo, hi = int(rows[:, 0].min()), int((rows[:, 0] + rows[:, 1]).max())
-            span = self.fs.cat_file(path, start=lo, end=hi)
-            span = memoryview(span)  # the chunks are views of it: no copy per window
-            for w, (o, k) in zip(local, rows, strict=True):
-                chunk = span[int(o) - lo : int(o + k) - lo]
-                # a damaged source window must not travel under a manifest that vouches for it
-                if len(chunk) < 4 or _crc32c(chunk[:-4]) != chunk[-4:]:
-                    window = int(w + shard * per_shard)
-                    raise StoreError(f"{where}: window {window} fails its crc32c (damaged source)")
-                out.append(chunk)
-        return out
-
-
-def _write_token_shards(handle, ds, plans, src, dst, progress) -> dict[str, tuple[int, str]]:
-    """Copy every token array's windows into published shards; {path: (size, sha256)}."""
-    fs_src, base_src = src
-    fs_dst, base_dst = dst
-    part_of, window_of = ds.part.values, ds.part_window.values
-    n = ds.sizes["window"]
-    written: dict[str, tuple[int, str]] = {}
-    for name, plan in plans.items():
-        per_shard = plan["per_shard"]
-        source = _SourceShards(handle, fs_src, base_src, name)
-
-        def one(shard, name=name, plan=plan, per_shard=per_shard, source=source):
-            lo, hi = shard * per_shard, min(n, (shard + 1) * per_shard)
-            chunks = []
-            start = lo
-            while start < hi:  # runs of consecutive windows of one part
-                stop = start + 1
-                while (
-                    stop < hi
-                    and part_of[stop] == part_of[start]
-                    and window_of[stop] == window_of[stop - 1] + 1
-                ):
-                    stop += 1
-                chunks += source.chunks(int(part_of[start]), window_of[start:stop])
-                start = stop
-            pieces = [*chunks, shard_index([(c,) for c in chunks], per_shard)]
-            size = sum(len(p) for p in pieces)
-            digest = hashlib.sha256()
-            for piece in pieces:
-                digest.update(piece)
-            path = f"{name}/{plan['key']((shard,) + (0,) * (len(plan['doc']['shape']) - 1))}"
-            target = f"{base_dst}/{path}"
-            try:
-                done = fs_dst.size(target) == size
-            except FileNotFoundError:
-                done = False
-            if not done:
-                put_object(fs_dst, target, pieces)
-            if progress:
-                progress(size, hi - lo)
-            return path, (size, digest.hexdigest())
-
-        with ThreadPoolExecutor(COPY_THREADS) as pool:
-            written.update(pool.map(one, range(math.ceil(n / per_shard))))
-    return written
-
-
 def _small_arrays(ds: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.ndarray, int]]:
     """The published store's non-token arrays: name -> (dims, values, chunk length)."""
     out = {}
@@ -228,23 +125,99 @@ def _small_arrays(ds: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.ndarray
     return out
 
 
-def _write_small(group: zarr.Group, name, dims, values, chunk, attributes=None) -> None:
-    if values.dtype == object:
-        values = values.astype(str)
-    kind = str if values.dtype.kind == "U" else values.dtype
-    arr = group.create_array(
+def _create(group: zarr.Group, name, dims, shape, dtype, chunk, attributes) -> zarr.Array:
+    return group.create_array(
         name,
-        shape=values.shape,
-        dtype=kind,
-        chunks=(max(1, min(chunk, len(values))),) + values.shape[1:],
-        compressors=[ZstdCodec(level=1), Crc32cCodec()] if kind is not str else "auto",
+        shape=shape,
+        dtype=dtype,
+        chunks=(max(1, min(chunk, shape[0])),) + tuple(shape[1:]),
+        compressors=[ZstdCodec(level=1), Crc32cCodec()] if dtype is not str else "auto",
         dimension_names=dims,
-        overwrite=True,
         config={"write_empty_chunks": True},
         attributes=attributes,
     )
-    if len(values):
-        arr[:] = values
+
+
+def _in_memory() -> tuple[zarr.Group, dict]:
+    """A zarr group whose objects land in the returned dict: zarr encodes the published
+    arrays (its format, its codecs) without a round trip to the destination per zarr call, and
+    ethoprism writes and hashes the objects itself, like the token shards (none is read back)."""
+    objects: dict = {}
+    return zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3), objects
+
+
+def _taken(objects: dict) -> dict[str, bytes]:
+    """The encoded objects zarr left in `objects` (emptied), its root document aside."""
+    out = {k: v.to_bytes() for k, v in objects.items() if k != "zarr.json"}
+    objects.clear()
+    return out
+
+
+def _small_objects(handle, ds: xr.Dataset, plans: dict) -> dict[str, bytes]:
+    """Every published object but the embedding's and the token shards: the coordinates, the
+    video table and the token arrays' metadata documents."""
+    group, objects = _in_memory()
+    for name, (dims, values, chunk) in _small_arrays(ds).items():
+        if values.dtype == object:
+            values = values.astype(str)
+        kind = str if values.dtype.kind == "U" else values.dtype
+        arr = _create(
+            group, name, dims, values.shape, kind, chunk, _source_attributes(handle, name)
+        )
+        if len(values):
+            arr[:] = values  # one write per array
+    out = _taken(objects)
+    for name, plan in plans.items():
+        out[f"{name}/zarr.json"] = json.dumps(plan["doc"]).encode()
+    return out
+
+
+def _embedding(handle, ds: xr.Dataset) -> Iterator[dict[str, bytes]]:
+    """The published embedding's objects, EMBEDDING_BATCH windows at a time (whole chunks, so
+    each is encoded once; an archive's embeddings need not fit in memory)."""
+    group, objects = _in_memory()
+    n, c = ds.embedding.shape
+    attributes = _source_attributes(handle, "embedding")
+    arr = _create(
+        group, "embedding", ARRAY_DIMS["embedding"], (n, c), "float32", EMBEDDING_CHUNK, attributes
+    )
+    for lo in range(0, n, EMBEDDING_BATCH):
+        hi = min(lo + EMBEDDING_BATCH, n)  # read_windows: zarr directly, no dask
+        arr[lo:hi] = read_windows(ds, np.arange(lo, hi), "embedding")
+        yield _taken(objects)
+
+
+def _write_others(handle, ds, plans, fs, base: str) -> tuple[dict, dict]:
+    """Every published object but the token shards, written under `base` (in threads: on S3
+    each is a round trip); (the arrays' metadata documents by name, {path: (size, sha256)})."""
+    metadata, written = {}, {}
+
+    def put(item):
+        path, data = item
+        put_object(fs, f"{base}/{path}", data)
+        return path, (len(data), hashlib.sha256(data).hexdigest())
+
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        for objects in itertools.chain([_small_objects(handle, ds, plans)], _embedding(handle, ds)):
+            for key, data in objects.items():
+                if key.endswith("/zarr.json"):
+                    metadata[key.removesuffix("/zarr.json")] = json.loads(data)
+            written.update(pool.map(put, objects.items()))
+    return metadata, written
+
+
+def _make_durable(fs, base: str, paths) -> None:
+    """fsync every object written (or found by a rerun) and their directories, once, before the
+    root document and the manifest vouch for them; an object store's PUT is durable already."""
+    if not is_local_fs(fs):
+        return
+    directories = {base}
+    for p in paths:  # each directory, and every one made for it (their entries are new too)
+        parts = p.split("/")[:-1]
+        directories.update("/".join([base, *parts[:i]]) for i in range(1, len(parts) + 1))
+    with ThreadPoolExecutor(COPY_THREADS) as pool:  # the disk queues them; fsync waits in C
+        list(pool.map(fsync_path, [f"{base}/{p}" for p in paths]))
+        list(pool.map(lambda d: fsync_path(d, directory=True), directories))
 
 
 def _source_attributes(handle, name: str) -> dict:
@@ -263,7 +236,8 @@ def publish(
     """Publish the store at `source` to `dest` (a directory or writable fsspec URL).
 
     `progress(bytes, windows)` is called as token shards are copied. Returns a summary
-    ({"dest", "windows", "videos", "objects", "bytes", "token_bytes_written"}).
+    ({"dest", "windows", "videos", "objects", "bytes", "token_bytes", "token_seconds",
+    "up_to_date"}; only "dest", "windows" and "up_to_date" when nothing was left to do).
     """
     handle = open_handle(source, storage_options)
     if PUBLISHED_ATTR in handle.attrs:
@@ -299,42 +273,18 @@ def publish(
         root_doc_path,
         _group_doc({PUBLISHING_ATTR: plan_digest}),
     )
-    group = zarr.open_group(_zarr_store(dest, dest_options), mode="r+", zarr_format=3)
-    with ThreadPoolExecutor(COPY_THREADS) as pool:  # each is a few round trips: overlap them
-        list(
-            pool.map(
-                lambda item: _write_small(
-                    group, item[0], *item[1], _source_attributes(handle, item[0])
-                ),
-                _small_arrays(ds).items(),
-            )
-        )
-    emb = ds.embedding
-    emb_arr = group.create_array(
-        "embedding",
-        shape=emb.shape,
-        dtype="float32",
-        chunks=(max(1, min(EMBEDDING_CHUNK, emb.shape[0])), emb.shape[1]),
-        compressors=[ZstdCodec(level=1), Crc32cCodec()],
-        dimension_names=ARRAY_DIMS["embedding"],
-        overwrite=True,
-        config={"write_empty_chunks": True},
-        attributes=_source_attributes(handle, "embedding"),
-    )
-    for lo in range(0, emb.shape[0], EMBEDDING_CHUNK):
-        hi = min(lo + EMBEDDING_CHUNK, emb.shape[0])  # read_windows: zarr directly, no dask
-        emb_arr[lo:hi] = read_windows(ds, np.arange(lo, hi), "embedding")
     fs_src, base_src = _fs(source, storage_options)
-    for name, plan in plans.items():
-        put_object(fs_dst, f"{base_dst}/{name}/zarr.json", json.dumps(plan["doc"]).encode())
-    started = time.perf_counter()
-    tokens_written = _write_token_shards(
-        handle, ds, plans, (fs_src, base_src), (fs_dst, base_dst), progress
-    )
-    token_seconds = time.perf_counter() - started
+    with ThreadPoolExecutor(1) as side:  # the other arrays are written while the shards copy
+        others = side.submit(_write_others, handle, ds, plans, fs_dst, base_dst)
+        started = time.perf_counter()
+        written = copy_token_shards(
+            handle, ds, plans, (fs_src, base_src), (fs_dst, base_dst), progress, COPY_THREADS
+        )
+        token_seconds = time.perf_counter() - started
+        metadata, more = others.result()
+    written.update(more)
+    _make_durable(fs_dst, base_dst, written)
 
-    names = sorted([*_small_arrays(ds), "embedding", *plans])
-    metadata = {name: json.loads(fs_dst.cat_file(f"{base_dst}/{name}/zarr.json")) for name in names}
     # every root attribute of the source (store.open shows some), then the Dataset's
     attrs = {**handle.attrs, **{k: v for k, v in ds.attrs.items() if k != "source"}}
     attrs["coordinates"] = " ".join([*WINDOW_COORDS_OUT, *(f"video_{c}" for c in VIDEO_COLUMNS)])
@@ -350,14 +300,14 @@ def publish(
     root["consolidated_metadata"] = {
         "kind": "inline",
         "must_understand": False,
-        "metadata": metadata,
+        "metadata": dict(sorted(metadata.items())),
     }
-    put_object(fs_dst, root_doc_path, json.dumps(root).encode())
+    put_object(fs_dst, root_doc_path, json.dumps(root).encode(), durable=True)
     manifest = write_manifest(
         fs_dst,
         base_dst,
         identity={k: attrs[k] for k in ("encoder", "preprocessing", "layout")},
-        known=tokens_written,
+        known=written,
         videos=_video_ranges(ds),
         windows_of=_windows_of(plans, ds),
     )
@@ -367,7 +317,9 @@ def publish(
         "videos": int((ds.video_status.values == "complete").sum()),
         "objects": len(manifest["objects"]),
         "bytes": sum(o["size"] for o in manifest["objects"]),
-        "token_bytes": sum(size for size, _ in tokens_written.values()),
+        "token_bytes": sum(
+            size for path, (size, _) in written.items() if path.split("/")[0] in plans
+        ),
         "token_seconds": token_seconds,
         "up_to_date": False,
     }

@@ -30,6 +30,11 @@ def is_url(path) -> bool:
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
+def is_local_fs(fs) -> bool:
+    """True for fsspec's local filesystem (where objects are files: temp, sync, rename)."""
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
 def protocol_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
 

@@ -1,10 +1,12 @@
 """Approximate nearest neighbours for archives of millions of windows: a FAISS IVF-Flat index.
 
-Built from a store's `embedding` block by block and saved beside the store (`STORE.ann/`, never
-inside the zarr hierarchy) with the store's identity, window count and a fingerprint of its
-videos, so that an index of another store (foreign) or of an older state of this one (stale)
-is refused. nprobe is chosen at build time as the smallest power of two whose recall@10 against
-exact search, on a sample of the store's own windows (each excluding itself), reaches the target.
+Built from a store's `embedding` block by block and saved beside a local store (`STORE.ann/`,
+never inside the zarr hierarchy) or, for any store and required for a remote one (http(s)://,
+s3://, which is never written to), in a local directory the user names; with the store's
+identity, window count and a fingerprint of its videos, so that an index of another store
+(foreign) or of an older state of this one (stale) is refused. nprobe is chosen at build time
+as the smallest power of two whose recall@10 against exact search, on a sample of the store's
+own windows (each excluding itself), reaches the target.
 """
 
 from __future__ import annotations
@@ -47,14 +49,20 @@ class AnnInfo:
     build_seconds: float
 
 
-def index_dir(store_path, var: str = "embedding") -> str:
-    """Where the index of a local store lives: beside it, `<store>.ann` (for `embedding`) or
-    `<store>.<var>.ann` (for another embedding, e.g. a video-text store's `video_embedding`)."""
+def index_dir(store_path, var: str = "embedding", index_path=None) -> str:
+    """Where a store's index lives: `index_path` (a local directory) when given, else beside a
+    local store, `<store>.ann` (for `embedding`) or `<store>.<var>.ann` (for another embedding,
+    e.g. a video-text store's `video_embedding`). A remote store needs `index_path`."""
+    if index_path is not None:
+        where = os.fspath(index_path).removeprefix("file://").rstrip("/")
+        if "://" in where:
+            raise AnnError(f"--index-dir {index_path}: the index is kept in a local directory")
+        return where
     path = os.fspath(store_path).removeprefix("file://").rstrip("/")
     if "://" in path:
         raise AnnError(
-            f"{store_path}: an approximate index is built beside a local store, not a URL "
-            "(copy the store locally, or search it exactly)"
+            f"{store_path} is remote and is never written to: give the approximate index a local "
+            "directory with --index-dir DIR (to build-index and to query --approx alike)"
         )
     return path + (".ann" if var == "embedding" else f".{var}.ann")
 
@@ -250,12 +258,14 @@ def build_index(
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
     var: str = "embedding",
+    index_path=None,
+    storage_options: dict | None = None,
 ) -> AnnInfo:
-    """Build the IVF-Flat index of a local store's `var` embeddings, measure its recall@10, save
-    it as `<store>.ann/` (see `index_dir`)."""
+    """Build the IVF-Flat index of a store's `var` embeddings, measure its recall@10, save it
+    in `index_path` or beside a local store (see `index_dir`)."""
     t0 = time.perf_counter()
-    out = index_dir(store_path, var)
-    ds = store.open(os.fspath(store_path))
+    out = index_dir(store_path, var, index_path)
+    ds = store.open(os.fspath(store_path), storage_options)
     if var not in ds or ds[var].ndim != 2:
         raise AnnError(f"{store_path} has no per-window embedding {var!r} to index")
     n, dim = ds[var].shape
@@ -310,12 +320,15 @@ def build_index(
     return info
 
 
-def load_index(store_path, ds=None, var: str = "embedding") -> AnnIndex:
-    """The saved index of a store's `var` embeddings, refused if it belongs to another store or an
-    older state of it."""
-    where = index_dir(store_path, var)
-    build = f"`ethoprism retrieve build-index {store_path}" + (
-        "`" if var == "embedding" else f" --embedding {var}`"
+def load_index(store_path, ds=None, var: str = "embedding", index_path=None) -> AnnIndex:
+    """The saved index of a store's `var` embeddings (in `index_path`, else beside the store),
+    refused if it belongs to another store or an older state of it."""
+    where = index_dir(store_path, var, index_path)
+    build = (
+        f"`ethoprism retrieve build-index {store_path}"
+        + ("" if var == "embedding" else f" --embedding {var}")
+        + ("" if index_path is None else f" --index-dir {index_path}")
+        + "`"
     )
     ds = store.open(os.fspath(store_path)) if ds is None else ds
     try:

@@ -194,14 +194,16 @@ def run_query(
     videos: list[str] | None = None,
     scheduler: str | None = None,
     approx: bool = False,
+    index_path: str | None = None,
     storage_options: dict | None = None,
 ) -> QueryResult:
     """`ethoprism retrieve query`: resolve moments / windows in `query_store` (default: the index
     store), or take a ready `query`, and search `index_store` exactly or with its saved ANN
-    index.
+    index (in `index_path`, else beside the store).
 
     A query window is not its own result, nor are the windows sharing frames with it (they are
     near copies of it), unless `include_overlapping`."""
+    approx = approx or index_path is not None
     if approx and scheduler:
         raise RetrievalError(
             "--approx searches the saved index in this process; --scheduler is for exact search"
@@ -221,7 +223,7 @@ def run_query(
         raise RetrievalError("nothing to search for: give --moment, --window or --clip")
     index = None
     if approx:
-        index = load_index(index_store, index_ds)
+        index = load_index(index_store, index_ds, index_path=index_path)
     excluded = (
         [np.zeros(0, np.int64)] * len(query.vectors)
         if include_overlapping

@@ -34,16 +34,19 @@ def run_text_query(
     videos: list[str] | None = None,
     scheduler: str | None = None,
     approx: bool = False,
+    index_path: str | None = None,
     storage_options: dict | None = None,
 ) -> QueryResult:
-    """`ethoprism retrieve query --text`: the k windows nearest each prompt."""
+    """`ethoprism retrieve query --text`: the k windows nearest each prompt (with `approx`, by
+    the saved index: in `index_path`, else beside the store)."""
     ds = store.open(index_store, storage_options)
     require_aligned(ds)
+    approx = approx or index_path is not None
     if approx and scheduler:
         raise TextSearchError(
             "--approx searches the saved index in this process; --scheduler is for exact search"
         )
-    index = load_index(index_store, ds, var=ALIGNED_VAR) if approx else None
+    index = load_index(index_store, ds, var=ALIGNED_VAR, index_path=index_path) if approx else None
     vectors = encode_prompts(
         ds, texts, template=template, checkpoint=checkpoint, tokenizer=tokenizer
     )

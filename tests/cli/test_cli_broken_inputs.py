@@ -80,6 +80,7 @@ CASES = {
             ("store info", ""),
             ("store validate", ""),
             ("retrieve query", "--moment v.mp4@0.1"),
+            ("retrieve build-index", "--index-dir {out}/i.ann"),
             ("probe train", "{labels} --out {out}/t"),
         ]
     },

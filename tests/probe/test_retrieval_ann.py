@@ -91,3 +91,33 @@ def test_foreign_index_is_refused(small_store, tmp_path):
         ann.load_index(
             tmp_path / "n.zarr", write_store(tmp_path / "n.zarr", {"/v/a.mp4": np.ones((2, 16))})
         )
+
+
+def test_index_of_an_http_store_lives_where_told_and_answers_as_locally(
+    small_store, tmp_path, nginx_server
+):
+    from typer.testing import CliRunner
+
+    from ethoprism.cli import app
+
+    path, _, _ = small_store  # its index was built beside it, s.zarr.ann
+    server = nginx_server(path.parent)
+    url = f"{server.url}/s.zarr"
+    run = CliRunner().invoke
+    refused = run(app, ["retrieve", "build-index", url, "--nlist", "16"])
+    assert refused.exit_code == 1 and "--index-dir" in refused.output, refused.output
+    where = tmp_path / "remote.ann"
+    built = run(app, ["retrieve", "build-index", url, "--nlist", "16", "--index-dir", str(where)])
+    assert built.exit_code == 0, built.output
+    assert (where / "meta.json").exists()
+    picks = ["--window", "5", "--window", "700", "--exclude-same-video", "-k", "5", "--json"]
+    local = run(app, ["retrieve", "query", str(path), "--approx", *picks])
+    remote = run(app, ["retrieve", "query", url, "--index-dir", str(where), *picks])
+    assert local.exit_code == 0 and remote.exit_code == 0, local.output + remote.output
+    assert remote.output == local.output and len(local.output) > 100
+    # the local store's index also serves the remote store (same identity and videos)
+    again = run(app, ["retrieve", "query", url, "--index-dir", f"{path}.ann", *picks])
+    assert again.output == local.output
+    unset = run(app, ["retrieve", "query", url, "--approx", *picks])
+    assert unset.exit_code == 1 and "--index-dir" in unset.output
+    assert {r["method"] for r in server.requests()} <= {"GET", "HEAD"}

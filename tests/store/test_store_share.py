@@ -492,3 +492,15 @@ def test_publish_refuses_a_damaged_source_window(stores, tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=r"part 'w1' tokens .* window 4 fails its crc32c"):
         publish(str(damaged), str(tmp_path / "pub.zarr"))
+
+
+def test_publish_refuses_a_truncated_source_shard(stores, tmp_path):
+    damaged = shutil.copytree(stores / "feat.zarr", tmp_path / "damaged.zarr")
+    shard = damaged / "parts/w0/tokens/c/1/0/0/0/0"  # part w0 windows 4-7
+    data = shard.read_bytes()
+    shard.write_bytes(data[:100] + data[-(16 * 4 + 4) :])  # index kept, windows cut
+    with pytest.raises(StoreError, match=r"part 'w0' tokens shard c/1/0/0/0/0: .*truncated"):
+        publish(str(damaged), str(tmp_path / "pub.zarr"))
+    shard.write_bytes(data[:10])  # not even its index
+    with pytest.raises(StoreError, match=r"part 'w0' tokens shard c/1/0/0/0/0: 10 bytes"):
+        publish(str(damaged), str(tmp_path / "pub2.zarr"))
