@@ -46,36 +46,26 @@ class TokenFormat:
 
 _TOKENS = ("window", "t", "h", "w", "c")
 
+
+def _float16(compressor, round7: bool, compression: float) -> TokenFormat:
+    """Tokens stored as one float16 array (rounded to 7 mantissa bits or exact)."""
+    return TokenFormat(
+        arrays={"tokens": ("float16", _TOKENS)},
+        compressor=compressor,
+        coded_on_device=True,
+        round7=round7,
+        compression=compression,
+        encode=lambda x: {"tokens": codecs.encode_float16(x, round7=round7)},
+        decode=lambda s: codecs.decode_float16(s["tokens"]),
+    )
+
+
 FORMATS = {
-    "float16-round7": TokenFormat(
-        arrays={"tokens": ("float16", _TOKENS)},
-        compressor=LZ4_BITSHUFFLE,
-        coded_on_device=True,
-        round7=True,
-        compression=0.815,
-        encode=lambda x: {"tokens": codecs.encode_float16(x, round7=True)},
-        decode=lambda s: codecs.decode_float16(s["tokens"]),
-    ),
-    "float16": TokenFormat(
-        arrays={"tokens": ("float16", _TOKENS)},
-        compressor=ZSTD,
-        coded_on_device=True,
-        round7=False,
-        compression=0.93,
-        encode=lambda x: {"tokens": codecs.encode_float16(x, round7=False)},
-        decode=lambda s: codecs.decode_float16(s["tokens"]),
-    ),
+    "float16-round7": _float16(LZ4_BITSHUFFLE, round7=True, compression=0.815),
+    "float16": _float16(ZSTD, round7=False, compression=0.93),
     # float16 not compressed: the host's cheapest layout (no compressor pass, ~4 ms less CPU per
     # base window than float16-round7 in `ethoprism bench host`) for 23% more disk
-    "float16-uncompressed": TokenFormat(
-        arrays={"tokens": ("float16", _TOKENS)},
-        compressor=None,
-        coded_on_device=True,
-        round7=False,
-        compression=1.0,
-        encode=lambda x: {"tokens": codecs.encode_float16(x, round7=False)},
-        decode=lambda s: codecs.decode_float16(s["tokens"]),
-    ),
+    "float16-uncompressed": _float16(None, round7=False, compression=1.0),
     "int8": TokenFormat(
         arrays={
             "tokens": ("int8", _TOKENS),
