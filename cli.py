@@ -1219,7 +1219,7 @@ app.add_typer(probe_app, name="probe")
 
 
 HeadDirArg = Annotated[
-    str, typer.Argument(help="A saved head directory (from `probe train`: OUT/heads/NAME).")
+    str, typer.Argument(help="A saved head directory (from `probe train`: OUT/NAME).")
 ]
 
 
@@ -1280,7 +1280,10 @@ def probe_train(
         ),
     ],
     out: Annotated[
-        str, typer.Option("--out", help="Output directory (heads/NAME/ and summary.json).")
+        str,
+        typer.Option(
+            "--out", help="Output directory: one folder per head (OUT/NAME) and summary.json."
+        ),
     ],
     label_column: LabelColumnOpt = LABEL_COLUMN,
     background: BackgroundOpt = BACKGROUND,

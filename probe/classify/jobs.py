@@ -99,10 +99,6 @@ LR_SWEEP = (5e-5, 3e-4, 1e-3, 3e-3)  # the paper's 5e-5 and larger steps for sma
 SWEEP_VAL_FRACTION = 0.2  # held out to choose the learning rate when none is given
 
 
-def _heads_dir(out: Path) -> Path:
-    return out if out.name == "heads" else out / "heads"
-
-
 def _choose_learning_rates(plan: list, result) -> tuple[list[int], dict[int, dict]]:
     """Per (shots, seed), the head with the lowest validation loss among the learning rates.
 
@@ -157,7 +153,7 @@ def train_probe(
     learning_rates None: each head is trained with every rate of LR_SWEEP (extra heads in the
     same pass) and the one with the lowest validation loss is kept; validation windows are then
     held out (val_fraction None: SWEEP_VAL_FRACTION, else 0). The split is `probe.split`'s.
-    Writes out/heads/<name>/{params.npz, head.json} and out/summary.json; returns the summary.
+    Writes out/<name>/{params.npz, head.json} and out/summary.json; returns the summary.
     """
     if head not in HEAD_KINDS:
         raise EthoprismError(f"unknown head {head!r}; choose one of {', '.join(HEAD_KINDS)}")
@@ -252,7 +248,6 @@ def train_probe(
             )
         ]
     out = Path(out)
-    heads_dir = _heads_dir(out)
     rows = []
     for j, i in enumerate(kept):
         name, k, seed, lr, subset = plan[i]
@@ -274,7 +269,7 @@ def train_probe(
             "history": result.history[i],
         }
         save_head(
-            heads_dir / name,
+            out / name,
             SavedHead(
                 name,
                 head_cfg,
@@ -300,7 +295,7 @@ def train_probe(
                 "seed": seed,
                 "learning_rate": lr,
                 "learning_rate_choice": lr_choice.get(i),
-                "dir": str(heads_dir / name),
+                "dir": str(out / name),
                 "best_epoch": result.best_epoch[i],
                 "test": tests[j],
             }
