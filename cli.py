@@ -1193,7 +1193,8 @@ def bench_retrieve(
             (
                 f"prompts encoded ({r['model']})",
                 f"{r['prompts_per_s']:.1f}/s ({r['prompts_per_cpu_s']:.1f} per CPU second; "
-                f"{r['gflop_per_position']:.2f} GFLOP per token position)",
+                f"{r['gflop_per_position']:.2f} GFLOP per token position); cached: "
+                f"{r['prompts_per_s_warm_cache']:.0f}/s",
             )
         )
     if lvt_tower:
