@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,12 +111,15 @@ def bench_probe(
     directory: str | None = None,
     num_classes: int = 8,
     repeats: int = 2,
+    stage: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Time one training epoch of 1 and `heads` MAP heads, from the store and from memory."""
+    """Time one training epoch of 1 and `heads` MAP heads, from the store and from memory;
+    `stage` hears what it is doing."""
     if directory is not None and not Path(directory).is_dir():
         raise EthoprismError(f"--directory {directory} is not a directory")
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-probe-") as tmp:
         path = Path(tmp) / "features.zarr"
+        stage(f"writing {windows} windows of tokens {shape}")
         _write_synthetic_store(path, windows, shape)
         ds = store.open(str(path))
         head = HeadConfig("map", num_classes=num_classes).for_width(shape[-1])
@@ -124,9 +128,11 @@ def bench_probe(
         in_memory = memory_source(_read_all(ds, windows, batch_size))
         times, first = {}, {}
         for n in (1, heads):
+            stage(f"compiling {n} MAP head(s)")
             _epoch_seconds(in_memory, batch_size, n, head, cfg)  # compile (one batch an epoch)
-            for _ in range(repeats):  # interleaved, best of each: the machine is shared and noisy
+            for r in range(repeats):  # interleaved, best of each: the machine is shared and noisy
                 for name, src in (("memory", in_memory), ("store", from_store)):
+                    stage(f"{n} MAP head(s): 2 epochs from {name}, round {r + 1} of {repeats}")
                     t_first, t = _epoch_seconds(src, windows, n, head, cfg)
                     times[(name, n)] = min(t, times.get((name, n), np.inf))
                     first[(name, n)] = min(t_first, first.get((name, n), np.inf))
