@@ -29,6 +29,7 @@ from ethoprism.probe.classify.heads import HeadConfig
 from ethoprism.probe.classify.train import (
     HeadSpec,
     TrainConfig,
+    return_freed_buffers,
     store_source,
     train_heads,
 )
@@ -116,6 +117,7 @@ def bench_probe(
     `stage` hears what it is doing."""
     if directory is not None and not Path(directory).is_dir():
         raise EthoprismError(f"--directory {directory} is not a directory")
+    return_freed_buffers()  # before the store is written and read: those buffers come back too
     with tempfile.TemporaryDirectory(dir=directory, prefix="ethoprism-bench-probe-") as tmp:
         path = Path(tmp) / "features.zarr"
         stage(f"writing {windows} windows of tokens {shape}")

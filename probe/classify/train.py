@@ -93,22 +93,24 @@ def memory_source(array: np.ndarray) -> Source:
 
 
 def prefetch(source: Source, batches: list[np.ndarray], depth: int) -> Iterator[np.ndarray]:
-    """Read minibatches in a background thread, at most `depth` ahead of the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    """Read minibatches in a background thread, at most `depth` ahead of the consumer.
+
+    A read starts only when one of `depth` slots is free (a slot frees when the consumer takes a
+    batch), so at most `depth` batches exist beyond the consumer's, counting the one being read.
+    """
+    q: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(max(depth, 1))
     stop = threading.Event()
 
     def worker():
         try:
             for b in batches:
-                item = source(b)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
+                q.put(source(b))
             q.put(StopIteration)
         except BaseException as e:  # noqa: BLE001  handed to the consumer
             q.put(e)
@@ -119,6 +121,7 @@ def prefetch(source: Source, batches: list[np.ndarray], depth: int) -> Iterator[
         while (item := q.get()) is not StopIteration:
             if isinstance(item, BaseException):
                 raise item
+            slots.release()
             yield item
     finally:
         stop.set()
@@ -244,7 +247,7 @@ def train_heads(
     """
     pool = np.asarray(pool, np.int64)
     n_heads = len(specs)
-    _return_freed_buffers()
+    return_freed_buffers()
     many_step, many_eval, init = _compiled(
         head, cfg.multi_label, cfg.warmup_fraction, cfg.weight_decay
     )
@@ -337,7 +340,7 @@ def train_heads(
     return TrainResult(best, history, best_epoch, epochs_run)
 
 
-def _return_freed_buffers() -> None:
+def return_freed_buffers() -> None:
     """Have glibc give every freed buffer of 4 MiB or more back to the system at once.
 
     By default its threshold for that adapts upwards to the largest buffer freed so far (up to
