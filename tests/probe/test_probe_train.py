@@ -1,6 +1,8 @@
 """probe.train: many heads at once equal heads alone; a planted signal is learned, shuffled labels
 are not."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -135,6 +137,8 @@ def test_prefetch_bounds_and_errors():
 
     it = prefetch(source, [np.array([i]) for i in range(6)], depth=1)
     assert int(next(it)[0]) == 0
+    time.sleep(0.5)  # time for the reader to run ahead, if it would
+    assert reads in ([0], [0, 1])  # depth 1: one read beyond the consumer's batch, no more
     with pytest.raises(OSError, match="window 3"):
         list(it)
 
