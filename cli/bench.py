@@ -346,7 +346,8 @@ def bench_retrieve(
             (
                 f"prompts encoded ({r['model']})",
                 f"{r['prompts_per_s']:.1f}/s ({r['prompts_per_cpu_s']:.1f} per CPU second; "
-                f"{r['gflop_per_position']:.2f} GFLOP per token position)",
+                f"{r['gflop_per_position']:.2f} GFLOP per token position); cached: "
+                f"{r['prompts_per_s_warm_cache']:.0f}/s",
             )
         )
     if lvt_tower:
@@ -380,15 +381,14 @@ def bench_probe(
     (target <= 1.3), training windows/s at the base token shape."""
     from ethoprism.probe.classify.bench import bench_probe as run_bench
 
-    with err_console.status(
-        f"bench probe: writing {windows} windows, then epochs of 1 and {heads} MAP heads"
-    ):
+    with err_console.status("bench probe") as status:
         r = run_bench(
             windows=windows,
             heads=heads,
             batch_size=batch_size,
             shape=(16, 4, 4, 96) if small else (16, 16, 16, 768),
             directory=directory,
+            stage=lambda what: status.update(f"bench probe: {what}"),
         )
     if as_json:
         print_json(r)

@@ -30,7 +30,7 @@ app = typer.Typer(
 
 
 HeadDirArg = Annotated[
-    str, typer.Argument(help="A saved head directory (from `probe train`: OUT/heads/NAME).")
+    str, typer.Argument(help="A saved head directory (from `probe train`: OUT/NAME).")
 ]
 
 
@@ -110,7 +110,10 @@ def probe_train(
         ),
     ],
     out: Annotated[
-        str, typer.Option("--out", help="Output directory (heads/NAME/ and summary.json).")
+        str,
+        typer.Option(
+            "--out", help="Output directory: one folder per head (OUT/NAME) and summary.json."
+        ),
     ],
     label_column: LabelColumnOpt = LABEL_COLUMN,
     background: BackgroundOpt = BACKGROUND,

@@ -23,6 +23,7 @@ import numpy as np
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.encoder import EncoderConfig, check_dtype
 from ethoprism.extract.lvt import LVT_CONFIGS, PROMPT_TEMPLATE, TEXT_MAX_LEN, LvtConfig, VideoText
+from ethoprism.extract.textcache import TextCache, default_root, encode_cached
 from ethoprism.extract.tokenizer import Tokenizer, load_tokenizer
 from ethoprism.extract.weights import (
     RANDOM,
@@ -186,16 +187,6 @@ def load_video_text(
     return VideoTextEncoder(config, params, dtype, sha)
 
 
-def load_text_side(
-    name: str,
-    checkpoint: str | os.PathLike | None = None,
-    tokenizer: str | os.PathLike | None = None,
-) -> tuple[VideoTextEncoder, Tokenizer]:
-    """The model and its tokenizer, for encoding queries."""
-    model = load_video_text(name, checkpoint)
-    return model, load_tokenizer(tokenizer, model.lvt.tokenizer_url)
-
-
 def encode_prompts_for(
     identity: dict,
     texts: list[str],
@@ -203,14 +194,43 @@ def encode_prompts_for(
     template: str = PROMPT_TEMPLATE,
     checkpoint: str | os.PathLike | None = None,
     tokenizer: str | os.PathLike | None = None,
+    cache: bool = True,
 ) -> np.ndarray:
     """(n, D) text embeddings of `texts` (wrapped in `template`) in the space of a store made with
-    the encoder `identity`; weights other than the store's are refused."""
-    model, tok = load_text_side(identity["name"], checkpoint, tokenizer)
-    if model.checkpoint_sha256 != identity.get("checkpoint_sha256"):
+    the encoder `identity`; weights other than the store's are refused.
+
+    Prompts encoded before with the store's checkpoint and this tokenizer come from the text
+    cache (`extract.textcache`); when every prompt does, no weights are read at all.
+    """
+    config = get_lvt_config(identity["name"])
+    store_sha = str(identity.get("checkpoint_sha256"))
+    if checkpoint is not None:  # a checkpoint named is checked even when no prompt needs it
+        _same_weights(_checkpoint_sha256(checkpoint), store_sha)
+    tok = load_tokenizer(tokenizer, config.tokenizer_url)
+    text_cache = (
+        TextCache(default_root(), config.name, store_sha, file_sha256(tok.path)) if cache else None
+    )
+
+    def encode(missing: list[str]) -> np.ndarray:
+        model = load_video_text(config.name, checkpoint)
+        _same_weights(model.checkpoint_sha256, store_sha)
+        return model.encode_texts(missing, tok)
+
+    return encode_cached(text_cache, prompts(texts, template), config.vision.model_dim, encode)
+
+
+def _checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
+    if isinstance(checkpoint, str) and checkpoint == RANDOM:
+        return RANDOM_SHA256
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return file_sha256(path)
+
+
+def _same_weights(given: str, store_sha: str) -> None:
+    if given != store_sha:
         raise CheckpointError(
-            f"the checkpoint given (sha256 {model.checkpoint_sha256[:12]}) is not the one the "
-            f"store was extracted with (sha256 {str(identity.get('checkpoint_sha256'))[:12]}); "
-            "pass that checkpoint with --checkpoint"
+            f"the checkpoint given (sha256 {given[:12]}) is not the one the store was extracted "
+            f"with (sha256 {store_sha[:12]}); pass that checkpoint with --checkpoint"
         )
-    return model.encode_texts(prompts(texts, template), tok)

@@ -47,6 +47,13 @@ def check_out(out: str | os.PathLike) -> Path:
     return out
 
 
+def extract_stage(videos: list[str], store_path: str, cfg: RunConfig, reporter=None):
+    """Extract (or resume) `videos` into the store; returns the run's result and the number of
+    windows the store holds after it, earlier runs' included (a rerun encodes none)."""
+    extraction = run_extract(videos, store_path, cfg, reporter=reporter)
+    return extraction, store.open(store_path).sizes["window"]
+
+
 def run_demo(
     out: str | os.PathLike,
     reporter=None,
@@ -67,7 +74,7 @@ def run_demo(
     )
     store_path = str(out / "features.zarr")
     stage(f"extracting {len(VIDEOS)} videos with {choice.model} into {store_path}")
-    extraction = run_extract([str(v) for v in VIDEOS], store_path, cfg, reporter=reporter)
+    extraction, store_windows = extract_stage([str(v) for v in VIDEOS], store_path, cfg, reporter)
     if hasattr(reporter, "stop"):
         reporter.stop()  # one live display at a time: training's comes next
     # Defaults throughout, as a user's first `probe train` would run: the learning rate is chosen
@@ -90,7 +97,7 @@ def run_demo(
     return {
         "encoder": choice.__dict__,
         "store": store_path,
-        "store_windows": store.open(store_path).sizes["window"],  # this run's and earlier ones'
+        "store_windows": store_windows,
         "extraction": extraction.to_dict(),
         "head": head_dir,
         "learning_rate": training["heads"][0]["learning_rate_choice"],

@@ -65,10 +65,11 @@ def gather(read_run, runs: list[np.ndarray], order: np.ndarray, layout: Layout, 
     `order` gives the asked position of each."""
     got = list(read_pool().map(read_run, runs))
     stacked = {}
-    for name in got[0]:
-        values = np.concatenate([g[name] for g in got])
-        stacked[name] = np.empty_like(values)
-        stacked[name][order] = values
+    for name in got[0]:  # each piece copied once, straight to its place (a batch is ~200 MB)
+        first = got[0][name]
+        stacked[name] = np.empty((len(order), *first.shape[1:]), first.dtype)
+        for run, g in zip(runs, got, strict=True):
+            stacked[name][order[run]] = g[name]
     return stacked["embedding"] if var == "embedding" else layout.decode(stacked)
 
 

@@ -72,6 +72,19 @@ def keep_freed_memory() -> None:
         mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
+def return_freed_buffers() -> None:
+    """Have glibc give every freed buffer of 4 MiB or more back to the system at once: the
+    opposite trade, for training heads. glibc's threshold for that adapts upwards to the
+    largest buffer freed so far (up to 32 MiB), so the 4-32 MiB buffers of minibatch reads,
+    parameters and XLA's temporaries, made by several threads, stay in per-thread heaps where
+    later, larger buffers cannot use them: `bench probe` peaked ~1 GB higher for it. Opt-in like
+    `keep_freed_memory`: a probe training run and its bench ask for it.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None and platform.libc_ver()[0] == "glibc":
+        mallopt(_M_MMAP_THRESHOLD, 4 << 20)
+
+
 def windows_per_shard(token_shape, layout: Layout) -> int:
     window_bytes = layout.window_bytes(token_shape)
     return int(min(MAX_WINDOWS_PER_SHARD, max(1, SHARD_TARGET_BYTES // window_bytes)))

@@ -54,6 +54,7 @@ from ethoprism.probe.split import choose_split
 from ethoprism.store import geometry
 from ethoprism.store.cache import split_cache
 from ethoprism.store.provenance import weights_warning
+from ethoprism.store.stream import return_freed_buffers
 
 
 def _open(source: str | xr.Dataset, storage_options: dict | None = None) -> xr.Dataset:
@@ -97,10 +98,6 @@ def _aggregate(rows: list[dict]) -> list[dict]:
 
 LR_SWEEP = (5e-5, 3e-4, 1e-3, 3e-3)  # the paper's 5e-5 and larger steps for small label sets
 SWEEP_VAL_FRACTION = 0.2  # held out to choose the learning rate when none is given
-
-
-def _heads_dir(out: Path) -> Path:
-    return out if out.name == "heads" else out / "heads"
 
 
 def _choose_learning_rates(plan: list, result) -> tuple[list[int], dict[int, dict]]:
@@ -157,10 +154,11 @@ def train_probe(
     learning_rates None: each head is trained with every rate of LR_SWEEP (extra heads in the
     same pass) and the one with the lowest validation loss is kept; validation windows are then
     held out (val_fraction None: SWEEP_VAL_FRACTION, else 0). The split is `probe.split`'s.
-    Writes out/heads/<name>/{params.npz, head.json} and out/summary.json; returns the summary.
+    Writes out/<name>/{params.npz, head.json} and out/summary.json; returns the summary.
     """
     if head not in HEAD_KINDS:
         raise EthoprismError(f"unknown head {head!r}; choose one of {', '.join(HEAD_KINDS)}")
+    return_freed_buffers()
     sweep = learning_rates is None
     lrs = LR_SWEEP if sweep else tuple(learning_rates)
     val_fraction = _val_fraction(val_fraction, sweep, split)
@@ -229,9 +227,7 @@ def train_probe(
         "test_frames": chosen_split.test_frames,
         "align": align,
     }
-    rows = _save_heads(
-        _heads_dir(out), common, split_record, plan, kept, kept_params, result, lr_choice, tests
-    )
+    rows = _save_heads(out, common, split_record, plan, kept, kept_params, result, lr_choice, tests)
     summary = {
         "store": str(store_source_) if not isinstance(store_source_, xr.Dataset) else None,
         "labels": str(labels),

@@ -262,3 +262,16 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
     n_short = store.open(str(tmp_path / "short.zarr")).sizes["window"]
     assert n_long > 8 * n_short  # the long run really did ~10x the work
     assert long <= 1.2 * short, (long / 2**20, short / 2**20)
+
+
+def test_demo_reports_the_stores_windows_on_a_rerun(tmp_path):
+    from ethoprism.pipeline.demo import extract_stage
+
+    path = str(tmp_path / "demo.zarr")
+    first, windows = extract_stage([HORSE], path, CFG)
+    assert first.windows == windows > 0
+    again, windows_again = extract_stage([HORSE], path, CFG)
+    assert again.windows == 0  # nothing new to encode on the rerun...
+    assert (
+        windows_again == windows == store.open(path).sizes["window"]
+    )  # ...the store still holds them

@@ -42,6 +42,7 @@ def test_train_predict_eval_commands(real_store, tmp_path):  # noqa: F811
     summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert [h["name"] for h in summary["heads"]] == ["linear_shots5_seed0", "linear_shots5_seed1"]
     head = summary["heads"][0]["dir"]
+    assert head == str(tmp_path / "run" / "linear_shots5_seed0")  # --out DIR: heads at DIR/NAME
     r = runner.invoke(
         app, ["probe", "predict", path, head, "--out", str(tmp_path / "pred"), "--video", "v1.mp4"]
     )

@@ -19,12 +19,13 @@ runner = CliRunner()
 
 def test_titles_marks_and_paths(real_store, tmp_path):  # noqa: F811
     path, labels = real_store
-    out = tmp_path / "heads"  # a folder named like the one train makes: not doubled
+    out = tmp_path / "runs"  # --out is the folder written into, whatever its name: OUT/NAME
     summary = jobs.train_probe(
         path, labels, out, head="linear", learning_rates=(3e-2,), epochs=2, test_fraction=0
     )
     head = summary["heads"][0]
     assert Path(head["dir"]) == out / "linear_seed0" and (out / "linear_seed0/head.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["linear_seed0", "summary.json"]
     assert summary["weights"] == NOT_A_RESULT  # the fixture's encoder has random weights
     m = jobs.evaluate_head(path, head["dir"], labels, tmp_path / "ev")
     assert m["evaluated_on"] == scoring.TRAINING and m["weights"] == NOT_A_RESULT

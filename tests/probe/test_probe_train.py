@@ -1,6 +1,8 @@
 """probe.train: many heads at once equal heads alone; a planted signal is learned, shuffled labels
 are not."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -135,6 +137,8 @@ def test_prefetch_bounds_and_errors():
 
     it = prefetch(source, [np.array([i]) for i in range(6)], depth=1)
     assert int(next(it)[0]) == 0
+    time.sleep(0.5)  # time for the reader to run ahead, if it would
+    assert reads in ([0], [0, 1])  # depth 1: one read beyond the consumer's batch, no more
     with pytest.raises(OSError, match="window 3"):
         list(it)
 
@@ -158,6 +162,7 @@ def test_class_balanced_weights_are_inverse_frequency_within_the_head_subset():
 def test_bench_probe_runs_small(tmp_path):
     from ethoprism.probe.classify.bench import bench_probe
 
+    stages = []
     r = bench_probe(
         windows=16,
         heads=3,
@@ -166,7 +171,9 @@ def test_bench_probe_runs_small(tmp_path):
         directory=str(tmp_path),
         num_classes=3,
         repeats=1,
+        stage=stages.append,
     )
+    assert stages[0].startswith("writing 16 windows") and len(stages) == 7  # progress shown
     assert set(r["epoch_seconds"]) == {"store_1", "memory_1", "store_3", "memory_3"}
     assert all(t > 0 for t in r["epoch_seconds"].values())
     assert r["many_vs_one"] > 0 and r["many_vs_one_first_epoch"] > 0 and r["store_vs_memory"] > 0

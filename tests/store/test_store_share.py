@@ -381,7 +381,7 @@ def test_remote_store_and_published_head_give_the_local_numbers(stores, tmp_path
     )
     assert here["heads"][0]["test"] == there["heads"][0]["test"]
     assert here["heads"][0]["test"]  # metrics on the held-out video
-    head_dir = tmp_path / "l" / "heads" / here["heads"][0]["name"]
+    head_dir = tmp_path / "l" / here["heads"][0]["name"]
     published = tmp_path / "served-heads" / "walk"
     result = CliRunner().invoke(app, ["probe", "publish", str(head_dir), str(published), "--json"])
     assert result.exit_code == 0, result.output
