@@ -504,3 +504,27 @@ def test_publish_refuses_a_truncated_source_shard(stores, tmp_path):
     shard.write_bytes(data[:10])  # not even its index
     with pytest.raises(StoreError, match=r"part 'w0' tokens shard c/1/0/0/0/0: 10 bytes"):
         publish(str(damaged), str(tmp_path / "pub2.zarr"))
+
+
+def test_publish_copies_a_shard_whose_windows_are_out_of_order_with_gaps(stores, tmp_path):
+    # zarr's format lets a shard hold its chunks anywhere: publish reads back-to-back windows
+    # as one block, so a shard stored in reverse with gaps must still publish the same windows.
+    import google_crc32c
+
+    moved = shutil.copytree(stores / "feat.zarr", tmp_path / "moved.zarr")
+    shard = moved / "parts/w0/tokens/c/1/0/0/0/0"  # part w0 windows 4-7
+    data = shard.read_bytes()
+    per = 4
+    index = np.frombuffer(data[-(16 * per + 4) : -4], "<u8").reshape(per, 2)
+    body, rows = b"gap", np.zeros((per, 2), "<u8")
+    for i in reversed(range(per)):
+        off, n = index[i]
+        rows[i] = len(body), n
+        body += data[off : off + n] + b"gapgap"
+    rows_bytes = rows.tobytes()
+    shard.write_bytes(body + rows_bytes + google_crc32c.value(rows_bytes).to_bytes(4, "little"))
+    before = store.open(str(stores / "feat.zarr")).tokens.values
+    assert np.array_equal(store.open(str(moved)).tokens.values, before)  # still a valid shard
+    publish(str(moved), str(tmp_path / "pub.zarr"))
+    assert np.array_equal(store.open(str(tmp_path / "pub.zarr")).tokens.values, before)
+    assert verify(str(tmp_path / "pub.zarr"))["ok"]
