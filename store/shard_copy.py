@@ -33,10 +33,18 @@ import numpy as np
 from ethoprism.store.manifest import put_object
 from ethoprism.store.remote import is_local_fs
 from ethoprism.store.schema import PARTS, StoreError
-from ethoprism.store.shards import ALIGN, EMPTY, aligned_empty, open_new, shard_index, write_all
+from ethoprism.store.shards import (
+    ALIGN,
+    EMPTY,
+    aligned_empty,
+    open_new,
+    shard_index_of_sizes,
+    write_all,
+)
 
 INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: (offset, nbytes) as <u8
 BLOCK = 1 << 20  # bytes read at a time (whole windows): checked and hashed while in the cache
+STAGE = 2 << 20  # bytes of a shard staged before they are written (whole ALIGN blocks)
 
 
 def _crc_ok(chunk) -> bool:
@@ -121,32 +129,62 @@ _buffers = threading.local()
 
 
 def _buffer(nbytes: int) -> np.ndarray:
-    """This thread's aligned assembly buffer, at least `nbytes` rounded up to whole ALIGN
-    blocks (kept between shards: a fresh one costs a page fault per 4 KB)."""
-    need = -(-nbytes // ALIGN) * ALIGN
+    """This thread's aligned staging buffer, at least `nbytes` (kept between shards: fresh
+    memory costs a page fault per 4 KB, as much CPU as reading the bytes)."""
     buf = getattr(_buffers, "buf", None)
-    if buf is None or buf.size < need:
-        buf = _buffers.buf = aligned_empty(need)
+    if buf is None or buf.size < nbytes:
+        buf = _buffers.buf = aligned_empty(-(-nbytes // ALIGN) * ALIGN)
     return buf
 
 
-def _write_local(path: str, buf: np.ndarray, size: int) -> None:
-    """The first `size` bytes of the aligned `buf` as the file `path`, on the disk before it is
-    renamed into place (its directory is synced with the others, once, by publish)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
-    try:
-        fd, direct = open_new(tmp, True)
-        try:
-            write_all(fd, buf[: -(-size // ALIGN) * ALIGN] if direct else buf[:size], direct)
-            os.ftruncate(fd, size)  # drop the padding O_DIRECT wrote past the index
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
+class _LocalFile:
+    """A new file written from an aligned buffer (O_DIRECT where the filesystem allows it: no
+    copy into the page cache, and the sync after it has little left to do), synced before it
+    is renamed into place (its directory is synced with the others, once, by publish)."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.path = path
+        self.tmp = os.path.join(
+            os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}"
+        )
+        self.fd, self.direct = open_new(self.tmp, True)
+
+    def write(self, view: np.ndarray) -> None:
+        """Whole ALIGN blocks, from an aligned address."""
+        self.direct = write_all(self.fd, view, self.direct)
+
+    def finish(self, buf: np.ndarray, staged: int, size: int) -> None:
+        """Write the last `staged` bytes (at the start of `buf`), making the file `size` long."""
+        padded = -(-staged // ALIGN) * ALIGN if self.direct else staged
+        self.write(buf[:padded])
+        os.ftruncate(self.fd, size)  # drop the padding O_DIRECT wrote past the index
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(self.tmp)
+
+
+class _RemoteObject:
+    """An object elsewhere, collected and written with one PUT at the end."""
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path, self.pieces = fs, path, []
+
+    def write(self, view: np.ndarray) -> None:
+        self.pieces.append(view.tobytes())
+
+    def finish(self, buf: np.ndarray, staged: int, size: int) -> None:
+        put_object(self.fs, self.path, [*self.pieces, buf[:staged].tobytes()])
+
+    def close(self) -> None:
+        self.pieces = []
 
 
 def copy_shard(
@@ -162,34 +200,44 @@ def copy_shard(
     rename), but the windows are still read, checked and hashed: the manifest vouches for the
     source's bytes, and verify compares what is there to them."""
     rows = [source.rows(local) for source, local, _ in sources]
-    size = sum(int(r[:, 1].sum()) for r in rows) + INDEX_ENTRY * per_shard + 4
+    index_size = INDEX_ENTRY * per_shard + 4
+    size = sum(int(r[:, 1].sum()) for r in rows) + index_size
     try:
         exists = fs.size(path) == size
     except FileNotFoundError:
         exists = False
-    buf = _buffer(size)
-    digest, pos, windows = hashlib.sha256(), 0, []
-    for (source, _, where), r in zip(sources, rows, strict=True):
-        with source.reader() as read:
-            for i, j in _blocks(r):
-                lo = r[i, 0]
-                block = buf[pos : pos + r[j - 1, 0] + r[j - 1, 1] - lo]
-                read(block, int(lo))
-                for k in range(i, j):
-                    window = block[r[k, 0] - lo : r[k, 0] - lo + r[k, 1]]
-                    if not _crc_ok(window):
-                        raise StoreError(f"{where(k)} fails its crc32c (damaged source)")
-                    windows.append((window,))
-                digest.update(block)
-                pos += block.size
-    index = shard_index(windows, per_shard)
-    buf[pos : pos + len(index)] = np.frombuffer(index, np.uint8)
-    digest.update(index)
-    if not exists:
-        if is_local_fs(fs):
-            _write_local(path, buf, size)
-        else:
-            put_object(fs, path, [buf[:size]])
+    largest = max([BLOCK, index_size] + [int(r[:, 1].max()) for r in rows if len(r)])
+    buf = _buffer(STAGE + largest + ALIGN)
+    out = None if exists else _LocalFile(path) if is_local_fs(fs) else _RemoteObject(fs, path)
+    digest, staged, sizes = hashlib.sha256(), 0, []
+    try:
+        for (source, _, where), r in zip(sources, rows, strict=True):
+            with source.reader() as read:
+                for i, j in _blocks(r):
+                    lo = r[i, 0]
+                    block = buf[staged : staged + r[j - 1, 0] + r[j - 1, 1] - lo]
+                    read(block, int(lo))
+                    for k in range(i, j):
+                        if not _crc_ok(block[r[k, 0] - lo : r[k, 0] - lo + r[k, 1]]):
+                            raise StoreError(f"{where(k)} fails its crc32c (damaged source)")
+                    digest.update(block)
+                    sizes += r[i:j, 1].tolist()
+                    staged += block.size
+                    if out is None:
+                        staged = 0
+                    elif staged >= STAGE:  # whole blocks out, the rest (< ALIGN) carried over
+                        whole = staged // ALIGN * ALIGN
+                        out.write(buf[:whole])
+                        buf[: staged - whole] = buf[whole:staged]
+                        staged -= whole
+        index = np.frombuffer(shard_index_of_sizes(sizes, per_shard), np.uint8)
+        buf[staged : staged + index.size] = index
+        digest.update(index)
+        if out is not None:
+            out.finish(buf, staged + index.size, size)
+    finally:
+        if out is not None:
+            out.close()
     return size, digest.hexdigest()
 
 

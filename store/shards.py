@@ -100,10 +100,15 @@ def chunk_encoder(metadata: dict) -> Callable[[np.ndarray], Chunk]:
 def shard_index(chunks: list[Chunk], chunks_per_shard: int) -> bytes:
     """The index (and its crc32c) of a shard file holding `chunks` back to back from offset 0,
     as its first windows; the shard's other chunks are absent."""
+    return shard_index_of_sizes([sum(len(b) for b in chunk) for chunk in chunks], chunks_per_shard)
+
+
+def shard_index_of_sizes(sizes: list[int], chunks_per_shard: int) -> bytes:
+    """shard_index, given the chunks' sizes in bytes."""
     index = np.full((chunks_per_shard, 2), EMPTY, dtype="<u8")
-    sizes = np.array([sum(len(b) for b in chunk) for chunk in chunks], dtype="<u8")
-    index[: len(chunks), 0] = np.cumsum(sizes) - sizes
-    index[: len(chunks), 1] = sizes
+    sizes = np.asarray(sizes, dtype="<u8")
+    index[: len(sizes), 0] = np.cumsum(sizes) - sizes
+    index[: len(sizes), 1] = sizes
     index_bytes = index.tobytes()
     return index_bytes + _crc32c(index_bytes)
 
