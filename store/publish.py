@@ -191,11 +191,11 @@ def _embedding(handle, ds: xr.Dataset) -> Iterator[dict[str, bytes]]:
         yield _taken(objects)
 
 
-def _write_others(handle, ds, plans, fs, base: str) -> tuple[dict, dict]:
-    """Every published object but the token shards, written under `base` (in threads: on S3
-    each is a round trip); (the arrays' metadata documents by name, {path: (size, sha256)})."""
+def _write_others(batches: Iterator[dict[str, bytes]], fs, base: str) -> tuple[dict, dict]:
+    """Every published object but the token shards (`batches` of {path: encoded object}),
+    written under `base` (in threads: on S3 each is a round trip); (the arrays' metadata
+    documents by name, {path: (size, sha256)})."""
     metadata, written = {}, {}
-
     local = is_local_fs(fs)
 
     def put(item):
@@ -206,7 +206,7 @@ def _write_others(handle, ds, plans, fs, base: str) -> tuple[dict, dict]:
         return path, (len(data), hashlib.sha256(data).hexdigest())
 
     with ThreadPoolExecutor(COPY_THREADS) as pool:
-        for objects in itertools.chain([_small_objects(handle, ds, plans)], _embedding(handle, ds)):
+        for objects in batches:
             for key, data in objects.items():
                 if key.endswith("/zarr.json"):
                     metadata[key.removesuffix("/zarr.json")] = json.loads(data)
@@ -283,8 +283,13 @@ def publish(
         _group_doc({PUBLISHING_ATTR: plan_digest}),
     )
     fs_src, base_src = _fs(source, storage_options)
-    with ThreadPoolExecutor(1) as side:  # the other arrays are written while the shards copy
-        others = side.submit(_write_others, handle, ds, plans, fs_dst, base_dst)
+    # The other arrays are written while the shards copy, but encoded (the first embedding batch
+    # too) before: zarr's encoding takes the GIL often, and next to the copy's threads it
+    # finished only after them (measured: 0.03-0.05 s added to the 0.2 s of a 200 MB publish).
+    embedding = _embedding(handle, ds)
+    first = [_small_objects(handle, ds, plans), next(embedding)]  # (at least one window)
+    with ThreadPoolExecutor(1) as side:
+        others = side.submit(_write_others, itertools.chain(first, embedding), fs_dst, base_dst)
         started = time.perf_counter()
         written = copy_token_shards(
             handle, ds, plans, (fs_src, base_src), (fs_dst, base_dst), progress, COPY_THREADS
