@@ -70,7 +70,7 @@ EMBEDDING_BATCH = 16 * EMBEDDING_CHUNK  # windows encoded in memory at a time
 # shards copied at a time, each holding a buffer of its shard: a thread waits on the disk for
 # part of each shard (O_DIRECT writes and fsync are synchronous), so more threads than cores
 # keep the cores hashing (measured on 2 busy cores: 8 threads 0.29-0.32 s per 208 MB, 2 or 4
-# threads 0.35-0.41 s)
+# threads 0.35-0.41 s; at load 3, 0.21-0.25 s whatever the count)
 COPY_THREADS = min(16, 4 * (os.cpu_count() or 1))
 
 
