@@ -67,7 +67,7 @@ WINDOW_COORDS_OUT = (
 SMALL_CHUNK = 4096  # windows (or videos) per chunk of a coordinate
 EMBEDDING_CHUNK = 1024
 EMBEDDING_BATCH = 16 * EMBEDDING_CHUNK  # windows encoded in memory at a time
-# shards copied at a time, each holding a buffer of its shard: a thread waits on the disk for
+# shards copied at a time, each through a staging buffer of a few MB: a thread waits on the disk for
 # part of each shard (O_DIRECT writes and fsync are synchronous), so more threads than cores
 # keep the cores hashing (measured on 2 busy cores: 8 threads 0.29-0.32 s per 208 MB, 2 or 4
 # threads 0.35-0.41 s; at load 3, 0.21-0.25 s whatever the count)
