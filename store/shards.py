@@ -100,12 +100,59 @@ def chunk_encoder(metadata: dict) -> Callable[[np.ndarray], Chunk]:
 def shard_index(chunks: list[Chunk], chunks_per_shard: int) -> bytes:
     """The index (and its crc32c) of a shard file holding `chunks` back to back from offset 0,
     as its first windows; the shard's other chunks are absent."""
+    return shard_index_of_sizes([sum(len(b) for b in chunk) for chunk in chunks], chunks_per_shard)
+
+
+def shard_index_of_sizes(sizes: list[int], chunks_per_shard: int) -> bytes:
+    """shard_index, given the chunks' sizes in bytes."""
     index = np.full((chunks_per_shard, 2), EMPTY, dtype="<u8")
-    sizes = np.array([sum(len(b) for b in chunk) for chunk in chunks], dtype="<u8")
-    index[: len(chunks), 0] = np.cumsum(sizes) - sizes
-    index[: len(chunks), 1] = sizes
+    sizes = np.asarray(sizes, dtype="<u8")
+    index[: len(sizes), 0] = np.cumsum(sizes) - sizes
+    index[: len(sizes), 1] = sizes
     index_bytes = index.tobytes()
     return index_bytes + _crc32c(index_bytes)
+
+
+ALIGN = 4096  # covers the logical block sizes O_DIRECT asks for on common disks
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialised uint8 buffer of `nbytes` starting at an ALIGN-aligned address (what
+    O_DIRECT writes from)."""
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip : skip + nbytes]
+
+
+def open_new(path: Path | str, direct: bool) -> tuple[int, bool]:
+    """Create (truncate) `path` for writing, with O_DIRECT if `direct` and the filesystem
+    allows it; (fd, whether O_DIRECT is on)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if direct and hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, flags | os.O_DIRECT, 0o644), True
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags, 0o644), False
+
+
+def write_all(fd: int, view: np.ndarray, direct: bool) -> bool:
+    """Write `view` whole (with O_DIRECT: an aligned address and whole ALIGN blocks); a write
+    O_DIRECT refuses turns it off for this file and is retried buffered. Returns whether
+    O_DIRECT is still on."""
+    while view.size:
+        try:
+            written = os.write(fd, view)
+        except OSError as e:
+            if not direct or e.errno != errno.EINVAL:
+                raise
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            direct = False
+            continue
+        view = view[written:]  # O_DIRECT writes whole blocks, so offsets stay aligned
+    return direct
 
 
 class ShardWriter:
@@ -125,7 +172,6 @@ class ShardWriter:
     from the first refusal on.
     """
 
-    ALIGN = 4096  # covers the logical block sizes O_DIRECT asks for on common disks
     STAGING = 32 << 20  # bytes per write to the disk
 
     def __init__(
@@ -148,9 +194,7 @@ class ShardWriter:
         self._staged = self._size = 0  # bytes in the staging buffer, in the file so far
         # numpy copies release the GIL (memoryview copies hold it), so compressing goes on
         # while chunks are staged; the slice starting at an aligned address is the buffer.
-        raw = np.empty(self.STAGING + self.ALIGN, np.uint8)
-        skip = -raw.ctypes.data % self.ALIGN
-        self._staging = raw[skip : skip + self.STAGING]
+        self._staging = aligned_empty(self.STAGING)
 
     def add(self, chunk: Chunk) -> None:
         """The next window's chunk; a shard it fills is made durable and renamed into place."""
@@ -171,7 +215,7 @@ class ShardWriter:
             return
         try:
             self._write((shard_index(self._chunks, self.per_shard),))
-            self._write_staged(-(-self._staged // self.ALIGN) * self.ALIGN)
+            self._write_staged(-(-self._staged // ALIGN) * ALIGN)
             os.ftruncate(self._fd, self._size)  # drop the padding past the shard's index
             os.fsync(self._fd)
             os.close(self._fd)
@@ -197,16 +241,7 @@ class ShardWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._target, self._tmp = path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         self._staged = self._size = 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        if self.direct:
-            try:
-                self._fd = os.open(self._tmp, flags | os.O_DIRECT, 0o644)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self.direct = False
-        self._fd = os.open(self._tmp, flags, 0o644)
+        self._fd, self.direct = open_new(self._tmp, self.direct)
 
     def _write(self, chunk: Chunk) -> None:
         for piece in chunk:
@@ -222,19 +257,8 @@ class ShardWriter:
 
     def _write_staged(self, nbytes: int) -> None:
         """Write the first nbytes (whole aligned blocks) of the staging buffer."""
-        view = self._staging[:nbytes]
-        while view.size:
-            try:
-                written = os.write(self._fd, view)
-            except OSError as e:
-                if not self.direct or e.errno != errno.EINVAL:
-                    raise
-                # O_DIRECT refused: buffered writes for this file and every later one
-                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-                self.direct = False
-                continue
-            view = view[written:]  # O_DIRECT writes whole blocks, so offsets stay aligned
+        # O_DIRECT refused: buffered writes for this file and every later one
+        self.direct = write_all(self._fd, self._staging[:nbytes], self.direct)
         self._staged = 0
 
     def _abort(self) -> None:

@@ -17,7 +17,7 @@ PER_SHARD = 4
 
 
 class SmallStaging(shards.ShardWriter):
-    STAGING = 2 * shards.ShardWriter.ALIGN  # a chunk spans several writes to the disk
+    STAGING = 2 * shards.ALIGN  # a chunk spans several writes to the disk
 
 
 def _zarr_shards(tmp_path, layout: str, values: np.ndarray) -> zarr.Array:
