@@ -127,7 +127,7 @@ def _read_time(ds, batches) -> float:
 
 
 def bench_share(
-    windows: int = 512,
+    windows: int = 2048,
     token_shape=(8, 16, 16, 128),
     batch: int = 16,
     directory=None,
