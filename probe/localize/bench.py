@@ -36,7 +36,7 @@ def head_rates(
     model = Detector(config)
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.normal(size=(batch_size, h, w, d)), jnp.float32)
-    params = model.init(jax.random.PRNGKey(0), tokens[:1])["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens[:1])["params"]
 
     grids = level_grids(config, h, w)
     one = targets(config, grids, frame_size, np.array([[20.0, 30, 60, 40]]), np.array([0]))

@@ -143,7 +143,8 @@ def train_detector(
     model = Detector(config)
     rng = np.random.default_rng(cfg.seed)
     h, w, d = features.map_shape(ds)
-    params = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, h, w, d)))["params"]
+    # jitted: eagerly, flax compiles every op of the pyramid separately (seconds, not ms)
+    params = jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, h, w, d)))["params"]
     tx = optax.adamw(learning_rate_fn(cfg, total), weight_decay=cfg.weight_decay)
     opt_state = tx.init(params)
     step_fn = make_train_step(model, tx)

@@ -88,10 +88,17 @@ def test_sigkill_at_random_instants_then_resume(tmp_path, layout):
     rng = random.Random(1234)
     committed = set()
     kills = 0
+    # Kill instants scale with how long a whole run takes here: fixed ones let a quiet machine
+    # finish every video before the last kill (and a loaded one do almost nothing).
+    t0 = time.perf_counter()
+    whole = CTX.Process(target=_child, args=(str(tmp_path / "timing.zarr"), "w", videos, layout))
+    whole.start()
+    whole.join()
+    run_seconds = time.perf_counter() - t0
     for trial in range(12):
         p = CTX.Process(target=_child, args=(path, "worker-0", videos, layout))
         p.start()
-        time.sleep(rng.uniform(0.0, 0.25))
+        time.sleep(rng.uniform(0.0, run_seconds / 12))
         p.kill()
         p.join()
         kills += p.exitcode == -9
