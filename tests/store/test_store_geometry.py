@@ -160,10 +160,13 @@ def test_layout_answers_from_the_format_table():
         "token_scale",
         "channel_scale",
     )
-    assert [Layout(d).itemsize for d in FORMATS] == [2, 2, 1]
+    formats = ["float16-round7", "float16", "float16-uncompressed", "int8"]
+    assert list(FORMATS) == formats
+    assert [Layout(d).itemsize for d in formats] == [2, 2, 2, 1]
     assert Layout().compressor("tokens")["configuration"]["shuffle"] == "bitshuffle"
     assert Layout("int8").compressor("tokens")["name"] == "zstd"
-    assert [Layout(d).coded_on_device for d in FORMATS] == [True, True, False]
+    assert Layout("float16-uncompressed").compressor("tokens") is None
+    assert [Layout(d).coded_on_device for d in formats] == [True, True, True, False]
     assert Layout(pool=2).stored_shape((16, 16, 16, 768)) == (16, 8, 8, 768)
     assert Layout("int8", 2).window_bytes((16, 8, 8, 768)) == 16 * 8 * 8 * 768
 
