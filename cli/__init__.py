@@ -12,6 +12,7 @@ from ethoprism.cli import bench, demo, extract, localize, probe, retrieve, store
 from ethoprism.cli.boundary import ErrorBoundary
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     cls=ErrorBoundary,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -11,7 +11,9 @@ from ethoprism.cli.boundary import console, err_console, numbers, print_figures,
 from ethoprism.cli.options import Dtype, DtypeOpt, JsonOpt, ModelOpt
 
 app = typer.Typer(
-    help="Measure speed as ratios taken in one run on this machine.", no_args_is_help=True
+    rich_markup_mode="markdown",
+    help="Measure speed as ratios taken in one run on this machine.",
+    no_args_is_help=True,
 )
 
 
@@ -29,8 +31,8 @@ def bench_extract(
 ) -> None:
     """End-to-end extraction vs the encoder alone, decode+resize vs raw decode, peak RSS.
 
-    Targets: pipeline efficiency >= 0.9 on videoprism-b (compute dominates); decode+resize
-    >= 0.5x raw decode. Run it with --model videoprism-tiny to see a decode-bound pipeline.
+    Targets: pipeline efficiency >= 0.9 on videoprism-b (compute dominates); decode+resize at
+    least 0.5x raw decode. Run it with --model videoprism-tiny to see a decode-bound pipeline.
     """
     from ethoprism.pipeline.bench import bench_extract as run_bench
     from ethoprism.pipeline.demo import VIDEOS
@@ -439,7 +441,7 @@ def bench_encoder(
     as_json: JsonOpt = False,
 ) -> None:
     """Encoder windows/s and GFLOP/s against this machine's float32 matmul peak, measured in the
-    same run. FLOPs are counted analytically: 2*m*n*k per matmul (projections, MLP, attention
+    same run. FLOPs are counted analytically: `2*m*n*k` per matmul (projections, MLP, attention
     scores and values); the peak is the best jit-compiled 2048^3 jnp.dot of each round."""
     from ethoprism.extract.bench import bench_encoder as run_bench
 

@@ -11,6 +11,7 @@ from ethoprism.cli.options import JsonOpt, StoreArg
 from ethoprism.errors import EthoprismError
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Detection heads on per-frame token maps: train from boxes, predict boxes, COCO AP.",
     no_args_is_help=True,
 )

@@ -25,7 +25,9 @@ from ethoprism.cli.options import (
 from ethoprism.cli.progress import training_progress
 
 app = typer.Typer(
-    help="Train heads on a store, predict per-frame ethograms, evaluate.", no_args_is_help=True
+    rich_markup_mode="markdown",
+    help="Train heads on a store, predict per-frame ethograms, evaluate.",
+    no_args_is_help=True,
 )
 
 
@@ -104,8 +106,8 @@ def probe_train(
         str,
         typer.Argument(
             help=(
-                "Label CSV: video,start_frame,end_frame,<label column>[,track] "
-                "or video,<label column>."
+                "Label CSV: `video,start_frame,end_frame,<label column>[,track]` "
+                "or `video,<label column>`."
             )
         ),
     ],

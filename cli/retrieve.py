@@ -25,7 +25,9 @@ from ethoprism.cli.options import (
 from ethoprism.errors import EthoprismError
 
 app = typer.Typer(
-    help="Find similar moments by nearest neighbours on window embeddings.", no_args_is_help=True
+    rich_markup_mode="markdown",
+    help="Find similar moments by nearest neighbours on window embeddings.",
+    no_args_is_help=True,
 )
 
 

@@ -13,7 +13,9 @@ from ethoprism.cli.options import CacheOpt, JsonOpt, StoreArg
 from ethoprism.cli.progress import bytes_progress
 from ethoprism.errors import EthoprismError
 
-app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode="markdown", help="Inspect and check feature stores.", no_args_is_help=True
+)
 
 
 @app.command("info")
