@@ -115,3 +115,11 @@ def test_the_command_tree_imports_nothing_heavy():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
     )
     assert not set(heavy) & set(out.stdout.split()), out.stdout
+
+
+def test_help_paragraphs_reflow_across_the_docstrings_line_breaks():
+    # typer's rich mode keeps every source line break: at 200 columns a paragraph would still
+    # print as the docstring's ragged lines
+    result = CliRunner().invoke(app, ["store", "verify", "--help"], env={"COLUMNS": "200"})
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert any("it holds; exits 1 on any damage." in line for line in lines), result.output
