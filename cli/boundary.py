@@ -4,6 +4,7 @@ the helpers its commands share."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import typer
@@ -44,7 +45,9 @@ class ErrorBoundary(TyperGroup):
             raise fail(e) from None
 
 
-console = Console()
+# Piped to a file, rich would lay tables out at 80 columns and cut the figures to "2…"; a file
+# has room (COLUMNS still wins when set).
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 err_console = Console(stderr=True)
 
 
