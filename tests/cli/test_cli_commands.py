@@ -3,6 +3,7 @@ every option says what it is for, and the extraction enums mirror their owners' 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -123,3 +124,16 @@ def test_help_paragraphs_reflow_across_the_docstrings_line_breaks():
     result = CliRunner().invoke(app, ["store", "verify", "--help"], env={"COLUMNS": "200"})
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert any("it holds; exits 1 on any damage." in line for line in lines), result.output
+
+
+def test_a_table_piped_to_a_file_keeps_its_figures_whole():
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "ethoprism.cli", "models"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert "google/videoprism-lvt-large-f8r288/flax_lvt_large_f8r288_repeated.npz" in out
+    assert "…" not in out
