@@ -270,6 +270,36 @@ class VideoWriter:
         check them. Never set it for tokens from anywhere else.
         """
         self._check_live()
+        tokens, embedding = self._coerce(tokens, embedding)
+        n = len(tokens)
+        self._check_token_shape(tokens)
+        aligned = self._aligned(aligned, n)
+        batch = {
+            "embedding": embedding,
+            "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
+            **aligned,
+            **_coordinates(
+                n,
+                start_frame=start_frame,
+                frame_step=frame_step,
+                n_valid_frames=n_valid_frames,
+                start_time=start_time,
+            ),
+        }
+        if frame_time is not None:
+            batch[FRAME_TIME] = self._frame_time(frame_time, n)
+        try:
+            self._ensure_arrays(tokens, batch, aligned)
+            batch = self._match_frame_time(batch)
+            stored = self._prepare(tokens, checked and tokens.dtype == np.float16)
+            self._check_finite(embedding, "embedding")
+            self._enqueue(stored, batch, n)
+        except OSError as e:
+            self._done = True
+            raise writable_error(self.store.root, e) from None
+
+    def _coerce(self, tokens, embedding) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens as float16 (kept) or float32, embedding as float32, of one batch of n > 0."""
         tokens = np.asarray(tokens)
         if tokens.dtype != np.float16:
             tokens = tokens.astype(np.float32, copy=False)
@@ -280,6 +310,10 @@ class VideoWriter:
                 "expected tokens (n,t,h,w,c) with n > 0 and embedding (n,c); "
                 f"got {tokens.shape} and {embedding.shape}"
             )
+        return tokens, embedding
+
+    def _check_token_shape(self, tokens: np.ndarray) -> None:
+        """Refuse tokens the layout cannot take, or whose stored shape is not the part's."""
         layout = self.store.layout
         if tokens.dtype == np.float16:
             if not layout.coded_on_device:
@@ -295,6 +329,9 @@ class VideoWriter:
             raise self._error(
                 f"stored token shape {tuple(stored_shape)} differs from this part's {tuple(shape)}"
             )
+
+    def _aligned(self, aligned: dict | None, n: int) -> dict[str, np.ndarray]:
+        """The text-aligned arrays as float32, exactly the store's, n windows each, finite."""
         aligned = {k: np.asarray(v, dtype=np.float32) for k, v in (aligned or {}).items()}
         if set(aligned) != set(self.store.aligned):
             raise self._error(
@@ -304,71 +341,70 @@ class VideoWriter:
         for name, values in aligned.items():
             if len(values) != n or len(values.shape) != len(self.store.aligned[name]):
                 raise self._error(f"{name} of shape {values.shape} for {n} windows")
-            if not np.isfinite(values).all():
-                bad = int(np.argmax(~np.isfinite(values.reshape(n, -1)).all(axis=1)))
-                raise self._error("not finite", bad, name)
-        batch = {
-            "embedding": embedding,
-            "video": np.full(n, len(self.store.state["videos"]), dtype=np.int64),
-            **aligned,
-        }
-        for name, values in (
-            ("start_frame", start_frame),
-            ("frame_step", frame_step),
-            ("n_valid_frames", n_valid_frames),
-            ("start_time", start_time),
-        ):
-            values = np.broadcast_to(np.asarray(values, dtype=WINDOW_COORD_DTYPES[name]), (n,))
-            batch[name] = values
-        if frame_time is not None:
-            batch[FRAME_TIME] = np.asarray(frame_time, np.float64)
-            if batch[FRAME_TIME].ndim != 2 or len(batch[FRAME_TIME]) != n:
-                raise self._error(f"expected frame_time (n, frames), got {np.shape(frame_time)}")
-            if not np.isfinite(batch[FRAME_TIME]).all():
-                bad = int(np.argmax(~np.isfinite(batch[FRAME_TIME]).all(axis=1)))
-                raise self._error("not finite", bad, FRAME_TIME)
-        try:
-            if shape is None:
-                if tokens.dtype == np.float16:
-                    first = {"tokens": tokens[:1]}
-                else:
-                    try:
-                        first = layout.encode(tokens[:1])
-                    except ValueError as e:
-                        raise self._error(str(e), 0) from None
-                frames = batch[FRAME_TIME].shape[1] if frame_time is not None else None
-                self.store.create_arrays(
-                    first, tokens.shape[-1], frames, {k: v[:1] for k, v in aligned.items()}
-                )
-            arrays = self.store.stream.arrays
-            has = FRAME_TIME in arrays
-            if has and frame_time is None:
-                raise self._error("this part stores frame_time; give it with every batch")
-            if has and batch[FRAME_TIME].shape[1] != arrays[FRAME_TIME].shape[1]:
-                raise self._error(
-                    f"frame_time has {batch[FRAME_TIME].shape[1]} frames per window, this "
-                    f"part {arrays[FRAME_TIME].shape[1]}"
-                )
-            if not has:  # given to a part written before frame_time: read with nominal times
-                batch.pop(FRAME_TIME, None)
-            stored = self._prepare(tokens, checked and tokens.dtype == np.float16)
-            if not np.isfinite(embedding).all():
-                bad = int(np.argmax(~np.isfinite(embedding).all(axis=1)))
-                raise self._error("not finite", bad, "embedding")
-            # Compressed in the background; the writer thread takes each window when it is.
-            windows = self.store.stream.compress(stored)
-            if self._per_window is None:
-                names = self.store.stream.per_window_arrays()
-                per_file = self.store.stream.per_window_chunk()
-                self._per_window = Pending(names, self.appended, per_file)
-            self._per_window.add(batch, n)
-            self.appended += n
-            self._submit(Writes(windows))
-            if filled := self._per_window.take(whole_files=True):
-                self.store.stream.write_per_window(*filled)
-        except OSError as e:
-            self._done = True
-            raise writable_error(self.store.root, e) from None
+            self._check_finite(values, name)
+        return aligned
+
+    def _frame_time(self, frame_time, n: int) -> np.ndarray:
+        """frame_time as float64 (n, frames), finite."""
+        values = np.asarray(frame_time, np.float64)
+        if values.ndim != 2 or len(values) != n:
+            raise self._error(f"expected frame_time (n, frames), got {np.shape(frame_time)}")
+        self._check_finite(values, FRAME_TIME)
+        return values
+
+    def _check_finite(self, values: np.ndarray, name: str) -> None:
+        """Refuse the batch if any value is not finite, naming the first such window."""
+        if not np.isfinite(values).all():
+            bad = int(np.argmax(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)))
+            raise self._error("not finite", bad, name)
+
+    def _ensure_arrays(self, tokens: np.ndarray, batch: dict, aligned: dict) -> None:
+        """On the part's first batch, create its arrays, shaped like the batch's first window."""
+        if self.store.state["token_shape"] is not None:
+            return
+        if tokens.dtype == np.float16:
+            first = {"tokens": tokens[:1]}
+        else:
+            try:
+                first = self.store.layout.encode(tokens[:1])
+            except ValueError as e:
+                raise self._error(str(e), 0) from None
+        frames = batch[FRAME_TIME].shape[1] if FRAME_TIME in batch else None
+        self.store.create_arrays(
+            first, tokens.shape[-1], frames, {k: v[:1] for k, v in aligned.items()}
+        )
+
+    def _match_frame_time(self, batch: dict) -> dict:
+        """The batch as the part stores it: frame_time given with every batch of a part that
+        has it, in as many frames per window; dropped for a part written before frame_time
+        (read with nominal times)."""
+        arrays = self.store.stream.arrays
+        if FRAME_TIME not in arrays:
+            return {k: v for k, v in batch.items() if k != FRAME_TIME}
+        if FRAME_TIME not in batch:
+            raise self._error("this part stores frame_time; give it with every batch")
+        if batch[FRAME_TIME].shape[1] != arrays[FRAME_TIME].shape[1]:
+            raise self._error(
+                f"frame_time has {batch[FRAME_TIME].shape[1]} frames per window, this "
+                f"part {arrays[FRAME_TIME].shape[1]}"
+            )
+        return batch
+
+    def _enqueue(self, stored: list[dict[str, np.ndarray]], batch: dict, n: int) -> None:
+        """Queue the windows for compression and the writer thread, and their per-window values
+        for their files; write the per-window files they fill."""
+        stream = self.store.stream
+        # Compressed in the background; the writer thread takes each window when it is.
+        windows = stream.compress(stored)
+        if self._per_window is None:
+            self._per_window = Pending(
+                stream.per_window_arrays(), self.appended, stream.per_window_chunk()
+            )
+        self._per_window.add(batch, n)
+        self.appended += n
+        self._submit(Writes(windows))
+        if filled := self._per_window.take(whole_files=True):
+            stream.write_per_window(*filled)
 
     def _prepare(self, tokens: np.ndarray, checked: bool = False) -> list[dict[str, np.ndarray]]:
         """Check (or code) each window of a batch in the store's thread pool, into arrays of
@@ -478,6 +514,14 @@ class VideoWriter:
             raise writable_error(store.root, e) from None
         finally:
             self._done = True
+
+
+def _coordinates(n: int, **values) -> dict[str, np.ndarray]:
+    """Each window coordinate as n values of its dtype (a scalar is every window's)."""
+    return {
+        name: np.broadcast_to(np.asarray(v, dtype=WINDOW_COORD_DTYPES[name]), (n,))
+        for name, v in values.items()
+    }
 
 
 def open_writer(

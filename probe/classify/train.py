@@ -228,6 +228,123 @@ def class_weights(spec: HeadSpec, cfg: TrainConfig) -> np.ndarray:
     return (len(t) / (n_classes * np.maximum(pos, 1))).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What every epoch reads: the pool's windows, each epoch's minibatches (positions in the
+    pool, -1 padding), and each head's weights, targets and class weights on the pool."""
+
+    pool: np.ndarray  # (n_pool,) window indices
+    batches: list[list[np.ndarray]]  # per epoch
+    mask: np.ndarray  # (N, n_pool) float32
+    target: np.ndarray  # (N, n_pool, C) float32
+    class_weight: jax.Array  # (N, C)
+
+
+def _plan(pool: np.ndarray, specs: list[HeadSpec], cfg: TrainConfig) -> _Plan:
+    return _Plan(
+        pool,
+        [epoch_batches(len(pool), cfg.batch_size, cfg.data_seed, e) for e in range(cfg.epochs)],
+        np.stack([s.mask for s in specs]).astype(np.float32),
+        np.stack([s.target for s in specs]).astype(np.float32),
+        jnp.asarray(np.stack([class_weights(s, cfg) for s in specs])),
+    )
+
+
+def _initial_state(
+    init, example: jax.Array, specs: list[HeadSpec], cfg: TrainConfig, plan: _Plan
+) -> HeadState:
+    """The stacked heads before their first step."""
+    # each head's schedule spans exactly the steps in which it has examples
+    total = np.array(
+        [sum(int(m[b[b >= 0]].any()) for ep in plan.batches for b in ep) for m in plan.mask]
+    )
+    keys = jnp.stack([jax.random.key(s.seed) for s in specs])
+    params, opt_state = init(keys, example)
+    return HeadState(
+        params,
+        opt_state,
+        jnp.zeros(len(specs), jnp.int32),
+        jnp.asarray(total, jnp.float32),
+        jnp.asarray([s.learning_rate or cfg.learning_rate for s in specs], jnp.float32),
+        keys,
+    )
+
+
+def _train_epoch(
+    many_step,
+    state: HeadState,
+    plan: _Plan,
+    epoch: int,
+    active: np.ndarray,
+    read: Source,
+    depth: int,
+    progress: Callable[[dict], None] | None,
+) -> tuple[HeadState, np.ndarray]:
+    """One epoch of steps of the active heads; the state after it and each head's mean loss."""
+    batches = plan.batches[epoch]
+    losses = []
+    reads = [plan.pool[np.maximum(b, 0)] for b in batches]
+    for i, (b, x) in enumerate(zip(batches, prefetch(read, reads, depth), strict=False)):
+        at = np.maximum(b, 0)
+        w = np.where(b >= 0, plan.mask[:, at], 0.0) * active[:, None]
+        state, loss = many_step(
+            state,
+            x,
+            jnp.asarray(plan.target[:, at]),
+            jnp.asarray(w, jnp.float32),
+            plan.class_weight,
+        )
+        losses.append(loss)  # left on the device: no wait for the step unless someone watches
+        if progress:
+            progress(
+                {
+                    "epoch": epoch,
+                    "step": i + 1,
+                    "steps": len(plan.batches[0]),
+                    "loss": _nanmean(np.asarray(loss)),
+                }
+            )
+    return state, _nanmean(np.stack([np.asarray(v) for v in losses]), axis=0)
+
+
+@dataclasses.dataclass
+class _EarlyStop:
+    """Each head's lowest validation loss so far, its epoch and parameters then, the epochs
+    since, and whether the head still steps."""
+
+    params: Any  # stacked numpy copies; None without validation
+    loss: np.ndarray
+    epoch: list[int]
+    stale: np.ndarray
+    active: np.ndarray
+
+    @classmethod
+    def start(cls, params, n_heads: int) -> _EarlyStop:
+        # a copy: on the CPU device_get gives views of the state, which would stop its donation
+        copy = jax.tree_util.tree_map(np.array, params) if params is not None else None
+        return cls(
+            copy,
+            np.full(n_heads, np.inf),
+            [0] * n_heads,
+            np.zeros(n_heads, int),
+            np.ones(n_heads, bool),
+        )
+
+    def update(self, epoch: int, val_loss: np.ndarray, params, patience: int) -> None:
+        improved = (val_loss < self.loss) & self.active
+        # no name kept for the fetched parameters: numpy views of the state stop its donation
+        self.params = jax.tree_util.tree_map(
+            lambda c, b, m=improved: np.where(m.reshape((-1,) + (1,) * (c.ndim - 1)), c, b),
+            jax.device_get(params),
+            self.params,
+        )
+        for h in np.flatnonzero(improved):
+            self.loss[h], self.epoch[h] = val_loss[h], epoch
+        self.stale = np.where(improved, 0, self.stale + 1)
+        if patience:
+            self.active &= self.stale < patience
+
+
 def train_heads(
     source: Source,
     pool: np.ndarray,
@@ -255,86 +372,32 @@ def train_heads(
     def on_device(idx):
         return jax.device_put(source(idx))
 
-    batches = [
-        epoch_batches(len(pool), cfg.batch_size, cfg.data_seed, e) for e in range(cfg.epochs)
-    ]
-    mask = np.stack([s.mask for s in specs]).astype(np.float32)  # (N, n_pool)
-    target = np.stack([s.target for s in specs]).astype(np.float32)  # (N, n_pool, C)
-    cw = jnp.asarray(np.stack([class_weights(s, cfg) for s in specs]))
-    # each head's schedule spans exactly the steps in which it has examples
-    total = np.array([sum(int(m[b[b >= 0]].any()) for ep in batches for b in ep) for m in mask])
-    keys = jnp.stack([jax.random.key(s.seed) for s in specs])
-    params, opt_state = init(keys, example)
-    state = HeadState(
-        params,
-        opt_state,
-        jnp.zeros(n_heads, jnp.int32),
-        jnp.asarray(total, jnp.float32),
-        jnp.asarray([s.learning_rate or cfg.learning_rate for s in specs], jnp.float32),
-        keys,
-    )
-    # a copy: on the CPU device_get gives views of the state, which would stop its donation
-    best = jax.tree_util.tree_map(np.array, state.params) if val is not None else None
-    best_loss = np.full(n_heads, np.inf)
-    best_epoch, stale = [0] * n_heads, np.zeros(n_heads, int)
-    active = np.ones(n_heads, bool)
+    plan = _plan(pool, specs, cfg)
+    state = _initial_state(init, example, specs, cfg, plan)
+    stop = _EarlyStop.start(state.params if val is not None else None, n_heads)
     history: list[list[dict]] = [[] for _ in specs]
-    steps = len(batches[0])
     epochs_run = 0
     for epoch in range(cfg.epochs):
-        losses = []
-        reads = [pool[np.maximum(b, 0)] for b in batches[epoch]]
-        for i, (b, x) in enumerate(
-            zip(batches[epoch], prefetch(on_device, reads, cfg.prefetch), strict=False)
-        ):
-            valid = b >= 0
-            w = np.where(valid, mask[:, np.maximum(b, 0)], 0.0) * active[:, None]
-            state, loss = many_step(
-                state, x, jnp.asarray(target[:, np.maximum(b, 0)]), jnp.asarray(w, jnp.float32), cw
-            )
-            losses.append(loss)  # left on the device: no wait for the step unless someone watches
-            if progress:
-                progress(
-                    {
-                        "epoch": epoch,
-                        "step": i + 1,
-                        "steps": steps,
-                        "loss": _nanmean(np.asarray(loss)),
-                    }
-                )
+        state, train_loss = _train_epoch(
+            many_step, state, plan, epoch, stop.active, on_device, cfg.prefetch, progress
+        )
         epochs_run = epoch + 1
-        train_loss = _nanmean(np.stack([np.asarray(v) for v in losses]), axis=0)
-        if val is None:
+        if val is None:  # every head keeps its last epoch's parameters
             val_loss = np.full(n_heads, np.nan)
-            best_epoch = [epoch] * n_heads
+            stop.epoch = [epoch] * n_heads
         else:
-            probs = predict_many(
-                many_eval, state.params, val[0], val[1], cfg.batch_size, cfg.prefetch
-            )
-            val_loss = np.array([_val_loss(p, val[2], cfg.multi_label) for p in probs])
-            improved = (val_loss < best_loss) & active
-            # no name kept for the fetched parameters: numpy views of the state stop its donation
-            best = jax.tree_util.tree_map(
-                lambda c, b, m=improved: np.where(m.reshape((-1,) + (1,) * (c.ndim - 1)), c, b),
-                jax.device_get(state.params),
-                best,
-            )
-            for h in np.flatnonzero(improved):
-                best_loss[h], best_epoch[h] = val_loss[h], epoch
-            stale = np.where(improved, 0, stale + 1)
-            if cfg.patience:
-                active &= stale < cfg.patience
+            val_loss = _val_losses(many_eval, state.params, val, cfg)
+            stop.update(epoch, val_loss, state.params, cfg.patience)
         for h in range(n_heads):
             history[h].append(
                 {"epoch": epoch, "train_loss": _num(train_loss[h]), "val_loss": _num(val_loss[h])}
             )
         if progress:
             progress({"epoch": epoch, "val_loss": [_num(v) for v in val_loss]})
-        if not active.any():
+        if not stop.active.any():
             break
-    if val is None:
-        best = jax.device_get(state.params)
-    return TrainResult(best, history, best_epoch, epochs_run)
+    best = jax.device_get(state.params) if val is None else stop.params
+    return TrainResult(best, history, stop.epoch, epochs_run)
 
 
 def _nanmean(a: np.ndarray, axis=None):
@@ -347,6 +410,14 @@ def _nanmean(a: np.ndarray, axis=None):
 
 def _num(v) -> float | None:
     return None if not np.isfinite(v) else float(v)
+
+
+def _val_losses(
+    many_eval, params, val: tuple[Source, np.ndarray, np.ndarray], cfg: TrainConfig
+) -> np.ndarray:
+    """Each head's validation loss."""
+    probs = predict_many(many_eval, params, val[0], val[1], cfg.batch_size, cfg.prefetch)
+    return np.array([_val_loss(p, val[2], cfg.multi_label) for p in probs])
 
 
 def _val_loss(prob: np.ndarray, target: np.ndarray, multi_label: bool) -> float:
