@@ -47,6 +47,9 @@ class AnnInfo:
     videos_fingerprint: str
     identity: dict
     build_seconds: float
+    # the per-window embedding indexed (an --index-dir's name does not say; older indexes
+    # were all beside their store, named by it)
+    var: str = "embedding"
 
 
 def index_dir(store_path, var: str = "embedding", index_path=None) -> str:
@@ -308,6 +311,7 @@ def build_index(
         videos_fingerprint(ds),
         store.identity(ds),
         round(time.perf_counter() - t0, 3),
+        var,
     )
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -337,6 +341,11 @@ def load_index(store_path, ds=None, var: str = "embedding", index_path=None) -> 
     except FileNotFoundError:
         raise AnnError(f"no approximate index at {where}; build it with {build}") from None
     info = AnnInfo(**meta)
+    if info.var != var:
+        raise AnnError(
+            f"approximate index {where} indexes {info.var!r}, not {var!r}; build one in another "
+            f"directory with {build}"
+        )
     try:
         store.check_same_identity(
             info.identity, store.identity(ds), f"approximate index {where} vs store"

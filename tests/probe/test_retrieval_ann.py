@@ -121,3 +121,15 @@ def test_index_of_an_http_store_lives_where_told_and_answers_as_locally(
     unset = run(app, ["retrieve", "query", url, "--approx", *picks])
     assert unset.exit_code == 1 and "--index-dir" in unset.output
     assert {r["method"] for r in server.requests()} <= {"GET", "HEAD"}
+
+
+def test_index_dir_of_another_embedding_is_refused(small_store, tmp_path):
+    # With --index-dir, the directory does not say which embedding it indexes (beside the store,
+    # `.ann` and `.video_embedding.ann` do): an index of `embedding` must not answer a search of
+    # `video_embedding` (text search) with the wrong vectors' neighbours.
+    path, ds, _ = small_store
+    where = tmp_path / "idx"
+    ann.build_index(path, nlist=16, index_path=where)
+    assert ann.load_index(path, ds, index_path=where).info.n_windows == 1200
+    with pytest.raises(AnnError, match=r"indexes 'embedding', not 'video_embedding'"):
+        ann.load_index(path, ds, var="video_embedding", index_path=where)
