@@ -268,6 +268,7 @@ def build_index(
     in `index_path` or beside a local store (see `index_dir`)."""
     t0 = time.perf_counter()
     out = index_dir(store_path, var, index_path)
+    _check_replaceable(out)
     ds = store.open(os.fspath(store_path), storage_options)
     if var not in ds or ds[var].ndim != 2:
         raise AnnError(f"{store_path} has no per-window embedding {var!r} to index")
@@ -322,6 +323,18 @@ def build_index(
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return info
+
+
+def _check_replaceable(out: str) -> None:
+    """A rebuild replaces `out` whole: refuse one that holds anything but an index (a directory
+    named with --index-dir may be the user's own)."""
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out) or not set(os.listdir(out)) <= {INDEX_FILE, META_FILE}:
+        raise AnnError(
+            f"{out} exists and is not an approximate index (it holds other files); give the "
+            "index a new directory"
+        )
 
 
 def load_index(store_path, ds=None, var: str = "embedding", index_path=None) -> AnnIndex:

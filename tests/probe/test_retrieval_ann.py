@@ -133,3 +133,22 @@ def test_index_dir_of_another_embedding_is_refused(small_store, tmp_path):
     assert ann.load_index(path, ds, index_path=where).info.n_windows == 1200
     with pytest.raises(AnnError, match=r"indexes 'embedding', not 'video_embedding'"):
         ann.load_index(path, ds, var="video_embedding", index_path=where)
+
+
+def test_index_dir_that_holds_other_files_is_refused_not_wiped(small_store, tmp_path):
+    # A rebuild replaces the index directory whole: a directory the user named that holds
+    # anything but an index (`--index-dir .`, `--index-dir ~/indexes`) must be left alone.
+    path, _, _ = small_store
+    keep = tmp_path / "mine" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    with pytest.raises(AnnError, match=r"mine.*not an approximate index"):
+        ann.build_index(path, nlist=16, index_path=keep.parent)
+    assert keep.read_text() == "mine"
+    with pytest.raises(AnnError, match="not an approximate index"):
+        ann.build_index(path, nlist=16, index_path=keep)  # a file
+    assert keep.read_text() == "mine"
+    (tmp_path / "empty").mkdir()  # an empty directory, or an index, is (re)built
+    ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
+    ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["index.faiss", "meta.json"]
