@@ -47,9 +47,7 @@ class AnnInfo:
     videos_fingerprint: str
     identity: dict
     build_seconds: float
-    # the per-window embedding indexed (an --index-dir's name does not say; older indexes
-    # were all beside their store, named by it)
-    var: str = "embedding"
+    var: str = "embedding"  # the per-window embedding indexed (an --index-dir's name does not say)
 
 
 def index_dir(store_path, var: str = "embedding", index_path=None) -> str:
@@ -353,7 +351,8 @@ def load_index(store_path, ds=None, var: str = "embedding", index_path=None) -> 
             meta = json.load(f)
     except FileNotFoundError:
         raise AnnError(f"no approximate index at {where}; build it with {build}") from None
-    info = AnnInfo(**meta)
+    # indexes built before `var` was recorded lived only beside their store, named by it
+    info = AnnInfo(**{"var": var, **meta})
     if info.var != var:
         raise AnnError(
             f"approximate index {where} indexes {info.var!r}, not {var!r}; build one in another "

@@ -152,3 +152,16 @@ def test_index_dir_that_holds_other_files_is_refused_not_wiped(small_store, tmp_
     ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
     ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["index.faiss", "meta.json"]
+
+
+def test_an_index_saved_before_it_recorded_its_embedding_still_loads(small_store, tmp_path):
+    # meta.json files of earlier builds have no "var": their directory's name said it
+    import json
+
+    path, ds, _ = small_store
+    where = tmp_path / "old.ann"
+    ann.build_index(path, nlist=16, var="embedding", index_path=where)
+    meta = json.loads((where / "meta.json").read_text())
+    del meta["var"]
+    (where / "meta.json").write_text(json.dumps(meta))
+    assert ann.load_index(path, ds, var="video_embedding", index_path=where).info.n_windows == 1200
