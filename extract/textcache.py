@@ -93,7 +93,7 @@ def _read(path: Path, width: int) -> np.ndarray | None:
 
 
 def _write(path: Path, row: np.ndarray) -> None:
-    if path.exists():
+    if _read(path, row.size) is not None:  # a damaged entry is replaced, not kept as a miss
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

@@ -47,6 +47,7 @@ class AnnInfo:
     videos_fingerprint: str
     identity: dict
     build_seconds: float
+    var: str = "embedding"  # the per-window embedding indexed (an --index-dir's name does not say)
 
 
 def index_dir(store_path, var: str = "embedding", index_path=None) -> str:
@@ -265,6 +266,7 @@ def build_index(
     in `index_path` or beside a local store (see `index_dir`)."""
     t0 = time.perf_counter()
     out = index_dir(store_path, var, index_path)
+    _check_replaceable(out)
     ds = store.open(os.fspath(store_path), storage_options)
     if var not in ds or ds[var].ndim != 2:
         raise AnnError(f"{store_path} has no per-window embedding {var!r} to index")
@@ -308,6 +310,7 @@ def build_index(
         videos_fingerprint(ds),
         store.identity(ds),
         round(time.perf_counter() - t0, 3),
+        var,
     )
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -318,6 +321,18 @@ def build_index(
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return info
+
+
+def _check_replaceable(out: str) -> None:
+    """A rebuild replaces `out` whole: refuse one that holds anything but an index (a directory
+    named with --index-dir may be the user's own)."""
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out) or not set(os.listdir(out)) <= {INDEX_FILE, META_FILE}:
+        raise AnnError(
+            f"{out} exists and is not an approximate index (it holds other files); give the "
+            "index a new directory"
+        )
 
 
 def load_index(store_path, ds=None, var: str = "embedding", index_path=None) -> AnnIndex:
@@ -336,7 +351,13 @@ def load_index(store_path, ds=None, var: str = "embedding", index_path=None) -> 
             meta = json.load(f)
     except FileNotFoundError:
         raise AnnError(f"no approximate index at {where}; build it with {build}") from None
-    info = AnnInfo(**meta)
+    # indexes built before `var` was recorded lived only beside their store, named by it
+    info = AnnInfo(**{"var": var, **meta})
+    if info.var != var:
+        raise AnnError(
+            f"approximate index {where} indexes {info.var!r}, not {var!r}; build one in another "
+            f"directory with {build}"
+        )
     try:
         store.check_same_identity(
             info.identity, store.identity(ds), f"approximate index {where} vs store"

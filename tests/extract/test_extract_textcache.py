@@ -85,3 +85,14 @@ def test_damaged_entries_miss_and_concurrent_writers_agree(tmp_path):
         w.join()
     assert np.stack(cache.get(texts, 8)).tobytes() == rows.tobytes()
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_a_damaged_entry_is_replaced_by_its_fresh_encode(tmp_path):
+    # A torn entry is a miss; the encode that follows must replace it, or every later run
+    # encodes the prompt again (and reads the weights) for as long as the torn file stays.
+    cache = TextCache(tmp_path, "m", "1" * 64, "2" * 64)
+    row = np.arange(8, dtype=np.float32)
+    cache.put(["x"], row[None])
+    cache.path("x").write_bytes(cache.path("x").read_bytes()[:-4])
+    assert encode_cached(cache, ["x"], 8, lambda t: row[None]).tobytes() == row.tobytes()
+    assert encode_cached(cache, ["x"], 8, refuse).tobytes() == row.tobytes()

@@ -121,3 +121,47 @@ def test_index_of_an_http_store_lives_where_told_and_answers_as_locally(
     unset = run(app, ["retrieve", "query", url, "--approx", *picks])
     assert unset.exit_code == 1 and "--index-dir" in unset.output
     assert {r["method"] for r in server.requests()} <= {"GET", "HEAD"}
+
+
+def test_index_dir_of_another_embedding_is_refused(small_store, tmp_path):
+    # With --index-dir, the directory does not say which embedding it indexes (beside the store,
+    # `.ann` and `.video_embedding.ann` do): an index of `embedding` must not answer a search of
+    # `video_embedding` (text search) with the wrong vectors' neighbours.
+    path, ds, _ = small_store
+    where = tmp_path / "idx"
+    ann.build_index(path, nlist=16, index_path=where)
+    assert ann.load_index(path, ds, index_path=where).info.n_windows == 1200
+    with pytest.raises(AnnError, match=r"indexes 'embedding', not 'video_embedding'"):
+        ann.load_index(path, ds, var="video_embedding", index_path=where)
+
+
+def test_index_dir_that_holds_other_files_is_refused_not_wiped(small_store, tmp_path):
+    # A rebuild replaces the index directory whole: a directory the user named that holds
+    # anything but an index (`--index-dir .`, `--index-dir ~/indexes`) must be left alone.
+    path, _, _ = small_store
+    keep = tmp_path / "mine" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    with pytest.raises(AnnError, match=r"mine.*not an approximate index"):
+        ann.build_index(path, nlist=16, index_path=keep.parent)
+    assert keep.read_text() == "mine"
+    with pytest.raises(AnnError, match="not an approximate index"):
+        ann.build_index(path, nlist=16, index_path=keep)  # a file
+    assert keep.read_text() == "mine"
+    (tmp_path / "empty").mkdir()  # an empty directory, or an index, is (re)built
+    ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
+    ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["index.faiss", "meta.json"]
+
+
+def test_an_index_saved_before_it_recorded_its_embedding_still_loads(small_store, tmp_path):
+    # meta.json files of earlier builds have no "var": their directory's name said it
+    import json
+
+    path, ds, _ = small_store
+    where = tmp_path / "old.ann"
+    ann.build_index(path, nlist=16, var="embedding", index_path=where)
+    meta = json.loads((where / "meta.json").read_text())
+    del meta["var"]
+    (where / "meta.json").write_text(json.dumps(meta))
+    assert ann.load_index(path, ds, var="video_embedding", index_path=where).info.n_windows == 1200
