@@ -60,9 +60,9 @@ def read_rows(arrays: dict[str, zarr.Array], names, rows: np.ndarray) -> dict[st
 
 
 def gather(read_run, runs: list[np.ndarray], order: np.ndarray, layout: Layout, var: str):
-    """`var` (tokens or embedding) of the windows asked for, in the order asked: each run of
-    them read by `read_run` (-> {array: values}) in the read pool, in sorted order, where
-    `order` gives the asked position of each."""
+    """`var` (tokens, embedding or a text-aligned array) of the windows asked for, in the order
+    asked: each run of them read by `read_run` (-> {array: values}) in the read pool, in sorted
+    order, where `order` gives the asked position of each."""
     got = list(read_pool().map(read_run, runs))
     stacked = {}
     for name in got[0]:  # each piece copied once, straight to its place (a batch is ~200 MB)
@@ -70,7 +70,7 @@ def gather(read_run, runs: list[np.ndarray], order: np.ndarray, layout: Layout, 
         stacked[name] = np.empty((len(order), *first.shape[1:]), first.dtype)
         for run, g in zip(runs, got, strict=True):
             stacked[name][order[run]] = g[name]
-    return stacked["embedding"] if var == "embedding" else layout.decode(stacked)
+    return layout.decode(stacked) if var == "tokens" else stacked[var]
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -41,10 +41,10 @@ from ethoprism.store.published import PUBLISHED_ATTR
 from ethoprism.store.reader import dataset, read_windows
 from ethoprism.store.remote import is_local_fs, storage_options_for
 from ethoprism.store.schema import (
-    ARRAY_DIMS,
     FRAME_TIME,
     VIDEO_COLUMNS,
     StoreError,
+    aligned_arrays,
     jsonable,
 )
 from ethoprism.store.shard_copy import copy_token_shards
@@ -65,8 +65,8 @@ WINDOW_COORDS_OUT = (
     FRAME_TIME,  # (window, frame)
 )
 SMALL_CHUNK = 4096  # windows (or videos) per chunk of a coordinate
-EMBEDDING_CHUNK = 1024
-EMBEDDING_BATCH = 16 * EMBEDDING_CHUNK  # windows encoded in memory at a time
+EMBEDDING_CHUNK = 1024  # windows per chunk of a (window, c) embedding
+CHUNKS_PER_BATCH = 16  # chunks of an embedding encoded in memory at a time
 # shards copied at a time, each through a staging buffer of a few MB: a thread waits on the disk for
 # part of each shard (O_DIRECT writes and fsync are synchronous), so more threads than cores
 # keep the cores hashing (measured on 2 busy cores: 8 threads 0.29-0.32 s per 208 MB, 2 or 4
@@ -158,7 +158,7 @@ def _taken(objects: dict) -> dict[str, bytes]:
 
 
 def _small_objects(handle, ds: xr.Dataset, plans: dict) -> dict[str, bytes]:
-    """Every published object but the embedding's and the token shards: the coordinates, the
+    """Every published object but the embeddings' and the token shards: the coordinates, the
     video table and the token arrays' metadata documents."""
     group, objects = _in_memory()
     for name, (dims, values, chunk) in _small_arrays(ds).items():
@@ -176,19 +176,32 @@ def _small_objects(handle, ds: xr.Dataset, plans: dict) -> dict[str, bytes]:
     return out
 
 
-def _embedding(handle, ds: xr.Dataset) -> Iterator[dict[str, bytes]]:
-    """The published embedding's objects, EMBEDDING_BATCH windows at a time (whole chunks, so
+def _embedded(ds: xr.Dataset) -> tuple[str, ...]:
+    """The embeddings published beside the tokens: `embedding`, then a video-text model's
+    text-aligned ones (video_embedding, frame_embeddings)."""
+    return ("embedding", *aligned_arrays(ds.attrs["encoder"]))
+
+
+def _embedding_chunk(shape: tuple[int, ...]) -> int:
+    """Windows per chunk of an embedding: EMBEDDING_CHUNK vectors of c, so a chunk of
+    frame_embeddings (window, t, c) holds EMBEDDING_CHUNK / t windows (chunks of like size)."""
+    return max(1, EMBEDDING_CHUNK // int(np.prod(shape[1:-1], dtype=np.int64)))
+
+
+def _embeddings(handle, ds: xr.Dataset) -> Iterator[dict[str, bytes]]:
+    """The published embeddings' objects, CHUNKS_PER_BATCH chunks at a time (whole chunks, so
     each is encoded once; an archive's embeddings need not fit in memory)."""
     group, objects = _in_memory()
-    n, c = ds.embedding.shape
-    attributes = _source_attributes(handle, "embedding")
-    arr = _create(
-        group, "embedding", ARRAY_DIMS["embedding"], (n, c), "float32", EMBEDDING_CHUNK, attributes
-    )
-    for lo in range(0, n, EMBEDDING_BATCH):
-        hi = min(lo + EMBEDDING_BATCH, n)  # read_windows: zarr directly, no dask
-        arr[lo:hi] = read_windows(ds, np.arange(lo, hi), "embedding")
-        yield _taken(objects)
+    for name in _embedded(ds):
+        var = ds[name]
+        chunk = _embedding_chunk(var.shape)
+        attributes = _source_attributes(handle, name)
+        arr = _create(group, name, var.dims, var.shape, var.dtype, chunk, attributes)
+        n, batch = var.shape[0], CHUNKS_PER_BATCH * chunk
+        for lo in range(0, n, batch):
+            hi = min(lo + batch, n)  # read_windows: zarr directly, no dask
+            arr[lo:hi] = read_windows(ds, np.arange(lo, hi), name)
+            yield _taken(objects)
 
 
 def _write_others(batches: Iterator[dict[str, bytes]], fs, base: str) -> tuple[dict, dict]:
@@ -286,7 +299,7 @@ def publish(
     # The other arrays are written while the shards copy, but encoded (the first embedding batch
     # too) before: zarr's encoding takes the GIL often, and next to the copy's threads it
     # finished only after them (measured: 0.03-0.05 s added to the 0.2 s of a 200 MB publish).
-    embedding = _embedding(handle, ds)
+    embedding = _embeddings(handle, ds)
     first = [_small_objects(handle, ds, plans), next(embedding)]  # (at least one window)
     with ThreadPoolExecutor(1) as side:
         others = side.submit(_write_others, itertools.chain(first, embedding), fs_dst, base_dst)
@@ -361,7 +374,7 @@ def _windows_of(plans: dict, ds: xr.Dataset) -> Callable[[str], tuple[int, int] 
     """The published windows [lo, hi) an object holds (token shards, embedding chunks)."""
     n = ds.sizes["window"]
     per_chunk = {name: plan["per_shard"] for name, plan in plans.items()}
-    per_chunk["embedding"] = EMBEDDING_CHUNK
+    per_chunk.update({name: _embedding_chunk(ds[name].shape) for name in _embedded(ds)})
     per_chunk.update({name: SMALL_CHUNK for name in WINDOW_COORDS_OUT})
 
     def of(path: str) -> tuple[int, int] | None:

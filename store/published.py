@@ -17,7 +17,15 @@ import zarr
 from ethoprism.store.layout import Layout
 from ethoprism.store.parts import Part, StoreHandle, gather, lazy, read_rows
 from ethoprism.store.safety import check_array_metadata
-from ethoprism.store.schema import ARRAY_DIMS, VIDEO_COLUMNS, WINDOW_COORDS, StoreError, jsonable
+from ethoprism.store.schema import (
+    ARRAY_DIMS,
+    VIDEO_COLUMNS,
+    WINDOW_COORDS,
+    StoreError,
+    aligned_arrays,
+    jsonable,
+    window_arrays,
+)
 
 PUBLISHED_ATTR = "ethoprism_published"  # the root attribute that makes a store a published one
 
@@ -45,7 +53,8 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
     except (ValueError, KeyError, AttributeError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{source}: published store without consolidated metadata ({e})") from None
     layout = Layout.from_dict(attrs["layout"])
-    names = [*layout.arrays, "embedding"]
+    aligned = aligned_arrays(attrs["encoder"])  # a video-text model's text-aligned embeddings
+    names = [*layout.arrays, "embedding", *aligned]
     coord_names = attrs.get("coordinates", "").split()
     for name in names + coord_names:
         if name not in metadata:
@@ -65,11 +74,14 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
         {
             "tokens": (ARRAY_DIMS["tokens"], layout.decode(stored)),
             "embedding": (ARRAY_DIMS["embedding"], stored["embedding"]),
+            **{name: (dims, stored[name]) for name, dims in aligned.items()},
         },
         coords=coords,
         attrs=ds_attrs,
     )
-    _check_lengths(source, arrays, coords)
+    for name in aligned:  # store.open gives them their stored attributes
+        ds[name].attrs.update(arrays[name].attrs)
+    _check_lengths(source, arrays, coords, names)
     keys = (coords["part"][1].astype(np.int64) << 40) | coords["part_window"][1].astype(np.int64)
     order = np.argsort(keys, kind="stable")
     _OPENED[source] = Published(arrays, layout, keys[order], order)
@@ -79,9 +91,9 @@ def open_published(zstore, source: str, attrs: dict) -> xr.Dataset:
 def read_published_windows(ds: xr.Dataset, indices: np.ndarray, var: str) -> np.ndarray:
     """`read_windows` on a dataset of a published store: one slice read per stored chunk."""
     pub = _OPENED.get(ds.attrs["source"])
-    if pub is None or var not in ("tokens", "embedding"):
+    if pub is None or var not in window_arrays(ds.attrs["encoder"]):
         return np.asarray(ds[var].isel(window=indices).values)
-    names = pub.layout.arrays if var == "tokens" else ("embedding",)
+    names = pub.layout.arrays if var == "tokens" else (var,)
     if not len(indices):
         return np.zeros((0,) + ds[var].shape[1:], dtype=np.float32)
     pos = pub.locate(ds.part.values[indices], ds.part_window.values[indices])
@@ -102,7 +114,7 @@ def published_handle(zstore, source: str, attrs: dict) -> StoreHandle:
         {col: _plain(table[col][i]) for col in VIDEO_COLUMNS} for i in range(len(table["path"]))
     ]
     n = pub.arrays["embedding"].shape[0]
-    names = [*pub.layout.arrays, "embedding", *WINDOW_COORDS]
+    names = [*pub.layout.arrays, "embedding", *aligned_arrays(attrs["encoder"]), *WINDOW_COORDS]
     state = {"name": "published", "n_windows": n, "videos": videos}
     if n:
         state["token_shape"] = list(pub.arrays["tokens"].shape[1:])
@@ -125,13 +137,14 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else str(v) if not isinstance(v, str) else v
 
 
-def _check_lengths(source: str, arrays: dict, coords: dict) -> None:
-    """Window and video arrays agree in length and `video` indexes the table."""
+def _check_lengths(source: str, arrays: dict, coords: dict, stored: list[str]) -> None:
+    """Window and video arrays (`stored`: the data variables' arrays) agree in length and
+    `video` indexes the table."""
     lengths = {name: arr.shape[0] for name, arr in arrays.items()}
     for dim in ("window", "videos"):
         sizes = {lengths[n] for n, (dims, _) in coords.items() if dims[0] == dim}
         if dim == "window":
-            sizes |= {arrays["embedding"].shape[0], arrays["tokens"].shape[0]}
+            sizes |= {arrays[name].shape[0] for name in stored}
         if len(sizes) > 1:
             raise StoreError(f"{source}: arrays on {dim!r} differ in length ({sorted(sizes)})")
     video, n_videos = coords["video"][1], len(coords["video_path"][1])

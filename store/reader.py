@@ -29,6 +29,7 @@ from ethoprism.store.schema import (
     StoreError,
     aligned_arrays,
     content_key,
+    window_arrays,
 )
 
 # the root attributes a Dataset carries (with its source, parts and irregular windows)
@@ -313,11 +314,11 @@ def read_windows(ds: xr.Dataset, indices, var: str = "tokens") -> np.ndarray:
     indices = np.arange(ds.sizes["window"])[np.asarray(indices, dtype=np.int64)]
     if PUBLISHED_ATTR in ds.attrs:
         return read_published_windows(ds, indices, var)
-    handle = _handle_of(ds) if var in ("tokens", "embedding") else None
+    handle = _handle_of(ds) if var in window_arrays(ds.attrs.get("encoder") or {}) else None
     if handle is None or "part_window" not in ds.coords:
         return np.asarray(ds[var].isel(window=indices).values)
     parts = [handle.parts[[p.name for p in handle.parts].index(name)] for name in ds.attrs["parts"]]
-    names = handle.layout.arrays if var == "tokens" else ("embedding",)
+    names = handle.layout.arrays if var == "tokens" else (var,)
     if not len(indices):
         return np.zeros((0,) + ds[var].shape[1:], dtype=np.float32)
     part_of = ds.part.values[indices]

@@ -144,6 +144,11 @@ def aligned_arrays(encoder: dict) -> dict[str, tuple[str, ...]]:
     return {name: ("window", *dims) for name, dims in encoder.get("aligned_arrays", {}).items()}
 
 
+def window_arrays(encoder: dict) -> tuple[str, ...]:
+    """The per-window data variables `read_windows` reads straight from the stored chunks."""
+    return ("tokens", "embedding", *aligned_arrays(encoder))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a local file: a video's content fingerprint, a checkpoint's identity."""
     h = hashlib.sha256()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from sklearn.metrics import accuracy_score, average_precision_score, confusion_matrix, f1_score
 from typer.testing import CliRunner
 
@@ -21,6 +22,8 @@ from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
 from ethoprism.probe.classify.zeroshot import zero_shot
 from ethoprism.probe.retrieve.text import run_text_query, text_table
+from ethoprism.store.manifest import verify
+from ethoprism.store.publish import publish
 
 DATA = Path(__file__).parent.parent / "data"
 GOLDEN = DATA / "golden" / "videoprism-lvt-tiny"
@@ -193,3 +196,48 @@ def test_text_query_with_other_weights_is_refused(lvt_store, tmp_path):
     np.savez(other, **arrays)
     with pytest.raises(EthoprismError, match="not the one the store was extracted with"):
         run_text_query(lvt_store, TEXTS, checkpoint=str(other), tokenizer=TOKENIZER)
+
+
+def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(lvt_store, tmp_path):
+    dest = str(tmp_path / "pub.zarr")
+    publish(lvt_store, dest)
+    local, published = store.open(lvt_store), store.open(dest)
+    plain = xr.open_zarr(dest)  # what another lab sees, without ethoprism
+    picks = [20, 0, 13, 3]
+    for name in ("video_embedding", "frame_embeddings"):
+        src = local[name]
+        for ds in (published, plain):
+            assert ds[name].dims == src.dims and ds[name].dtype == src.dtype, name
+            np.testing.assert_array_equal(ds[name].values, src.values, err_msg=name)
+        assert published[name].attrs == src.attrs, name
+        np.testing.assert_array_equal(
+            store.read_windows(published, picks, name), src.values[picks], err_msg=name
+        )
+    assert store.info(dest)["embeddings"] == ["embedding", "video_embedding", "frame_embeddings"]
+    # text search ranks the published copy's windows exactly as the source's
+    ranked = [
+        run_text_query(s, TEXTS, k=6, checkpoint=CHECKPOINT, tokenizer=TOKENIZER)
+        for s in (lvt_store, dest)
+    ]
+    np.testing.assert_array_equal(ranked[1].found.windows, ranked[0].found.windows)
+    np.testing.assert_array_equal(ranked[1].found.distances, ranked[0].found.distances)
+    out = [tmp_path / "zs-src", tmp_path / "zs-pub"]
+    for s, o in zip((lvt_store, dest), out, strict=True):
+        zero_shot(s, CLASSES, o, checkpoint=CHECKPOINT, tokenizer=TOKENIZER)
+    for csv in sorted(p.name for p in out[0].glob("*.csv")):
+        assert (out[1] / csv).read_text() == (out[0] / csv).read_text(), csv
+    # every aligned chunk is in the manifest; an altered one is named with its windows
+    assert verify(dest)["ok"]
+    listed = {
+        o["path"] for o in json.loads((tmp_path / "pub.zarr/manifest.json").read_text())["objects"]
+    }
+    assert "video_embedding/c/0/0" in listed and "frame_embeddings/c/0/0/0" in listed
+    chunk = tmp_path / "pub.zarr/frame_embeddings/c/0/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1
+    chunk.write_bytes(bytes(data))
+    r = verify(dest)
+    assert not r["ok"] and [a["path"] for a in r["altered"]] == ["frame_embeddings/c/0/0/0"]
+    result = CliRunner().invoke(app, ["store", "verify", dest])
+    assert result.exit_code == 1
+    assert "altered: frame_embeddings/c/0/0/0" in " ".join(result.output.split())
