@@ -198,7 +198,9 @@ def test_text_query_with_other_weights_is_refused(lvt_store, tmp_path):
         run_text_query(lvt_store, TEXTS, checkpoint=str(other), tokenizer=TOKENIZER)
 
 
-def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(lvt_store, tmp_path):
+def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(
+    lvt_store, tmp_path, nginx_server
+):
     dest = str(tmp_path / "pub.zarr")
     publish(lvt_store, dest)
     local, published = store.open(lvt_store), store.open(dest)
@@ -215,12 +217,14 @@ def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(l
         )
     assert store.info(dest)["embeddings"] == ["embedding", "video_embedding", "frame_embeddings"]
     # text search ranks the published copy's windows exactly as the source's
+    server = nginx_server(tmp_path)  # and over HTTP, as another lab reads it
     ranked = [
         run_text_query(s, TEXTS, k=6, checkpoint=CHECKPOINT, tokenizer=TOKENIZER)
-        for s in (lvt_store, dest)
+        for s in (lvt_store, dest, f"{server.url}/pub.zarr")
     ]
-    np.testing.assert_array_equal(ranked[1].found.windows, ranked[0].found.windows)
-    np.testing.assert_array_equal(ranked[1].found.distances, ranked[0].found.distances)
+    for other in ranked[1:]:
+        np.testing.assert_array_equal(other.found.windows, ranked[0].found.windows)
+        np.testing.assert_array_equal(other.found.distances, ranked[0].found.distances)
     out = [tmp_path / "zs-src", tmp_path / "zs-pub"]
     for s, o in zip((lvt_store, dest), out, strict=True):
         zero_shot(s, CLASSES, o, checkpoint=CHECKPOINT, tokenizer=TOKENIZER)
