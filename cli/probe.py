@@ -303,7 +303,8 @@ def probe_zero_shot(
     ] = "a video of {}.",
     video: VideoFilterOpt = None,
     checkpoint: Annotated[
-        str | None, typer.Option(help="The store's LvT weights (offline; else the hub's).")
+        str | None,
+        typer.Option(help="The store's LvT weights; else $ETHOPRISM_CHECKPOINT, else the hub's."),
     ] = None,
     tokenizer: Annotated[
         str | None, typer.Option(help="SentencePiece model (offline; else downloaded once).")

@@ -22,12 +22,11 @@ from ethoprism.extract.encoder import (
 from ethoprism.extract.videotext import load_video_text
 from ethoprism.extract.videotext import param_count as video_text_params
 from ethoprism.extract.weights import (
-    ENV_VAR,
     RANDOM,
     RANDOM_SHA256,
-    CheckpointError,
     download,
     load_checkpoint,
+    resolve_checkpoint,
     weights_available,
 )
 from ethoprism.store.schema import file_sha256
@@ -43,10 +42,7 @@ def load_encoder(
     "random" -> the official initialisation with seed 0 (for demos and tests without weights).
     """
     config, dtype = get_config(name), check_dtype(dtype)
-    if checkpoint is None and os.environ.get(ENV_VAR):
-        checkpoint = os.environ[ENV_VAR]
-        if not Path(checkpoint).expanduser().is_file():
-            raise CheckpointError(f"{ENV_VAR} points at {checkpoint}, which is not a file")
+    checkpoint = resolve_checkpoint(checkpoint)
     if name.startswith("videoprism-lvt"):  # the video-text models: their own variable tree
         return load_video_text(name, checkpoint, dtype)
     if isinstance(checkpoint, str) and checkpoint == RANDOM:

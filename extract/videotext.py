@@ -31,6 +31,7 @@ from ethoprism.extract.weights import (
     CheckpointError,
     download,
     load_checkpoint,
+    resolve_checkpoint,
 )
 from ethoprism.store.schema import file_sha256
 
@@ -197,13 +198,15 @@ def encode_prompts_for(
     cache: bool = True,
 ) -> np.ndarray:
     """(n, D) text embeddings of `texts` (wrapped in `template`) in the space of a store made with
-    the encoder `identity`; weights other than the store's are refused.
+    the encoder `identity`; weights other than the store's are refused. `checkpoint` None:
+    $ETHOPRISM_CHECKPOINT if set (as for extraction), else the Hugging Face cache.
 
     Prompts encoded before with the store's checkpoint and this tokenizer come from the text
     cache (`extract.textcache`); when every prompt does, no weights are read at all.
     """
     config = get_lvt_config(identity["name"])
     store_sha = str(identity.get("checkpoint_sha256"))
+    checkpoint = resolve_checkpoint(checkpoint)  # $ETHOPRISM_CHECKPOINT, as extraction reads it
     if checkpoint is not None:  # a checkpoint named is checked even when no prompt needs it
         _same_weights(_checkpoint_sha256(checkpoint), store_sha)
     tok = load_tokenizer(tokenizer, config.tokenizer_url)

@@ -31,6 +31,17 @@ class CheckpointError(EthoprismError):
     """A checkpoint that cannot be found, read, or does not fit the encoder config."""
 
 
+def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The checkpoint to load: the one given, else $ETHOPRISM_CHECKPOINT if set (it must be a
+    file), else None (the Hugging Face cache / download). Extraction and text search both ask
+    here, so one variable picks the weights for both."""
+    if checkpoint is None and os.environ.get(ENV_VAR):
+        checkpoint = os.environ[ENV_VAR]
+        if not Path(checkpoint).expanduser().is_file():
+            raise CheckpointError(f"{ENV_VAR} points at {checkpoint}, which is not a file")
+    return checkpoint
+
+
 def _how_to_get(config: EncoderConfig) -> str:
     where = (
         f"download {config.hf_filename} from https://huggingface.co/{config.hf_repo}, then "

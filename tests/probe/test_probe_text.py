@@ -245,3 +245,30 @@ def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(
     result = CliRunner().invoke(app, ["store", "verify", dest])
     assert result.exit_code == 1
     assert "altered: frame_embeddings/c/0/0/0" in " ".join(result.output.split())
+
+
+def test_text_search_takes_the_checkpoint_from_the_environment_as_extraction_does(
+    lvt_store, text_model, tmp_path, monkeypatch
+):
+    model, tok = text_model
+    monkeypatch.setenv("ETHOPRISM_TEXT_CACHE", str(tmp_path / "text-cache"))  # nothing cached
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # without the variable: no weights to be had
+    texts = ["a horse standing still"]
+    monkeypatch.setenv("ETHOPRISM_CHECKPOINT", CHECKPOINT)
+    r = run_text_query(lvt_store, texts, k=4, tokenizer=TOKENIZER)
+    cos = (
+        store.open(lvt_store)["video_embedding"].values @ model.encode_texts(prompts(texts), tok)[0]
+    )
+    np.testing.assert_array_equal(r.found.windows[0], np.argsort(-cos, kind="stable")[:4])
+    with np.load(CHECKPOINT) as z:
+        arrays = dict(z)
+    arrays["params/text_encoder/cls_emb"] = arrays["params/text_encoder/cls_emb"] + 1
+    np.savez(tmp_path / "other.npz", **arrays)
+    monkeypatch.setenv("ETHOPRISM_CHECKPOINT", str(tmp_path / "other.npz"))
+    with pytest.raises(EthoprismError, match="not the one the store was extracted with"):
+        run_text_query(lvt_store, texts, tokenizer=TOKENIZER)  # (the prompt is cached now)
+    monkeypatch.setenv("ETHOPRISM_CHECKPOINT", str(tmp_path / "nowhere.npz"))
+    out = CliRunner().invoke(
+        app, ["retrieve", "query", lvt_store, "--text", texts[0], "--tokenizer", TOKENIZER]
+    )
+    assert out.exit_code == 1 and "ETHOPRISM_CHECKPOINT points at" in out.output
