@@ -211,11 +211,12 @@ def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(
         for ds in (published, plain):
             assert ds[name].dims == src.dims and ds[name].dtype == src.dtype, name
             np.testing.assert_array_equal(ds[name].values, src.values, err_msg=name)
-        assert published[name].attrs == src.attrs, name
+        assert published[name].attrs == src.attrs == plain[name].attrs, name
         np.testing.assert_array_equal(
             store.read_windows(published, picks, name), src.values[picks], err_msg=name
         )
     assert store.info(dest)["embeddings"] == ["embedding", "video_embedding", "frame_embeddings"]
+    assert store.validate(dest)["ok"]
     # text search ranks the published copy's windows exactly as the source's
     server = nginx_server(tmp_path)  # and over HTTP, as another lab reads it
     ranked = [
