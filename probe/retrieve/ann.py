@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -312,14 +313,18 @@ def build_index(
         round(time.perf_counter() - t0, 3),
         var,
     )
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    faiss.write_index(index, os.path.join(tmp, INDEX_FILE))
-    with open(os.path.join(tmp, META_FILE), "w") as f:
-        json.dump(asdict(info), f, indent=2)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    # written beside `out` in a folder of its own (never one of the user's), then swapped in
+    parent, name = os.path.split(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
+    try:
+        faiss.write_index(index, os.path.join(tmp, INDEX_FILE))
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump(asdict(info), f, indent=2)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return info
 
 

@@ -152,6 +152,12 @@ def test_index_dir_that_holds_other_files_is_refused_not_wiped(small_store, tmp_
     ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
     ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["index.faiss", "meta.json"]
+    # the build's scratch folder is its own: a neighbour named like one survives, none is left
+    (tmp_path / "empty.tmp").mkdir()
+    (tmp_path / "empty.tmp" / "notes.txt").write_text("mine")
+    ann.build_index(path, nlist=16, index_path=tmp_path / "empty")
+    assert (tmp_path / "empty.tmp" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "empty.tmp", "mine"]
 
 
 def test_an_index_saved_before_it_recorded_its_embedding_still_loads(small_store, tmp_path):
