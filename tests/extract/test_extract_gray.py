@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from clips import transcode
 
 from ethoprism import store
 from ethoprism.extract import load_encoder
@@ -26,19 +26,6 @@ CHECKPOINT = str(DATA / "golden" / "checkpoint.npz")
 PREP = Preprocessing(frame_size=72, window_stride=8)
 
 
-def gray_video(path: Path, pix_fmt: str = "gray", frames: int = 30) -> Path:
-    """The horse clip's luma as a lossless FFV1 video of pixel format `pix_fmt`."""
-    with av.open(str(HORSE)) as src, av.open(str(path), "w") as dst:
-        out = dst.add_stream("ffv1", rate=30)
-        out.width, out.height, out.pix_fmt = 288, 162, pix_fmt
-        for i, frame in enumerate(src.decode(video=0)):
-            if i == frames:
-                break
-            dst.mux(out.encode(frame.reformat(format=pix_fmt)))
-        dst.mux(out.encode(None))
-    return path
-
-
 def rgb_windows(path, prep: Preprocessing) -> list[np.ndarray]:
     """The windows of `path` through the RGB path (three channels whatever the source)."""
     decode, _ = open_backend("cpu", prep)
@@ -54,7 +41,7 @@ def rgb_windows(path, prep: Preprocessing) -> list[np.ndarray]:
     "pix_fmt,resize", [("gray", "squash"), ("gray", "pad"), ("gray16le", "crop")]
 )
 def test_gray_windows_have_one_channel_equal_to_the_rgb_ones(tmp_path, pix_fmt, resize):
-    path = gray_video(tmp_path / "gray.mkv", pix_fmt)
+    path = transcode(tmp_path / "gray.mkv", "ffv1", pix_fmt, frames=30)
     prep = Preprocessing(frame_size=72, window_stride=8, resize=resize)
     gray = [w.pixels for w in iter_windows(path, prep)]
     rgb = rgb_windows(path, prep)
@@ -93,7 +80,7 @@ def test_gray_tokens_equal_the_rgb_paths_and_an_extracted_store_holds_them(tmp_p
     """One channel to the device, three made there: the same tokens (as the store codes them)
     and embeddings, bit for bit; and a real run (decode worker process, shared-memory slots)
     stores those tokens for a gray video, in a batch shared with a colour video's window."""
-    path = gray_video(tmp_path / "gray.mkv")
+    path = transcode(tmp_path / "gray.mkv", "ffv1", "gray", frames=30)
     gray = np.stack([w.pixels for w in iter_windows(path, PREP)])
     rgb = np.stack(rgb_windows(path, PREP))
     encoder = load_encoder("videoprism-tiny", CHECKPOINT)

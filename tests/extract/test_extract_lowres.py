@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from clips import transcode
 
 from ethoprism.extract.decoders import NvdecSupport, choose_decoder
 from ethoprism.extract.preprocess import Preprocessing, decoder_lowres
@@ -18,16 +18,6 @@ from ethoprism.extract.windows import iter_windows
 HORSE = Path(__file__).parent.parent / "data" / "videos" / "horse_288x162.mp4"
 AREA = Preprocessing(frame_size=36, window_stride=8)
 LOWRES = Preprocessing(frame_size=36, window_stride=8, interpolation="area-lowres")
-
-
-def mjpeg_clip(path: Path, frames: int = 20) -> Path:
-    with av.open(str(HORSE)) as src, av.open(str(path), "w") as dst:
-        out = dst.add_stream("mjpeg", rate=30)
-        out.width, out.height, out.pix_fmt = 288, 162, "yuvj420p"
-        for _, frame in zip(range(frames), src.decode(video=0), strict=False):
-            dst.mux(out.encode(frame.reformat(format="yuvj420p")))
-        dst.mux(out.encode(None))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -51,7 +41,7 @@ def test_decoder_lowres_never_shrinks_below_the_resized_picture(
 
 
 def test_an_mjpeg_source_is_decoded_smaller_and_resized_to_nearly_the_same_pixels(tmp_path):
-    path = mjpeg_clip(tmp_path / "clip.avi")
+    path = transcode(tmp_path / "clip.avi", "mjpeg", "yuvj420p", frames=20)
     _, _, frame = next(iter_raw(path, 0, LOWRES))
     assert (frame.width, frame.height) == (72, 41)  # 1/4 size: still covers 36x36
     _, _, frame = next(iter_raw(path, 0, AREA))

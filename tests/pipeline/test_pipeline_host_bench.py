@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from clips import transcode
 
 from ethoprism.extract.preprocess import Preprocessing
 from ethoprism.extract.video import demux_times, iter_frames, probe_video
@@ -34,20 +34,10 @@ def test_demux_times_equal_decoded_frame_times():
     np.testing.assert_array_equal(demux_times(HORSE), decoded)
 
 
-def gray_clip(path: Path, frames: int = 6) -> Path:
-    with av.open(str(HORSE)) as src, av.open(str(path), "w") as dst:
-        out = dst.add_stream("ffv1", rate=30)
-        out.width, out.height, out.pix_fmt = 288, 162, "gray"
-        for _, frame in zip(range(frames), src.decode(video=0), strict=False):
-            dst.mux(out.encode(frame.reformat(format="gray")))
-        dst.mux(out.encode(None))
-    return path
-
-
 @pytest.mark.slow
 def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
     prep = Preprocessing(frame_size=72)
-    gray = gray_clip(tmp_path / "gray.mkv")
+    gray = transcode(tmp_path / "gray.mkv", "ffv1", "gray", frames=6)
     r = bench_host(
         model="videoprism-tiny",
         prep=prep,
