@@ -107,12 +107,19 @@ def decoder_lowres(prep: Preprocessing, codec: str, width: int, height: int) -> 
     """The power of two by which a `codec` decoder may shrink a width x height picture itself
     under `prep` (FFmpeg's `lowres`; 0: full size). Only with interpolation "area-lowres", for
     `LOWRES_CODECS`, at most 3 (FFmpeg's limit), and never below the size the picture is
-    resized to, so that the area filter still only shrinks."""
+    resized to, so that the area filter still only shrinks. Nor where the shrunk picture
+    (rounded up by the decoder) would be placed a pixel differently in the frame than the
+    full-size one: boxes map through the full-size placement (`store.framing`)."""
     if prep.interpolation != "area-lowres" or codec not in LOWRES_CODECS:
         return 0
-    sw, sh, _, _ = resize_geometry(width, height, prep.frame_size, prep.resize)
+    full = resize_geometry(width, height, prep.frame_size, prep.resize)
     k = 0
-    while k < 3 and -(-width >> (k + 1)) >= sw and -(-height >> (k + 1)) >= sh:
+    while k < 3:
+        w, h = -(-width >> (k + 1)), -(-height >> (k + 1))
+        if w < full[0] or h < full[1]:
+            break
+        if resize_geometry(w, h, prep.frame_size, prep.resize) != full:
+            break
         k += 1
     return k
 

@@ -14,6 +14,7 @@ from ethoprism.extract.decoders import NvdecSupport, choose_decoder
 from ethoprism.extract.preprocess import Preprocessing, decoder_lowres
 from ethoprism.extract.video import iter_raw
 from ethoprism.extract.windows import iter_windows
+from ethoprism.store.framing import resize_geometry
 
 HORSE = Path(__file__).parent.parent / "data" / "videos" / "horse_288x162.mp4"
 AREA = Preprocessing(frame_size=36, window_stride=8)
@@ -38,6 +39,22 @@ def test_decoder_lowres_never_shrinks_below_the_resized_picture(
     codec, width, height, prep, expected
 ):
     assert decoder_lowres(prep, codec, width, height) == expected
+
+
+@pytest.mark.parametrize("mode", ["squash", "pad", "crop"])
+def test_a_shrunk_picture_is_placed_in_the_frame_exactly_as_the_full_size_one(mode):
+    # boxes map through the full-size placement: 1154x720 padded is 288x180 at full size but
+    # 289x180 at 1/4 size would give 288x179, so that source is decoded at 1/2 size only
+    prep = Preprocessing(interpolation="area-lowres", resize=mode)
+    assert decoder_lowres(prep, "mjpeg", 1154, 720) == 1
+    shrunk = total = 0
+    for width in range(576, 2000, 2):
+        for height in (480, 540, 600, 720, 768, 1080):
+            k = decoder_lowres(prep, "mjpeg", width, height)
+            small = (-(-width >> k), -(-height >> k))
+            assert resize_geometry(*small, 288, mode) == resize_geometry(width, height, 288, mode)
+            shrunk, total = shrunk + (k > 0), total + 1
+    assert shrunk > total // 2  # and most sources are still decoded smaller
 
 
 def test_an_mjpeg_source_is_decoded_smaller_and_resized_to_nearly_the_same_pixels(tmp_path):
