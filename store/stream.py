@@ -66,10 +66,8 @@ def keep_freed_memory() -> None:
     where the C library is not glibc. A setting of the whole process, so opt-in: the
     extraction run and the store bench ask for it; the writer never does on its own.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None and platform.libc_ver()[0] == "glibc":
-        mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest; a base window is 6.3 MB
-        mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    # 32 MiB is glibc's largest mmap threshold; a base window is 6.3 MB
+    _mallopt((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def return_freed_buffers() -> None:
@@ -80,9 +78,16 @@ def return_freed_buffers() -> None:
     later, larger buffers cannot use them: `bench probe` peaked ~1 GB higher for it. Opt-in like
     `keep_freed_memory`: a probe training run and its bench ask for it.
     """
+    _mallopt((_M_MMAP_THRESHOLD, 4 << 20))
+
+
+def _mallopt(*settings: tuple[int, int]) -> None:
+    """glibc's mallopt(parameter, value) for each setting; nothing where the C library is not
+    glibc."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None and platform.libc_ver()[0] == "glibc":
-        mallopt(_M_MMAP_THRESHOLD, 4 << 20)
+        for parameter, value in settings:
+            mallopt(parameter, value)
 
 
 def windows_per_shard(token_shape, layout: Layout) -> int:

@@ -5,23 +5,12 @@ Other probe tests import `fake_store` from here. Windows follow the extraction c
 the real frames of a padded window.
 """
 
+import identity
 import numpy as np
 import xarray as xr
 
-ENCODER = {
-    "name": "videoprism-tiny",
-    "config": {"model_dim": 8},
-    "checkpoint_sha256": "random-init-seed-0",
-    "dtype": "float32",
-}
-PREP = {
-    "frame_size": 288,
-    "resize": "squash",
-    "window_length": 16,
-    "window_stride": 8,
-    "frame_step": 1,
-    "pixel_range": [0.0, 1.0],
-}
+ENCODER = identity.encoder(8)
+PREP = identity.preprocessing(288, 16, 8)
 LAYOUT = {"dtype": "float16-round7", "pool": 1}
 
 

@@ -256,47 +256,20 @@ def one_line(result) -> str:
 
 def test_bad_input_through_the_cli_is_one_clear_line(trained):
     root, _ = trained
+    store, detector, out = str(root / "features.zarr"), str(root / "real"), str(root / "x")
     bad = root / "vole.csv"
-    bad.write_text("video,frame,track,class,x,y,w,h\nv6.mp4,4,0,vole,1,2,10,10\n")
-    r = CliRunner().invoke(
-        app,
-        [
-            "localize",
-            "eval",
-            str(root / "features.zarr"),
-            str(root / "real"),
-            str(bad),
-            "--out",
-            str(root / "x"),
-        ],
-    )
+
+    def evaluate(row: str):
+        bad.write_text(f"video,frame,track,class,x,y,w,h\n{row}\n")
+        args = ["localize", "eval", store, detector, str(bad), "--out", out]
+        return CliRunner().invoke(app, args)
+
+    r = evaluate("v6.mp4,4,0,vole,1,2,10,10")
     assert r.exit_code == 1
     assert "vole.csv row 2: field 'class' 'vole' was not in the training set" in one_line(r)
-    bad.write_text("video,frame,track,class,x,y,w,h\nv6.mp4,64,0,bar,1,2,10,10\n")
-    r = CliRunner().invoke(
-        app,
-        [
-            "localize",
-            "eval",
-            str(root / "features.zarr"),
-            str(root / "real"),
-            str(bad),
-            "--out",
-            str(root / "x"),
-        ],
-    )
+    r = evaluate("v6.mp4,64,0,bar,1,2,10,10")
     assert r.exit_code == 1 and "field 'frame': 64 is beyond the end of 'v6.mp4'" in one_line(r)
     r = CliRunner().invoke(
-        app,
-        [
-            "localize",
-            "predict",
-            str(root / "features.zarr"),
-            str(root / "real"),
-            "--video",
-            "v9.mp4",
-            "--out",
-            str(root / "x"),
-        ],
+        app, ["localize", "predict", store, detector, "--video", "v9.mp4", "--out", out]
     )
     assert r.exit_code == 1 and "'v9.mp4' is not a complete video" in one_line(r)

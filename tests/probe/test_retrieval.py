@@ -6,6 +6,7 @@ are chosen by the test so that the brute-force reference is known.
 
 import hashlib
 
+import identity
 import numpy as np
 import pytest
 
@@ -13,20 +14,8 @@ from ethoprism import store
 from ethoprism.probe import retrieve as retrieval
 from ethoprism.probe.retrieve.knn import RetrievalError
 
-ENCODER = {
-    "name": "videoprism-tiny",
-    "config": {"model_dim": 16},
-    "checkpoint_sha256": "random-init-seed-0",
-    "dtype": "float32",
-}
-PREP = {
-    "frame_size": 288,
-    "resize": "squash",
-    "window_length": 16,
-    "window_stride": 8,
-    "frame_step": 1,
-    "pixel_range": [0.0, 1.0],
-}
+ENCODER = identity.encoder(16)
+PREP = identity.preprocessing(288, 16, 8)
 FPS = 24.0
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import identity
 import numpy as np
 import pytest
 import xarray as xr
@@ -14,20 +15,8 @@ from ethoprism.store import Layout, StoreError, StoreIdentityError, VideoRecord
 from ethoprism.store.bench import activation_like
 from ethoprism.store.codecs import pool_spatial
 
-ENCODER = {
-    "name": "videoprism-tiny",
-    "config": {"model_dim": 32, "pos_emb_shape": [2, 4, 4]},
-    "checkpoint_sha256": "random-init-seed-0",
-    "dtype": "float32",
-}
-PREP = {
-    "frame_size": 32,
-    "resize": "squash",
-    "window_length": 4,
-    "window_stride": 2,
-    "frame_step": 1,
-    "pixel_range": [0.0, 1.0],
-}
+ENCODER = identity.encoder(32, pos_emb_shape=[2, 4, 4])
+PREP = identity.preprocessing(32, 4, 2)
 SHAPE = (2, 8, 8, 32)  # t, h, w, c
 
 

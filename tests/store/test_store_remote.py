@@ -6,6 +6,7 @@ import json
 import shutil
 import ssl
 
+import identity
 import numpy as np
 import pytest
 import s3fs
@@ -21,20 +22,8 @@ from ethoprism.store.remote import storage_options_for, upload_store, zarr_store
 from ethoprism.store.schema import StoreError
 
 SHARD_WINDOWS = 16
-ENCODER = {
-    "name": "videoprism-tiny",
-    "config": {"model_dim": 16},
-    "checkpoint_sha256": "0" * 64,
-    "dtype": "float32",
-}
-PREP = {
-    "frame_size": 32,
-    "resize": "squash",
-    "window_length": 4,
-    "window_stride": 2,
-    "frame_step": 1,
-    "pixel_range": [0.0, 1.0],
-}
+ENCODER = identity.encoder(16, checkpoint="0" * 64)
+PREP = identity.preprocessing(32, 4, 2)
 
 
 def write_store(path, seed=0) -> None:

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import identity
 import numpy as np
 import pytest
 import s3fs
@@ -29,20 +30,8 @@ from ethoprism.store.manifest import parse_manifest, verify
 from ethoprism.store.publish import publish
 from ethoprism.store.schema import StoreError
 
-ENCODER = {
-    "name": "videoprism-tiny",
-    "config": {"model_dim": 16},
-    "checkpoint_sha256": "0" * 64,
-    "dtype": "float32",
-}
-PREP = {
-    "frame_size": 32,
-    "resize": "squash",
-    "window_length": 4,
-    "window_stride": 2,
-    "frame_step": 1,
-    "pixel_range": [0.0, 1.0],
-}
+ENCODER = identity.encoder(16, checkpoint="0" * 64)
+PREP = identity.preprocessing(32, 4, 2)
 IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(store.__file__)))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import identity
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -17,20 +18,8 @@ from ethoprism.extract.video import probe_video
 from ethoprism.store.videos import VideoResolver, VideosNotFound
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-ENCODER = {
-    "name": "videoprism-tiny",
-    "config": {"model_dim": 8},
-    "checkpoint_sha256": "random-init-seed-0",
-    "dtype": "float32",
-}
-PREP = {
-    "frame_size": 288,
-    "resize": "squash",
-    "window_length": 16,
-    "window_stride": 8,
-    "frame_step": 1,
-    "pixel_range": [0.0, 1.0],
-}
+ENCODER = identity.encoder(8)
+PREP = identity.preprocessing(288, 16, 8)
 
 
 def write_store(path: str, videos: list[str]) -> None:
