@@ -20,6 +20,11 @@ Per window at stride S a decoder decodes S new frames (and converts those a wind
 the totals are given for stride 8 and 16. Cores = CPU seconds per window x windows per second.
 The hardware-decoder (NVDEC) column is an estimate: demuxing (measured) replaces decoding and
 conversion, which run on the GPU; everything after decoding stays on the host.
+
+Cores say what the host must have; they are not all usable by one video. The decode pool feeds
+the encoder one video at a time (`pipeline.decode`), and that video's frames are converted on
+its worker's one thread while FFmpeg decodes on others: "one video" is the windows/s that thread
+allows (its CPU per frame, measured, plus batching), an upper bound on one video's feed rate.
 """
 
 from __future__ import annotations
@@ -102,22 +107,31 @@ def frame_costs(
     path, prep: Preprocessing, frames: int, threads: int, repeats: int, single_channel=True
 ) -> dict:
     """CPU ms per frame: decode alone (at full size), and decode + convert + resize as `prep`
-    says (best of `repeats`, alternating), and demuxing alone (for the hardware decoder's
-    estimate). `single_channel`: grayscale sources kept one channel, as extraction does."""
+    says, and demuxing alone (for the hardware decoder's estimate). `single_channel`: grayscale
+    sources kept one channel, as extraction does.
+
+    The two are run in `repeats` alternating pairs; the ratio is the median of the pairs' ratios
+    (with their range), since a shared machine's speed drifts by 20% from run to run and each
+    pair sees nearly the same machine. The decode worker's own thread is timed too: it converts
+    while a threaded decoder decodes on other threads, so it caps the frames/s of one video."""
     resize = Resizer(prep, single_channel)
-    raw = converted = 0.0
+    raw, converted = [], []
     for _ in range(repeats):
-        raw = max(raw, decode_rate(path, frames, threads, lambda frame: None)[1])
-        converted = max(converted, decode_rate(path, frames, threads, resize, prep)[1])
+        raw.append(decode_rate(path, frames, threads, lambda frame: None))
+        converted.append(decode_rate(path, frames, threads, resize, prep))
+    ratios = [r.cpu_fps / c.cpu_fps for r, c in zip(raw, converted, strict=True)]
     cpu = time.process_time()
     n = len(demux_times(path))
     demux_ms = (time.process_time() - cpu) / max(n, 1) * 1e3
-    decode_ms, total_ms = 1e3 / raw, 1e3 / converted
+    decode_ms = 1e3 / float(np.median([r.cpu_fps for r in raw]))
+    ratio = float(np.median(ratios))
     return {
         "decode_ms_per_frame": decode_ms,
-        "decode_convert_ms_per_frame": total_ms,
-        "convert_ms_per_frame": max(total_ms - decode_ms, 0.0),
-        "decode_convert_vs_decode": total_ms / decode_ms,
+        "decode_convert_ms_per_frame": decode_ms * ratio,
+        "convert_ms_per_frame": max(decode_ms * (ratio - 1), 0.0),
+        "decode_convert_vs_decode": ratio,
+        "decode_convert_vs_decode_range": [min(ratios), max(ratios)],
+        "worker_thread_ms_per_frame": 1e3 / float(np.median([c.thread_fps for c in converted])),
         "demux_ms_per_frame": demux_ms,
     }
 
@@ -355,6 +369,8 @@ def bench_host(
             total = sum(stages.values())
             after_clip = total - stages["decode"] - stages["convert_resize"]
             nvdec = stride * clip["demux_ms_per_frame"] + after_ms  # RGB frames, gray or not
+            # the decode pool feeds one video at a time, and one thread converts its frames
+            worker_ms = stride * clip["worker_thread_ms_per_frame"] + stages["batching"]
             clip.setdefault("strides", {})[str(stride)] = {
                 "stages_ms": stages,
                 "total_ms": total,
@@ -363,5 +379,6 @@ def bench_host(
                 "cores_per_accelerator": cores(total, windows_per_s),
                 "nvdec_estimate_ms": nvdec,
                 "nvdec_cores_per_accelerator": cores(nvdec, windows_per_s),
+                "one_video_windows_per_s": 1e3 / worker_ms,
             }
     return out

@@ -43,7 +43,7 @@ def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
         prep=prep,
         frames=6,
         windows=4,
-        repeats=1,
+        repeats=2,
         rate=100.0,
         clips={"horse": HORSE, "cage": CAGE, "gray": gray},
         directory=tmp_path,
@@ -65,6 +65,14 @@ def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
     assert set(r["strides"]) == {"8", "16"}
     for clip in r["clips"].values():
         assert clip["decode_ms_per_frame"] > 0 and clip["demux_ms_per_frame"] >= 0
+        # the ratio is the median of two pairs' ratios: between them, and what the figures say
+        low, high = clip["decode_convert_vs_decode_range"]
+        assert low <= clip["decode_convert_vs_decode"] <= high
+        assert clip["decode_convert_ms_per_frame"] == pytest.approx(
+            clip["decode_ms_per_frame"] * clip["decode_convert_vs_decode"]
+        )
+        # the worker's own thread is part of the process, so at most its CPU (in the noise)
+        assert 0 < clip["worker_thread_ms_per_frame"] < 1.5 * clip["decode_convert_ms_per_frame"]
         for stride, x in clip["strides"].items():
             assert list(x["stages_ms"]) == list(STAGES)
             assert x["total_ms"] == pytest.approx(sum(x["stages_ms"].values()))
@@ -74,6 +82,10 @@ def test_bench_host_reports_every_stage_and_the_cores(tmp_path):
             assert x["cores_per_accelerator"] == pytest.approx(x["total_ms"] * 100.0 / 1e3)
             assert x["cores_per_100_windows_per_s"] == pytest.approx(x["total_ms"] / 10)
             assert x["nvdec_estimate_ms"] < x["total_ms"]
+            assert x["one_video_windows_per_s"] == pytest.approx(
+                1e3
+                / (int(stride) * clip["worker_thread_ms_per_frame"] + x["stages_ms"]["batching"])
+            )
     # the tiny tokens really went through the store: 16*4*4*64 float16 values, compressed
     assert 0 < r["store"]["bytes_per_window"] < 16 * 4 * 4 * 64 * 2 * 1.1
 
