@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethoprism.errors import EthoprismError
+from ethoprism.extract.framepool import PerThread, conversion_threads
 from ethoprism.extract.preprocess import Preprocessing, Resizer
 from ethoprism.extract.video import (
     VideoError,
@@ -119,11 +120,14 @@ Decoded = Generator[tuple[int, float, object], None, tuple[int, float]]
 
 def open_backend(decoder: str, prep: Preprocessing, threads: int = 0):
     """(decode(path) -> Decoded, convert(frame) -> (S, S, 3) uint8, or (S, S, 1) for grayscale
-    sources on the CPU) for a chosen backend."""
+    sources on the CPU, and how many threads may call convert at once) for a chosen backend.
+    `threads`: the CPU decoder's (0: FFmpeg chooses; `framepool.conversion_threads`)."""
     if decoder == "nvdec":
         backend = NvdecBackend(prep)
-        return backend.decode, backend.convert
-    return (lambda path: iter_raw(path, threads, prep)), Resizer(prep, single_channel=True)
+        return backend.decode, backend.convert, 1  # one JAX stream of small device jobs
+    resizers = PerThread(lambda: Resizer(prep, single_channel=True))
+    convert = lambda frame: resizers.get()(frame)  # noqa: E731
+    return (lambda path: iter_raw(path, threads, prep)), convert, conversion_threads(threads)
 
 
 class NvdecBackend:

@@ -28,6 +28,7 @@ import numpy as np
 from fsspec import open as fsspec_open
 
 from ethoprism.errors import EthoprismError
+from ethoprism.extract.framepool import PerThread, conversion_threads, ordered_map
 from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
 
 _HASH_CHUNK = 1 << 20
@@ -182,10 +183,11 @@ def _configure_threads(stream, threads: int) -> None:
 
 
 def _decode(
-    path, container, stream
+    path, container, stream, workers: int = 1
 ) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
     """Yields (index, time, frame) in presentation order and returns (n_frames, duration) as
-    decoded.
+    decoded. `workers` > 1 decodes the packets of codecs that can take it on that many threads
+    (`_packet_decoder`).
 
     Raises VideoError on damage (see the module docstring).
     """
@@ -214,10 +216,10 @@ def _decode(
         with suppress(av.FFmpegError):
             yield from emit(codec.decode(None))
 
+    decode, workers = _packet_decoder(codec, workers)
+    packets = (p for p in container.demux(stream) if p.size)  # size 0: the end; flushed below
     try:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the demuxer's end marker; we flush below
+        for packet, frames in ordered_map(decode, packets, workers):
             if packet.is_corrupt:
                 yield from flush()
                 raise VideoError(
@@ -228,13 +230,12 @@ def _decode(
                     frame=index,
                 )
             sent += not packet.is_discard
-            try:
-                yield from emit(codec.decode(packet))
-            except av.FFmpegError as e:
+            if isinstance(frames, av.FFmpegError):
                 yield from flush()
                 raise VideoError(
-                    path, f"decode error at frame {index}: {_describe(e)}", frame=index
-                ) from None
+                    path, f"decode error at frame {index}: {_describe(frames)}", frame=index
+                )
+            yield from emit(frames)
         yield from emit(codec.decode(None))
     except av.FFmpegError as e:  # reading the file, not decoding it
         raise VideoError(
@@ -257,6 +258,46 @@ def _decode(
     return index, time - first_time + period  # the last frame lasts one frame period
 
 
+# FFmpeg's codec capabilities (AV_CODEC_CAP_*): a decoder with threads of its own, or one that
+# holds frames back (so a packet's picture may come out with a later packet)
+_OWN_THREADS_OR_DELAY = (1 << 12) | (1 << 13) | (1 << 15) | (1 << 5)
+
+
+def parallel_packets(codec: av.CodecContext) -> bool:
+    """Whether a codec's packets may be decoded on several threads, each by a decoder of its
+    own: every packet a whole picture (intra-only), and no decoder threads or delay in FFmpeg.
+    MJPEG, the usual lab camera codec, is one: FFmpeg decodes it on the calling thread alone,
+    which capped one video near 60 windows/s at 720p (`ethoprism bench host`)."""
+    return codec.codec.intra_only and not codec.codec.capabilities & _OWN_THREADS_OR_DELAY
+
+
+def _packet_decoder(codec: av.CodecContext, workers: int):
+    """(packet -> (packet, its frames, or the FFmpegError decoding it raised), the threads that
+    may call it at once). Several only for a codec that allows it: each thread then decodes
+    with a decoder of its own, configured as `codec` (size, extradata, options such as lowres)."""
+    if workers <= 1 or not parallel_packets(codec):
+        decoders, workers = None, 1
+    else:
+
+        def make():
+            own = av.CodecContext.create(codec.name, "r")
+            own.width, own.height, own.extradata = codec.width, codec.height, codec.extradata
+            own.options = dict(codec.options)
+            return own
+
+        decoders = PerThread(make)
+
+    def decode(packet):
+        if packet.is_corrupt:
+            return packet, []  # refused in order by the caller, never decoded
+        try:
+            return packet, (codec if decoders is None else decoders.get()).decode(packet)
+        except av.FFmpegError as e:
+            return packet, e
+
+    return decode, workers
+
+
 def iter_frames(path, threads: int = 0, prep: Preprocessing | None = None) -> Iterator[Frame]:
     """Decode the first video stream of `path` (a local path or fsspec URL), one Frame at a time.
 
@@ -266,7 +307,7 @@ def iter_frames(path, threads: int = 0, prep: Preprocessing | None = None) -> It
     convert = Resizer(prep) if prep is not None else _to_rgb
     with _open_video(path) as (container, stream):
         _configure_threads(stream, threads)
-        for index, time, frame in _decode(path, container, stream):
+        for index, time, frame in _decode(path, container, stream, conversion_threads(threads)):
             yield Frame(index, time, convert(frame))
 
 
@@ -285,7 +326,7 @@ def iter_raw(
         codec = stream.codec_context
         if prep is not None and (k := decoder_lowres(prep, codec.name, codec.width, codec.height)):
             codec.options = {**codec.options, "lowres": str(k)}  # read when decoding starts
-        return (yield from _decode(path, container, stream))
+        return (yield from _decode(path, container, stream, conversion_threads(threads)))
 
 
 def _seconds(pts, tb) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethoprism.extract.decoders import open_backend
+from ethoprism.extract.framepool import ordered_map
 from ethoprism.extract.preprocess import Preprocessing
 
 
@@ -249,15 +250,20 @@ def iter_windows(
     else:  # centred windows are off the stride grid: every needed frame is resized
         skip_before = 0
         assembler = CentredAssembler(prep, centres, alloc, first_window)
-    decode, resize = open_backend(decoder, prep, threads)
-    decoded = decode(path)
+    decode, resize, workers = open_backend(decoder, prep, threads)
+
+    def convert(decoded):  # on a conversion thread: `needs` only reads the assembler's plan
+        index, time, frame = decoded
+        needed = index >= skip_before and assembler.needs(index)
+        return index, time, resize(frame) if needed else None
+
+    frames = ordered_map(convert, decode(path), workers)
     while True:
         try:
-            index, time, frame = next(decoded)
+            index, time, rgb = next(frames)
         except StopIteration as end:
             n_frames, duration = end.value
             break
-        rgb = resize(frame) if index >= skip_before and assembler.needs(index) else None
         yield from assembler.push(index, time, rgb)
     yield from assembler.finish()
     return n_frames, duration

@@ -3,7 +3,9 @@
 Worker j decodes videos j, j+N, j+2N, ... into its own bounded queue; the consumer reads video
 0 from queue 0 to its end, then video 1 from queue 1, and so on. So while the encoder works on
 one video the other workers are already decoding the next ones, memory is bounded by the queue
-sizes (never by video length), and the windows of a video arrive in order.
+sizes (never by video length), and the windows of a video arrive in order. Since the encoder
+takes one video at a time, a worker spreads its video's frames over threads of its own
+(`extract.framepool`).
 
 Workers are processes (spawned: JAX does not survive fork) unless the caller is itself a
 daemonic process, such as a Dask worker, which may not have children; then they are threads

@@ -21,10 +21,12 @@ the totals are given for stride 8 and 16. Cores = CPU seconds per window x windo
 The hardware-decoder (NVDEC) column is an estimate: demuxing (measured) replaces decoding and
 conversion, which run on the GPU; everything after decoding stays on the host.
 
-Cores say what the host must have; they are not all usable by one video. The decode pool feeds
-the encoder one video at a time (`pipeline.decode`), and that video's frames are converted on
-its worker's one thread while FFmpeg decodes on others: "one video" is the windows/s that thread
-allows (its CPU per frame, measured, plus batching), an upper bound on one video's feed rate.
+Cores say what the host must have, not that one video can use them. The decode pool feeds the
+encoder one video at a time (`pipeline.decode`); its frames are decoded on FFmpeg's threads (or,
+for MJPEG and other intra-only codecs without them, on a frame pool) and converted on the frame
+pool (`extract.framepool`), but the worker's own thread still demuxes and assembles windows:
+"one video" is the windows/s that thread allows (its CPU per frame, measured on the extraction's
+own path, plus batching), an upper bound on one video's feed rate whatever the cores.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from ethoprism.extract.decode_bench import decode_rate
 from ethoprism.extract.encoder import get_config
 from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
 from ethoprism.extract.video import demux_times, probe_video
-from ethoprism.extract.windows import WindowAssembler, stack_windows
+from ethoprism.extract.windows import WindowAssembler, iter_windows, stack_windows
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.decode import Windows, WindowSlots
 from ethoprism.pipeline.rate import measure_rate
@@ -112,13 +114,14 @@ def frame_costs(
 
     The two are run in `repeats` alternating pairs; the ratio is the median of the pairs' ratios
     (with their range), since a shared machine's speed drifts by 20% from run to run and each
-    pair sees nearly the same machine. The decode worker's own thread is timed too: it converts
-    while a threaded decoder decodes on other threads, so it caps the frames/s of one video."""
+    pair sees nearly the same machine. The decode worker's own thread is timed too, running
+    the extraction's windows: what stays serial there caps the frames/s of one video."""
     resize = Resizer(prep, single_channel)
-    raw, converted = [], []
+    raw, converted, worker = [], [], []
     for _ in range(repeats):
         raw.append(decode_rate(path, frames, threads, lambda frame: None))
         converted.append(decode_rate(path, frames, threads, resize, prep))
+        worker.append(worker_thread_ms(path, prep, frames, threads))
     ratios = [r.cpu_fps / c.cpu_fps for r, c in zip(raw, converted, strict=True)]
     cpu = time.process_time()
     n = len(demux_times(path))
@@ -131,9 +134,23 @@ def frame_costs(
         "convert_ms_per_frame": max(decode_ms * (ratio - 1), 0.0),
         "decode_convert_vs_decode": ratio,
         "decode_convert_vs_decode_range": [min(ratios), max(ratios)],
-        "worker_thread_ms_per_frame": 1e3 / float(np.median([c.thread_fps for c in converted])),
+        "worker_thread_ms_per_frame": float(np.median(worker)),
         "demux_ms_per_frame": demux_ms,
     }
+
+
+def worker_thread_ms(path, prep: Preprocessing, frames: int, threads: int) -> float:
+    """CPU ms per frame of the thread that makes a video's windows (a decode worker's), over
+    about its first `frames` frames: demuxing, window assembly, and whatever decoding and
+    conversion its frame pool (`extract.framepool`) and FFmpeg's threads do not take off it."""
+    cpu, n = time.thread_time(), 0
+    windows = iter_windows(path, prep, threads=threads)
+    for window in windows:
+        n = window.start_frame + prep.window_span
+        if n >= frames:
+            break
+    windows.close()
+    return (time.thread_time() - cpu) / max(n, 1) * 1e3
 
 
 def _cpu_ms_per(n: int, fn) -> float:

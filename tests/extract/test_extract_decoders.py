@@ -87,7 +87,7 @@ def test_resolve_decoder_follows_the_store_and_sets_the_identity(tmp_path):
 
 def test_cpu_backend_is_the_unchanged_cpu_path():
     prep = Preprocessing(frame_size=32)
-    decode, convert = open_backend("cpu", prep)
+    decode, convert, _ = open_backend("cpu", prep)
     for (i, t, frame), (j, u, raw) in zip(decode(HORSE), iter_raw(HORSE), strict=True):
         assert (i, t) == (j, u)
         np.testing.assert_array_equal(convert(frame), Resizer(prep)(raw))

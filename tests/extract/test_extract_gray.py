@@ -28,7 +28,7 @@ PREP = Preprocessing(frame_size=72, window_stride=8)
 
 def rgb_windows(path, prep: Preprocessing) -> list[np.ndarray]:
     """The windows of `path` through the RGB path (three channels whatever the source)."""
-    decode, _ = open_backend("cpu", prep)
+    decode, _, _ = open_backend("cpu", prep)
     assembler, resize, out = WindowAssembler(prep), Resizer(prep), []
     decoded = decode(path)
     for index, time, frame in decoded:
