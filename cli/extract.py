@@ -69,6 +69,13 @@ def _print_plan(plan) -> None:
             f"{plan.windows_per_s:.2f} windows/s needs about {plan.cores_needed:.1f} "
             f"cores; this host has {os.cpu_count()}"
         )
+    if plan.one_video_windows_per_s is not None:
+        starved = plan.one_video_windows_per_s < plan.windows_per_s
+        console.print(
+            f"videos are fed one at a time: the slowest source's video feeds at most about "
+            f"{plan.one_video_windows_per_s:.0f} windows/s"
+            + ("; [yellow]the encoder would wait for it[/]" if starved else "")
+        )
 
 
 def extract(

@@ -24,6 +24,9 @@ class Plan:
     decoder: str = "cpu"
     devices: int = 1
     host_ms_per_window: float | None = None  # CPU, measured on a sample of the videos
+    # the most the slowest sampled source feeds: videos go to the encoder one at a time, and
+    # each has one thread of its own (`host_bench.worker_thread_ms`); None with NVDEC
+    one_video_windows_per_s: float | None = None
 
     @property
     def cores_needed(self) -> float | None:
@@ -52,6 +55,7 @@ class Plan:
             "devices": self.devices,
             "host_ms_per_window": self.host_ms_per_window,
             "cores_needed": self.cores_needed,
+            "one_video_windows_per_s": self.one_video_windows_per_s,
             "cores_here": os.cpu_count(),
         }
 
@@ -65,13 +69,16 @@ def bytes_per_window(cfg: RunConfig) -> float:
     )  # embedding and per-window coordinates
 
 
-def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, frames: int = 32):
-    """Host CPU ms per window of the run, weighted by windows: decoding and conversion measured
-    on the first `frames` frames of one video per (codec, size) (four at most), the stages
-    after decoding on the run's token shape (`pipeline.host_bench`). With the hardware decoder
-    only demuxing stays on the host."""
+def host_costs(
+    infos: list[tuple[str, int, tuple]], cfg: RunConfig, frames: int = 32
+) -> tuple[float | None, float | None]:
+    """(Host CPU ms per window of the run, weighted by windows; the windows/s that the slowest
+    source's video feeds at most). Decoding and conversion are measured on the first `frames`
+    frames of one video per (codec, size) (four at most), the stages after decoding on the
+    run's token shape (`pipeline.host_bench`). With the hardware decoder only demuxing stays on
+    the host, and its feed rate is not measured here."""
     if not infos:
-        return None
+        return None, None
     sample: dict[tuple, str] = {}
     for path, _, kind in infos:
         if len(sample) < 4:
@@ -82,8 +89,9 @@ def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, fram
         kind: host_bench.frame_costs(path, prep, frames, 0, 1) for kind, path in sample.items()
     }
     shape = host_bench.token_shape(cfg.model, cfg.prep)
-    after = sum(host_bench.store_stage_ms(shape, cfg.layout, 8)["stages"].values())
-    after += host_bench.batching_ms(cfg.prep, 8, cfg.batch_size)
+    batching = host_bench.batching_ms(cfg.prep, 8, cfg.batch_size)
+    after = sum(host_bench.store_stage_ms(shape, cfg.layout, 8)["stages"].values()) + batching
+    stride = cfg.prep.window_stride
     total = windows = 0
     for _, n, kind in infos:
         c = costs.get(kind) or next(iter(costs.values()))
@@ -91,9 +99,13 @@ def host_ms_per_window(infos: list[tuple[str, int, tuple]], cfg: RunConfig, fram
             per_frame = c["demux_ms_per_frame"]
         else:
             per_frame = c["decode_ms_per_frame"] + c["convert_ms_per_frame"]
-        total += n * (cfg.prep.window_stride * per_frame + after)
+        total += n * (stride * per_frame + after)
         windows += n
-    return total / windows if windows else None
+    one_video = None
+    if cfg.decoder == "cpu":
+        slowest = max(c["worker_thread_ms_per_frame"] for c in costs.values())
+        one_video = 1e3 / (stride * slowest + batching)
+    return (total / windows if windows else None), one_video
 
 
 def plan_run(
@@ -118,7 +130,7 @@ def plan_run(
         infos.append((path, n, (info.codec, info.width, info.height)))
     if measure:
         plan.windows_per_s = measure_rate(cfg)
-        plan.host_ms_per_window = host_ms_per_window(infos, cfg)
+        plan.host_ms_per_window, plan.one_video_windows_per_s = host_costs(infos, cfg)
     plan.devices = jax_device_count()
     return plan
 

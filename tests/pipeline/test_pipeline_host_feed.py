@@ -86,7 +86,9 @@ def test_dry_run_states_the_cores_the_run_needs(tmp_path):
     assert plan["cores_needed"] == pytest.approx(
         plan["host_ms_per_window"] * plan["windows_per_s"] / 1e3
     )
+    assert 0 < plan["one_video_windows_per_s"] < float("inf")
     text = CliRunner().invoke(app, args)
     assert text.exit_code == 0, text.output
     assert "cores; this host has" in text.stdout
+    assert "videos are fed one at a time" in text.stdout
     assert not (tmp_path / "s.zarr").exists()
