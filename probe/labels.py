@@ -61,6 +61,20 @@ def read_labels(
 ) -> LabelTable:
     """Read a per-frame segment table or a per-clip table (see the module docstring)."""
     path = os.fspath(path)
+    rows, header = _read_rows(path)
+    per_clip = _is_per_clip(path, header, column)
+    segments = tuple(
+        _segment(path, line, r, column, background, per_clip)
+        for line, r in enumerate(rows, start=2)
+    )
+    behaviours = sorted({lab for s in segments for lab in s.labels})
+    return LabelTable(
+        path, file_sha256(path), column, background, per_clip, segments, (background, *behaviours)
+    )
+
+
+def _read_rows(path: str) -> tuple[list[dict], list[str]]:
+    """The label file's rows (at least one) and its header."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -71,6 +85,11 @@ def read_labels(
         raise LabelError(f"{path}: not a UTF-8 CSV label file ({e})") from None
     if not rows:
         raise LabelError(f"{path}: no label rows")
+    return rows, header
+
+
+def _is_per_clip(path: str, header: list[str], column: str) -> bool:
+    """Whether the table is per clip (no frame columns); refuses a header missing a column."""
     per_clip = "start_frame" not in header and "end_frame" not in header
     needed = ["video", column] if per_clip else ["video", "start_frame", "end_frame", column]
     missing = [c for c in needed if c not in header]
@@ -78,37 +97,33 @@ def read_labels(
         raise LabelError(
             f"{path}: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}"
         )
-    segments = []
-    for line, r in enumerate(rows, start=2):
-        video = os.path.basename((r["video"] or "").strip())
-        if not video:
-            raise LabelError(f"{path} row {line}: empty video name")
-        labels = tuple(sorted({x.strip() for x in (r[column] or "").split(";")} - {"", background}))
-        if per_clip:
-            start, end = 0, None
-        else:
-            try:
-                start, end = int(r["start_frame"]), int(r["end_frame"])
-            except (TypeError, ValueError):
-                raise LabelError(
-                    f"{path} row {line}: video {video!r}: start_frame/end_frame must be integers, "
-                    f"got {r['start_frame']!r}, {r['end_frame']!r}"
-                ) from None
-            if start < 0 or end < start:
-                raise LabelError(
-                    f"{path} row {line}: video {video!r}: bad frame range {start}..{end}"
-                )
-        segments.append(Segment(video, start, end, labels, (r.get("track") or "").strip(), line))
-    behaviours = sorted({lab for s in segments for lab in s.labels})
-    return LabelTable(
-        path,
-        file_sha256(path),
-        column,
-        background,
-        per_clip,
-        tuple(segments),
-        (background, *behaviours),
-    )
+    return per_clip
+
+
+def _segment(
+    path: str, line: int, r: dict, column: str, background: str, per_clip: bool
+) -> Segment:
+    """Row `line` of the file as a Segment (background and empty labels dropped)."""
+    video = os.path.basename((r["video"] or "").strip())
+    if not video:
+        raise LabelError(f"{path} row {line}: empty video name")
+    labels = tuple(sorted({x.strip() for x in (r[column] or "").split(";")} - {"", background}))
+    start, end = (0, None) if per_clip else _frame_range(path, line, video, r)
+    return Segment(video, start, end, labels, (r.get("track") or "").strip(), line)
+
+
+def _frame_range(path: str, line: int, video: str, r: dict) -> tuple[int, int]:
+    """A segment row's (start_frame, end_frame), checked: integers, 0 <= start <= end."""
+    try:
+        start, end = int(r["start_frame"]), int(r["end_frame"])
+    except (TypeError, ValueError):
+        raise LabelError(
+            f"{path} row {line}: video {video!r}: start_frame/end_frame must be integers, "
+            f"got {r['start_frame']!r}, {r['end_frame']!r}"
+        ) from None
+    if start < 0 or end < start:
+        raise LabelError(f"{path} row {line}: video {video!r}: bad frame range {start}..{end}")
+    return start, end
 
 
 def frame_targets(table: LabelTable, video: str, n_frames: int, multi_label: bool) -> np.ndarray:
