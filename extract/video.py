@@ -29,6 +29,7 @@ from fsspec import open as fsspec_open
 
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
+from ethoprism.store.schema import STILL_CODEC
 
 _HASH_CHUNK = 1 << 20
 
@@ -103,9 +104,6 @@ def _open_video(path):
 
 def _describe(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
-
-
-STILL_CODEC = "image"  # the codec recorded for still images
 
 
 def _is_still(stream) -> bool:

@@ -8,6 +8,8 @@ label is the background name (default "none") or empty, are background. Overlapp
 different labels make a frame multi-label, which single-label training refuses.
 
 Videos are matched by file name (the store's `video_name`). Frame indices are decode order.
+A still image (PNG, JPEG, ...) is a video of one frame: its segment rows say frame 0 (start_frame
+0, end_frame 0), and its one window carries its label.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import xarray as xr
 from ethoprism.errors import EthoprismError
 from ethoprism.probe.defaults import BACKGROUND, LABEL_COLUMN
 from ethoprism.store import geometry
-from ethoprism.store.schema import file_sha256
+from ethoprism.store.schema import STILL_CODEC, file_sha256
 
 ALIGN_MODES = ("centre", "majority", "any")
 
@@ -185,6 +187,7 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
             "row": i,
             "n_frames": int(ds["video_n_frames"].values[i]),
             "fps": float(ds["video_fps"].values[i]),
+            "still": str(ds["video_codec"].values[i]) == STILL_CODEC,
             "status": str(ds["video_status"].values[i]),
             "reason": str(ds["video_reason"].values[i]),
         }
@@ -210,7 +213,8 @@ def complete_videos(ds: xr.Dataset, videos: list[str] | None) -> tuple[dict[str,
 
 
 def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
-    """Every labelled video must be a complete video of the store; returns store_videos(ds)."""
+    """Every labelled video must be a complete video of the store, and a still image's rows must
+    say frame 0; returns store_videos(ds)."""
     videos = store_videos(ds)
     for s in table.segments:
         if s.video not in videos:
@@ -222,6 +226,11 @@ def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
             raise LabelError(
                 f"{table.path} row {s.row}: video {s.video!r} failed extraction: "
                 f"{videos[s.video]['reason']}"
+            )
+        if videos[s.video]["still"] and (s.start, s.end) not in ((0, 0), (0, None)):
+            raise LabelError(
+                f"{table.path} row {s.row}: video {s.video!r} is a still image, one frame: "
+                f"label it as frame 0 (start_frame 0, end_frame 0), not {s.start}..{s.end}"
             )
     return videos
 
