@@ -257,7 +257,8 @@ def publish(
 ) -> dict:
     """Publish the store at `source` to `dest` (a directory or writable fsspec URL).
 
-    `progress(bytes, windows)` is called as token shards are copied. Returns a summary
+    `progress(bytes, windows)` is called as token shards are copied, one call at a time (a
+    caller may add the numbers up without a lock of its own). Returns a summary
     ({"dest", "windows", "videos", "objects", "bytes", "token_bytes", "token_seconds",
     "up_to_date"}; only "dest", "windows" and "up_to_date" when nothing was left to do).
     """
