@@ -30,6 +30,7 @@ from fsspec import open as fsspec_open
 from ethoprism.errors import EthoprismError
 from ethoprism.extract.framepool import PerThread, conversion_threads, ordered_map
 from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
+from ethoprism.store.schema import STILL_CODEC
 
 _HASH_CHUNK = 1 << 20
 
@@ -104,9 +105,6 @@ def _open_video(path):
 
 def _describe(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
-
-
-STILL_CODEC = "image"  # the codec recorded for still images
 
 
 def _is_still(stream) -> bool:

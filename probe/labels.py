@@ -8,6 +8,8 @@ label is the background name (default "none") or empty, are background. Overlapp
 different labels make a frame multi-label, which single-label training refuses.
 
 Videos are matched by file name (the store's `video_name`). Frame indices are decode order.
+A still image (PNG, JPEG, ...) is a video of one frame: its segment rows say frame 0 (start_frame
+0, end_frame 0), and its one window carries its label.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import xarray as xr
 from ethoprism.errors import EthoprismError
 from ethoprism.probe.defaults import BACKGROUND, LABEL_COLUMN
 from ethoprism.store import geometry
-from ethoprism.store.schema import file_sha256
+from ethoprism.store.schema import STILL_CODEC, file_sha256
 
 ALIGN_MODES = ("centre", "majority", "any")
 
@@ -61,6 +63,20 @@ def read_labels(
 ) -> LabelTable:
     """Read a per-frame segment table or a per-clip table (see the module docstring)."""
     path = os.fspath(path)
+    rows, header = _read_rows(path)
+    per_clip = _is_per_clip(path, header, column)
+    segments = tuple(
+        _segment(path, line, r, column, background, per_clip)
+        for line, r in enumerate(rows, start=2)
+    )
+    behaviours = sorted({lab for s in segments for lab in s.labels})
+    return LabelTable(
+        path, file_sha256(path), column, background, per_clip, segments, (background, *behaviours)
+    )
+
+
+def _read_rows(path: str) -> tuple[list[dict], list[str]]:
+    """The label file's rows (at least one) and its header."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -71,6 +87,11 @@ def read_labels(
         raise LabelError(f"{path}: not a UTF-8 CSV label file ({e})") from None
     if not rows:
         raise LabelError(f"{path}: no label rows")
+    return rows, header
+
+
+def _is_per_clip(path: str, header: list[str], column: str) -> bool:
+    """Whether the table is per clip (no frame columns); refuses a header missing a column."""
     per_clip = "start_frame" not in header and "end_frame" not in header
     needed = ["video", column] if per_clip else ["video", "start_frame", "end_frame", column]
     missing = [c for c in needed if c not in header]
@@ -78,37 +99,33 @@ def read_labels(
         raise LabelError(
             f"{path}: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}"
         )
-    segments = []
-    for line, r in enumerate(rows, start=2):
-        video = os.path.basename((r["video"] or "").strip())
-        if not video:
-            raise LabelError(f"{path} row {line}: empty video name")
-        labels = tuple(sorted({x.strip() for x in (r[column] or "").split(";")} - {"", background}))
-        if per_clip:
-            start, end = 0, None
-        else:
-            try:
-                start, end = int(r["start_frame"]), int(r["end_frame"])
-            except (TypeError, ValueError):
-                raise LabelError(
-                    f"{path} row {line}: video {video!r}: start_frame/end_frame must be integers, "
-                    f"got {r['start_frame']!r}, {r['end_frame']!r}"
-                ) from None
-            if start < 0 or end < start:
-                raise LabelError(
-                    f"{path} row {line}: video {video!r}: bad frame range {start}..{end}"
-                )
-        segments.append(Segment(video, start, end, labels, (r.get("track") or "").strip(), line))
-    behaviours = sorted({lab for s in segments for lab in s.labels})
-    return LabelTable(
-        path,
-        file_sha256(path),
-        column,
-        background,
-        per_clip,
-        tuple(segments),
-        (background, *behaviours),
-    )
+    return per_clip
+
+
+def _segment(
+    path: str, line: int, r: dict, column: str, background: str, per_clip: bool
+) -> Segment:
+    """Row `line` of the file as a Segment (background and empty labels dropped)."""
+    video = os.path.basename((r["video"] or "").strip())
+    if not video:
+        raise LabelError(f"{path} row {line}: empty video name")
+    labels = tuple(sorted({x.strip() for x in (r[column] or "").split(";")} - {"", background}))
+    start, end = (0, None) if per_clip else _frame_range(path, line, video, r)
+    return Segment(video, start, end, labels, (r.get("track") or "").strip(), line)
+
+
+def _frame_range(path: str, line: int, video: str, r: dict) -> tuple[int, int]:
+    """A segment row's (start_frame, end_frame), checked: integers, 0 <= start <= end."""
+    try:
+        start, end = int(r["start_frame"]), int(r["end_frame"])
+    except (TypeError, ValueError):
+        raise LabelError(
+            f"{path} row {line}: video {video!r}: start_frame/end_frame must be integers, "
+            f"got {r['start_frame']!r}, {r['end_frame']!r}"
+        ) from None
+    if start < 0 or end < start:
+        raise LabelError(f"{path} row {line}: video {video!r}: bad frame range {start}..{end}")
+    return start, end
 
 
 def frame_targets(table: LabelTable, video: str, n_frames: int, multi_label: bool) -> np.ndarray:
@@ -170,6 +187,7 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
             "row": i,
             "n_frames": int(ds["video_n_frames"].values[i]),
             "fps": float(ds["video_fps"].values[i]),
+            "still": str(ds["video_codec"].values[i]) == STILL_CODEC,
             "status": str(ds["video_status"].values[i]),
             "reason": str(ds["video_reason"].values[i]),
         }
@@ -195,7 +213,8 @@ def complete_videos(ds: xr.Dataset, videos: list[str] | None) -> tuple[dict[str,
 
 
 def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
-    """Every labelled video must be a complete video of the store; returns store_videos(ds)."""
+    """Every labelled video must be a complete video of the store, and a still image's rows must
+    say frame 0; returns store_videos(ds)."""
     videos = store_videos(ds)
     for s in table.segments:
         if s.video not in videos:
@@ -207,6 +226,11 @@ def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
             raise LabelError(
                 f"{table.path} row {s.row}: video {s.video!r} failed extraction: "
                 f"{videos[s.video]['reason']}"
+            )
+        if videos[s.video]["still"] and (s.start, s.end) not in ((0, 0), (0, None)):
+            raise LabelError(
+                f"{table.path} row {s.row}: video {s.video!r} is a still image, one frame: "
+                f"label it as frame 0 (start_frame 0, end_frame 0), not {s.start}..{s.end}"
             )
     return videos
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -167,8 +168,9 @@ def verify(
 ) -> dict:
     """Check the store at `url` against its manifest, streaming every object through sha256.
 
-    `progress(bytes_done, bytes_total)`. Returns {"ok", "missing", "altered", "extra" (each a
-    list of {"path", "holds", ...}), "objects", "bytes", "extra_checked"}; never writes.
+    `progress(bytes_done, bytes_total)`, never by two threads at once. Returns {"ok",
+    "missing", "altered", "extra" (each a list of {"path", "holds", ...}), "objects", "bytes",
+    "extra_checked"}; never writes.
     """
     import fsspec
 
@@ -188,11 +190,13 @@ def verify(
     m = parse_manifest(data, where)
     total = sum(o["size"] for o in m["objects"])
     done = [0]
+    counting = threading.Lock()  # the checking threads all advance the one count
 
     def advance(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], total)
+        with counting:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
 
     def check(entry):
         try:

@@ -150,57 +150,18 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
     before the data it points to. Lock and temporary files (dot files) stay behind. A store
     already at `url` is overwritten only if it has the same identity.
     """
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
     root = Path(local_path)
-    if not (root / "zarr.json").is_file():
-        raise StoreError(f"{root} is not a feature store (no zarr.json)")
-    root_doc = (root / "zarr.json").read_bytes()
-    try:
-        attrs = json.loads(root_doc).get("attributes", {})
-    except ValueError as e:
-        raise StoreError(f"{root}/zarr.json is damaged (not JSON: {e})") from None
+    root_doc, attrs = _read_root_document(root)
     parts = set(attrs.get("parts", []))
     options = storage_options_for(url, storage_options)
-    try:
-        fs, base = fsspec.url_to_fs(url, **options)
-    except (ImportError, ValueError) as e:
-        raise StoreError(f"cannot write to {url}: {e}") from None
-    base = base.rstrip("/")
-    # a local destination (a path or file://) needs its folders made; object stores have none
-    local = isinstance(fs, LocalFileSystem)
-
-    def wanted(rel: tuple[str, ...]) -> bool:
-        in_new_part = len(rel) > 2 and rel[0] == PARTS and rel[1] not in parts
-        return not in_new_part and not any(s.startswith(".") for s in rel) and rel != ("zarr.json",)
-
+    fs, base = _writable_fs(url, options)
     with contextlib.ExitStack() as held:
         for part in sorted(parts):
             _hold_part(held, root, part)
-        files = [p for p in root.rglob("*") if p.is_file() and wanted(p.relative_to(root).parts)]
-        data = [p for p in files if p.name != "zarr.json"]
-        meta = sorted(
-            (p for p in files if p.name == "zarr.json"),
-            key=lambda p: -len(p.relative_to(root).parts),
-        )
+        files = _committed_files(root, parts)
         try:
-            if fs.exists(f"{base}/zarr.json"):
-                there = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes", {})
-                check_same_identity(
-                    {k: there.get(k) for k in IDENTITY_KEYS},
-                    {k: attrs.get(k) for k in IDENTITY_KEYS},
-                    f"store at {url} (left) vs {root} (right)",
-                )
-            targets = {f"{base}/{p.relative_to(root).as_posix()}" for p in files}
-            for folder in sorted({t.rsplit("/", 1)[0] for t in targets} | {base}) if local else ():
-                fs.makedirs(folder, exist_ok=True)
-            for batch in (data, meta):
-                if batch:
-                    fs.put(
-                        [str(p) for p in batch],
-                        [f"{base}/{p.relative_to(root).as_posix()}" for p in batch],
-                    )
+            _check_destination(fs, base, url, root, attrs)
+            _put_files(fs, base, root, files)
             fs.pipe_file(f"{base}/zarr.json", root_doc)
         except StoreError:
             raise
@@ -209,6 +170,74 @@ def upload_store(local_path, url: str, storage_options: dict | None = None) -> i
                 f"uploading {root} to {url} failed{_endpoint(url, options)}: {_explain(e, url)}"
             ) from None
     return len(files) + 1
+
+
+def _read_root_document(root: Path) -> tuple[bytes, dict]:
+    """A local store's root document (bytes, as it will be uploaded) and its attributes."""
+    if not (root / "zarr.json").is_file():
+        raise StoreError(f"{root} is not a feature store (no zarr.json)")
+    root_doc = (root / "zarr.json").read_bytes()
+    try:
+        return root_doc, json.loads(root_doc).get("attributes", {})
+    except ValueError as e:
+        raise StoreError(f"{root}/zarr.json is damaged (not JSON: {e})") from None
+
+
+def _writable_fs(url: str, options: dict):
+    """(filesystem, base path without a trailing slash) to upload to."""
+    import fsspec
+
+    try:
+        fs, base = fsspec.url_to_fs(url, **options)
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"cannot write to {url}: {e}") from None
+    return fs, base.rstrip("/")
+
+
+def _committed_files(root: Path, parts: set[str]) -> list[Path]:
+    """The store's files to upload: not the root document (written last, by itself), no dot
+    file (locks, temporaries), nothing inside a part the root document does not name."""
+
+    def wanted(rel: tuple[str, ...]) -> bool:
+        in_new_part = len(rel) > 2 and rel[0] == PARTS and rel[1] not in parts
+        return not in_new_part and not any(s.startswith(".") for s in rel) and rel != ("zarr.json",)
+
+    return [p for p in root.rglob("*") if p.is_file() and wanted(p.relative_to(root).parts)]
+
+
+def _check_destination(fs, base: str, url: str, root: Path, attrs: dict) -> None:
+    """A store already at the destination must have the identity of the one uploaded."""
+    if not fs.exists(f"{base}/zarr.json"):
+        return
+    there = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes", {})
+    check_same_identity(
+        {k: there.get(k) for k in IDENTITY_KEYS},
+        {k: attrs.get(k) for k in IDENTITY_KEYS},
+        f"store at {url} (left) vs {root} (right)",
+    )
+
+
+def _put_files(fs, base: str, root: Path, files: list[Path]) -> None:
+    """Upload `files` under `base`: data files first, then metadata documents deepest first."""
+    targets = {p: f"{base}/{p.relative_to(root).as_posix()}" for p in files}
+    _make_folders(fs, base, targets.values())
+    data = [p for p in files if p.name != "zarr.json"]
+    meta = sorted(
+        (p for p in files if p.name == "zarr.json"),
+        key=lambda p: -len(p.relative_to(root).parts),
+    )
+    for batch in (data, meta):
+        if batch:
+            fs.put([str(p) for p in batch], [targets[p] for p in batch])
+
+
+def _make_folders(fs, base: str, targets) -> None:
+    """A local destination (a path or file://) needs its folders made; object stores have none."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        for folder in sorted({t.rsplit("/", 1)[0] for t in targets} | {base}):
+            fs.makedirs(folder, exist_ok=True)
 
 
 def _hold_part(held: contextlib.ExitStack, root: Path, part: str) -> None:

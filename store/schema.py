@@ -42,7 +42,7 @@ class VideoRecord:
     duration: float
     width: int
     height: int
-    codec: str
+    codec: str  # STILL_CODEC for a still image
     abs_path: str = ""  # the path made absolute when recorded (URLs as given); "" in old stores
 
     @classmethod
@@ -59,6 +59,9 @@ def absolute_path(path: str) -> str:
     path = str(path)
     return path if "://" in path else os.path.abspath(path)
 
+
+# The codec a still image's row records (PNG, JPEG, ...: a video of one frame, fps 0; SPEC.md).
+STILL_CODEC = "image"
 
 VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(VideoRecord))
 # Per-video table columns as the reader exposes them (prefixed "video_" on dim `videos`).

@@ -267,12 +267,14 @@ def copy_token_shards(
     handle, ds, plans: dict, src, dst, progress, threads: int
 ) -> dict[str, tuple[int, str]]:
     """Copy every token array's windows into the published shards that `plans` (publish's) lay
-    out, `threads` shards at a time; {path: (size, sha256)}."""
+    out, `threads` shards at a time; {path: (size, sha256)}. `progress(bytes, windows)` is
+    called once per shard, never by two threads at once (callers add the numbers up)."""
     fs_src, base_src = src
     fs_dst, base_dst = dst
     part_of, window_of = ds.part.values, ds.part_window.values
     n = ds.sizes["window"]
     written: dict[str, tuple[int, str]] = {}
+    reporting = threading.Lock()
     for name, plan in plans.items():
         per_shard = plan["per_shard"]
 
@@ -295,7 +297,8 @@ def copy_token_shards(
             path = f"{name}/{plan['key']((shard,) + (0,) * (len(plan['doc']['shape']) - 1))}"
             got = copy_shard(fs_dst, f"{base_dst}/{path}", sources, per_shard)
             if progress:
-                progress(got[0], hi - lo)
+                with reporting:
+                    progress(got[0], hi - lo)
             return path, got
 
         with ThreadPoolExecutor(threads) as pool:

@@ -74,9 +74,7 @@ def zero_shot(
 ) -> dict:
     """`ethoprism probe zero-shot`: out/<video>.csv and .png per video, out/labels.csv, and with
     `labels` out/metrics.json and out/confusion.png (the metrics of `probe eval`)."""
-    classes = [c.strip() for c in classes if c.strip()]
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise EthoprismError(f"--classes needs two or more distinct class names, got {classes}")
+    classes = _class_names(classes)
     ds = store_source
     if not isinstance(ds, xr.Dataset):
         ds = store.open(store_source, storage_options)
@@ -93,22 +91,9 @@ def zero_shot(
     probs, written, per_frame = {}, [], {}
     for v in wanted:
         windows = video_windows(ds, v)
-        emb = ds[ALIGNED_VAR].isel(window=windows).values
-        probs[v] = window_probabilities(emb, text)
-        n_frames, fps = rows[v]["n_frames"], rows[v]["fps"]
-        frame_prob, _ = video_frame_probabilities(ds, windows, probs[v], n_frames)
-        per_frame[v] = frame_labels(frame_prob)
-        stem = Path(v).stem
-        times = geometry.video_frame_times(ds, rows[v]["row"])  # the stored frame times
-        csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, classes, times)
-        expert = None
-        if table is not None and v in table.videos:
-            truth = expert_frames(table, v, n_frames, False, classes)
-            expert = np.where(truth.any(1), truth.argmax(1), -1)
-        png = ethogram_png(
-            out / f"{stem}.png", classes, per_frame[v], expert, fps, title=f"{v}: {NAME}"
-        )
-        written.append({"video": v, "csv": str(csv_path), "png": str(png), "frames": n_frames})
+        probs[v] = window_probabilities(ds[ALIGNED_VAR].isel(window=windows).values, text)
+        per_frame[v], entry = _write_video(ds, v, windows, probs[v], rows[v], classes, table, out)
+        written.append(entry)
     result = {
         "head": NAME,
         "classes": classes,
@@ -117,21 +102,46 @@ def zero_shot(
         "labels_file": str(write_label_file(out / "labels.csv", per_frame, classes)),
     }
     if table is not None:
-        chosen = [v for v in wanted if v in table.videos]
-        if not chosen:
-            raise EthoprismError(f"{labels}: labels none of the videos classified")
-        metrics = evaluate_heads(
-            ds,
-            table,
-            classes,
-            background,
-            False,
-            chosen,
-            {v: probs[v][None] for v in chosen},
-            rows,
-        )[0]
-        scored = {"head": NAME, "videos": chosen, **metrics.to_dict()}
-        (out / "metrics.json").write_text(json.dumps(scored, indent=1))
-        confusion_png(out / "confusion.png", np.array(metrics.confusion), classes, title=NAME)
-        result["metrics"] = {**scored, "confusion_png": str(out / "confusion.png")}
+        result["metrics"] = _score(ds, table, classes, background, wanted, probs, rows, out)
     return result
+
+
+def _class_names(classes: list[str]) -> list[str]:
+    classes = [c.strip() for c in classes if c.strip()]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise EthoprismError(f"--classes needs two or more distinct class names, got {classes}")
+    return classes
+
+
+def _write_video(ds, v, windows, probs, row, classes, table, out: Path) -> tuple[np.ndarray, dict]:
+    """Video `v`'s ethogram CSV and PNG (with its expert labels where `table` has them); its
+    per-frame labels and its entry in the result's "videos"."""
+    n_frames = row["n_frames"]
+    frame_prob, _ = video_frame_probabilities(ds, windows, probs, n_frames)
+    per_frame = frame_labels(frame_prob)
+    stem = Path(v).stem
+    times = geometry.video_frame_times(ds, row["row"])  # the stored frame times
+    csv_path = write_frame_csv(out / f"{stem}.csv", frame_prob, classes, times)
+    expert = None
+    if table is not None and v in table.videos:
+        truth = expert_frames(table, v, n_frames, False, classes)
+        expert = np.where(truth.any(1), truth.argmax(1), -1)
+    png = ethogram_png(
+        out / f"{stem}.png", classes, per_frame, expert, row["fps"], title=f"{v}: {NAME}"
+    )
+    return per_frame, {"video": v, "csv": str(csv_path), "png": str(png), "frames": n_frames}
+
+
+def _score(ds, table, classes, background, wanted, probs, rows, out: Path) -> dict:
+    """The metrics of `probe eval` over the labelled videos, written as out/metrics.json and
+    out/confusion.png."""
+    chosen = [v for v in wanted if v in table.videos]
+    if not chosen:
+        raise EthoprismError(f"{table.path}: labels none of the videos classified")
+    metrics = evaluate_heads(
+        ds, table, classes, background, False, chosen, {v: probs[v][None] for v in chosen}, rows
+    )[0]
+    scored = {"head": NAME, "videos": chosen, **metrics.to_dict()}
+    (out / "metrics.json").write_text(json.dumps(scored, indent=1))
+    confusion_png(out / "confusion.png", np.array(metrics.confusion), classes, title=NAME)
+    return {**scored, "confusion_png": str(out / "confusion.png")}

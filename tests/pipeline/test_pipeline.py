@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from ethoprism.extract.windows import plan_windows
 from ethoprism.pipeline.bench import PeakRSS
 from ethoprism.pipeline.config import RunConfig
 from ethoprism.pipeline.extract import run_extract
+from ethoprism.store import pieces
 
 DATA = Path(__file__).parent.parent / "data"
 VIDEOS = DATA / "videos"
@@ -189,18 +189,56 @@ def _extract_in_subprocess(store_path, env_extra=None, videos=(HORSE, WHEEL), ex
     )
 
 
+def _commit_record(path) -> dict:
+    """The part's commit record as it is on disk now (empty before the run created its part)."""
+    metas = list(Path(path, "parts").glob("*/zarr.json"))
+    assert len(metas) <= 1, metas  # one writer, one part
+    if not metas:
+        return {"n_windows": 0, "videos": []}
+    return json.loads(metas[0].read_text())["attributes"]["ethoprism_part"]
+
+
+def _complete(record: dict) -> list[str]:
+    return [Path(v["path"]).name for v in record["videos"] if v["status"] == "complete"]
+
+
+def _kill_when(proc, path, reached) -> dict:
+    """SIGKILL the run as soon as its commit record satisfies `reached`; return the record the
+    kill left, after checking that the kill, not the end of the run, stopped it."""
+    deadline = time.monotonic() + 240
+    while not reached(_commit_record(path)):
+        assert proc.poll() is None, f"the run ended before the kill point: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the run never reached the kill point"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the decode workers die with it
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # still running when killed
+    record = _commit_record(path)  # nothing is written after the kill
+    assert len(_complete(record)) < 2, "the store was complete at the kill"
+    return record
+
+
 def test_sigkill_then_resume_is_bit_identical(reference_store, tmp_path):
     path = tmp_path / "features.zarr"
-    rng = random.Random(7)
-    for _trial in range(2):
-        proc = _extract_in_subprocess(path)
-        time.sleep(rng.uniform(3.0, 8.0))
-        os.killpg(proc.pid, signal.SIGKILL)  # the decode workers die with it
-        proc.wait()
+    # Killed mid-run at a point the store defines, not after a guessed delay: one video
+    # committed and the other open, with a piece of it committed (saved after every batch).
+    # One kill: start-up is most of a run here, so each further kill would add a whole run.
+    proc = _extract_in_subprocess(path, extra_args=("--save-every", "0"))
+    record = _kill_when(proc, path, lambda r: _complete(r) and pieces.windows_of(r) > 0)
+    first, kept = _complete(record), pieces.windows_of(record)
+    assert len(first) == 1 and kept > 0
+
     proc = _extract_in_subprocess(path)
-    _, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
-    assert_same_windows(windows_by_video(path), windows_by_video(reference_store))
+    ref = windows_by_video(reference_store)
+    for video in json.loads(out)["videos"]:
+        name = Path(video["path"]).name
+        if name in first:
+            assert video["status"] == "skipped"
+        else:  # only the windows after the kept pieces were encoded again
+            assert video["status"] == "complete" and video["windows"] == len(ref[name]) - kept
+    assert_same_windows(windows_by_video(path), ref)
 
 
 def test_four_devices_give_the_same_tokens_as_one(reference_store, tmp_path):

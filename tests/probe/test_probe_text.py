@@ -248,6 +248,28 @@ def test_published_lvt_store_keeps_text_search_and_verifies_its_aligned_arrays(
     assert "altered: frame_embeddings/c/0/0/0" in " ".join(result.output.split())
 
 
+def test_lvt_store_published_to_s3_reads_plainly_and_ranks_texts_as_the_source(
+    lvt_store, s3_server
+):
+    url = f"s3://{s3_server.bucket}/lvt-text/pub.zarr"
+    opts = s3_server.storage_options
+    publish(lvt_store, url, dest_options=opts)
+    local = store.open(lvt_store)
+    plain = xr.open_zarr(url, storage_options=opts)  # what another lab sees, without ethoprism
+    for name in ("video_embedding", "frame_embeddings"):
+        assert plain[name].dims == local[name].dims, name
+        assert plain[name].dtype == local[name].dtype, name
+        assert plain[name].attrs == local[name].attrs, name
+        np.testing.assert_array_equal(plain[name].values, local[name].values, err_msg=name)
+    assert verify(url, opts)["ok"]
+    ranked = [
+        run_text_query(s, TEXTS, k=6, checkpoint=CHECKPOINT, tokenizer=TOKENIZER, **kw)
+        for s, kw in ((lvt_store, {}), (url, {"storage_options": opts}))
+    ]
+    np.testing.assert_array_equal(ranked[1].found.windows, ranked[0].found.windows)
+    np.testing.assert_array_equal(ranked[1].found.distances, ranked[0].found.distances)
+
+
 def test_text_search_takes_the_checkpoint_from_the_environment_as_extraction_does(
     lvt_store, text_model, tmp_path, monkeypatch
 ):

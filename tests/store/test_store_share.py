@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import identity
@@ -262,6 +264,44 @@ def test_publish_killed_then_rerun_copies_only_what_is_missing(stores, tmp_path)
     np.testing.assert_array_equal(
         store.open(str(dest)).tokens.values, store.open(str(stores / "feat.zarr")).tokens.values
     )
+
+
+def _one_call_at_a_time(calls: list, overlaps: list):
+    """A progress callback that records its calls, and those made while another call is still
+    running (each call lingers, so that threads calling unserialized would overlap)."""
+    busy = threading.Lock()
+
+    def progress(*args):
+        if not busy.acquire(blocking=False):
+            overlaps.append(args)
+            return
+        try:
+            calls.append(args)
+            time.sleep(0.005)
+        finally:
+            busy.release()
+
+    return progress
+
+
+def test_progress_comes_one_call_at_a_time_and_counts_every_byte(stores, tmp_path):
+    # Copy and verify threads report progress; a caller adding it up (as the CLI's bars do)
+    # must see each call alone, or it loses some of the count.
+    calls, overlaps = [], []
+    dest = tmp_path / "pub.zarr"
+    r = publish(str(stores / "feat.zarr"), str(dest), progress=_one_call_at_a_time(calls, overlaps))
+    assert not overlaps
+    assert len(calls) > 8  # many shards, copied by several threads
+    token_arrays = Layout("int8").arrays
+    shards = [p for name in token_arrays for p in (dest / name / "c").rglob("*") if p.is_file()]
+    assert sum(nbytes for nbytes, _ in calls) == sum(p.stat().st_size for p in shards)
+    assert sum(windows for _, windows in calls) == r["windows"] * len(token_arrays)
+
+    calls.clear()
+    r = verify(str(dest), progress=_one_call_at_a_time(calls, overlaps))
+    assert r["ok"] and not overlaps
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == r["bytes"]
 
 
 def test_merge_and_union_view(tmp_path):
