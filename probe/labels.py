@@ -178,6 +178,21 @@ class WindowLabels:
     multi_label: bool
 
 
+def is_still(ds: xr.Dataset, row: int) -> bool:
+    """Whether the store's video `row` is a still image (a one-frame video, codec STILL_CODEC)."""
+    return str(ds["video_codec"].values[row]) == STILL_CODEC
+
+
+def still_frame_message(where: str, video: str, given: str, frame_0: str = "") -> str:
+    """The error for a row of a label or annotation file (`where`: file, row, field) that gives
+    the still image `video` a frame other than 0 (`given`); `frame_0` says how that file writes
+    frame 0. Shared by the wings so that a still is refused in the same words everywhere."""
+    return (
+        f"{where}: video {video!r} is a still image, one frame: label it as frame 0{frame_0}, "
+        f"not {given}"
+    )
+
+
 def store_videos(ds: xr.Dataset) -> dict[str, dict]:
     """Per-video rows of the store keyed by file name (complete and failed videos)."""
     names = [os.path.basename(str(p)) for p in ds["video_path"].values]
@@ -187,7 +202,7 @@ def store_videos(ds: xr.Dataset) -> dict[str, dict]:
             "row": i,
             "n_frames": int(ds["video_n_frames"].values[i]),
             "fps": float(ds["video_fps"].values[i]),
-            "still": str(ds["video_codec"].values[i]) == STILL_CODEC,
+            "still": is_still(ds, i),
             "status": str(ds["video_status"].values[i]),
             "reason": str(ds["video_reason"].values[i]),
         }
@@ -229,8 +244,12 @@ def check_videos(ds: xr.Dataset, table: LabelTable) -> dict[str, dict]:
             )
         if videos[s.video]["still"] and (s.start, s.end) not in ((0, 0), (0, None)):
             raise LabelError(
-                f"{table.path} row {s.row}: video {s.video!r} is a still image, one frame: "
-                f"label it as frame 0 (start_frame 0, end_frame 0), not {s.start}..{s.end}"
+                still_frame_message(
+                    f"{table.path} row {s.row}",
+                    s.video,
+                    f"{s.start}..{s.end}",
+                    " (start_frame 0, end_frame 0)",
+                )
             )
     return videos
 

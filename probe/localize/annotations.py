@@ -12,9 +12,9 @@
   (`species` by default).
 
 Videos are matched by file name. Checked against the videos (frame counts and sizes): an unknown
-video, a frame beyond the video's end, an empty or negative box and a box wholly outside the
-frame are errors naming the file, row or id, and field; a box partly outside the frame is
-clamped to it, with a warning naming it.
+video, a frame beyond the video's end, a still image given a frame other than 0, an empty or
+negative box and a box wholly outside the frame are errors naming the file, row or id, and
+field; a box partly outside the frame is clamped to it, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ethoprism.errors import EthoprismError
+from ethoprism.probe.labels import still_frame_message
 from ethoprism.probe.localize import boxes as box_ops
 
 CSV_COLUMNS = ("video", "frame", "track", "class", "x", "y", "w", "h")
@@ -227,8 +228,9 @@ def _read_mammalps(path: str, doc: dict, class_field: str) -> Annotations:
 
 
 def check_videos(ann: Annotations, videos: dict[str, dict]) -> Annotations:
-    """Check against `videos` (file name -> n_frames, width, height) and clamp boxes partly
-    outside their frame; returns the checked annotations, with a warning per clamped box."""
+    """Check against `videos` (file name -> n_frames, width, height, and still: True for a still
+    image, whose only frame is 0) and clamp boxes partly outside their frame; returns the
+    checked annotations, with a warning per clamped box."""
     where_frame = {}
     for b in ann.boxes:
         where_frame.setdefault((b.video, b.frame), b.where)
@@ -242,6 +244,8 @@ def check_videos(ann: Annotations, videos: dict[str, dict]) -> Annotations:
         n = videos[video]["n_frames"]
         if frame < 0:
             raise AnnotationError(f"{where}: field 'frame': {frame} is negative")
+        if frame != 0 and videos[video].get("still"):
+            raise AnnotationError(still_frame_message(f"{where}: field 'frame'", video, str(frame)))
         if frame >= n:
             raise AnnotationError(
                 f"{where}: field 'frame': {frame} is beyond the end of {video!r} "

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ethoprism import store
 from ethoprism.errors import EthoprismError
+from ethoprism.probe.labels import is_still
 
 
 class FeatureError(EthoprismError):
@@ -47,7 +48,7 @@ def check_layout(ds: xr.Dataset) -> None:
 
 
 def video_table(ds: xr.Dataset) -> dict[str, dict]:
-    """Complete videos of the store by file name: row, n_frames, width, height, fps, path."""
+    """Complete videos of the store by file name: row, n_frames, width, height, fps, path, still."""
     out = {}
     for i, path in enumerate(ds["video_path"].values):
         if str(ds["video_status"].values[i]) != "complete":
@@ -59,6 +60,7 @@ def video_table(ds: xr.Dataset) -> dict[str, dict]:
             "width": int(ds["video_width"].values[i]),
             "height": int(ds["video_height"].values[i]),
             "fps": float(ds["video_fps"].values[i]),
+            "still": is_still(ds, i),
         }
     return out
 

@@ -156,9 +156,34 @@ def test_still_annotations_read_and_checked(extracted, tmp_path):
     ann = ann_io.read(coco)
     assert {(v, f) for v, f in ann.frames if v in STILLS} == {(n, 0) for n in STILLS}
     videos = features.video_table(store.open(str(root / "s.zarr")))
+    assert {v: videos[v]["still"] for v in [*STILLS, *VIDEOS]} == {
+        **dict.fromkeys(STILLS, True),
+        **dict.fromkeys(VIDEOS, False),
+    }
     bad = tmp_path / "bad.csv"
-    bad.write_text("video,frame,track,class,x,y,w,h\ns1.png,3,,bar,1,2,10,5\n")
-    with pytest.raises(ann_io.AnnotationError, match=r"row 2: field 'frame': 3 is beyond the end"):
+    bad.write_text(
+        "video,frame,track,class,x,y,w,h\ns1.png,0,,bar,1,2,10,5\ns1.png,3,,bar,1,2,10,5\n"
+    )
+    with pytest.raises(ann_io.AnnotationError) as e:
+        ann_io.check_videos(ann_io.read(bad), videos)
+    assert str(e.value) == (
+        f"{bad} row 3: field 'frame': video 's1.png' is a still image, one frame: "
+        "label it as frame 0, not 3"
+    )
+    # in COCO, an image that names a still as its video and a frame other than 0
+    bad = tmp_path / "bad_still.json"
+    images = [{"id": 1, "file_name": "stills/s2.png"}, {"id": 2, "video": "s2.png", "frame": 5}]
+    boxes = [{"id": 7 + i, "image_id": i, "category_id": 1, "bbox": [1, 2, 10, 5]} for i in (1, 2)]
+    categories = [{"id": 1, "name": "square"}]
+    bad.write_text(json.dumps({"images": images, "annotations": boxes, "categories": categories}))
+    with pytest.raises(ann_io.AnnotationError) as e:
+        ann_io.check_videos(ann_io.read(bad), videos)
+    assert "annotation id 9: field 'frame': video 's2.png' is a still image" in str(e.value)
+    assert str(e.value).endswith("label it as frame 0, not 5")
+    # a video's frame past its end keeps its own message
+    bad = tmp_path / "past_end.csv"
+    bad.write_text("video,frame,track,class,x,y,w,h\nv0.mp4,24,,bar,1,2,10,5\n")
+    with pytest.raises(ann_io.AnnotationError, match=r"row 2: field 'frame': 24 is beyond the end"):
         ann_io.check_videos(ann_io.read(bad), videos)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [{"id": 4}], "annotations": [], "categories": []}))
