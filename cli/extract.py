@@ -127,7 +127,8 @@ def extract(
         typer.Option(
             help="Resize filter: area, bilinear (stores made before area was the default), "
             "bicubic, or area-lowres (MJPEG of at least twice the frame size decoded smaller "
-            "by its decoder: less CPU); part of the store's identity. Default: the store's, "
+            "by its decoder: less CPU on some CPUs, more on others, see `bench host`); part of "
+            "the store's identity. Default: the store's, "
             "else area."
         ),
     ] = None,

@@ -21,8 +21,10 @@ from ethoprism.store.framing import RESIZE_MODES, resize_geometry
 # can (`decoder_lowres`); and the hardware decoder's frames (`extract.decoders`), resized on the
 # device
 INTERPOLATIONS = ("area", "bilinear", "bicubic", "area-lowres", "nvdec-linear")
-# Decoders whose own downscaler (FFmpeg's `lowres`: MJPEG's reduced-size inverse DCT) decodes
-# at 1/2, 1/4 or 1/8 size for less CPU than decoding at full size (`ethoprism bench host`)
+# Decoders with a downscaler of their own (FFmpeg's `lowres`: MJPEG's reduced-size inverse DCT,
+# 1/2, 1/4 or 1/8 size). It is plain C: where the full-size decoder's SIMD is fast it costs more
+# CPU, not less (720p at half size: 1.30 vs 0.95 ms a frame on an AVX-512 EPYC); `ethoprism
+# bench host` says which on a given host.
 LOWRES_CODECS = ("mjpeg",)
 
 
