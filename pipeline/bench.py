@@ -38,6 +38,7 @@ class PeakRSS:
 
     def __init__(self, pid: int | None = None, interval: float = 0.5):
         self.peak = 0
+        self.at_peak: dict[str, int] = {}  # each process's RSS in the peak sample, by name:pid
         self._pid, self._interval = pid, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -45,15 +46,16 @@ class PeakRSS:
     def _run(self):
         root = psutil.Process(self._pid)
         while not self._stop.is_set():
-            total = 0
+            sample = {}
             try:
                 tree = [root, *root.children(recursive=True)]
             except psutil.Error:  # the watched process has exited
                 tree = []
             for p in tree:
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
+                    sample[f"{p.name()}:{p.pid}"] = p.memory_info().rss
+            if sum(sample.values()) > self.peak:
+                self.peak, self.at_peak = sum(sample.values()), sample
             self._stop.wait(self._interval)
 
     def __enter__(self):
