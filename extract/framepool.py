@@ -33,7 +33,9 @@ def conversion_threads(threads: int) -> int:
     chooses), the cores this process may use, at most MAX_THREADS."""
     if threads != 0:
         return max(1, threads)
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_THREADS))
+    # sched_getaffinity is Linux's only: elsewhere every core counts
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_THREADS))
 
 
 class PerThread:
@@ -70,7 +72,7 @@ def ordered_map(fn: Callable, items: Generator, threads: int) -> Generator:
                 except StopIteration as end:
                     value = end.value
                     break
-                except BaseException:
+                except Exception:  # not Ctrl-C: that stops at once
                     while pending:  # the frames before the damage, then the damage
                         yield pending.popleft().result()
                     raise

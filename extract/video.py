@@ -28,7 +28,8 @@ import numpy as np
 from fsspec import open as fsspec_open
 
 from ethoprism.errors import EthoprismError
-from ethoprism.extract.framepool import PerThread, conversion_threads, ordered_map
+from ethoprism.extract.framepool import conversion_threads, ordered_map
+from ethoprism.extract.packets import packet_decoder
 from ethoprism.extract.preprocess import Preprocessing, Resizer, decoder_lowres
 from ethoprism.store.schema import STILL_CODEC
 
@@ -185,7 +186,7 @@ def _decode(
 ) -> Generator[tuple[int, float, av.VideoFrame], None, tuple[int, float]]:
     """Yields (index, time, frame) in presentation order and returns (n_frames, duration) as
     decoded. `workers` > 1 decodes the packets of codecs that can take it on that many threads
-    (`_packet_decoder`).
+    (`extract.packets`).
 
     Raises VideoError on damage (see the module docstring).
     """
@@ -214,8 +215,9 @@ def _decode(
         with suppress(av.FFmpegError):
             yield from emit(codec.decode(None))
 
-    decode, workers = _packet_decoder(codec, workers)
-    packets = (p for p in container.demux(stream) if p.size)  # size 0: the end; flushed below
+    prepare, decode, workers = packet_decoder(codec, workers)
+    # size 0: the end marker (flushed below); `prepare` runs here, in packet order
+    packets = (prepare(p) for p in container.demux(stream) if p.size)
     try:
         for packet, frames in ordered_map(decode, packets, workers):
             if packet.is_corrupt:
@@ -254,46 +256,6 @@ def _decode(
             frame=index,
         )
     return index, time - first_time + period  # the last frame lasts one frame period
-
-
-# FFmpeg's codec capabilities (AV_CODEC_CAP_*): a decoder with threads of its own, or one that
-# holds frames back (so a packet's picture may come out with a later packet)
-_OWN_THREADS_OR_DELAY = (1 << 12) | (1 << 13) | (1 << 15) | (1 << 5)
-
-
-def parallel_packets(codec: av.CodecContext) -> bool:
-    """Whether a codec's packets may be decoded on several threads, each by a decoder of its
-    own: every packet a whole picture (intra-only), and no decoder threads or delay in FFmpeg.
-    MJPEG, the usual lab camera codec, is one: FFmpeg decodes it on the calling thread alone,
-    which capped one video near 60 windows/s at 720p (`ethoprism bench host`)."""
-    return codec.codec.intra_only and not codec.codec.capabilities & _OWN_THREADS_OR_DELAY
-
-
-def _packet_decoder(codec: av.CodecContext, workers: int):
-    """(packet -> (packet, its frames, or the FFmpegError decoding it raised), the threads that
-    may call it at once). Several only for a codec that allows it: each thread then decodes
-    with a decoder of its own, configured as `codec` (size, extradata, options such as lowres)."""
-    if workers <= 1 or not parallel_packets(codec):
-        decoders, workers = None, 1
-    else:
-
-        def make():
-            own = av.CodecContext.create(codec.name, "r")
-            own.width, own.height, own.extradata = codec.width, codec.height, codec.extradata
-            own.options = dict(codec.options)
-            return own
-
-        decoders = PerThread(make)
-
-    def decode(packet):
-        if packet.is_corrupt:
-            return packet, []  # refused in order by the caller, never decoded
-        try:
-            return packet, (codec if decoders is None else decoders.get()).decode(packet)
-        except av.FFmpegError as e:
-            return packet, e
-
-    return decode, workers
 
 
 def iter_frames(path, threads: int = 0, prep: Preprocessing | None = None) -> Iterator[Frame]:

@@ -141,16 +141,24 @@ def frame_costs(
 
 def worker_thread_ms(path, prep: Preprocessing, frames: int, threads: int) -> float:
     """CPU ms per frame of the thread that makes a video's windows (a decode worker's), over
-    about its first `frames` frames: demuxing, window assembly, and whatever decoding and
-    conversion its frame pool (`extract.framepool`) and FFmpeg's threads do not take off it."""
-    cpu, n = time.thread_time(), 0
+    about `frames` frames after its first window: demuxing, window assembly, and whatever
+    decoding and conversion its frame pool (`extract.framepool`) and FFmpeg's threads do not
+    take off it. Timed from the first window on: opening the video and filling the pools
+    (which run up to 2 x threads frames ahead of the windows) are not a per-frame cost."""
     windows = iter_windows(path, prep, threads=threads)
+    begun = cpu = time.thread_time()
+    first = end = 0
     for window in windows:
-        n = window.start_frame + prep.window_span
-        if n >= frames:
+        end = window.start_frame + prep.window_span
+        if not first:
+            cpu, first = time.thread_time(), end
+        elif end - first >= frames:
             break
+    spent = time.thread_time()
     windows.close()
-    return (time.thread_time() - cpu) / max(n, 1) * 1e3
+    if end == first:  # one window: no steady state to time
+        return (spent - begun) / max(end, 1) * 1e3
+    return (spent - cpu) / (end - first) * 1e3
 
 
 def _cpu_ms_per(n: int, fn) -> float:

@@ -12,8 +12,9 @@ import pytest
 from clips import HORSE, transcode
 
 from ethoprism.extract.framepool import PerThread, conversion_threads, ordered_map
+from ethoprism.extract.packets import MjpegTables, jpeg_tables, parallel_packets
 from ethoprism.extract.preprocess import Preprocessing
-from ethoprism.extract.video import VideoError, iter_raw, parallel_packets
+from ethoprism.extract.video import VideoError, iter_raw
 from ethoprism.extract.windows import iter_windows
 
 VIDEOS = Path(__file__).parents[1] / "data" / "videos"
@@ -114,7 +115,8 @@ def _windows(path, prep, threads):
 
 
 @pytest.mark.parametrize(
-    "codec, pix_fmt", [("h264", None), ("mjpeg", "yuvj420p"), ("ffv1", "gray")]
+    "codec, pix_fmt",
+    [("h264", None), ("mjpeg", "yuvj420p"), ("ffv1", "gray"), ("rawvideo", "gray")],
 )
 def test_windows_are_identical_on_one_thread_and_several(tmp_path, codec, pix_fmt):
     path = HORSE if pix_fmt is None else transcode(tmp_path / f"c.{codec}.mkv", codec, pix_fmt, 40)
@@ -204,3 +206,115 @@ def test_a_damaged_mjpeg_fails_alike_on_one_thread_and_several(tmp_path):
     serial = until_error(1)
     assert until_error(3) == serial
     assert len(serial[0]) > 10
+
+
+def _without(data: bytes, marker: int) -> bytes:
+    """A JPEG picture without its `marker` segments (before the scan)."""
+    out, i = bytearray(data[:2]), 2
+    while data[i + 1] != 0xDA:
+        end = i + 2 + (data[i + 2] << 8 | data[i + 3])
+        if data[i + 1] != marker:
+            out += data[i:end]
+        i = end
+    return bytes(out + data[i:])
+
+
+def _abbreviated(source: Path, target: Path, marker: int) -> Path:
+    """`source` (MJPEG) with `marker`'s tables in its first picture only, as some cameras and
+    encoders write it: FFmpeg's decoder keeps them for the pictures after."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        for k, packet in enumerate(p for p in src.demux(stream) if p.size):
+            data = bytes(packet) if k == 0 else _without(bytes(packet), marker)
+            copy = av.Packet(data)
+            copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, packet.time_base
+            copy.is_keyframe, copy.stream = True, out
+            dst.mux(copy)
+    return target
+
+
+def test_mjpeg_tables_defined_once_reach_every_threads_decoder(tmp_path):
+    """Quantisation tables in the first picture only; Huffman tables the same way (FFmpeg's
+    encoder writes the standard ones, which a decoder assumes anyway: see the unit test)."""
+    marker, name = 0xDB, "quantisation"
+    mjpeg = transcode(tmp_path / "c.avi", "mjpeg", "yuvj420p", 30)
+    with av.open(str(mjpeg)) as c:  # the encoder writes both kinds in every picture
+        first = bytes(next(p for p in c.demux(video=0) if p.size))
+    assert set(jpeg_tables(first)) == {0xDB, 0xC4}
+    once = _abbreviated(mjpeg, tmp_path / f"{name}.avi", marker)
+    with av.open(str(once)) as c:
+        later = [bytes(p) for p in c.demux(video=0) if p.size][1:]
+    assert later and all(marker not in jpeg_tables(p) for p in later)
+    serial, pooled = _raw(once, 1, None), _raw(once, 3, None)
+    assert [f[:4] for f in serial[0]] == [f[:4] for f in pooled[0]]
+    assert max(f[4] for f in pooled[0]) > 1  # decoded on the pool
+    # and the tables mattered: decoding without them gives other pixels (or fails)
+    with av.open(str(once)) as c:
+        fresh = av.CodecContext.create("mjpeg", "r")
+        packets = [p for p in c.demux(video=0) if p.size]
+        try:
+            alone = b"".join(bytes(pl) for pl in fresh.decode(packets[5])[0].planes)
+        except av.FFmpegError:
+            alone = None
+    assert alone != serial[0][5][3]
+
+
+def test_jpeg_tables_reads_segments_and_refuses_what_is_not_jpeg():
+    picture = bytes.fromhex("ffd8 ffdb0004aabb ffe00004cccc ffc40005010203 ffda0002") + b"scan"
+    assert jpeg_tables(picture) == {
+        0xDB: bytes.fromhex("ffdb0004aabb"),
+        0xC4: bytes.fromhex("ffc40005010203"),
+    }
+    assert jpeg_tables(b"\x00\x00\x00\x00\x00") is None
+    assert jpeg_tables(picture[:9]) is None  # cut before the scan
+
+
+def test_mjpeg_tables_are_put_in_front_of_pictures_that_lack_them():
+    def packet(hexes, pts):
+        p = av.Packet(bytes.fromhex("ffd8" + hexes + "ffda0002") + b"scan")
+        p.pts = p.dts = pts
+        return p
+
+    dqt1, dht1, dqt2 = "ffdb0004aabb", "ffc40005010203", "ffdb0004ccdd"
+    tables = MjpegTables()
+    first = packet(dqt1 + dht1, 0)
+    assert tables.complete(first) is first  # defines both: nothing to add
+    bare = tables.complete(packet("", 1))  # relies on both
+    assert bytes(bare) == bytes.fromhex("ffd8" + dqt1 + dht1 + "ffda0002") + b"scan"
+    assert (bare.pts, bare.dts) == (1, 1)
+    requant = tables.complete(packet(dqt2, 2))  # new quantisation, the old Huffman tables
+    assert bytes(requant) == bytes.fromhex("ffd8" + dht1 + dqt2 + "ffda0002") + b"scan"
+    assert bytes(tables.complete(packet("", 3)))[2:8] == bytes.fromhex(dqt2)  # the last ones
+    odd = av.Packet(b"not a jpeg")
+    assert tables.complete(odd) is odd
+
+
+def test_interlaced_mjpeg_keeps_its_field_order_on_every_thread(tmp_path):
+    """Two field pictures per packet (analog capture cards): which comes first, FFmpeg's MJPEG
+    decoder reads from the container (codec tag, field order), which each thread's decoder
+    must be given."""
+    from fractions import Fraction
+
+    def jpeg(img):
+        enc = av.CodecContext.create("mjpeg", "w")
+        enc.width, enc.height, enc.pix_fmt = img.shape[1], img.shape[0], "yuvj420p"
+        enc.time_base = Fraction(1, 25)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuvj420p")
+        return b"".join(bytes(p) for p in enc.encode(frame) + enc.encode(None))
+
+    path = tmp_path / "interlaced.avi"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuvj420p"
+        for i in range(8):
+            img = np.zeros((64, 96, 3), np.uint8)
+            img[::2, :, 1] = 200  # the top field green, the bottom one not
+            img[:, i * 8 : i * 8 + 16, 2] = 255
+            packet = av.Packet(jpeg(img[0::2]) + jpeg(img[1::2]))
+            packet.stream, packet.pts, packet.dts = stream, i, i
+            packet.time_base = Fraction(1, 25)
+            out.mux(packet)
+    serial, pooled = _raw(path, 1, None), _raw(path, 3, None)
+    assert [f[:4] for f in serial[0]] == [f[:4] for f in pooled[0]]
+    assert serial[0][0][2] == 96
