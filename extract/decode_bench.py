@@ -11,19 +11,16 @@ from ethoprism.extract.video import iter_raw
 
 
 class Rate(NamedTuple):
-    """Frames per second of one decoding run, by three clocks."""
+    """Frames per second of one decoding run, by two clocks."""
 
     wall_fps: float
     cpu_fps: float  # per CPU second of this process, all threads
-    # per CPU second of the calling thread alone: the serial part (conversion runs there, while
-    # a threaded decoder decodes on its own threads), which caps one video's frame rate
-    thread_fps: float
 
 
 def decode_rate(path, n_frames: int, threads: int, convert, prep=None) -> Rate:
     """Decoding the first n_frames of `path` and passing each to `convert` (decoded smaller where
     `prep` lets the decoder shrink them: `preprocess.decoder_lowres`)."""
-    wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+    wall, cpu = time.perf_counter(), time.process_time()
     n = 0
     for _, _, frame in iter_raw(path, threads, prep):
         convert(frame)
@@ -33,7 +30,6 @@ def decode_rate(path, n_frames: int, threads: int, convert, prep=None) -> Rate:
     return Rate(
         n / (time.perf_counter() - wall),
         n / max(time.process_time() - cpu, 1e-9),
-        n / max(time.thread_time() - thread, 1e-9),
     )
 
 
@@ -55,7 +51,7 @@ def measure_decode(
     prep = prep or Preprocessing()
     n_frames = _frames_in(path, seconds, threads)
     resize = Resizer(prep)
-    raw = resized = Rate(0.0, 0.0, 0.0)
+    raw = resized = Rate(0.0, 0.0)
     for _ in range(repeats):
         raw = max(raw, decode_rate(path, n_frames, threads, lambda frame: None))
         resized = max(resized, decode_rate(path, n_frames, threads, resize))

@@ -5,7 +5,7 @@ rate is what the host delivers. FFmpeg decodes H.264 and most other codecs on th
 own, but the conversion to encoder frames ran on the caller's one thread: about 0.6 ms a 1080p
 frame, a ceiling near 1,500 frames/s (under 200 windows/s at stride 8) whatever the host's
 cores, against an accelerator that encodes 450. Here the conversions (and, for MJPEG, the
-decoding: `video.parallel_packets`) run on a few threads, as PyAV releases the GIL while FFmpeg
+decoding: `extract.packets`) run on a few threads, as PyAV releases the GIL while FFmpeg
 works, and the frames come back in decoding order. The hand-offs cost 2-6% more CPU per frame
 (measured at 384p-1080p); the worker's own thread then spends 0.3-0.45 ms a frame instead of
 1.2 (1080p H.264) or 2.3 (720p MJPEG).

@@ -23,7 +23,7 @@ conversion, which run on the GPU; everything after decoding stays on the host.
 
 Cores say what the host must have, not that one video can use them. The decode pool feeds the
 encoder one video at a time (`pipeline.decode`); its frames are decoded on FFmpeg's threads (or,
-for MJPEG and other intra-only codecs without them, on a frame pool) and converted on the frame
+for MJPEG, which has none, on a frame pool: `extract.packets`) and converted on the frame
 pool (`extract.framepool`), but the worker's own thread still demuxes and assembles windows:
 "one video" is the windows/s that thread allows (its CPU per frame, measured on the extraction's
 own path, plus batching), an upper bound on one video's feed rate whatever the cores.
@@ -159,6 +159,13 @@ def worker_thread_ms(path, prep: Preprocessing, frames: int, threads: int) -> fl
     if end == first:  # one window: no steady state to time
         return (spent - begun) / max(end, 1) * 1e3
     return (spent - cpu) / (end - first) * 1e3
+
+
+def one_video_windows_per_s(worker_ms_per_frame: float, stride: int, batching_ms: float):
+    """The most windows/s one video feeds: the decode pool feeds one video at a time, and its
+    worker's own thread spends `worker_ms_per_frame` on each of the `stride` new frames of a
+    window, plus batching (counted whole, though the consumer does part of it: conservative)."""
+    return 1e3 / (stride * worker_ms_per_frame + batching_ms)
 
 
 def _cpu_ms_per(n: int, fn) -> float:
@@ -394,8 +401,6 @@ def bench_host(
             total = sum(stages.values())
             after_clip = total - stages["decode"] - stages["convert_resize"]
             nvdec = stride * clip["demux_ms_per_frame"] + after_ms  # RGB frames, gray or not
-            # the decode pool feeds one video at a time, and one thread converts its frames
-            worker_ms = stride * clip["worker_thread_ms_per_frame"] + stages["batching"]
             clip.setdefault("strides", {})[str(stride)] = {
                 "stages_ms": stages,
                 "total_ms": total,
@@ -404,6 +409,8 @@ def bench_host(
                 "cores_per_accelerator": cores(total, windows_per_s),
                 "nvdec_estimate_ms": nvdec,
                 "nvdec_cores_per_accelerator": cores(nvdec, windows_per_s),
-                "one_video_windows_per_s": 1e3 / worker_ms,
+                "one_video_windows_per_s": one_video_windows_per_s(
+                    clip["worker_thread_ms_per_frame"], stride, stages["batching"]
+                ),
             }
     return out

@@ -104,7 +104,7 @@ def host_costs(
     one_video = None
     if cfg.decoder == "cpu":
         slowest = max(c["worker_thread_ms_per_frame"] for c in costs.values())
-        one_video = 1e3 / (stride * slowest + batching)
+        one_video = host_bench.one_video_windows_per_s(slowest, stride, batching)
     return (total / windows if windows else None), one_video
 
 
